@@ -1,0 +1,1 @@
+"""Python client library and the batch-conversion CLI (torch-free)."""

@@ -1,0 +1,168 @@
+"""The `pixforge` command: one entry point, one subcommand per user journey.
+
+Argument parsing lives here so `pixforge --help` is fast and imports nothing heavy; each
+subcommand's implementation is imported only when it runs (training and export import torch,
+serving and converting never do). Flag names given in the issues are fixed: scripts outside this
+repository call them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pixforge import __version__
+
+# subcommand -> "module:function" taking the parsed argparse.Namespace and returning an exit code.
+COMMANDS = {
+    "train": "pixforge.training.train_cli:run",
+    "export": "pixforge.training.export_cli:run",
+    "eval": "pixforge.training.eval_cli:run",
+    "serve": "pixforge.service.server:run",
+    "convert": "pixforge.clients.convert:run",
+    "models": "pixforge.models_cli:run",
+    "health": "pixforge.clients.health:run",
+    "bench": "pixforge.bench:run",
+}
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a pix2pix or CycleGAN model from a YAML config",
+        description="Train a generator (and its discriminator(s)) from a YAML config on a data folder. "
+        "The last line printed is `checkpoint: PATH`, the file `pixforge export` takes.",
+    )
+    p.add_argument("config", help="YAML config, e.g. training/configs/facades.yaml")
+    p.add_argument("--data", required=True, help="dataset folder (layout depends on the config's data.mode)")
+    p.add_argument("--out", help="run directory (default: runs/<config-name>-NNN)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimisation steps in total")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr_g=1e-4 (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a trained generator to a uint8-in/uint8-out ONNX model in a model repository",
+        description="Turn a generator checkpoint into <repo>/<name>/<version>/model.onnx, with the "
+        "pre/post-processing inside the graph, verified against PyTorch.",
+    )
+    p.add_argument("checkpoint", help="generator checkpoint (the `checkpoint:` line of `pixforge train`)")
+    p.add_argument("--name", required=True, help="model name in the repository")
+    p.add_argument("--repo", required=True, help="model repository folder")
+    p.add_argument("--version", type=int, help="version number (default: highest existing + 1)")
+    p.add_argument("--fp16", action="store_true", help="store weights in fp16 (I/O stay uint8)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--from", dest="source", default="pixforge", choices=["pixforge", "junyanz"],
+                   help="checkpoint format (junyanz: pytorch-CycleGAN-and-pix2pix latest_net_G.pth)")
+    p.add_argument("--arch", help="generator architecture for --from junyanz (unet_256, unet_128, resnet_9blocks, resnet_6blocks)")
+    p.add_argument("--norm", choices=["batch", "instance", "none"], help="normalisation for --from junyanz")
+    p.add_argument("--task", help="task for --from junyanz (super_resolution, colorization, style_translation, paired_translation)")
+    p.add_argument("--scale", type=int, default=1, help="scale for --from junyanz super-resolution models")
+    p.add_argument("--description", help="one-line description stored in the model's metadata")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX-vs-PyTorch parity check (not recommended)")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="compute a model's quality metrics over a folder of images",
+                       description="Evaluate a model from a repository (or a running server) on a data folder.")
+    p.add_argument("--model", required=True, help="model name")
+    p.add_argument("--data", required=True, help="folder of evaluation images")
+    p.add_argument("--repo", help="model repository (default: the bundled one)")
+    p.add_argument("--server", help="evaluate through a running server at HOST:PORT instead of locally")
+    p.add_argument("--out", help="write per-image results and samples here")
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="run the gRPC inference server",
+                       description="Serve every model of a model repository over gRPC (pixforge.v1.ImageTranslation).")
+    p.add_argument("--models", help="model repository (default: the bundled default models)")
+    p.add_argument("--port", type=int, help="gRPC port (default 50051)")
+    p.add_argument("--config", help="server YAML config (see docs/serving.md)")
+    p.add_argument("--host", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus metrics HTTP port (0 disables; default 9090)")
+    p.add_argument("--poll", type=float, metavar="SECONDS", help="re-scan the repository every N seconds")
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert files and folders of images through a server",
+                       description="Send images to a pixforge server and write the results, mirroring the input tree.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("--server", default="localhost:50051", help="server HOST:PORT (default localhost:50051)")
+    p.add_argument("--model", required=True, help="model name")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    p.add_argument("--glob", default=None, help="only files matching this pattern, e.g. '*.jpg'")
+    p.add_argument("--format", default="png", choices=["png", "jpeg", "webp"], help="output format (default png)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    p.add_argument("--suffix", default="", help="append this to each output file's stem")
+    p.add_argument("--dry-run", action="store_true", help="list what would be converted and exit")
+    p.add_argument("--token", help="bearer token (default: $PIXFORGE_TOKEN)")
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list or show the models of a repository, validating each",
+                       description="Print what the server will see in a model repository.")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    ls = msub.add_parser("list", help="one line per model version")
+    ls.add_argument("--repo", help="model repository (default: the bundled one)")
+    show = msub.add_parser("show", help="everything about one model")
+    show.add_argument("name", help="model name")
+    show.add_argument("--repo", help="model repository (default: the bundled one)")
+    show.add_argument("--version", type=int, help="version (default: highest)")
+
+
+def _add_health(sub) -> None:
+    p = sub.add_parser("health", help="ask a server's grpc.health.v1 service (exit 0 when SERVING)",
+                       description="A tiny grpc_health_probe: used by the Docker healthcheck.")
+    p.add_argument("--server", default="localhost:50051", help="server HOST:PORT")
+    p.add_argument("--service", default="", help="service or model name ('' = overall)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks that print figures (engines, serving, batching, tiling, training)",
+                       description="Run a benchmark and print/write its figures.")
+    p.add_argument("suite", nargs="?", default="all", help="engine, serving, batching, tiling, training or all")
+    p.add_argument("--out", default="docs", help="where to write tables and plots")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pixforge",
+        description="Image-to-image translation: train -> export -> serve -> convert.",
+        epilog="Run `pixforge COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"pixforge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_export, _add_eval, _add_serve, _add_convert, _add_models, _add_health, _add_bench):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, func_name = COMMANDS[args.command].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("torch", "onnx"):
+            print(f"pixforge {args.command}: needs the training extra: pip install torch==2.13.0 "
+                  f"'pixforge[train]' ({exc})", file=sys.stderr)
+            return 2
+        raise
+    try:
+        return int(getattr(module, func_name)(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The model contract (docs/model-contract.md): the one module that reads and validates it.
+
+A pixforge model is an ONNX file whose graph takes uint8 NHWC images and returns uint8 NHWC
+images, with every normalisation and colour-space conversion inside the graph, and whose
+``metadata_props`` describe it. The exporter writes these keys, the server and ``pixforge models``
+read them back through :func:`load_contract`; nothing else parses metadata by hand.
+
+No torch, no gRPC: onnxruntime is imported only by :func:`load_contract`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pixforge.errors import ContractError
+
+CONTRACT_VERSION = "1"
+TASKS = ("super_resolution", "colorization", "style_translation", "paired_translation")
+
+# metadata_props keys. REQUIRED ones must be present; the rest are informative.
+KEY_CONTRACT = "pixforge.contract"
+KEY_TASK = "task"
+KEY_SCALE = "scale"
+KEY_INPUT_CHANNELS = "input_channels"
+KEY_OUTPUT_CHANNELS = "output_channels"
+KEY_SIZE_MULTIPLE = "size_multiple"
+KEY_TILE_SIZE = "tile_size"
+REQUIRED_KEYS = (KEY_CONTRACT, KEY_TASK, KEY_SCALE, KEY_INPUT_CHANNELS, KEY_OUTPUT_CHANNELS, KEY_SIZE_MULTIPLE,
+                 KEY_TILE_SIZE)
+OPTIONAL_KEYS = (
+    "description",  # one line for humans
+    "training_data",  # what it was trained on
+    "training_config",  # JSON summary of the resolved training config
+    "metrics",  # JSON object of the last validation's metrics
+    "source_checkpoint_sha256",  # hash of the checkpoint it was exported from
+    "export_date",  # ISO-8601 UTC
+    "pixforge_version",  # exporter version
+    "precision",  # "fp32" or "fp16" (I/O stay uint8 either way)
+    "arch",  # generator architecture name from the training registry
+)
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "image_out"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, element type (ONNX name like "uint8") and shape (ints, or None/str for dynamic dims)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...]
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """What a valid pixforge model promises.
+
+    Attributes:
+        task: one of TASKS.
+        scale: output size / input size (>= 1).
+        input_channels: 1 (luminance) or 3 (RGB).
+        output_channels: 1 or 3.
+        size_multiple: input H and W must be multiples of this (server pads and crops back).
+        tile_size: recommended tile edge in input pixels (a multiple of size_multiple).
+        metadata: every metadata_props entry, verbatim.
+    """
+
+    task: str
+    scale: int
+    input_channels: int
+    output_channels: int
+    size_multiple: int
+    tile_size: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        return self.metadata.get("description", "")
+
+    @property
+    def metrics(self) -> dict:
+        try:
+            value = json.loads(self.metadata.get("metrics", "{}"))
+        except json.JSONDecodeError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def to_metadata(self) -> dict[str, str]:
+        """The metadata_props this contract is written as (required keys over any extras)."""
+        out = dict(self.metadata)
+        out.update(
+            {
+                KEY_CONTRACT: CONTRACT_VERSION,
+                KEY_TASK: self.task,
+                KEY_SCALE: str(self.scale),
+                KEY_INPUT_CHANNELS: str(self.input_channels),
+                KEY_OUTPUT_CHANNELS: str(self.output_channels),
+                KEY_SIZE_MULTIPLE: str(self.size_multiple),
+                KEY_TILE_SIZE: str(self.tile_size),
+            }
+        )
+        return out
+
+
+def _int_key(meta: Mapping[str, str], key: str, allowed: Sequence[int] | None = None, minimum: int = 1) -> int:
+    raw = meta[key]
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ContractError(f"metadata {key!r} must be an integer, got {raw!r}") from None
+    if allowed is not None and value not in allowed:
+        raise ContractError(f"metadata {key!r} must be one of {list(allowed)}, got {value}")
+    if value < minimum:
+        raise ContractError(f"metadata {key!r} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_tensor(spec: TensorSpec, role: str, channels: int) -> None:
+    if spec.dtype != "uint8":
+        raise ContractError(f"{role} {spec.name!r} must be uint8 (images in, images out), got {spec.dtype}")
+    if len(spec.shape) != 4:
+        raise ContractError(f"{role} {spec.name!r} must be 4-D NHWC, got shape {list(spec.shape)}")
+    c = spec.shape[3]
+    if isinstance(c, int) and c != channels:
+        raise ContractError(f"{role} {spec.name!r} has {c} channels but metadata says {channels}")
+    for axis, label in ((0, "batch"), (1, "height"), (2, "width")):
+        if isinstance(spec.shape[axis], int):
+            raise ContractError(f"{role} {spec.name!r} must have a dynamic {label} dimension, got {spec.shape[axis]}")
+
+
+def parse_contract(
+    metadata: Mapping[str, str], inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> ModelContract:
+    """Validate a model's metadata and I/O signature against the contract.
+
+    Args:
+        metadata: the ONNX metadata_props.
+        inputs: the graph inputs.
+        outputs: the graph outputs.
+
+    Returns:
+        The parsed ModelContract.
+
+    Raises:
+        ContractError: with a message naming the first broken rule.
+    """
+    missing = [k for k in REQUIRED_KEYS if k not in metadata]
+    if missing:
+        raise ContractError(
+            f"not a pixforge model: metadata is missing {', '.join(missing)} (see docs/model-contract.md)"
+        )
+    if metadata[KEY_CONTRACT] != CONTRACT_VERSION:
+        raise ContractError(
+            f"model contract version {metadata[KEY_CONTRACT]!r} is not supported (this server reads {CONTRACT_VERSION!r})"
+        )
+    task = metadata[KEY_TASK]
+    if task not in TASKS:
+        raise ContractError(f"metadata 'task' must be one of {', '.join(TASKS)}, got {task!r}")
+    contract = ModelContract(
+        task=task,
+        scale=_int_key(metadata, KEY_SCALE),
+        input_channels=_int_key(metadata, KEY_INPUT_CHANNELS, (1, 3)),
+        output_channels=_int_key(metadata, KEY_OUTPUT_CHANNELS, (1, 3)),
+        size_multiple=_int_key(metadata, KEY_SIZE_MULTIPLE),
+        tile_size=_int_key(metadata, KEY_TILE_SIZE),
+        metadata=dict(metadata),
+    )
+    if contract.tile_size % contract.size_multiple:
+        raise ContractError(
+            f"metadata 'tile_size' {contract.tile_size} is not a multiple of 'size_multiple' {contract.size_multiple}"
+        )
+    if task != "super_resolution" and contract.scale != 1:
+        raise ContractError(f"a {task} model must have scale 1, got {contract.scale}")
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ContractError(f"a pixforge model has exactly one input and one output, got {len(inputs)} and {len(outputs)}")
+    _check_tensor(inputs[0], "input", contract.input_channels)
+    _check_tensor(outputs[0], "output", contract.output_channels)
+    return contract
+
+
+_ORT_TYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16"}
+
+
+def _ort_spec(arg) -> TensorSpec:
+    return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), tuple(arg.shape))
+
+
+def contract_from_session(session) -> ModelContract:
+    """Validate a loaded onnxruntime.InferenceSession and return its contract."""
+    meta = session.get_modelmeta().custom_metadata_map
+    return parse_contract(meta, [_ort_spec(a) for a in session.get_inputs()], [_ort_spec(a) for a in session.get_outputs()])
+
+
+def load_contract(path: str | Path) -> ModelContract:
+    """Open an ONNX file on the CPU provider, validate it and return its contract.
+
+    Raises:
+        ContractError: unreadable file or a broken contract.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ContractError(f"no model file at {path}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise ContractError(f"{path} is not a loadable ONNX model: {str(exc).strip().splitlines()[0]}") from exc
+    return contract_from_session(session)

@@ -1,0 +1,62 @@
+"""Model repository layout (Triton style): ``<repo>/<model-name>/<version>/model.onnx``.
+
+Only the layout lives here (which files exist, which version wins); validating a file against
+the model contract is :mod:`pixforge.contract`'s job and loading it is the server's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_FILE = "model.onnx"
+ENV_MODELS = "PIXFORGE_MODELS"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model version on disk."""
+
+    name: str
+    version: int
+    path: Path  # .../<name>/<version>/model.onnx
+
+
+def default_repository() -> Path:
+    """The bundled default model repository: $PIXFORGE_MODELS, else ``models/`` of this checkout."""
+    env = os.environ.get(ENV_MODELS)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+def scan_repository(repo: str | Path) -> list[ModelEntry]:
+    """List every ``<name>/<version>/model.onnx`` under ``repo``, sorted by name then version.
+
+    Folders whose name is not a positive integer are not versions and are ignored (a model folder
+    may hold a README.md and sample images beside its versions).
+
+    Raises:
+        FileNotFoundError: ``repo`` is not a directory.
+    """
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise FileNotFoundError(f"model repository {repo} is not a directory")
+    entries = []
+    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for version_dir in model_dir.iterdir():
+            if version_dir.is_dir() and version_dir.name.isdigit() and int(version_dir.name) > 0:
+                model_file = version_dir / MODEL_FILE
+                if model_file.is_file():
+                    entries.append(ModelEntry(model_dir.name, int(version_dir.name), model_file))
+    return sorted(entries, key=lambda e: (e.name, e.version))
+
+
+def latest_versions(entries: list[ModelEntry]) -> dict[str, ModelEntry]:
+    """Highest version per model name."""
+    best: dict[str, ModelEntry] = {}
+    for e in entries:
+        if e.name not in best or e.version > best[e.name].version:
+            best[e.name] = e
+    return best

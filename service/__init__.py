@@ -1,0 +1,1 @@
+"""gRPC inference server (torch-free): repository, onnxruntime engine, batching, tiling, servicers."""

@@ -1,0 +1,1 @@
+"""Offline PyTorch training, export and evaluation of pix2pix / CycleGAN generators."""
