@@ -125,7 +125,10 @@ def _check_tensor(spec: TensorSpec, role: str, channels: int) -> None:
     if len(spec.shape) != 4:
         raise ContractError(f"{role} {spec.name!r} must be 4-D NHWC, got shape {list(spec.shape)}")
     c = spec.shape[3]
-    if isinstance(c, int) and c != channels:
+    if not isinstance(c, int):
+        hint = " (it looks NCHW; the contract is NHWC)" if isinstance(spec.shape[1], int) else ""
+        raise ContractError(f"{role} {spec.name!r} must have a fixed channel dimension last, got {list(spec.shape)}{hint}")
+    if c != channels:
         raise ContractError(f"{role} {spec.name!r} has {c} channels but metadata says {channels}")
     for axis, label in ((0, "batch"), (1, "height"), (2, "width")):
         if isinstance(spec.shape[axis], int):

@@ -1,0 +1,58 @@
+# pixforge developer entry points. The README's quickstart uses exactly two of them:
+#   make serve   - set up a virtualenv (serving deps only, no torch) and start the server
+#                  on the bundled default model repository (models/)
+#   make test    - set up a virtualenv with the training + dev extras and run the full test suite
+# .ci/run calls `make test`.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Installed first and explicitly: a bare `torch` requirement would pull several GB of CUDA wheels
+# on a machine where the CPU build is what we want. Any torch>=2.4 works; CI pins this one.
+TORCH_SPEC ?= torch==2.13.0
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+SERVE_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: serve test setup setup-dev protos check lint-protos compose-check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Serving needs no torch: the server only runs ONNX models.
+$(VENV)/.serve-installed: $(BIN)/python pyproject.toml setup.py
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(BIN)/python pyproject.toml setup.py
+	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[train,dev]"
+	touch $@ $(VENV)/.serve-installed
+
+setup: $(VENV)/.serve-installed
+setup-dev: $(VENV)/.dev-installed
+
+serve: $(VENV)/.serve-installed
+	$(BIN)/pixforge serve $(SERVE_ARGS)
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Regenerate the committed gRPC stubs after editing protos/ (tests fail while they are stale).
+protos: $(VENV)/.dev-installed
+	$(BIN)/python tools/codegen.py
+
+# buf lint/breaking on the protos (needs Node.js; npx fetches @bufbuild/buf from the npm registry).
+lint-protos:
+	cd protos && npx --yes @bufbuild/buf lint
+
+# Validate docker-compose.yml with Debian's docker-compose (v1), when installed.
+compose-check:
+	docker-compose -f docker-compose.yml config -q
+
+check: $(VENV)/.dev-installed
+	$(BIN)/python tools/codegen.py --check
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
