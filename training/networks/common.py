@@ -1,0 +1,75 @@
+"""Small helpers shared by the generators: input-size checks, SR upsampling, output activation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FINAL_ACTIVATIONS = ("tanh", "none")
+UPSAMPLE_MODES = ("bicubic", "pixelshuffle")
+
+
+class InputSizeError(ValueError):
+    """An input's height or width is not a multiple of the generator's `size_multiple`."""
+
+
+def check_input_size(x: torch.Tensor, multiple: int, name: str) -> None:
+    """Raise InputSizeError unless H and W of `x` are multiples of `multiple`.
+
+    Skipped while tracing/exporting: the check would be frozen into the graph as constants.
+    """
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if h % multiple or w % multiple:
+        def up(v: int) -> int:
+            return -(-v // multiple) * multiple
+
+        raise InputSizeError(
+            f"{name}: input size {h}x{w} is not a multiple of {multiple}; pad or crop it to e.g. "
+            f"{up(h)}x{up(w)} (size_multiple={multiple})"
+        )
+
+
+def lr_size_multiple(hr_multiple: int, scale: int) -> int:
+    """Input-pixel multiple when a net needing `hr_multiple` runs on the input upsampled by `scale`."""
+    return hr_multiple // math.gcd(hr_multiple, scale)
+
+
+def bicubic_upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bicubic (a=-0.75, half-pixel centres) upsampling; exports as ONNX Resize(cubic)."""
+    return F.interpolate(x, scale_factor=float(scale), mode="bicubic", align_corners=False)
+
+
+def final_activation(kind: str) -> nn.Module:
+    """Output activation module for `kind` ("tanh" keeps outputs in [-1, 1])."""
+    if kind == "tanh":
+        return nn.Tanh()
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown final_activation {kind!r}; valid: {', '.join(FINAL_ACTIVATIONS)}")
+
+
+def add_residual(base: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Bicubic image + predicted residual, clamped back to the [-1, 1] image range.
+
+    The clamp only zeroes gradients on pixels that already saturate, which targets in [-1, 1] do not
+    push further.
+    """
+    return torch.clamp(base + residual, -1.0, 1.0)
+
+
+class OutputHead(nn.Module):
+    """Reflection-padded conv to `out_channels * scale**2` maps, then PixelShuffle when scale > 1."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, scale: int = 1):
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(kernel_size // 2)
+        self.conv = nn.Conv2d(in_channels, out_channels * scale * scale, kernel_size)
+        self.shuffle = nn.PixelShuffle(scale) if scale > 1 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(self.pad(x)))

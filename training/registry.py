@@ -1,0 +1,292 @@
+"""The model zoo: typed configs, named presets and the one explicit name -> builder table.
+
+Builders are registered with `@_register_generator` / `@_register_discriminator` in this module only
+(no file scanning, no import side effects elsewhere). The exporter and the junyanz importer resolve
+names here too.
+
+Example:
+    cfg = dataclasses.replace(generator_preset("unet_256"), norm="batch", dropout=True)
+    net = build_generator(cfg)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from torch import nn
+
+from .networks.common import FINAL_ACTIVATIONS, UPSAMPLE_MODES
+from .networks.discriminators import (
+    MultiScaleDiscriminator,
+    PatchGANDiscriminator,
+    PixelDiscriminator,
+)
+from .networks.init import INIT_TYPES, init_weights
+from .networks.norm import NORMS
+from .networks.resnet import ResNetGenerator
+from .networks.unet import UNetGenerator
+
+_C = TypeVar("_C")
+
+
+def _check_choice(field: str, value: object, valid: tuple[str, ...] | list[str]) -> None:
+    if value not in valid:
+        raise ValueError(f"{field}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def _check_positive(field: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{field} must be a positive integer, got {value!r}")
+
+
+def _from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; "
+                         f"valid: {', '.join(sorted(names))}")
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Constructor arguments of a generator; stored in checkpoints as `dataclasses.asdict`.
+
+    Attributes:
+        arch: "unet" or "resnet".
+        in_channels / out_channels: tensor channels (colourisation: 1 -> 2).
+        ngf: base width. depth: U-Net downsamplings (unet_256 = 8, unet_128 = 7).
+        n_blocks: ResNet residual blocks. norm: batch | instance | none.
+        dropout: junyanz dropout (U-Net inner levels / inside ResNet blocks).
+        scale: super-resolution factor; upsample: "bicubic" (net on the bicubic-upsampled input,
+            predicting a residual) or "pixelshuffle" (net at LR + PixelShuffle head).
+        final_activation: "tanh" (outputs in [-1, 1]) or "none".
+        init_type / init_gain: weight initialisation (normal | xavier | kaiming | orthogonal).
+    """
+
+    arch: str
+    in_channels: int = 3
+    out_channels: int = 3
+    ngf: int = 64
+    depth: int = 8
+    n_blocks: int = 9
+    norm: str = "instance"
+    dropout: bool = False
+    scale: int = 1
+    upsample: str = "bicubic"
+    final_activation: str = "tanh"
+    init_type: str = "normal"
+    init_gain: float = 0.02
+
+    def __post_init__(self) -> None:
+        _check_choice("arch", self.arch, list_generator_archs())
+        for name in ("in_channels", "out_channels", "ngf", "depth", "scale"):
+            _check_positive(name, getattr(self, name))
+        if self.arch == "unet" and self.depth < 2:
+            raise ValueError(f"depth must be >= 2 for a U-Net, got {self.depth}")
+        if not isinstance(self.n_blocks, int) or self.n_blocks < 0:
+            raise ValueError(f"n_blocks must be a non-negative integer, got {self.n_blocks!r}")
+        _check_choice("norm", self.norm, NORMS)
+        _check_choice("upsample", self.upsample, UPSAMPLE_MODES)
+        _check_choice("final_activation", self.final_activation, FINAL_ACTIVATIONS)
+        _check_choice("init_type", self.init_type, INIT_TYPES)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GeneratorConfig:
+        """Rebuild from `dataclasses.asdict` output; unknown keys raise ValueError."""
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """Constructor arguments of a discriminator.
+
+    Attributes:
+        arch: "patchgan", "pixel" or "multiscale".
+        in_channels: channels the discriminator sees (pix2pix's conditional D: input + output
+            channels, e.g. 6; CycleGAN: 3).
+        ndf: base width. n_layers: PatchGAN depth (3 = 70x70 receptive field).
+        norm: batch | instance | none. num_scales: multiscale only (pix2pixHD default 2).
+        init_type / init_gain: weight initialisation.
+    """
+
+    arch: str
+    in_channels: int = 3
+    ndf: int = 64
+    n_layers: int = 3
+    norm: str = "instance"
+    num_scales: int = 1
+    init_type: str = "normal"
+    init_gain: float = 0.02
+
+    def __post_init__(self) -> None:
+        _check_choice("arch", self.arch, list_discriminator_archs())
+        for name in ("in_channels", "ndf", "n_layers", "num_scales"):
+            _check_positive(name, getattr(self, name))
+        if self.arch != "multiscale" and self.num_scales != 1:
+            raise ValueError(f"num_scales={self.num_scales} needs arch='multiscale' (got {self.arch!r})")
+        _check_choice("norm", self.norm, NORMS)
+        _check_choice("init_type", self.init_type, INIT_TYPES)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DiscriminatorConfig:
+        """Rebuild from `dataclasses.asdict` output; unknown keys raise ValueError."""
+        return _from_dict(cls, data)
+
+
+# --- builders ---------------------------------------------------------------------------------
+
+_GENERATOR_BUILDERS: dict[str, Callable[[GeneratorConfig], nn.Module]] = {}
+_DISCRIMINATOR_BUILDERS: dict[str, Callable[[DiscriminatorConfig], nn.Module]] = {}
+
+
+def _register_generator(arch: str):
+    def deco(fn: Callable[[GeneratorConfig], nn.Module]) -> Callable[[GeneratorConfig], nn.Module]:
+        _GENERATOR_BUILDERS[arch] = fn
+        return fn
+    return deco
+
+
+def _register_discriminator(arch: str):
+    def deco(fn: Callable[[DiscriminatorConfig], nn.Module]) -> Callable[[DiscriminatorConfig], nn.Module]:
+        _DISCRIMINATOR_BUILDERS[arch] = fn
+        return fn
+    return deco
+
+
+@_register_generator("unet")
+def _build_unet(cfg: GeneratorConfig) -> nn.Module:
+    return UNetGenerator(cfg.in_channels, cfg.out_channels, cfg.ngf, cfg.depth, cfg.norm, cfg.dropout,
+                         cfg.scale, cfg.upsample, cfg.final_activation)
+
+
+@_register_generator("resnet")
+def _build_resnet(cfg: GeneratorConfig) -> nn.Module:
+    return ResNetGenerator(cfg.in_channels, cfg.out_channels, cfg.ngf, cfg.n_blocks, cfg.norm,
+                           cfg.dropout, cfg.scale, cfg.upsample, cfg.final_activation)
+
+
+@_register_discriminator("patchgan")
+def _build_patchgan(cfg: DiscriminatorConfig) -> nn.Module:
+    return PatchGANDiscriminator(cfg.in_channels, cfg.ndf, cfg.n_layers, cfg.norm)
+
+
+@_register_discriminator("pixel")
+def _build_pixel(cfg: DiscriminatorConfig) -> nn.Module:
+    return PixelDiscriminator(cfg.in_channels, cfg.ndf, cfg.norm)
+
+
+@_register_discriminator("multiscale")
+def _build_multiscale(cfg: DiscriminatorConfig) -> nn.Module:
+    return MultiScaleDiscriminator(cfg.in_channels, cfg.ndf, cfg.n_layers, cfg.norm, cfg.num_scales)
+
+
+def list_generator_archs() -> list[str]:
+    """Architecture names accepted by `GeneratorConfig.arch`."""
+    return sorted(_GENERATOR_BUILDERS)
+
+
+def list_discriminator_archs() -> list[str]:
+    """Architecture names accepted by `DiscriminatorConfig.arch`."""
+    return sorted(_DISCRIMINATOR_BUILDERS)
+
+
+def build_generator(cfg: GeneratorConfig) -> nn.Module:
+    """Build and initialise a generator.
+
+    Args:
+        cfg: the generator's config (validated on construction).
+
+    Returns:
+        An nn.Module with an int `size_multiple` attribute mapping (N, in_channels, H, W) in [-1, 1]
+        to (N, out_channels, H*scale, W*scale).
+    """
+    builder = _GENERATOR_BUILDERS.get(cfg.arch)
+    if builder is None:
+        raise ValueError(f"unknown generator arch {cfg.arch!r}; valid: {', '.join(list_generator_archs())}")
+    return init_weights(builder(cfg), cfg.init_type, cfg.init_gain)
+
+
+def build_discriminator(cfg: DiscriminatorConfig) -> nn.Module:
+    """Build and initialise a discriminator.
+
+    Args:
+        cfg: the discriminator's config.
+
+    Returns:
+        An nn.Module returning list[list[Tensor]] (per scale: features, prediction last).
+    """
+    builder = _DISCRIMINATOR_BUILDERS.get(cfg.arch)
+    if builder is None:
+        raise ValueError(f"unknown discriminator arch {cfg.arch!r}; "
+                         f"valid: {', '.join(list_discriminator_archs())}")
+    return init_weights(builder(cfg), cfg.init_type, cfg.init_gain)
+
+
+# --- named presets ----------------------------------------------------------------------------
+
+_GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
+    "unet_128": GeneratorConfig(arch="unet", depth=7),
+    "unet_256": GeneratorConfig(arch="unet", depth=8),
+    "resnet_6blocks": GeneratorConfig(arch="resnet", n_blocks=6),
+    "resnet_9blocks": GeneratorConfig(arch="resnet", n_blocks=9),
+}
+
+_DISCRIMINATOR_PRESETS: dict[str, DiscriminatorConfig] = {
+    "patchgan_16": DiscriminatorConfig(arch="patchgan", n_layers=1),
+    "patchgan_34": DiscriminatorConfig(arch="patchgan", n_layers=2),
+    "patchgan_70": DiscriminatorConfig(arch="patchgan", n_layers=3),
+    "pixel": DiscriminatorConfig(arch="pixel"),
+    "multiscale": DiscriminatorConfig(arch="multiscale", n_layers=3, num_scales=2),
+}
+
+
+def generator_preset(name: str) -> GeneratorConfig:
+    """Config of a named generator preset (override fields with `dataclasses.replace`).
+
+    Args:
+        name: one of `list_generators()`.
+
+    Returns:
+        The preset's GeneratorConfig.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+    """
+    try:
+        return _GENERATOR_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown generator {name!r}; valid: {', '.join(list_generators())}") from None
+
+
+def discriminator_preset(name: str) -> DiscriminatorConfig:
+    """Config of a named discriminator preset (override fields with `dataclasses.replace`).
+
+    Args:
+        name: one of `list_discriminators()`.
+
+    Returns:
+        The preset's DiscriminatorConfig.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+    """
+    try:
+        return _DISCRIMINATOR_PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown discriminator {name!r}; valid: {', '.join(list_discriminators())}"
+        ) from None
+
+
+def list_generators() -> list[str]:
+    """Names of the generator presets."""
+    return sorted(_GENERATOR_PRESETS)
+
+
+def list_discriminators() -> list[str]:
+    """Names of the discriminator presets."""
+    return sorted(_DISCRIMINATOR_PRESETS)
