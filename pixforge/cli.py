@@ -65,6 +65,9 @@ def _add_export(sub) -> None:
     p.add_argument("--scale", type=int, default=1, help="scale for --from junyanz super-resolution models")
     p.add_argument("--description", help="one-line description stored in the model's metadata")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX-vs-PyTorch parity check (not recommended)")
+    p.add_argument("--tile-size", type=int, help="recommended tile edge in input pixels stored in the metadata "
+                   "(default: about 512 output pixels, a multiple of the size multiple)")
+    p.add_argument("--parity-images", metavar="DIR", help="also check parity on up to 8 images from this folder")
 
 
 def _add_eval(sub) -> None:
@@ -86,6 +89,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--metrics-port", type=int, help="Prometheus metrics HTTP port (0 disables; default 9090)")
     p.add_argument("--poll", type=float, metavar="SECONDS", help="re-scan the repository every N seconds")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved server config as JSON and exit")
 
 
 def _add_convert(sub) -> None:
@@ -104,6 +108,10 @@ def _add_convert(sub) -> None:
     p.add_argument("--suffix", default="", help="append this to each output file's stem")
     p.add_argument("--dry-run", action="store_true", help="list what would be converted and exit")
     p.add_argument("--token", help="bearer token (default: $PIXFORGE_TOKEN)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per image (default 300)")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
+    p.add_argument("--root-cert", help="PEM root certificate(s) to trust for TLS (implies --tls)")
+    p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
 
 
 def _add_models(sub) -> None:

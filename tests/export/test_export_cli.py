@@ -1,0 +1,258 @@
+"""`pixforge export` end to end on checkpoint files built here (pixforge format and junyanz)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from export_helpers import ort_run, tiny_generator
+from pixforge.training import legacy
+from pixforge.training.registry import GeneratorConfig
+
+from pixforge.cli import main
+from pixforge.codec import encode_image
+from pixforge.contract import load_contract
+
+SR_CFG = GeneratorConfig(
+    arch="resnet", ngf=4, n_blocks=1, scale=2, upsample="pixelshuffle", init_type="xavier", init_gain=1.0
+)
+
+
+def _pixforge_checkpoint(path, cfg=SR_CFG, **overrides):
+    torch.manual_seed(0)
+    g = tiny_generator(
+        **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("ngf", "init_type", "init_gain")}
+    )
+    ckpt = {
+        "format": "pixforge.generator/1",
+        "generator_config": dataclasses.asdict(cfg),
+        "task": "super_resolution",
+        "scale": 2,
+        "input_channels": 3,
+        "output_channels": 3,
+        "color_space": "rgb",
+        "state_dict": g.state_dict(),
+        "training_config": {"model": "pix2pix", "train": {"lr_g": 2e-4}},
+        "metrics": {"psnr": 27.5, "ssim": 0.81},
+        "training_data": "div2k-tiny",
+        "step": 12,
+        "pixforge_version": "0.1.0",
+        "torch_version": str(torch.__version__),
+        "name": "G",
+    }
+    ckpt.update(overrides)
+    torch.save(ckpt, path)
+    return g
+
+
+def test_export_cli_end_to_end_pixforge_checkpoint(tmp_path):
+    ckpt = tmp_path / "G.pt"
+    _pixforge_checkpoint(ckpt)
+    repo = tmp_path / "models"
+    # the real console entry point, in a fresh interpreter (no state shared with the test process)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixforge.cli",
+            "export",
+            str(ckpt),
+            "--name",
+            "sr2",
+            "--repo",
+            str(repo),
+            "--description",
+            "tiny SR",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "within 1 grey level" in proc.stdout and "overall: max" in proc.stdout
+    path = repo / "sr2" / "1" / "model.onnx"
+    assert f"exported: {path}" in proc.stdout
+    c = load_contract(path)
+    assert (c.task, c.scale, c.description) == ("super_resolution", 2, "tiny SR")
+    assert c.metrics == {"psnr": 27.5, "ssim": 0.81}
+    assert c.metadata["training_data"] == "div2k-tiny" and '"lr_g":0.0002' in c.metadata["training_config"]
+    assert len(c.metadata["source_checkpoint_sha256"]) == 64 and c.metadata["arch"].startswith("resnet(")
+    out = ort_run(path, np.zeros((2, 8, 12, 3), np.uint8))
+    assert out.shape == (2, 16, 24, 3)
+
+
+def test_export_models_show_and_list_describe_an_exported_model(tmp_path, capsys):
+    ckpt = tmp_path / "G.pt"
+    _pixforge_checkpoint(ckpt)
+    repo = str(tmp_path / "models")
+    images = tmp_path / "photos"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    (images / "a.png").write_bytes(encode_image(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)))
+    (images / "b.png").write_bytes(encode_image(rng.integers(0, 256, (90, 70, 1), dtype=np.uint8)))
+    argv = ["export", str(ckpt), "--name", "sr2", "--repo", repo, "--description", "tiny SR"]
+    assert main([*argv, "--parity-images", str(tmp_path / "nothing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main([*argv, "--parity-images", str(images)]) == 0
+    out = capsys.readouterr().out
+    assert "image #1 64x64" in out and "image #2 68x64" in out
+    assert main(["models", "show", "sr2", "--repo", repo]) == 0
+    out = capsys.readouterr().out
+    for text in (
+        "status: OK",
+        "task:            super_resolution",
+        "scale:           x2",
+        "description:     tiny SR",
+        "metrics:         psnr=27.5, ssim=0.81",
+        "input  image: tensor(uint8) ['batch', 'height', 'width', 3]",
+        "output image_out: tensor(uint8)",
+        "source_checkpoint_sha256 = ",
+        "parity at export: max diff",
+    ):
+        assert text in out, text
+    assert main(["models", "list", "--repo", repo]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split()
+    assert row[:6] == ["sr2", "1*", "super_resolution", "x2", "3->3", "4"] and row[-1] == "OK"
+
+
+def test_export_cli_fp16_version_and_errors(tmp_path, capsys):
+    ckpt = tmp_path / "G.pt"
+    _pixforge_checkpoint(ckpt)
+    repo = str(tmp_path / "models")
+    assert main(["export", str(ckpt), "--name", "sr", "--repo", repo, "--fp16"]) == 0
+    assert "fp16 vs fp32 PSNR" in capsys.readouterr().out
+    assert main(["export", str(ckpt), "--name", "sr", "--repo", repo, "--version", "1"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", str(ckpt), "--name", "sr", "--repo", repo, "--no-verify"]) == 0
+    assert (
+        "exported: " in capsys.readouterr().out
+        and (tmp_path / "models" / "sr" / "2" / "model.onnx").is_file()
+    )
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    for argv, message in (
+        ([str(tmp_path / "missing.pt")], "checkpoint not found"),
+        ([str(bad)], "cannot read"),
+        ([str(ckpt), "--task", "colorization"], "--task applies to --from junyanz only"),
+        ([str(ckpt), "--opset", "9"], "--opset must be >= 13"),
+        ([str(ckpt), "--tile-size", "30"], "not a multiple"),
+    ):
+        assert main(["export", *argv, "--name", "x", "--repo", repo]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+    wrong = tmp_path / "wrong.pt"
+    _pixforge_checkpoint(wrong, format="something/else")
+    assert main(["export", str(wrong), "--name", "x", "--repo", repo]) == 2
+    assert "is not a pixforge.generator/1 checkpoint" in capsys.readouterr().err
+    mismatch = tmp_path / "mismatch.pt"
+    _pixforge_checkpoint(mismatch, generator_config=dataclasses.asdict(dataclasses.replace(SR_CFG, ngf=8)))
+    assert main(["export", str(mismatch), "--name", "x", "--repo", repo]) == 2
+    assert "do not fit its generator_config" in capsys.readouterr().err
+
+
+def _to_junyanz(state: dict, cfg: GeneratorConfig) -> dict:
+    ours_to_theirs = {v: k for k, v in legacy.junyanz_key_map(cfg).items()}
+    out = {}
+    for key, value in state.items():
+        module, _, name = key.rpartition(".")
+        out[f"{ours_to_theirs[module]}.{name}"] = value
+    return out
+
+
+@pytest.mark.parametrize("task", ["paired_translation", "colorization"])
+def test_export_cli_junyanz_checkpoint(task, tmp_path, capsys):
+    chans = {"in_channels": 1, "out_channels": 2} if task == "colorization" else {}
+    g = tiny_generator(arch="unet", depth=7, norm="batch", **chans)  # unet_128 layout, ngf 4
+    cfg = GeneratorConfig(arch="unet", depth=7, norm="batch", ngf=4, **chans)
+    path = tmp_path / "latest_net_G.pth"
+    torch.save(_to_junyanz(g.state_dict(), cfg), path)
+    repo = str(tmp_path / "models")
+    argv = ["export", str(path), "--from", "junyanz", "--arch", "unet_128", "--name", "jz", "--repo", repo]
+    assert main([*argv, "--task", task]) == 0
+    out = capsys.readouterr().out
+    assert "per-image statistics" in out
+    c = load_contract(tmp_path / "models" / "jz" / "1" / "model.onnx")
+    assert (c.task, c.size_multiple, c.input_channels, c.output_channels) == (task, 128, 3, 3)
+    assert c.metadata["source_format"] == "junyanz" and c.metadata["arch"] == "unet_128"
+    assert c.metadata["color_space"] == ("lab" if task == "colorization" else "rgb")
+
+    assert main([*argv, "--arch", "resnet_9blocks"]) == 2
+    assert "pass --arch unet_128" in capsys.readouterr().err
+    if task != "colorization":
+        assert main(argv) == 2
+        assert "--task is required" in capsys.readouterr().err
+
+
+def test_export_cli_junyanz_super_resolution_runs_on_the_bicubic_input(tmp_path, capsys):
+    g = tiny_generator(arch="resnet", n_blocks=6, norm="instance")
+    path = tmp_path / "G_A.pth"
+    torch.save(_to_junyanz(g.state_dict(), GeneratorConfig(arch="resnet", n_blocks=6, ngf=4)), path)
+    repo = tmp_path / "models"
+    assert (
+        main(
+            [
+                "export",
+                str(path),
+                "--from",
+                "junyanz",
+                "--task",
+                "super_resolution",
+                "--scale",
+                "2",
+                "--name",
+                "jzsr",
+                "--repo",
+                str(repo),
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
+    c = load_contract(repo / "jzsr" / "1" / "model.onnx")
+    assert (c.scale, c.size_multiple) == (2, 2)
+    assert ort_run(repo / "jzsr" / "1" / "model.onnx", np.zeros((1, 10, 14, 3), np.uint8)).shape == (
+        1,
+        20,
+        28,
+        3,
+    )
+
+
+def test_export_cli_colorization_checkpoint_from_the_training_writer(tmp_path, capsys):
+    # written by the training side's own checkpoint helper (input_channels=1: the L channel)
+    from pixforge.training.checkpoint import atomic_torch_save, generator_checkpoint
+
+    cfg = GeneratorConfig(arch="unet", in_channels=1, out_channels=2, ngf=4, depth=3)
+    g = tiny_generator(arch="unet", depth=3, in_channels=1, out_channels=2)
+    ckpt = generator_checkpoint(
+        generator_config=dataclasses.asdict(cfg),
+        state_dict=g.state_dict(),
+        task="colorization",
+        scale=1,
+        input_channels=1,
+        output_channels=3,
+        color_space="lab",
+        training_config={"task": "colorization"},
+        metrics={"colorfulness": 12.0},
+        training_data="tiny",
+        step=3,
+        name="G",
+    )
+    atomic_torch_save(ckpt, tmp_path / "G.pt")
+    repo = tmp_path / "models"
+    assert main(["export", str(tmp_path / "G.pt"), "--name", "colour", "--repo", str(repo)]) == 0, (
+        capsys.readouterr().err
+    )
+    c = load_contract(repo / "colour" / "1" / "model.onnx")
+    assert (c.task, c.input_channels, c.output_channels, c.metadata["color_space"]) == (
+        "colorization",
+        3,
+        3,
+        "lab",
+    )
+    gray = np.full((1, 16, 24, 3), 90, np.uint8)
+    assert ort_run(repo / "colour" / "1" / "model.onnx", gray).shape == (1, 16, 24, 3)

@@ -1,0 +1,329 @@
+"""One export: generator -> uint8 ONNX graph -> parity check -> validated repository entry.
+
+Steps (each fails loudly with the step named): wrap the generator in its inference semantics and the
+uint8 pixel conversions; check it maps the example to the promised shape; export with the
+TorchScript exporter, onnx.checker + shape inference, offline BASIC optimisation; compare with
+PyTorch at two sizes (and fp16 vs fp32 PSNR); write ``<repo>/<name>/<version>/`` atomically and
+read it back through ``pixforge.contract.load_contract``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from pixforge import __version__
+from pixforge.contract import TASKS, ModelContract, contract_from_session
+from pixforge.errors import ContractError
+
+from . import parity as parity_mod
+from .onnx_build import export_onnx
+from .parity import ParityReport, round_up
+from .wrapper import COLOR_SPACES, INFERENCE_SEMANTICS, build_export_module
+from .writer import SIDECAR_FILE, check_name, choose_version, write_model_version
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 13  # Resize(cubic) half-pixel semantics and the ops the wrapper uses are stable from 13
+
+
+class ExportError(RuntimeError):
+    """The export cannot proceed (bad configuration or a generator that breaks the contract)."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What one export produces.
+
+    Attributes:
+        task: one of pixforge.contract.TASKS.
+        color_space: "rgb", or "lab" for colourisation (G maps L/50-1 -> ab/110; the served model takes
+            and returns RGB, see docs/model-contract.md).
+        scale: output/input size ratio (super-resolution factor; 1 otherwise).
+        input_channels / output_channels: channels of the served model's uint8 images.
+        tile_size: recommended tile edge in input pixels (None: about 512 output pixels).
+        fp16: store the generator's weights and activations in fp16 (I/O and pixel conversions stay
+            uint8/fp32).
+        opset: ONNX opset.
+        verify: run the parity check (refuse to write a model that fails it).
+        description: one line for `pixforge models show`.
+        min_fp16_psnr: fp16 exports below this PSNR vs fp32 (dB) are refused.
+    """
+
+    task: str
+    color_space: str = "rgb"
+    scale: int = 1
+    input_channels: int = 3
+    output_channels: int = 3
+    tile_size: int | None = None
+    fp16: bool = False
+    opset: int = DEFAULT_OPSET
+    verify: bool = True
+    description: str = ""
+    min_fp16_psnr: float = parity_mod.MIN_FP16_PSNR_DB
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ExportError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.color_space not in COLOR_SPACES:
+            raise ExportError(
+                f"color_space must be one of {', '.join(COLOR_SPACES)}, got {self.color_space!r}"
+            )
+        if self.color_space == "lab" and (self.input_channels, self.output_channels) != (3, 3):
+            raise ExportError(
+                "a Lab (colourisation) model takes and returns 3-channel RGB images "
+                f"(got input_channels={self.input_channels}, output_channels={self.output_channels})"
+            )
+        for key in ("input_channels", "output_channels"):
+            if getattr(self, key) not in (1, 3):
+                raise ExportError(f"{key} must be 1 or 3, got {getattr(self, key)}")
+        if self.scale < 1 or (self.task != "super_resolution" and self.scale != 1):
+            raise ExportError(
+                f"scale must be >= 1 and 1 unless task is super_resolution, got {self.scale} for {self.task}"
+            )
+        if self.opset < MIN_OPSET:
+            raise ExportError(f"--opset must be >= {MIN_OPSET}, got {self.opset}")
+        if self.tile_size is not None and self.tile_size < 1:
+            raise ExportError(f"tile_size must be positive, got {self.tile_size}")
+
+    @property
+    def generator_channels(self) -> tuple[int, int]:
+        """(in, out) channels of the generator tensor (Lab: L -> ab)."""
+        return (1, 2) if self.color_space == "lab" else (self.input_channels, self.output_channels)
+
+
+@dataclass
+class ExportResult:
+    """What was written and how it was verified."""
+
+    path: Path
+    version: int
+    contract: ModelContract
+    parity: ParityReport | None
+    notes: list[str] = field(default_factory=list)
+    optimized: bool = False
+
+
+def default_tile_size(size_multiple: int, scale: int) -> int:
+    """About 512 output pixels per tile edge, a multiple of size_multiple."""
+    return round_up(max(512 // scale, 64, size_multiple), size_multiple)
+
+
+def _size_multiple(generator: nn.Module) -> int:
+    value = getattr(generator, "size_multiple", None)
+    if not isinstance(value, int) or value < 1:
+        raise ExportError(
+            f"{type(generator).__name__} has no positive int `size_multiple` attribute "
+            "(every registry generator must have one)"
+        )
+    return value
+
+
+def _check_generator(generator: nn.Module, cfg: ExportConfig, size_multiple: int) -> None:
+    gen_in, gen_out = cfg.generator_channels
+    h = w = round_up(32, size_multiple)
+    x = torch.zeros(1, gen_in, h, w)
+    try:
+        with torch.no_grad():
+            y = generator(x)
+    except Exception as exc:  # the generator's own error (wrong channels, size) in its words
+        raise ExportError(
+            f"the generator cannot run on a {tuple(x.shape)} input ({cfg.color_space} model takes "
+            f"{gen_in} channel(s)): {exc}"
+        ) from exc
+    want = (1, gen_out, h * cfg.scale, w * cfg.scale)
+    if tuple(y.shape) != want:
+        raise ExportError(
+            f"the generator maps {tuple(x.shape)} to {tuple(y.shape)}, but task={cfg.task} "
+            f"scale={cfg.scale} color_space={cfg.color_space} needs {want}"
+        )
+
+
+def _metadata(cfg: ExportConfig, size_multiple: int, tile: int, provenance: dict[str, str]) -> ModelContract:
+    meta = {k: str(v) for k, v in provenance.items() if v is not None and v != ""}
+    meta.update(
+        {
+            "export_date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "pixforge_version": __version__,
+            "precision": "fp16" if cfg.fp16 else "fp32",
+            "color_space": cfg.color_space,
+            "inference_semantics": INFERENCE_SEMANTICS,
+        }
+    )
+    if cfg.description:
+        meta["description"] = cfg.description
+    return ModelContract(
+        task=cfg.task,
+        scale=cfg.scale,
+        input_channels=cfg.input_channels,
+        output_channels=cfg.output_channels,
+        size_multiple=size_multiple,
+        tile_size=tile,
+        metadata=meta,
+    )
+
+
+def _sidecar(
+    contract: ModelContract,
+    model: onnx.ModelProto,
+    cfg: ExportConfig,
+    report: ParityReport | None,
+    notes: list[str],
+    optimized: bool,
+) -> dict:
+    import onnxruntime
+
+    return {
+        "format": "pixforge.model/1",
+        "metadata": contract.to_metadata(),
+        "io": {
+            "input": {
+                "name": model.graph.input[0].name,
+                "dtype": "uint8",
+                "shape": ["batch", "height", "width", contract.input_channels],
+            },
+            "output": {
+                "name": model.graph.output[0].name,
+                "dtype": "uint8",
+                "shape": [
+                    "batch",
+                    f"height*{contract.scale}",
+                    f"width*{contract.scale}",
+                    contract.output_channels,
+                ],
+            },
+        },
+        "parity": report.to_dict() if report else None,
+        "inference_semantics": notes or ["no normalisation or dropout changes needed"],
+        "onnx": {
+            "opset": cfg.opset,
+            "exporter": "torch.onnx TorchScript (dynamo=False)",
+            "ort_offline_optimization": "basic" if optimized else "none",
+            "model_sha256": hashlib.sha256(model.SerializeToString()).hexdigest(),
+            "torch_version": str(torch.__version__),
+            "onnx_version": onnx.__version__,
+            "onnxruntime_version": onnxruntime.__version__,
+        },
+    }
+
+
+def _contract_in_memory(model: onnx.ModelProto) -> ModelContract:
+    return contract_from_session(parity_mod.make_session(model))
+
+
+def export_generator(
+    generator: nn.Module,
+    cfg: ExportConfig,
+    repo: str | Path,
+    name: str,
+    *,
+    version: int | None = None,
+    provenance: dict[str, str] | None = None,
+    parity_images: list[np.ndarray] = (),
+    log=print,
+) -> ExportResult:
+    """Export ``generator`` as ``<repo>/<name>/<version>/model.onnx`` (+ model.json).
+
+    Args:
+        generator: a registry generator with a ``size_multiple`` attribute (not modified).
+        cfg: the export's ExportConfig.
+        repo: model repository folder (created if missing).
+        name: model name (folder name).
+        version: version number; default highest existing + 1. An existing version is refused.
+        provenance: optional metadata (training_config, metrics, training_data,
+            source_checkpoint_sha256, arch, generator_config, ...), stored verbatim as strings.
+        parity_images: extra uint8 HWC images for the parity check.
+        log: progress printer.
+
+    Returns:
+        ExportResult.
+
+    Raises:
+        ExportError, parity.ParityError, onnx_build.OnnxExportError, writer.RepositoryWriteError,
+        pixforge.errors.ContractError.
+    """
+    check_name(name)
+    repo = Path(repo)
+    version = choose_version(repo, name, version)  # fail before minutes of work on a taken version
+    size_multiple = _size_multiple(generator)
+    tile = cfg.tile_size or default_tile_size(size_multiple, cfg.scale)
+    if tile % size_multiple:
+        raise ExportError(
+            f"tile size {tile} is not a multiple of the generator's size_multiple {size_multiple}"
+        )
+    wrapper, notes = build_export_module(generator, cfg.color_space)
+    _check_generator(wrapper.generator, cfg, size_multiple)
+    contract = _metadata(cfg, size_multiple, tile, dict(provenance or {}))
+    metadata = contract.to_metadata()
+
+    h = round_up(max(32, size_multiple), size_multiple)
+    example = torch.from_numpy(parity_mod.parity_batch(h, h + size_multiple, cfg.input_channels)[:2].copy())
+    for note in notes:
+        log(f"inference semantics: {note}")
+    log(f"exporting fp32 graph (opset {cfg.opset}, dynamic batch/height/width)")
+    model, optimized = export_onnx(
+        wrapper,
+        example,
+        opset=cfg.opset,
+        input_channels=cfg.input_channels,
+        output_channels=cfg.output_channels,
+        metadata=metadata,
+    )
+
+    report = None
+    inputs = parity_mod.parity_inputs(size_multiple, cfg.input_channels, list(parity_images))
+    if cfg.verify:
+        log("parity check: ONNX (onnxruntime CPU) vs PyTorch")
+        report = parity_mod.check_parity(wrapper, model, inputs)
+        for line in report.lines():
+            log(line)
+    else:
+        log("WARNING: parity check skipped (--no-verify): the graph is not compared with PyTorch")
+
+    if cfg.fp16:
+        wrapper16, _ = build_export_module(generator, cfg.color_space, fp16=True)
+        log("exporting fp16 graph (uint8 I/O, fp32 pixel conversions, fp16 generator)")
+        model16, _ = export_onnx(
+            wrapper16,
+            example,
+            opset=cfg.opset,
+            input_channels=cfg.input_channels,
+            output_channels=cfg.output_channels,
+            metadata=metadata,
+            optimize=False,
+        )
+        if cfg.verify:
+            psnr = parity_mod.fp16_psnr(model, model16, inputs, cfg.min_fp16_psnr)
+            report.fp16_psnr_db = psnr
+            log(f"  fp16 vs fp32 PSNR: {psnr:.2f} dB (onnxruntime CPU)")
+        model, optimized = model16, False
+
+    try:
+        _contract_in_memory(model)
+    except ContractError as exc:
+        raise ExportError(f"the exported graph breaks the model contract: {exc}") from exc
+    sidecar = _sidecar(contract, model, cfg, report, notes, optimized)
+    path, written = write_model_version(repo, name, version, model, sidecar)
+    log(f"wrote {path} (+ {SIDECAR_FILE})")
+    return ExportResult(path, version, written, report, notes, optimized)
+
+
+def config_summary(config: dict | None) -> str:
+    """The training config as compact JSON for the metadata ('' when unknown)."""
+    if not config:
+        return ""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def generator_config_json(cfg) -> str:
+    """A GeneratorConfig (dataclass or dict) as compact JSON."""
+    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,250 @@
+"""`pixforge export`: a generator checkpoint -> ``<repo>/<name>/<version>/model.onnx``.
+
+The model obeys docs/model-contract.md.
+
+Reads a pixforge checkpoint (``"format": "pixforge.generator/1"``, written by `pixforge train`) or a
+junyanz ``latest_net_G.pth`` (``--from junyanz``, converted by ``pixforge.training.legacy``), builds
+the generator through the registry and hands it to ``pixforge.training.export.export_generator``.
+
+Exit codes: 0 written; 1 the parity check failed (nothing written); 2 bad input (message, no traceback).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from pixforge.training import legacy
+from pixforge.training.checkpoint import GENERATOR_FORMAT as CHECKPOINT_FORMAT
+from pixforge.training.checkpoint import load_generator_checkpoint
+from pixforge.training.export import (
+    ExportConfig,
+    ExportError,
+    OnnxExportError,
+    ParityError,
+    RepositoryWriteError,
+    export_generator,
+)
+from pixforge.training.export.pipeline import config_summary, generator_config_json
+from pixforge.training.export.wrapper import PreUpsampled
+from pixforge.training.registry import GeneratorConfig, build_generator, generator_preset, list_generators
+from torch.torch_version import TorchVersion
+
+from pixforge.contract import TASKS
+from pixforge.errors import PixforgeError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def arch_name(cfg: GeneratorConfig) -> str:
+    """Preset name when the layout matches one (e.g. "unet_256"), else a short description."""
+    for name in list_generators():
+        p = generator_preset(name)
+        if p.arch == cfg.arch and (p.depth if cfg.arch == "unet" else p.n_blocks) == (
+            cfg.depth if cfg.arch == "unet" else cfg.n_blocks
+        ):
+            base = name
+            break
+    else:
+        base = f"unet(depth={cfg.depth})" if cfg.arch == "unet" else f"resnet(n_blocks={cfg.n_blocks})"
+    if cfg.scale > 1:
+        base += f"+{cfg.upsample}x{cfg.scale}"
+    return base
+
+
+def _load_error(exc: Exception) -> str:
+    # torch's weights_only message is a paragraph; the line naming the offending class is the useful one.
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    named = [ln for ln in lines if ln.startswith("WeightsUnpickler error")]
+    return (named or lines or [type(exc).__name__])[0] + (
+        " (checkpoints must hold plain types only: dicts, lists, numbers, strings, tensors)" if named else ""
+    )
+
+
+def _require(ckpt: dict, key: str, kind: type | tuple[type, ...]):
+    if key not in ckpt:
+        raise UsageError(f"checkpoint has no {key!r} entry (expected the {CHECKPOINT_FORMAT} layout)")
+    if not isinstance(ckpt[key], kind):
+        raise UsageError(f"checkpoint entry {key!r} has type {type(ckpt[key]).__name__}")
+    return ckpt[key]
+
+
+def load_pixforge_checkpoint(path: Path, args) -> tuple[torch.nn.Module, ExportConfig, dict[str, str]]:
+    """A pixforge generator checkpoint -> (generator with weights, export config, provenance)."""
+    for flag, value in (("--arch", args.arch), ("--norm", args.norm), ("--task", args.task)):
+        if value is not None:
+            raise UsageError(f"{flag} applies to --from junyanz only; a pixforge checkpoint records it")
+    if args.scale != 1:
+        raise UsageError("--scale applies to --from junyanz only; a pixforge checkpoint records its scale")
+    try:
+        # TorchVersion is a str subclass that early checkpoints stored as "torch_version"; allowing it
+        # keeps weights_only loading (no code execution) for those files.
+        with torch.serialization.safe_globals([TorchVersion]):
+            ckpt = load_generator_checkpoint(path)
+    except ValueError as exc:  # wrong format or missing keys, in the checkpoint module's words
+        hint = (
+            "" if "lacks keys" in str(exc) else " (a junyanz latest_net_G.pth? add --from junyanz --arch ...)"
+        )
+        raise UsageError(f"{exc}{hint}") from exc
+    except Exception as exc:  # pickle/zip errors of many types
+        raise UsageError(f"cannot read {path} as a pixforge checkpoint: {_load_error(exc)}") from exc
+    try:
+        gen_cfg = GeneratorConfig.from_dict(_require(ckpt, "generator_config", dict))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"checkpoint generator_config is invalid: {exc}") from exc
+    generator = build_generator(gen_cfg)
+    try:
+        generator.load_state_dict(_require(ckpt, "state_dict", dict), strict=True)
+    except RuntimeError as exc:
+        raise UsageError(
+            f"checkpoint weights do not fit its generator_config: {str(exc).splitlines()[0]}"
+        ) from exc
+    color_space = ckpt.get("color_space", "rgb")
+    lab = color_space == "lab"
+    try:
+        cfg = ExportConfig(
+            task=_require(ckpt, "task", str),
+            color_space=color_space,
+            scale=int(_require(ckpt, "scale", int)),
+            # Colourisation models take and return RGB photos (the graph does RGB <-> Lab).
+            input_channels=3 if lab else int(_require(ckpt, "input_channels", int)),
+            output_channels=3 if lab else int(_require(ckpt, "output_channels", int)),
+            tile_size=args.tile_size,
+            fp16=args.fp16,
+            opset=args.opset,
+            verify=not args.no_verify,
+            description=args.description or "",
+        )
+    except ExportError as exc:
+        raise UsageError(f"checkpoint does not describe an exportable model: {exc}") from exc
+    provenance = {
+        "arch": arch_name(gen_cfg),
+        "generator_config": generator_config_json(gen_cfg),
+        "training_config": config_summary(ckpt.get("training_config")),
+        "metrics": json.dumps(ckpt.get("metrics") or {}, sort_keys=True),
+        "training_data": str(ckpt.get("training_data") or ""),
+        "training_step": str(ckpt.get("step", "")),
+        "source_format": CHECKPOINT_FORMAT,
+        "source_checkpoint_sha256": file_sha256(path),
+        "direction": str(ckpt.get("direction") or ""),
+        "generator_name": str(ckpt.get("name") or ""),
+    }
+    return generator, cfg, provenance
+
+
+def load_junyanz_checkpoint(path: Path, args) -> tuple[torch.nn.Module, ExportConfig, dict[str, str]]:
+    """A junyanz ``*_net_G*.pth`` -> (generator with weights, export config, provenance)."""
+    try:
+        gen_cfg, state = legacy.load_junyanz_generator(path, arch=args.arch, norm=args.norm)
+    except legacy.LegacyCheckpointError as exc:
+        raise UsageError(str(exc)) from exc
+    generator = build_generator(gen_cfg)
+    generator.load_state_dict(state, strict=True)
+    colour = (gen_cfg.in_channels, gen_cfg.out_channels) == (1, 2)
+    task = args.task or ("colorization" if colour else None)
+    if task is None:
+        raise UsageError(f"--task is required with --from junyanz (one of {', '.join(TASKS)})")
+    if task not in TASKS:
+        raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task == "colorization" and not colour:
+        raise UsageError(
+            "a junyanz colorization generator maps L (1 channel) to ab (2 channels); "
+            f"this one maps {gen_cfg.in_channels} -> {gen_cfg.out_channels}"
+        )
+    if args.scale < 1 or (args.scale > 1 and task != "super_resolution"):
+        raise UsageError(f"--scale {args.scale} needs --task super_resolution (and scale >= 1)")
+    if args.scale > 1:
+        # junyanz has no upscaling generator: SR with pix2pix runs on the bicubic-upsampled input.
+        generator = PreUpsampled(generator, args.scale)
+    try:
+        cfg = ExportConfig(
+            task=task,
+            color_space="lab" if task == "colorization" else "rgb",
+            scale=args.scale,
+            input_channels=3 if colour else gen_cfg.in_channels,
+            output_channels=3 if colour else gen_cfg.out_channels,
+            tile_size=args.tile_size,
+            fp16=args.fp16,
+            opset=args.opset,
+            verify=not args.no_verify,
+            description=args.description or "",
+        )
+    except ExportError as exc:
+        raise UsageError(str(exc)) from exc
+    provenance = {
+        "arch": arch_name(gen_cfg) + (f"+bicubic_input_x{args.scale}" if args.scale > 1 else ""),
+        "generator_config": generator_config_json(gen_cfg),
+        "source_format": "junyanz",
+        "source_checkpoint_sha256": file_sha256(path),
+        "training_data": "junyanz/pytorch-CycleGAN-and-pix2pix checkpoint",
+    }
+    return generator, cfg, provenance
+
+
+def load_parity_images(folder: str | None) -> list[np.ndarray]:
+    """Decoded images (sorted, at most 8) from ``folder`` for the parity check."""
+    if not folder:
+        return []
+    from pixforge.codec import decode_image
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise UsageError(f"--parity-images {folder} is not a folder")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:8]
+    if not files:
+        raise UsageError(f"--parity-images {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    try:
+        return [decode_image(p.read_bytes()).pixels for p in files]
+    except PixforgeError as exc:
+        raise UsageError(f"--parity-images: {exc}") from exc
+
+
+def run(args) -> int:
+    """Entry point of `pixforge export` (see module docstring for exit codes)."""
+    path = Path(args.checkpoint)
+    try:
+        if not path.is_file():
+            raise UsageError(f"checkpoint not found: {path}")
+        loader = load_junyanz_checkpoint if args.source == "junyanz" else load_pixforge_checkpoint
+        generator, cfg, provenance = loader(path, args)
+        images = load_parity_images(getattr(args, "parity_images", None))
+        torch.manual_seed(0)
+        result = export_generator(
+            generator,
+            cfg,
+            args.repo,
+            args.name,
+            version=args.version,
+            provenance=provenance,
+            parity_images=images,
+        )
+    except ParityError as exc:
+        print(f"pixforge export: parity check FAILED, nothing written\n{exc}", file=sys.stderr)
+        return 1
+    except (UsageError, ExportError, OnnxExportError, RepositoryWriteError, PixforgeError, OSError) as exc:
+        print(f"pixforge export: {exc}", file=sys.stderr)
+        return 2
+    c = result.contract
+    print(
+        f"model: {args.name} version {result.version}: task={c.task} scale={c.scale} "
+        f"channels={c.input_channels}->{c.output_channels} size_multiple={c.size_multiple} "
+        f"tile={c.tile_size} precision={c.metadata.get('precision')}"
+    )
+    print(f"exported: {result.path}")
+    return 0
