@@ -1,0 +1,121 @@
+"""`ClientConfig`: everything a client needs to open a channel, validated once.
+
+Both the sync `Client` and the `AsyncClient` are built from it, so they share targets, TLS,
+token, deadlines, retries, load balancing and transport options.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from pixforge.errors import PixforgeError
+
+from .retry import DEFAULT_MAX_MESSAGE_BYTES, RetryPolicy, channel_options
+from .targets import resolve_target
+
+
+class ClientConfigError(PixforgeError, ValueError):
+    """A client setting is invalid (bad target, unreadable certificate, negative timeout...)."""
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Connection settings of a pixforge client.
+
+    Attributes:
+        target: "host:port", "dns:///host:port", another gRPC target URI, or several
+            "host:port" entries (a list or a comma-separated string) to load-balance across.
+        token: bearer token sent as "authorization: Bearer <token>" on every call (None: none).
+        tls: False for plaintext; True for TLS with the system roots; or the path of a PEM file
+            of root certificates to trust (a private CA).
+        timeout: default deadline in seconds of every call (translate, list_models, ...).
+        retry: backoff policy for UNAVAILABLE / RESOURCE_EXHAUSTED on idempotent calls.
+        load_balancing: "round_robin" (default: spread calls across servers) or "pick_first".
+        max_message_bytes: gRPC send/receive message limit.
+        keepalive_s: HTTP/2 keepalive ping interval during calls (0 disables).
+        stream_duration: seconds one TranslateStream is fed before the client rotates to a new
+            one (every stream then has a deadline of stream_duration + timeout).
+        extra_options: more gRPC channel options as (name, value) pairs.
+    """
+
+    target: str | tuple[str, ...]
+    token: str | None = None
+    tls: bool | str = False
+    timeout: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    load_balancing: str = "round_robin"
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    keepalive_s: float = 30.0
+    stream_duration: float = 300.0
+    extra_options: tuple[tuple[str, object], ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target, list):
+            object.__setattr__(self, "target", tuple(self.target))
+        if self.timeout is None or self.timeout <= 0:
+            raise ClientConfigError(f"timeout must be > 0 seconds, got {self.timeout}")
+        if self.stream_duration <= 0:
+            raise ClientConfigError(f"stream_duration must be > 0 seconds, got {self.stream_duration}")
+        if self.load_balancing not in ("round_robin", "pick_first"):
+            raise ClientConfigError(
+                f"load_balancing must be round_robin or pick_first, got {self.load_balancing!r}"
+            )
+        if self.max_message_bytes < 1024 * 1024:
+            raise ClientConfigError(f"max_message_bytes must be at least 1 MiB, got {self.max_message_bytes}")
+        if isinstance(self.tls, str) and not Path(self.tls).is_file():
+            raise ClientConfigError(f"TLS root certificate file not found: {self.tls}")
+
+    def grpc_target(self) -> tuple[str, int]:
+        """Return (gRPC target string, number of servers listed); raises ClientConfigError."""
+        try:
+            return resolve_target(list(self.target) if isinstance(self.target, tuple) else self.target)
+        except ValueError as exc:
+            raise ClientConfigError(str(exc)) from None
+
+    def options(self) -> list[tuple[str, object]]:
+        """gRPC channel options (service config with retries + load balancing, limits, keepalive)."""
+        return channel_options(
+            self.retry, self.load_balancing, self.max_message_bytes, self.keepalive_s, self.extra_options
+        )
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS channel credentials, or None for a plaintext channel."""
+        if self.tls is False or self.tls is None:
+            return None
+        if self.tls is True:
+            return grpc.ssl_channel_credentials()
+        try:
+            roots = Path(self.tls).read_bytes()
+        except OSError as exc:
+            raise ClientConfigError(f"cannot read TLS root certificates {self.tls}: {exc.strerror}") from None
+        return grpc.ssl_channel_credentials(root_certificates=roots)
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata sent with every RPC (the bearer token, when set)."""
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
+def make_config(
+    target: str | Sequence[str],
+    token: str | None = None,
+    tls: bool | str | os.PathLike = False,
+    **kwargs,
+) -> ClientConfig:
+    """Build a ClientConfig from the constructor arguments of Client / AsyncClient.
+
+    Raises:
+        ClientConfigError: an invalid setting (the message names it).
+    """
+    if isinstance(tls, os.PathLike):
+        tls = os.fspath(tls)
+    if not isinstance(target, str):
+        target = tuple(target)
+    try:
+        return ClientConfig(target=target, token=token, tls=tls, **kwargs)
+    except TypeError as exc:
+        raise ClientConfigError(str(exc)) from None

@@ -1,0 +1,419 @@
+"""`pixforge convert`: convert files and folder trees of images through a pixforge server.
+
+Safe to kill and re-run: each output is written to a hidden temp file beside it and renamed into
+place (os.replace is atomic), so an output either exists complete or not at all, and a re-run
+skips finished outputs (unless --overwrite) and redoes the rest. Failed inputs do not stop the run;
+they are printed and written to ``<output>/pixforge-convert-report.jsonl`` with the server's
+status code and reason.
+
+Throughput: inputs are walked lazily and streamed to the server over TranslateStream calls with a
+bounded window of --concurrency items (see pixforge.clients.stream), so a small client keeps a GPU
+server busy while its memory stays flat over any number of files.
+
+Exit codes: 0 every input converted or skipped; 1 some inputs failed; 2 usage error, or the
+server could not be reached / refused us (a clear one-line message, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+import grpc
+from tqdm import tqdm
+
+from .client import Client
+from .config import ClientConfigError
+from .errors import ClientError
+from .retry import RetryPolicy
+from .walk import REPORT_NAME, Job, WalkOptions, count_inputs, walk
+
+# Failures that say "this run cannot go on", not "this file is bad": stop and exit 2.
+FATAL_CODES = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.NOT_FOUND,
+)
+
+# Batch runs ride out a server restart: waits of up to 0.5, 1, 2, 4, 8 s (full jitter).
+CONVERT_RETRY = RetryPolicy(max_attempts=6, initial_backoff=0.5, max_backoff=8.0)
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Validated `pixforge convert` arguments."""
+
+    inputs: tuple[str, ...]
+    server: str
+    model: str
+    walk: WalkOptions
+    quality: int
+    concurrency: int
+    overwrite: bool
+    dry_run: bool
+    token: str | None
+    tls: bool | str
+    timeout: float
+    progress: bool
+
+    @classmethod
+    def from_args(cls, args) -> ConvertOptions:
+        """Validate argparse arguments.
+
+        Raises:
+            UsageError: a message naming the bad flag or input.
+        """
+        if not 1 <= args.quality <= 100:
+            raise UsageError(f"--quality must be within 1..100, got {args.quality}")
+        if args.concurrency < 1:
+            raise UsageError(f"--concurrency must be >= 1, got {args.concurrency}")
+        if os.sep in args.suffix or (os.altsep and os.altsep in args.suffix):
+            raise UsageError(f"--suffix must not contain a path separator: {args.suffix!r}")
+        timeout = getattr(args, "timeout", None) or 300.0
+        if timeout <= 0:
+            raise UsageError(f"--timeout must be > 0 seconds, got {timeout}")
+        if not args.model.strip():
+            raise UsageError("--model must not be empty")
+        for path in args.inputs:
+            if not os.path.exists(path):
+                raise UsageError(f"input not found: {path}")
+        if os.path.exists(args.output) and not os.path.isdir(args.output):
+            raise UsageError(f"--output exists and is not a folder: {args.output}")
+        out_real = os.path.realpath(args.output)
+        if not args.suffix and any(os.path.isdir(p) and os.path.realpath(p) == out_real for p in args.inputs):
+            raise UsageError(
+                "--output is an input folder: add --suffix so outputs do not replace or mix with inputs"
+            )
+        root_cert = getattr(args, "root_cert", None)
+        if root_cert and not os.path.isfile(root_cert):
+            raise UsageError(f"--root-cert file not found: {root_cert}")
+        tls: bool | str = root_cert or bool(getattr(args, "tls", False))
+        progress = getattr(args, "progress", False) or sys.stderr.isatty()
+        return cls(
+            inputs=tuple(args.inputs),
+            server=args.server,
+            model=args.model.strip(),
+            walk=WalkOptions(
+                output=args.output,
+                recursive=args.recursive,
+                glob=args.glob,
+                fmt=args.format,
+                suffix=args.suffix,
+            ),
+            quality=args.quality,
+            concurrency=args.concurrency,
+            overwrite=args.overwrite,
+            dry_run=args.dry_run,
+            token=args.token or os.environ.get("PIXFORGE_TOKEN") or None,
+            tls=tls,
+            timeout=timeout,
+            progress=progress,
+        )
+
+
+class Tally:
+    """Counts, the progress bar and the failure report; shared by the feeding threads and main.
+
+    Args:
+        output: output folder (the report goes there).
+        progress: show a tqdm bar on stderr.
+        write_report: write failures to the report file (not in dry runs).
+    """
+
+    def __init__(self, output: str, progress: bool, write_report: bool = True):
+        self.converted = self.skipped = self.failed = self.ignored = 0
+        self.report_path = os.path.join(output, REPORT_NAME)
+        self._write_report = write_report
+        self._report: IO[str] | None = None
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+        self.bar = tqdm(
+            total=None,
+            unit="img",
+            desc="converting",
+            file=sys.stderr,
+            disable=not progress,
+            dynamic_ncols=True,
+            smoothing=0.05,
+            mininterval=0.5,
+        )
+
+    def _tick(self) -> None:
+        self.bar.set_postfix_str(f"ok={self.converted} skip={self.skipped} fail={self.failed}", refresh=False)
+        self.bar.update(1)
+
+    def set_total(self, total: int) -> None:
+        with self._lock:
+            self.bar.total = total
+            self.bar.refresh()
+
+    def converted_one(self) -> None:
+        with self._lock:
+            self.converted += 1
+            self._tick()
+
+    def skipped_one(self) -> None:
+        with self._lock:
+            self.skipped += 1
+            self._tick()
+
+    def ignored_one(self) -> None:
+        with self._lock:
+            self.ignored += 1
+
+    def failed_one(self, src: str, dst: str | None, code: str, message: str) -> None:
+        """Count a failure, print it and append it to the report (created on first failure)."""
+        line = json.dumps({"input": src, "output": dst, "code": code, "message": message}, ensure_ascii=False)
+        with self._lock:
+            self.failed += 1
+            self._tick()
+            if self._report is None and self._write_report:
+                os.makedirs(os.path.dirname(self.report_path) or ".", exist_ok=True)
+                self._report = open(self.report_path, "w", encoding="utf-8")  # noqa: SIM115
+            if self._report is not None:
+                self._report.write(line + "\n")
+                self._report.flush()  # a killed run still leaves the failures seen so far
+            self.bar.write(f"FAILED {src}: {code}: {message}", file=sys.stderr)
+
+    def close(self) -> None:
+        with self._lock:
+            self.bar.close()
+            if self._report is not None:
+                self._report.close()
+
+    def summary(self) -> str:
+        elapsed = time.monotonic() - self.started
+        rate = self.converted / elapsed if elapsed > 0 else 0.0
+        text = (
+            f"converted {self.converted}, skipped {self.skipped}, failed {self.failed}, "
+            f"ignored {self.ignored} (not images) in {elapsed:.1f}s ({rate:.1f} images/s)"
+        )
+        if self.failed:
+            text += f"; failures listed in {self.report_path}"
+        return text
+
+
+def plan(opts: ConvertOptions, tally: Tally) -> Iterator[Job]:
+    """Yield the Jobs to send, counting skips, ignored files and collisions on the way.
+
+    Runs lazily in the client's feeding thread, so skipping 100k finished files overlaps with
+    converting the rest.
+    """
+    claimed: set[int] = set()  # hashes of outputs claimed this run: 8 bytes a file, not paths
+    for kind, value in walk(list(opts.inputs), opts.walk):
+        if kind == "ignored":
+            tally.ignored_one()
+            continue
+        if kind == "unreadable":
+            tally.failed_one(str(value), None, "UNREADABLE", "cannot list this folder")
+            continue
+        job: Job = value  # type: ignore[assignment]
+        key = hash(job.dst)
+        if key in claimed:
+            tally.failed_one(
+                job.src,
+                job.dst,
+                "OUTPUT_COLLISION",
+                "another input in this run maps to the same output (same name, different "
+                "extension); rename one or convert it separately with --suffix",
+            )
+            continue
+        claimed.add(key)
+        if os.path.exists(job.dst):
+            if _same_file(job.src, job.dst):
+                tally.failed_one(
+                    job.src,
+                    job.dst,
+                    "OUTPUT_IS_INPUT",
+                    "the output would replace its own input; use --suffix or another --output",
+                )
+                continue
+            if not opts.overwrite:
+                _remove_quietly(job.tmp)  # a temp left by an interrupted --overwrite run
+                tally.skipped_one()
+                continue
+        yield job
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass  # not ours to fail on: the real output exists
+
+
+def write_atomically(job: Job, data: bytes) -> None:
+    """Write data to job.dst through a temp file in the same folder + os.replace.
+
+    A kill at any point leaves either the previous state or the complete file, never a partial
+    one (a stale temp file is overwritten by the next run).
+    """
+    os.makedirs(os.path.dirname(job.dst) or ".", exist_ok=True)
+    tmp = job.tmp
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, job.dst)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _start_counter(opts: ConvertOptions, tally: Tally) -> threading.Thread:
+    """Count the inputs in the background so the bar gets a total (and an ETA) without a list."""
+
+    def count() -> None:
+        try:
+            tally.set_total(count_inputs(list(opts.inputs), opts.walk))
+        except Exception:  # a total is cosmetic: a failed count only leaves the bar without ETA
+            pass
+
+    thread = threading.Thread(target=count, name="pixforge-count", daemon=True)
+    thread.start()
+    return thread
+
+
+def dry_run(opts: ConvertOptions) -> int:
+    """Print what would be converted (input -> output) and the counts; contacts no server."""
+    tally = Tally(opts.walk.output, progress=False, write_report=False)
+    n = 0
+    for job in plan(opts, tally):
+        print(f"{job.src} -> {job.dst}")
+        n += 1
+    tally.close()
+    print(
+        f"dry run: would convert {n}, skip {tally.skipped} (output exists), "
+        f"fail {tally.failed}, ignore {tally.ignored} (not images)",
+    )
+    return 0
+
+
+def _error(message: str) -> int:
+    print(f"pixforge convert: {message}", file=sys.stderr)
+    return 2
+
+
+def _preflight(client: Client, opts: ConvertOptions) -> str | None:
+    """Check the server answers and serves the model; return an error message or None."""
+    try:
+        info = client.get_model(opts.model, timeout=min(opts.timeout, 15.0))
+    except ClientError as exc:
+        if exc.code == grpc.StatusCode.NOT_FOUND:
+            try:
+                names = sorted({m.name for m in client.list_models(timeout=10.0)})
+            except ClientError:
+                names = []
+            known = f" (it serves: {', '.join(names)})" if names else ""
+            return f"model {opts.model!r} not found on server {opts.server}{known}"
+        if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return f"cannot reach server {opts.server}: {exc.message or exc.code.name}"
+        if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+            return f"server {opts.server} refused the token (--token or $PIXFORGE_TOKEN): {exc.message}"
+        return f"server {opts.server} answered {exc.code.name}: {exc.message}"
+    if info.state == "failed":
+        return f"model {opts.model!r} failed to load on server {opts.server}: {info.error}"
+    return None
+
+
+def convert(client: Client, opts: ConvertOptions) -> int:
+    """Run the conversion with a connected client; return the exit code."""
+    try:
+        os.makedirs(opts.walk.output, exist_ok=True)
+    except OSError as exc:
+        return _error(f"cannot create --output {opts.walk.output}: {exc.strerror}")
+    # The report describes the latest run only; a stale one would list fixed failures.
+    _remove_quietly(os.path.join(opts.walk.output, REPORT_NAME))
+    tally = Tally(opts.walk.output, opts.progress)
+    if opts.progress:
+        _start_counter(opts, tally)
+    fatal: ClientError | None = None
+    results = client.translate_many(
+        plan(opts, tally),
+        opts.model,
+        opts.walk.fmt,
+        concurrency=opts.concurrency,
+        ordered=False,
+        quality=opts.quality,
+        timeout=opts.timeout,
+    )
+    try:
+        for result in results:
+            job: Job = result.source
+            if result.ok:
+                try:
+                    write_atomically(job, result.image)  # type: ignore[arg-type]
+                except OSError as exc:
+                    tally.failed_one(
+                        job.src, job.dst, "WRITE_ERROR", f"cannot write the output: {exc.strerror or exc}"
+                    )
+                    continue
+                tally.converted_one()
+                continue
+            error = result.error
+            assert error is not None
+            tally.failed_one(job.src, job.dst, error.code_name, error.message)
+            if error.code in FATAL_CODES:
+                fatal = error
+                break
+    except KeyboardInterrupt:
+        tally.close()
+        print("interrupted: " + tally.summary() + " (re-run to resume)", file=sys.stderr)
+        raise
+    finally:
+        results.close()  # type: ignore[attr-defined]  (cancels in-flight work on break)
+    tally.close()
+    print(tally.summary())
+    if fatal is not None:
+        return _error(
+            f"stopped: server {opts.server} answered {fatal.code_name}: {fatal.message} "
+            "(finished outputs are kept; re-run to resume)"
+        )
+    return 1 if tally.failed else 0
+
+
+def run(args) -> int:
+    """Entry point of `pixforge convert` (see pixforge/cli.py for the flags).
+
+    Args:
+        args: the parsed argparse namespace.
+
+    Returns:
+        0 all converted or skipped, 1 some failed, 2 usage or connection error.
+    """
+    try:
+        opts = ConvertOptions.from_args(args)
+    except UsageError as exc:
+        return _error(str(exc))
+    if opts.dry_run:
+        return dry_run(opts)
+    try:
+        client = Client(
+            opts.server, token=opts.token, tls=opts.tls, timeout=opts.timeout, retry=CONVERT_RETRY
+        )
+    except ClientConfigError as exc:
+        return _error(str(exc))
+    with client:
+        problem = _preflight(client, opts)
+        if problem:
+            return _error(problem)
+        return convert(client, opts)

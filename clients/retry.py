@@ -1,0 +1,133 @@
+"""Retry, load-balancing and transport settings, expressed the standard gRPC way.
+
+Unary calls are retried by gRPC itself, from a service config passed as the "grpc.service_config"
+channel option (gRFC A6): every ImageTranslation unary method is idempotent (translating the same
+image twice gives the same bytes), so Translate, ListModels and GetModel are retried on
+UNAVAILABLE and RESOURCE_EXHAUSTED with exponential backoff and jitter, within the call's deadline,
+honouring server push-back. The same config selects the round_robin load-balancing policy so every
+resolved address gets traffic.
+
+A TranslateStream cannot be replayed by gRPC once responses have flowed, so `translate_many`
+re-sends the unanswered items of a broken stream itself, with `RetryPolicy.backoff()`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import grpc
+
+SERVICE = "pixforge.v1.ImageTranslation"
+IDEMPOTENT_METHODS = ("Translate", "ListModels", "GetModel")
+RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+"""Large enough for a 4x super-resolved 24 MP photo as PNG; the server sets its own limit."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for UNAVAILABLE / RESOURCE_EXHAUSTED on idempotent calls.
+
+    Attributes:
+        max_attempts: tries per call including the first (gRPC caps this at 5 for unary calls);
+            1 disables retries.
+        initial_backoff: seconds before the first retry.
+        max_backoff: ceiling on any single wait, in seconds.
+        multiplier: backoff growth per attempt.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.2
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.initial_backoff <= 0 or self.max_backoff <= 0 or self.multiplier < 1:
+            raise ValueError("backoff times must be > 0 and multiplier >= 1")
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (1-based): full jitter, as gRPC does.
+
+        Args:
+            retry: 1 for the first retry, 2 for the second, ...
+
+        Returns:
+            A random wait in [0, min(max_backoff, initial_backoff * multiplier**(retry-1))].
+        """
+        cap = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, retry - 1))
+        return random.uniform(0.0, cap)
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+def service_config(retry: RetryPolicy, load_balancing: str = "round_robin") -> str:
+    """Return the JSON service config for the "grpc.service_config" channel option.
+
+    Args:
+        retry: the retry policy for idempotent unary methods.
+        load_balancing: "round_robin" (spread calls over every address) or "pick_first".
+
+    Returns:
+        A JSON string.
+    """
+    if load_balancing not in ("round_robin", "pick_first"):
+        raise ValueError(f"load_balancing must be 'round_robin' or 'pick_first', got {load_balancing!r}")
+    config: dict = {"loadBalancingConfig": [{load_balancing: {}}]}
+    if retry.max_attempts > 1:
+        config["methodConfig"] = [
+            {
+                "name": [{"service": SERVICE, "method": m} for m in IDEMPOTENT_METHODS],
+                "retryPolicy": {
+                    "maxAttempts": min(retry.max_attempts, 5),
+                    "initialBackoff": f"{retry.initial_backoff:.3f}s",
+                    "maxBackoff": f"{retry.max_backoff:.3f}s",
+                    "backoffMultiplier": retry.multiplier,
+                    "retryableStatusCodes": [c.name for c in RETRYABLE_CODES],
+                },
+            }
+        ]
+    return json.dumps(config)
+
+
+def channel_options(
+    retry: RetryPolicy,
+    load_balancing: str = "round_robin",
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    keepalive_s: float = 30.0,
+    extra: tuple[tuple[str, object], ...] = (),
+) -> list[tuple[str, object]]:
+    """Channel options every pixforge client uses.
+
+    Args:
+        retry: retry policy (goes into the service config).
+        load_balancing: "round_robin" or "pick_first".
+        max_message_bytes: send/receive limit; images are big, gRPC's default 4 MiB is not enough.
+        keepalive_s: HTTP/2 ping interval while calls are active (detects dead servers behind NATs
+            and load balancers); 0 disables keepalive pings.
+        extra: more (name, value) options, appended last so they win.
+
+    Returns:
+        A list for grpc.insecure_channel / grpc.secure_channel (sync or aio).
+    """
+    options: list[tuple[str, object]] = [
+        ("grpc.service_config", service_config(retry, load_balancing)),
+        ("grpc.enable_retries", 1 if retry.max_attempts > 1 else 0),
+        # Without this, a request bigger than 256 KiB is committed at once and never retried.
+        ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
+        ("grpc.retry_buffer_size", max(max_message_bytes, 256 * 1024 * 1024)),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+    if keepalive_s > 0:
+        options += [
+            ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            # Only ping while calls are in flight: servers refuse idle pings by default.
+            ("grpc.keepalive_permit_without_calls", 0),
+        ]
+    return options + list(extra)

@@ -1,0 +1,616 @@
+"""Server configuration: frozen dataclasses built once from defaults < YAML < env < CLI flags.
+
+Every key is documented in ``docs/serving.md`` (a test checks that each key below appears there).
+Each component receives only its own section (the engine gets :class:`EngineConfig`, the batcher
+:class:`BatchingConfig`, ...), never the whole config.
+
+Keys are addressed by dotted paths (``batching.max_batch_size``). Environment variables are
+``PIXFORGE_`` + the path in upper case with dots as underscores (``PIXFORGE_BATCHING_MAX_BATCH_SIZE``,
+``PIXFORGE_PORT``); ``PIXFORGE_TOKEN`` and ``PIXFORGE_TOKEN_FILE`` are short aliases of
+``auth.token`` / ``auth.token_file``. Unknown ``PIXFORGE_*`` variables are ignored (other pixforge
+tools use their own); unknown YAML keys are an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+PROVIDERS = ("tensorrt", "cuda", "cpu")
+CUDNN_SEARCH = ("HEURISTIC", "EXHAUSTIVE")
+ARENA_STRATEGIES = ("kSameAsRequested", "kNextPowerOfTwo")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MIB = 1024 * 1024
+
+
+def _doc(text: str) -> dict:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """onnxruntime session settings (one session per model version)."""
+
+    providers: tuple[str, ...] = field(
+        default=("cuda", "cpu"),
+        metadata=_doc("execution providers in order of preference: tensorrt (opt-in), cuda, cpu"),
+    )
+    device_id: int = field(default=0, metadata=_doc("GPU index for cuda/tensorrt"))
+    intra_op_threads: int = field(
+        default=0, metadata=_doc("CPU threads per session; 0 = CPUs available to the process")
+    )
+    inter_op_threads: int = field(
+        default=1, metadata=_doc("threads running independent graph nodes in parallel")
+    )
+    allow_spinning: bool = field(
+        default=False,
+        metadata=_doc("let idle ORT threads busy-wait (lower latency, burns CPU beside other models)"),
+    )
+    cudnn_conv_algo_search: str = field(
+        default="HEURISTIC",
+        metadata=_doc(
+            "HEURISTIC or EXHAUSTIVE (needs batching.shape_bucket > 0: it re-benchmarks every new HxW)"
+        ),
+    )
+    cudnn_max_workspace: bool = field(
+        default=True, metadata=_doc("let cuDNN use its largest workspace (faster convs)")
+    )
+    gpu_mem_limit_mb: int = field(
+        default=0, metadata=_doc("CUDA arena limit per session in MiB; 0 = no limit")
+    )
+    arena_extend_strategy: str = field(
+        default="kSameAsRequested", metadata=_doc("CUDA arena growth: kSameAsRequested or kNextPowerOfTwo")
+    )
+    fp16: bool = field(
+        default=False,
+        metadata=_doc(
+            "on GPU prefer model.fp16.onnx beside model.onnx when present; TensorRT builds fp16 engines"
+        ),
+    )
+    trt_engine_cache_path: str = field(
+        default="", metadata=_doc("TensorRT engine cache folder; '' = <models>/.trt_cache")
+    )
+    trt_max_workspace_mb: int = field(default=4096, metadata=_doc("TensorRT builder workspace in MiB"))
+    warmup: bool = field(
+        default=True, metadata=_doc("run one inference at load; a model is READY only after it")
+    )
+    warmup_size: int = field(
+        default=0, metadata=_doc("warm-up image edge in pixels; 0 = the model's tile size")
+    )
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Dynamic batching (per model version)."""
+
+    max_batch_size: int = field(default=8, metadata=_doc("most images (or tiles) in one inference call"))
+    max_queue_delay_ms: float = field(
+        default=5.0, metadata=_doc("how long the first queued image waits for others to share its batch")
+    )
+    queue_size: int = field(
+        default=64, metadata=_doc("requests waiting or running per model; one more is RESOURCE_EXHAUSTED")
+    )
+    shape_bucket: int = field(
+        default=64,
+        metadata=_doc(
+            "pad images smaller than a tile up to a multiple of this so different sizes batch "
+            "together and the GPU sees few shapes; 0 = pad only to size_multiple"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """Tiling of large images."""
+
+    tile_size: int = field(
+        default=0, metadata=_doc("tile edge in input pixels; 0 = the model's tile_size metadata")
+    )
+    tile_overlap: int = field(default=32, metadata=_doc("overlap between neighbouring tiles in input pixels"))
+    min_tile_size: int = field(
+        default=64, metadata=_doc("smallest tile the out-of-memory retry goes down to")
+    )
+    max_tile_size: int = field(default=2048, metadata=_doc("largest tile_size a request may ask for"))
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Size limits (memory stays bounded up to these)."""
+
+    max_input_pixels: int = field(default=64_000_000, metadata=_doc("largest decoded input, in pixels"))
+    max_output_pixels: int = field(
+        default=64_000_000, metadata=_doc("largest output (input x scale^2), in pixels")
+    )
+    max_message_bytes: int = field(default=64 * MIB, metadata=_doc("largest gRPC message, both directions"))
+
+
+@dataclass(frozen=True)
+class ColorizationConfig:
+    """Colourisation of large photos."""
+
+    render_size: int = field(
+        default=512,
+        metadata=_doc(
+            "longest side the model runs at; chroma is upscaled to full size and joined with the "
+            "full-resolution luminance"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """TranslateStream settings."""
+
+    max_in_flight: int = field(
+        default=4, metadata=_doc("items of one stream processed at once; the server stops reading beyond it")
+    )
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Optional bearer-token authentication (off when no token is set)."""
+
+    token: str = field(
+        default="", repr=False, metadata=_doc("accepted token (prefer PIXFORGE_TOKEN or token_file)")
+    )
+    token_file: str = field(default="", metadata=_doc("file with accepted tokens, one per line (rotation)"))
+    tokens: tuple[str, ...] = field(
+        default=(), repr=False, metadata=_doc("resolved: token + token_file lines")
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether calls need a bearer token."""
+        return bool(self.tokens)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Optional TLS / mutual TLS."""
+
+    cert_file: str = field(default="", metadata=_doc("PEM server certificate chain; enables TLS"))
+    key_file: str = field(default="", metadata=_doc("PEM private key of cert_file"))
+    client_ca_file: str = field(
+        default="", metadata=_doc("PEM CA bundle; when set clients must present a cert (mTLS)")
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the server listens with TLS."""
+        return bool(self.cert_file)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything `pixforge serve` needs. Build it with :func:`load_config`."""
+
+    models: str = field(
+        default="", metadata=_doc("model repository; '' = the bundled default ($PIXFORGE_MODELS or models/)")
+    )
+    host: str = field(default="0.0.0.0", metadata=_doc("address the gRPC server binds"))
+    port: int = field(
+        default=50051, metadata=_doc("gRPC port; 0 = pick a free one (the log line says which)")
+    )
+    metrics_port: int = field(
+        default=9090, metadata=_doc("Prometheus HTTP port; 0 disables, -1 picks a free one")
+    )
+    metrics_host: str = field(default="", metadata=_doc("address of the metrics endpoint; '' = host"))
+    poll_seconds: float = field(
+        default=0.0, metadata=_doc("re-scan the repository every N seconds; 0 = only on SIGHUP")
+    )
+    max_workers: int = field(
+        default=32, metadata=_doc("gRPC handler threads (each runs decode/encode of one RPC)")
+    )
+    max_concurrent_rpcs: int = field(
+        default=0,
+        metadata=_doc("most RPCs accepted at once, beyond: RESOURCE_EXHAUSTED; 0 = 4 x max_workers"),
+    )
+    codec_workers: int = field(
+        default=0, metadata=_doc("threads decoding/encoding stream items; 0 = 4 x CPUs (max 32)")
+    )
+    grace_seconds: float = field(
+        default=10.0, metadata=_doc("on SIGTERM, time in-flight requests get to finish")
+    )
+    log_level: str = field(default="INFO", metadata=_doc("DEBUG, INFO, WARNING or ERROR"))
+    log_format: str = field(default="text", metadata=_doc("text or json (one JSON object per line)"))
+    pins: Mapping[str, int] = field(
+        default_factory=dict, metadata=_doc("model name -> version to serve instead of the highest ready one")
+    )
+    engine: EngineConfig = field(default_factory=EngineConfig, metadata=_doc("onnxruntime settings"))
+    batching: BatchingConfig = field(default_factory=BatchingConfig, metadata=_doc("dynamic batching"))
+    tiling: TilingConfig = field(default_factory=TilingConfig, metadata=_doc("tiling of large images"))
+    limits: LimitsConfig = field(default_factory=LimitsConfig, metadata=_doc("size limits"))
+    colorization: ColorizationConfig = field(
+        default_factory=ColorizationConfig, metadata=_doc("colourisation")
+    )
+    stream: StreamConfig = field(default_factory=StreamConfig, metadata=_doc("TranslateStream"))
+    auth: AuthConfig = field(default_factory=AuthConfig, metadata=_doc("bearer-token auth"))
+    tls: TLSConfig = field(default_factory=TLSConfig, metadata=_doc("TLS / mTLS"))
+
+    @property
+    def repository(self) -> Path:
+        """The model repository folder this config serves."""
+        if self.models:
+            return Path(self.models)
+        from pixforge.repository import default_repository
+
+        return default_repository()
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(ServiceConfig)}
+ENV_ALIASES = {"PIXFORGE_TOKEN": "auth.token", "PIXFORGE_TOKEN_FILE": "auth.token_file"}
+_RESOLVED_ONLY = {"auth.tokens"}  # computed, never set by the user
+
+
+def _section_classes() -> dict[str, type]:
+    hints = typing.get_type_hints(ServiceConfig)
+    return {name: t for name, t in hints.items() if dataclasses.is_dataclass(t)}
+
+
+def config_keys() -> dict[str, str]:
+    """Every settable dotted key with its documentation string.
+
+    Returns:
+        ``{"port": "gRPC port ...", "batching.max_batch_size": "...", ...}`` in declaration order.
+    """
+    sections = _section_classes()
+    keys: dict[str, str] = {}
+    for f in dataclasses.fields(ServiceConfig):
+        if f.name in sections:
+            for sf in dataclasses.fields(sections[f.name]):
+                key = f"{f.name}.{sf.name}"
+                if key not in _RESOLVED_ONLY:
+                    keys[key] = sf.metadata.get("doc", "")
+        else:
+            keys[f.name] = f.metadata.get("doc", "")
+    return keys
+
+
+def env_name(key: str) -> str:
+    """The environment variable that sets a dotted key.
+
+    ``batching.max_batch_size`` -> ``PIXFORGE_BATCHING_MAX_BATCH_SIZE``.
+    """
+    return "PIXFORGE_" + key.replace(".", "_").upper()
+
+
+def _field_type(key: str) -> Any:
+    sections = _section_classes()
+    if "." in key:
+        section, name = key.split(".", 1)
+        return typing.get_type_hints(sections[section])[name]
+    return typing.get_type_hints(ServiceConfig)[key]
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Convert a YAML/env/flag value to the field's type, or raise ConfigError naming the key."""
+    typ = _field_type(key)
+    origin = typing.get_origin(typ)
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError(f"expected true/false, got {value!r}")
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"expected an integer, got {value!r}")
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError(f"expected a number, got {value!r}")
+            return float(value)
+        if typ is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError(f"expected a string, got {type(value).__name__}")
+            return "" if value is None else str(value)
+        if origin is tuple:
+            if isinstance(value, str):
+                value = [v for v in (p.strip() for p in value.split(",")) if v]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"expected a list, got {value!r}")
+            return tuple(str(v).strip().lower() if key == "engine.providers" else str(v) for v in value)
+        if origin in (Mapping, dict) or typ is Mapping:
+            if isinstance(value, str):
+                pairs = [p.strip() for p in value.split(",") if p.strip()]
+                value = dict(p.split("=", 1) for p in pairs)
+            if not isinstance(value, Mapping):
+                raise ValueError(f"expected a mapping name: version, got {value!r}")
+            return {str(k): int(v) for k, v in value.items()}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: bad value for {key!r}: {exc}") from None
+    raise ConfigError(f"{source}: cannot set {key!r}")  # a section name given a scalar
+
+
+def _flatten_yaml(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    sections = _section_classes()
+    valid = config_keys()
+    flat: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in sections:
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: {name!r} must be a mapping of its keys, got {value!r}")
+            for sub, sub_value in value.items():
+                key = f"{name}.{sub}"
+                if key not in valid:
+                    options = ", ".join(k.split(".", 1)[1] for k in valid if k.startswith(name + "."))
+                    raise ConfigError(f"{source}: unknown key {key!r} (valid {name} keys: {options})")
+                flat[key] = sub_value
+        elif name in valid:
+            flat[name] = value
+        else:
+            raise ConfigError(f"{source}: unknown key {name!r} (valid top-level keys: {', '.join(SECTIONS)})")
+    return flat
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a server YAML file into flat ``{dotted key: raw value}``.
+
+    Raises:
+        ConfigError: missing/unreadable file, bad YAML or an unknown key.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read server config {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"server config {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"server config {path} must be a mapping of keys, got {type(data).__name__}")
+    return _flatten_yaml(data, str(path))
+
+
+def read_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """Pick the ``PIXFORGE_*`` variables that name a config key (others are ignored)."""
+    by_env = {env_name(k): k for k in config_keys()}
+    by_env.update(ENV_ALIASES)
+    return {by_env[name]: value for name, value in env.items() if name in by_env}
+
+
+def _read_tokens(token: str, token_file: str) -> tuple[str, ...]:
+    tokens = [token.strip()] if token.strip() else []
+    if token_file:
+        try:
+            lines = Path(token_file).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"auth.token_file: cannot read {token_file}: {exc.strerror or exc}") from None
+        file_tokens = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        if not file_tokens:
+            raise ConfigError(f"auth.token_file: {token_file} holds no token")
+        tokens += file_tokens
+    return tuple(dict.fromkeys(tokens))
+
+
+def build_config(values: Mapping[str, Any], source: str = "config") -> ServiceConfig:
+    """Build and validate a ServiceConfig from flat ``{dotted key: value}`` (unset keys keep defaults).
+
+    Raises:
+        ConfigError: an unknown key, a badly typed value or a failed check; the message names the key.
+    """
+    valid = config_keys()
+    sections = _section_classes()
+    top: dict[str, Any] = {}
+    per_section: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    for key, raw in values.items():
+        if key not in valid:
+            raise ConfigError(f"{source}: unknown key {key!r}")
+        value = _coerce(key, raw, source)
+        if "." in key:
+            section, name = key.split(".", 1)
+            per_section[section][name] = value
+        else:
+            top[key] = value
+    auth = per_section["auth"]
+    auth["tokens"] = _read_tokens(auth.get("token", ""), auth.get("token_file", ""))
+    for name, cls in sections.items():
+        top[name] = cls(**per_section[name])
+    cfg = ServiceConfig(**top)
+    validate(cfg)
+    return cfg
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def validate(cfg: ServiceConfig) -> None:
+    """Check every value range and cross-key rule.
+
+    Raises:
+        ConfigError: naming the first offending key.
+    """
+    _check(0 <= cfg.port <= 65535, "port", f"must be within 0..65535, got {cfg.port}")
+    _check(
+        -1 <= cfg.metrics_port <= 65535, "metrics_port", f"must be within -1..65535, got {cfg.metrics_port}"
+    )
+    _check(bool(cfg.host), "host", "must not be empty")
+    _check(cfg.poll_seconds >= 0, "poll_seconds", f"must be >= 0, got {cfg.poll_seconds}")
+    _check(cfg.max_workers >= 2, "max_workers", f"must be >= 2, got {cfg.max_workers}")
+    _check(
+        cfg.max_concurrent_rpcs >= 0, "max_concurrent_rpcs", f"must be >= 0, got {cfg.max_concurrent_rpcs}"
+    )
+    _check(cfg.codec_workers >= 0, "codec_workers", f"must be >= 0, got {cfg.codec_workers}")
+    _check(cfg.grace_seconds >= 0, "grace_seconds", f"must be >= 0, got {cfg.grace_seconds}")
+    _check(cfg.log_level.upper() in LOG_LEVELS, "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    _check(cfg.log_format in LOG_FORMATS, "log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+    for name, version in cfg.pins.items():
+        _check(version >= 1, "pins", f"version of {name!r} must be >= 1, got {version}")
+
+    e = cfg.engine
+    _check(bool(e.providers), "engine.providers", "must list at least one provider")
+    for p in e.providers:
+        _check(
+            p in PROVIDERS, "engine.providers", f"unknown provider {p!r} (choose from {', '.join(PROVIDERS)})"
+        )
+    _check(len(set(e.providers)) == len(e.providers), "engine.providers", "lists a provider twice")
+    _check(e.device_id >= 0, "engine.device_id", "must be >= 0")
+    _check(e.intra_op_threads >= 0, "engine.intra_op_threads", "must be >= 0")
+    _check(e.inter_op_threads >= 1, "engine.inter_op_threads", "must be >= 1")
+    _check(e.gpu_mem_limit_mb >= 0, "engine.gpu_mem_limit_mb", "must be >= 0")
+    _check(e.trt_max_workspace_mb >= 1, "engine.trt_max_workspace_mb", "must be >= 1")
+    _check(e.warmup_size >= 0, "engine.warmup_size", "must be >= 0")
+    _check(
+        e.cudnn_conv_algo_search in CUDNN_SEARCH,
+        "engine.cudnn_conv_algo_search",
+        f"must be HEURISTIC or EXHAUSTIVE, got {e.cudnn_conv_algo_search!r} (DEFAULT picks slow algorithms)",
+    )
+    _check(
+        e.cudnn_conv_algo_search != "EXHAUSTIVE" or cfg.batching.shape_bucket > 0,
+        "engine.cudnn_conv_algo_search",
+        "EXHAUSTIVE re-benchmarks every new image size: set batching.shape_bucket > 0 or use HEURISTIC",
+    )
+    _check(
+        e.arena_extend_strategy in ARENA_STRATEGIES,
+        "engine.arena_extend_strategy",
+        f"must be one of {', '.join(ARENA_STRATEGIES)}",
+    )
+
+    b = cfg.batching
+    _check(
+        1 <= b.max_batch_size <= 1024,
+        "batching.max_batch_size",
+        f"must be within 1..1024, got {b.max_batch_size}",
+    )
+    _check(0 <= b.max_queue_delay_ms <= 10_000, "batching.max_queue_delay_ms", "must be within 0..10000")
+    _check(b.queue_size >= 1, "batching.queue_size", f"must be >= 1, got {b.queue_size}")
+    _check(b.shape_bucket >= 0, "batching.shape_bucket", "must be >= 0")
+
+    t = cfg.tiling
+    _check(t.tile_size >= 0, "tiling.tile_size", "must be >= 0")
+    _check(t.tile_overlap >= 0, "tiling.tile_overlap", "must be >= 0")
+    _check(t.min_tile_size >= 8, "tiling.min_tile_size", f"must be >= 8, got {t.min_tile_size}")
+    _check(t.max_tile_size >= t.min_tile_size, "tiling.max_tile_size", "must be >= tiling.min_tile_size")
+    _check(
+        t.tile_size == 0 or t.min_tile_size <= t.tile_size <= t.max_tile_size,
+        "tiling.tile_size",
+        "must be 0 or within tiling.min_tile_size..tiling.max_tile_size",
+    )
+
+    lim = cfg.limits
+    _check(lim.max_input_pixels >= 1, "limits.max_input_pixels", "must be >= 1")
+    _check(lim.max_output_pixels >= 1, "limits.max_output_pixels", "must be >= 1")
+    _check(lim.max_message_bytes >= 1024, "limits.max_message_bytes", "must be >= 1024")
+    _check(cfg.colorization.render_size >= 16, "colorization.render_size", "must be >= 16")
+    _check(cfg.stream.max_in_flight >= 1, "stream.max_in_flight", "must be >= 1")
+
+    tls = cfg.tls
+    _check(
+        bool(tls.cert_file) == bool(tls.key_file),
+        "tls.key_file",
+        "tls.cert_file and tls.key_file go together",
+    )
+    _check(
+        not tls.client_ca_file or tls.enabled,
+        "tls.client_ca_file",
+        "mTLS needs tls.cert_file and tls.key_file",
+    )
+    for key, path in (
+        ("tls.cert_file", tls.cert_file),
+        ("tls.key_file", tls.key_file),
+        ("tls.client_ca_file", tls.client_ca_file),
+    ):
+        _check(not path or Path(path).is_file(), key, f"no such file: {path}")
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ServiceConfig:
+    """Resolve the server config: defaults < YAML file < environment < overrides (CLI flags).
+
+    Args:
+        path: optional YAML file (see docs/serving.md).
+        overrides: flat ``{dotted key: value}``, e.g. from CLI flags; None values are skipped.
+        env: environment to read ``PIXFORGE_*`` from (default: ``os.environ``; pass ``{}`` to ignore it).
+
+    Returns:
+        The validated, frozen ServiceConfig.
+
+    Raises:
+        ConfigError: with a message naming the file/variable and key at fault.
+    """
+    values: dict[str, Any] = {}
+    if path:
+        values.update(read_yaml(path))
+    env_values = read_env(os.environ if env is None else env)
+    values.update(env_values)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return build_config(values, source=str(path) if path else "config")
+
+
+def config_from_args(args, env: Mapping[str, str] | None = None) -> ServiceConfig:
+    """Build the config for `pixforge serve` from its parsed argparse namespace.
+
+    Args:
+        args: namespace with ``config``, ``models``, ``port``, ``host``, ``metrics_port``, ``poll``.
+        env: environment (default ``os.environ``).
+    """
+    overrides = {
+        "models": getattr(args, "models", None),
+        "port": getattr(args, "port", None),
+        "host": getattr(args, "host", None),
+        "metrics_port": getattr(args, "metrics_port", None),
+        "poll_seconds": getattr(args, "poll", None),
+    }
+    return load_config(getattr(args, "config", None), overrides, env)
+
+
+def config_to_dict(cfg: ServiceConfig) -> dict[str, Any]:
+    """The resolved config as JSON-able nested dicts, secrets redacted (for logs and --dry-run)."""
+    out = dataclasses.asdict(cfg)
+    out["pins"] = dict(cfg.pins)
+    out["models"] = str(cfg.repository)
+    auth = out["auth"]
+    auth["token"] = "***" if auth["token"] else ""
+    auth["tokens"] = f"{len(cfg.auth.tokens)} token(s)"
+    return json.loads(json.dumps(out, default=str))
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: affinity mask, capped by a cgroup v2/v1 CPU quota (containers)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = None
+    try:
+        parts = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if parts and parts[0] != "max":
+            quota = int(parts[0]) / int(parts[1])
+    except (OSError, ValueError, IndexError):
+        try:
+            q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+            p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            if q > 0 and p > 0:
+                quota = q / p
+        except (OSError, ValueError):
+            pass
+    if quota:
+        count = min(count, max(1, int(quota + 0.5)))
+    return max(1, count)

@@ -1,0 +1,363 @@
+"""onnxruntime session wrapper: one :class:`Engine` per model version (no torch, no gRPC).
+
+It picks the execution provider (TensorRT opt-in -> CUDA -> CPU, filtered by what actually works
+on this machine), sets the session options a server wants, validates the model contract, warms
+the session up, and runs uint8 NHWC batches. Provider failures are probed *before* asking
+onnxruntime for them, so a CPU-only machine logs one clear line instead of onnxruntime's
+multi-line "failed to load libcublasLt" errors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from pixforge.contract import INPUT_NAME, OUTPUT_NAME, ModelContract, contract_from_session
+from pixforge.errors import ContractError
+
+from .config import EngineConfig, available_cpus
+from .errors import InferenceError, OutOfMemoryError
+
+log = logging.getLogger("pixforge.service.engine")
+
+# Warnings such as "some nodes were not assigned to the preferred execution providers" are noise
+# for a server that chose its providers on purpose; errors still show.
+ort.set_default_logger_severity(3)
+
+ORT_PROVIDER = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+FP16_FILE = "model.fp16.onnx"
+
+# Substrings of onnxruntime/CUDA error messages that mean "out of device memory".
+_OOM_MARKERS = (
+    "out of memory",
+    "failed to allocate memory",
+    "cudaerrormemoryallocation",
+    "cuda failure 2:",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "std::bad_alloc",
+    "available memory of",
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether an onnxruntime exception reports an allocation failure (GPU or host)."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or any(marker in text for marker in _OOM_MARKERS)
+
+
+# --------------------------------------------------------------------------- provider probing
+
+
+@dataclass(frozen=True)
+class GpuStatus:
+    """What this machine can run: usable GPU providers and, if none, why."""
+
+    cuda: bool
+    tensorrt: bool
+    reason: str  # why CUDA (or TensorRT) is unusable; "" when both work
+
+
+_gpu_status: GpuStatus | None = None
+_gpu_lock = threading.Lock()
+
+
+def _load_library(path: str, global_symbols: bool = False) -> str:
+    """dlopen a library; return '' on success or the loader's first error line."""
+    try:
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL if global_symbols else ctypes.RTLD_LOCAL)
+    except OSError as exc:
+        return str(exc).strip().splitlines()[0]
+    return ""
+
+
+def _cuda_device_count() -> tuple[int, str]:
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0, "no NVIDIA driver (libcuda.so.1 not found)"
+    if libcuda.cuInit(0) != 0:
+        return 0, "the NVIDIA driver found no usable GPU (cuInit failed)"
+    count = ctypes.c_int(0)
+    if libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return 0, "no CUDA device visible"
+    return count.value, ""
+
+
+def probe_gpu() -> GpuStatus:
+    """Find out once per process whether the CUDA / TensorRT providers can really run.
+
+    onnxruntime-gpu lists both providers as available whenever it is installed; whether the driver,
+    a device and the CUDA/cuDNN/TensorRT libraries are present only shows when a session is made,
+    with loud error logs. Loading the same libraries with ctypes first answers quietly.
+    """
+    global _gpu_status
+    with _gpu_lock:
+        if _gpu_status is not None:
+            return _gpu_status
+        available = ort.get_available_providers()
+        capi = Path(ort.__file__).parent / "capi"
+        cuda, trt, reason = False, False, ""
+        if "CUDAExecutionProvider" not in available:
+            reason = "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)"
+        else:
+            count, reason = _cuda_device_count()
+            if count:
+                err = _load_library(str(capi / "libonnxruntime_providers_shared.so"), global_symbols=True)
+                err = err or _load_library(str(capi / "libonnxruntime_providers_cuda.so"))
+                cuda = not err
+                reason = f"CUDA libraries missing: {err}" if err else ""
+        if cuda and "TensorrtExecutionProvider" in available:
+            err = _load_library(str(capi / "libonnxruntime_providers_tensorrt.so"))
+            trt = not err
+            reason = f"TensorRT libraries missing: {err}" if err else ""
+        _gpu_status = GpuStatus(cuda=cuda, tensorrt=trt, reason=reason)
+        return _gpu_status
+
+
+def select_providers(
+    cfg: EngineConfig, gpu: GpuStatus, cache_dir: Path | None = None
+) -> tuple[list, list[str]]:
+    """Turn the configured provider preference into onnxruntime's provider list.
+
+    Args:
+        cfg: the engine config (``providers`` order, CUDA/TensorRT options).
+        gpu: what :func:`probe_gpu` found.
+        cache_dir: TensorRT engine cache folder.
+
+    Returns:
+        ``(providers, skipped)``: the list for ``InferenceSession(providers=...)`` (name or
+        ``(name, options)``) and human notes on the configured providers that were left out.
+    """
+    providers: list = []
+    skipped: list[str] = []
+    for name in cfg.providers:
+        if name == "tensorrt":
+            if not gpu.tensorrt:
+                skipped.append(f"tensorrt ({gpu.reason or 'unavailable'})")
+                continue
+            path = str(cache_dir or Path("trt_cache"))
+            providers.append(
+                (
+                    ORT_PROVIDER[name],
+                    {
+                        "device_id": cfg.device_id,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": path,
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": path,
+                        "trt_fp16_enable": cfg.fp16,
+                        "trt_max_workspace_size": cfg.trt_max_workspace_mb * 1024 * 1024,
+                    },
+                )
+            )
+        elif name == "cuda":
+            if not gpu.cuda:
+                skipped.append(f"cuda ({gpu.reason or 'unavailable'})")
+                continue
+            options = {
+                "device_id": cfg.device_id,
+                # DEFAULT picks slow algorithms; EXHAUSTIVE benchmarks each new shape (fine with buckets).
+                "cudnn_conv_algo_search": cfg.cudnn_conv_algo_search,
+                "cudnn_conv_use_max_workspace": "1" if cfg.cudnn_max_workspace else "0",
+                "do_copy_in_default_stream": "1",
+                "arena_extend_strategy": cfg.arena_extend_strategy,
+            }
+            if cfg.gpu_mem_limit_mb:
+                options["gpu_mem_limit"] = cfg.gpu_mem_limit_mb * 1024 * 1024
+            providers.append((ORT_PROVIDER[name], options))
+        else:
+            providers.append(ORT_PROVIDER[name])
+    return providers, skipped
+
+
+def session_options(cfg: EngineConfig) -> ort.SessionOptions:
+    """Session options for serving: full graph optimisation, threads sized to the CPUs we may use."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.enable_mem_pattern = True
+    opts.enable_cpu_mem_arena = True
+    opts.intra_op_num_threads = cfg.intra_op_threads or available_cpus()
+    opts.inter_op_num_threads = cfg.inter_op_threads
+    opts.log_severity_level = 3
+    spin = "1" if cfg.allow_spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return opts
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class Engine:
+    """One onnxruntime session for one model version.
+
+    Not thread-safe for concurrent :meth:`run` calls by design: the batcher gives each engine a
+    single inference thread, which keeps GPU work ordered and lets ORT use all its intra-op threads.
+
+    Args:
+        path: the version's ``model.onnx``.
+        config: engine settings.
+        name: model name for log lines.
+        cache_dir: TensorRT engine cache folder (created when TensorRT is used).
+
+    Raises:
+        ContractError: the file cannot be loaded or breaks the model contract.
+        RuntimeError: no configured provider can run on this machine.
+    """
+
+    def __init__(self, path: str | Path, config: EngineConfig, name: str = "", cache_dir: Path | None = None):
+        self.config = config
+        self.name = name or Path(path).parent.parent.name
+        gpu = probe_gpu()
+        providers, skipped = select_providers(config, gpu, cache_dir)
+        if not providers:
+            raise RuntimeError(
+                f"none of the configured providers ({', '.join(config.providers)}) can run here: "
+                f"{'; '.join(skipped)}"
+            )
+        self.skipped = skipped
+        path = Path(path)
+        on_gpu = any((p[0] if isinstance(p, tuple) else p) in GPU_PROVIDERS for p in providers)
+        if config.fp16 and on_gpu and (path.parent / FP16_FILE).is_file():
+            path = path.parent / FP16_FILE
+        self.path = path
+        if any(isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in providers) and cache_dir:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=session_options(config), providers=providers
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ContractError(f"{path} is not a loadable ONNX model: {_first_line(exc)}") from exc
+        self.contract: ModelContract = contract_from_session(self._session)
+        self.provider: str = self._session.get_providers()[0]
+        # IO binding on GPU providers; the output lives on this device until copied back once.
+        self.output_device: str | None = "cuda" if self.provider in GPU_PROVIDERS else None
+        self.load_ms = (time.perf_counter() - start) * 1000.0
+        self.warmup_ms = 0.0
+
+    # -- running
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run one uint8 NHWC batch.
+
+        Args:
+            batch: uint8 (N, H, W, input_channels), H and W multiples of ``size_multiple``.
+
+        Returns:
+            uint8 (N, H*scale, W*scale, output_channels).
+
+        Raises:
+            OutOfMemoryError: the provider could not allocate memory for this batch.
+            InferenceError: any other runtime failure, or an output that breaks the contract.
+        """
+        c = self.contract
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != c.input_channels:
+            raise InferenceError(
+                f"engine {self.name}: expected uint8 (N,H,W,{c.input_channels}), got "
+                f"{batch.dtype} {batch.shape}"
+            )
+        batch = np.ascontiguousarray(batch)
+        try:
+            out = self._run_session(batch)
+        except Exception as exc:  # onnxruntime's exception classes are not importable portably
+            if is_out_of_memory(exc):
+                raise OutOfMemoryError(
+                    f"model {self.name} ran out of memory on {self.provider} "
+                    f"for a batch of shape {batch.shape}"
+                ) from exc
+            raise InferenceError(f"model {self.name} failed: {_first_line(exc)}") from exc
+        n, h, w, _ = batch.shape
+        expected = (n, h * c.scale, w * c.scale, c.output_channels)
+        if out.dtype != np.uint8 or tuple(out.shape) != expected:
+            raise InferenceError(
+                f"model {self.name} broke its contract: returned {out.dtype} {tuple(out.shape)}, "
+                f"expected uint8 {expected}"
+            )
+        return out
+
+    def _run_session(self, batch: np.ndarray) -> np.ndarray:
+        if self.output_device is not None:
+            # IO binding: the input is copied host->device once, the output is allocated by ORT on the
+            # device at its dynamic shape and copied back once; no hidden staging copies per run.
+            binding = self._session.io_binding()
+            binding.bind_cpu_input(INPUT_NAME, batch)
+            binding.bind_output(OUTPUT_NAME, self.output_device, self.config.device_id)
+            self._session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()[0]
+        return self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+    def warmup(self, size: int = 0) -> float:
+        """Run one zero image so the first request does not pay for allocation/algorithm search.
+
+        Args:
+            size: image edge in pixels (0: the model's tile size); rounded up to ``size_multiple``.
+
+        Returns:
+            The warm-up time in milliseconds.
+        """
+        c = self.contract
+        edge = size or c.tile_size  # tiles are the shape the model sees most
+        edge = -(-edge // c.size_multiple) * c.size_multiple
+        start = time.perf_counter()
+        self.run(np.zeros((1, edge, edge, c.input_channels), np.uint8))
+        self.warmup_ms = (time.perf_counter() - start) * 1000.0
+        return self.warmup_ms
+
+    def close(self) -> None:
+        """Drop the session (its memory is freed once no run holds it)."""
+        self._session = None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def describe_providers(engines: list[Engine]) -> str:
+    """One human phrase for the providers in use, e.g. 'CUDAExecutionProvider' or 'CPU, CUDA'."""
+    names = sorted({e.provider for e in engines})
+    return ", ".join(names) if names else "none"
+
+
+def trt_cache_dir(cfg: EngineConfig, repository: Path) -> Path:
+    """Where TensorRT engines are cached: the configured folder, else ``<repository>/.trt_cache``."""
+    return Path(cfg.trt_engine_cache_path) if cfg.trt_engine_cache_path else Path(repository) / ".trt_cache"
+
+
+def expected_provider(cfg: EngineConfig) -> str:
+    """The onnxruntime provider a model loaded now would run on ('none' if no configured one works)."""
+    providers, _ = select_providers(cfg, probe_gpu())
+    if not providers:
+        return "none"
+    return providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+
+
+def gpu_log_line(cfg: EngineConfig) -> str:
+    """The single line the server logs about execution providers at start-up."""
+    gpu = probe_gpu()
+    wanted = [p for p in cfg.providers if p != "cpu"]
+    if not wanted:
+        return "execution provider: CPU (configured)"
+    if ("cuda" in wanted and gpu.cuda) or ("tensorrt" in wanted and gpu.tensorrt):
+        kind = "TensorRT" if "tensorrt" in wanted and gpu.tensorrt else "CUDA"
+        return f"execution provider: GPU ({kind}, device {cfg.device_id})"
+    fallback = "CPU" if "cpu" in cfg.providers else "none"
+    return (
+        f"execution provider: {fallback} ({', '.join(wanted)} unavailable: {gpu.reason or 'unknown reason'})"
+    )

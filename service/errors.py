@@ -1,0 +1,50 @@
+"""Typed errors of the serving core (no gRPC here).
+
+The servicer maps these, together with :mod:`pixforge.errors`, to gRPC status codes in exactly one
+place (:func:`pixforge.service.servicer.status_for_error`); everything below it raises plain Python
+exceptions with a human message and never sees a status code.
+"""
+
+from __future__ import annotations
+
+from pixforge.errors import PixforgeError
+
+
+class ServiceError(PixforgeError):
+    """Base class for errors raised by the serving core."""
+
+
+class ConfigError(ServiceError):
+    """The server configuration (YAML, env or flags) is invalid; the message names the key."""
+
+
+class InvalidRequestError(ServiceError):
+    """A request is malformed: bad options, an unknown output format, an unusable image layout."""
+
+
+class ModelNotFoundError(ServiceError):
+    """No model (or no such version of it) exists in the repository."""
+
+
+class ModelNotReadyError(ServiceError):
+    """The model exists but is still loading or failed to load, so it cannot serve now."""
+
+
+class QueueFullError(ServiceError):
+    """The model's bounded request queue is full; the caller should back off and retry."""
+
+
+class OutOfMemoryError(ServiceError):
+    """The execution provider ran out of (GPU) memory, even after retrying with smaller tiles."""
+
+
+class ShuttingDownError(ServiceError):
+    """The server is shutting down (or the model was retired) and accepts no new work."""
+
+
+class RequestCancelledError(ServiceError):
+    """The caller cancelled the request or its deadline passed; its pending work was dropped."""
+
+
+class InferenceError(ServiceError):
+    """The model failed while running, or returned something that breaks its contract."""

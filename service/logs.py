@@ -1,0 +1,94 @@
+"""Structured logging for the server: request-id context and a one-object-per-line JSON formatter.
+
+The request id lives in a ``contextvars.ContextVar`` set by the servicer for the duration of a
+request, so every log line written while handling it (pipeline, tiling, errors) carries it without
+passing it around. :func:`configure_logging` is called by ``pixforge serve`` only; the library
+never touches the root logger on import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("pixforge_request_id", default="-")
+method_var: contextvars.ContextVar[str] = contextvars.ContextVar("pixforge_method", default="-")
+
+# Extra attributes a log call may pass (extra={...}) that the JSON formatter emits as fields.
+EXTRA_FIELDS = (
+    "model",
+    "version",
+    "code",
+    "width",
+    "height",
+    "total_ms",
+    "queue_ms",
+    "inference_ms",
+    "tiles",
+    "peer",
+    "provider",
+)
+
+
+@contextlib.contextmanager
+def request_context(request_id: str, method: str | None = None) -> Iterator[None]:
+    """Tag log lines written inside the block with ``request_id`` (and the RPC method)."""
+    token = request_id_var.set(request_id)
+    mtoken = method_var.set(method) if method else None
+    try:
+        yield
+    finally:
+        request_id_var.reset(token)
+        if mtoken is not None:
+            method_var.reset(mtoken)
+
+
+class ContextFilter(logging.Filter):
+    """Copy the request id and method from the context into each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        record.method = method_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id, method and extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", "-"),
+            "method": getattr(record, "method", "-"),
+        }
+        for key in EXTRA_FIELDS:
+            if hasattr(record, key):
+                data[key] = getattr(record, key)
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text", stream=None) -> None:
+    """Install one handler on the ``pixforge`` logger (text or JSON lines) at ``level``."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    logger = logging.getLogger("pixforge")
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False

@@ -1,0 +1,418 @@
+"""One request end to end, without gRPC: decode -> adapt -> tile/batch -> re-attach alpha -> encode.
+
+* Channels follow the model's metadata, so any decodable photo works with any model: RGB becomes
+  luminance (BT.601) for a 1-channel model, gray is replicated for a 3-channel model, and an alpha
+  channel is kept aside and re-attached (resized with INTER_LINEAR for super-resolution).
+* Images are padded to the model's size multiple (and shape bucket) and cropped back, or tiled
+  when larger than a tile, so the output is exactly input size x scale.
+* Colourisation of photos larger than ``render_size`` (DeOldify's render_factor idea): the model
+  runs once on a copy whose longest side is at most ``render_size``; its output's a/b chroma is
+  upscaled to full size and joined with the original's full-resolution L (CIE Lab, OpenCV float),
+  so a 24 MP photo colourises in one pass and keeps every detail of its luminance.
+
+The colour conversions here are not model pre/post-processing (that lives inside the ONNX graph);
+they only split and join the model's finished RGB output with the original's luminance.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from pixforge.codec import OUTPUT_FORMATS, decode_image, encode_image, normalize_format, to_channels
+from pixforge.contract import ModelContract
+from pixforge.errors import ImageEncodeError, ImageTooLargeError
+
+from .config import BatchingConfig, ColorizationConfig, LimitsConfig, TilingConfig
+from .errors import InvalidRequestError, RequestCancelledError
+from .repository import ModelRegistry, ModelRuntime
+from .tiling import plan_tiles, run_with_oom_retry
+
+log = logging.getLogger("pixforge.service.pipeline")
+
+MAX_RENDER_SIZE = 8192
+COLOR_STRIP_ROWS = 256  # rows per strip when joining chroma with full-resolution luminance
+
+
+# --------------------------------------------------------------------------- domain types
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    """Per-request settings; 0 means "server default" (mirrors pixforge.v1.TranslateOptions)."""
+
+    tile_size: int = 0
+    tile_overlap: int = 0
+    quality: int = 0
+    render_size: int = 0
+
+
+@dataclass(frozen=True)
+class TranslateJob:
+    """One image to translate (the domain form of a TranslateRequest)."""
+
+    model: str
+    image: bytes
+    output_format: str = ""
+    version: int = 0
+    options: TranslateOptions = field(default_factory=TranslateOptions)
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Server-side time per stage, in milliseconds."""
+
+    decode_ms: float = 0.0
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+    encode_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class TranslateResult:
+    """The translated image and how it was made."""
+
+    image: bytes
+    width: int
+    height: int
+    model: str
+    version: int
+    output_format: str
+    request_id: str
+    timing: Timing
+    tiles: int = 1
+    tile_size: int = 0
+
+
+def new_request_id() -> str:
+    """A short random request id for requests that came without one."""
+    return uuid.uuid4().hex[:16]
+
+
+class CancelToken:
+    """Set when the caller goes away (client cancel or deadline); callbacks drop queued work."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the caller went away."""
+        return self._event.is_set()
+
+    def cancel(self) -> None:
+        """Mark cancelled and run the registered callbacks once."""
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            cb()
+
+    def add_callback(self, cb: Callable[[], None]) -> Callable[[], None]:
+        """Run ``cb`` on cancel (at once if already cancelled); returns a function that unregisters it."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(cb)
+                return lambda: self._remove(cb)
+        cb()
+        return lambda: None
+
+    def _remove(self, cb: Callable[[], None]) -> None:
+        with self._lock:
+            if cb in self._callbacks:
+                self._callbacks.remove(cb)
+
+    def check(self) -> None:
+        """Raise RequestCancelledError if cancelled."""
+        if self._event.is_set():
+            raise RequestCancelledError("request cancelled (client gone or deadline passed)")
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def adapt_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
+    """Give a decoded (H, W, C) image the channel count a model takes.
+
+    Raises:
+        InvalidRequestError: the image is neither gray nor RGB.
+    """
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
+        raise InvalidRequestError(
+            f"image has shape {pixels.shape}: expected gray (1 channel) or RGB (3 channels)"
+        )
+    return np.ascontiguousarray(to_channels(pixels, channels))
+
+
+def render_shape(height: int, width: int, render_size: int, size_multiple: int) -> tuple[int, int]:
+    """Size (h, w) of the copy a colourisation model runs on: longest side <= render_size.
+
+    ``render_size`` is first rounded down to a multiple of ``size_multiple`` so the padded copy is
+    never bigger than it.
+    """
+    limit = max(size_multiple, render_size // size_multiple * size_multiple)
+    factor = min(1.0, limit / max(height, width))
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def join_chroma(original: np.ndarray, colour_small: np.ndarray) -> np.ndarray:
+    """Full-resolution L of ``original`` + upscaled a/b of ``colour_small`` -> uint8 RGB.
+
+    Works in horizontal strips so the float working set stays small for very large photos.
+
+    Args:
+        original: uint8 (H, W, 1|3), the full-size input.
+        colour_small: uint8 (h, w, 3) RGB model output at render size.
+
+    Returns:
+        uint8 (H, W, 3) RGB.
+    """
+    height, width = original.shape[:2]
+    small_lab = cv2.cvtColor(colour_small.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    ab_small = np.ascontiguousarray(small_lab[:, :, 1:])
+    sh, sw = ab_small.shape[:2]
+    sx, sy = sw / width, sh / height
+    out = np.empty((height, width, 3), np.uint8)
+    for r0 in range(0, height, COLOR_STRIP_ROWS):
+        r1 = min(height, r0 + COLOR_STRIP_ROWS)
+        # Same half-pixel mapping as cv2.resize(INTER_LINEAR), evaluated only for rows r0..r1.
+        matrix = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, (r0 + 0.5) * sy - 0.5]], np.float64)
+        ab = cv2.warpAffine(
+            ab_small,
+            matrix,
+            (width, r1 - r0),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        rgb = to_channels(original[r0:r1], 3).astype(np.float32) / 255.0
+        lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)
+        lab[:, :, 1:] = ab
+        back = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
+        out[r0:r1] = np.clip(back * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+class _Stats:
+    """Per-request accumulation of queue/inference time and tile counts."""
+
+    def __init__(self) -> None:
+        self.queue_ms = 0.0
+        self.inference_ms = 0.0
+        self.tiles = 0
+
+
+class Pipeline:
+    """Runs TranslateJobs against the registry's models.
+
+    Args:
+        registry: the model registry.
+        tiling, limits, colorization, batching: their config sections.
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        tiling: TilingConfig,
+        limits: LimitsConfig,
+        colorization: ColorizationConfig,
+        batching: BatchingConfig,
+    ):
+        self.registry = registry
+        self.tiling = tiling
+        self.limits = limits
+        self.colorization = colorization
+        self.batching = batching
+
+    # -- validation
+
+    def _check_options(self, job: TranslateJob) -> str:
+        if not job.model:
+            raise InvalidRequestError("request names no model")
+        if job.version < 0:
+            raise InvalidRequestError(f"version must be >= 0, got {job.version}")
+        try:
+            fmt = normalize_format(job.output_format)
+        except ImageEncodeError:
+            raise InvalidRequestError(
+                f"unknown output_format {job.output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}"
+            ) from None
+        opts = job.options
+        if not 0 <= opts.quality <= 100:
+            raise InvalidRequestError(
+                f"options.quality must be within 1..100 (0 = default), got {opts.quality}"
+            )
+        if opts.render_size and not 16 <= opts.render_size <= MAX_RENDER_SIZE:
+            raise InvalidRequestError(
+                f"options.render_size must be within 16..{MAX_RENDER_SIZE}, got {opts.render_size}"
+            )
+        if opts.tile_size and not self.tiling.min_tile_size <= opts.tile_size <= self.tiling.max_tile_size:
+            raise InvalidRequestError(
+                f"options.tile_size must be within {self.tiling.min_tile_size}.."
+                f"{self.tiling.max_tile_size}, got {opts.tile_size}"
+            )
+        return fmt
+
+    def _tile_settings(self, job: TranslateJob, contract: ModelContract) -> tuple[int, int]:
+        opts = job.options
+        tile = opts.tile_size or self.tiling.tile_size or contract.tile_size
+        if opts.tile_size and opts.tile_size % contract.size_multiple:
+            raise InvalidRequestError(
+                f"options.tile_size {opts.tile_size} is not a multiple of the model's size_multiple "
+                f"{contract.size_multiple}"
+            )
+        # A server-wide tile size is a default for every model: round it to this model's multiple.
+        tile = max(contract.size_multiple, tile // contract.size_multiple * contract.size_multiple)
+        overlap = opts.tile_overlap or self.tiling.tile_overlap
+        if opts.tile_overlap and opts.tile_overlap * 2 >= tile:
+            raise InvalidRequestError(
+                f"options.tile_overlap {opts.tile_overlap} must be less than half the tile ({tile})"
+            )
+        return tile, overlap
+
+    # -- running
+
+    def translate(self, job: TranslateJob, cancel: CancelToken | None = None) -> TranslateResult:
+        """Translate one image.
+
+        Args:
+            job: the request.
+            cancel: set when the caller goes away; queued work is dropped and the call raises.
+
+        Returns:
+            The TranslateResult.
+
+        Raises:
+            InvalidRequestError, ImageDecodeError: bad request or image (INVALID_ARGUMENT).
+            ImageTooLargeError, QueueFullError, OutOfMemoryError: RESOURCE_EXHAUSTED.
+            ModelNotFoundError / ModelNotReadyError: NOT_FOUND / FAILED_PRECONDITION.
+            RequestCancelledError: the caller cancelled.
+            InferenceError: the model failed.
+        """
+        start = time.perf_counter()
+        cancel = cancel or CancelToken()
+        request_id = job.request_id or new_request_id()
+        fmt = self._check_options(job)
+        with self.registry.acquire(job.model, job.version) as row:
+            runtime = row.runtime
+            contract = runtime.contract
+            tile, overlap = self._tile_settings(job, contract)
+            cancel.check()
+
+            t = time.perf_counter()
+            decoded = decode_image(job.image, max_pixels=self.limits.max_input_pixels)
+            decode_ms = (time.perf_counter() - t) * 1000.0
+            h, w = decoded.height, decoded.width
+            out_pixels = h * w * contract.scale * contract.scale
+            if out_pixels > self.limits.max_output_pixels:
+                raise ImageTooLargeError(
+                    f"output would be {w * contract.scale}x{h * contract.scale} = {out_pixels / 1e6:.1f} MP, "
+                    f"over the limit of {self.limits.max_output_pixels / 1e6:.1f} MP"
+                )
+            stats = _Stats()
+            render = job.options.render_size or self.colorization.render_size
+            if contract.task == "colorization" and contract.output_channels == 3 and max(h, w) > render:
+                rh, rw = render_shape(h, w, render, contract.size_multiple)
+                small = cv2.resize(decoded.pixels, (rw, rh), interpolation=cv2.INTER_AREA)
+                small = small.reshape(rh, rw, -1)
+                small_out, used_tile = self._run_model(small, runtime, tile, overlap, stats, cancel)
+                out = join_chroma(decoded.pixels, small_out)
+            else:
+                out, used_tile = self._run_model(decoded.pixels, runtime, tile, overlap, stats, cancel)
+            cancel.check()
+
+            t = time.perf_counter()
+            alpha = decoded.alpha
+            if alpha is not None and alpha.shape != out.shape[:2]:
+                alpha = cv2.resize(alpha, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_LINEAR)
+            data = encode_image(out, fmt, job.options.quality or 95, alpha=alpha)
+            encode_ms = (time.perf_counter() - t) * 1000.0
+            version = row.version
+        total_ms = (time.perf_counter() - start) * 1000.0
+        return TranslateResult(
+            image=data,
+            width=int(out.shape[1]),
+            height=int(out.shape[0]),
+            model=job.model,
+            version=version,
+            output_format=fmt,
+            request_id=request_id,
+            timing=Timing(decode_ms, stats.queue_ms, stats.inference_ms, encode_ms, total_ms),
+            tiles=stats.tiles,
+            tile_size=used_tile,
+        )
+
+    def _run_model(
+        self,
+        pixels: np.ndarray,
+        runtime: ModelRuntime,
+        tile: int,
+        overlap: int,
+        stats: _Stats,
+        cancel: CancelToken,
+    ) -> tuple[np.ndarray, int]:
+        contract = runtime.contract
+        image = adapt_channels(pixels, contract.input_channels)
+        h, w = image.shape[:2]
+
+        def make_plan(t: int):
+            return plan_tiles(
+                h,
+                w,
+                tile=t,
+                overlap=overlap,
+                size_multiple=contract.size_multiple,
+                bucket=self.batching.shape_bucket,
+                scale=contract.scale,
+            )
+
+        return run_with_oom_retry(
+            image,
+            tile=tile,
+            min_tile=self.tiling.min_tile_size,
+            size_multiple=contract.size_multiple,
+            make_plan=make_plan,
+            infer=lambda tiles: self._infer(runtime, tiles, stats, cancel),
+        )
+
+    def _infer(
+        self, runtime: ModelRuntime, tiles: Sequence[np.ndarray], stats: _Stats, cancel: CancelToken
+    ) -> list[np.ndarray]:
+        """Send tiles through the model's batcher, at most max_batch_size queued at a time."""
+        outputs: list[np.ndarray] = []
+        window = runtime.max_batch_size
+        for i in range(0, len(tiles), window):
+            cancel.check()
+            futures = [runtime.batcher.submit(t) for t in tiles[i : i + window]]
+            unregister = cancel.add_callback(lambda fs=futures: [f.cancel() for f in fs])
+            try:
+                # Future.result() (unlike futures.wait()) wakes up when a pending future is cancelled.
+                results = [f.result() for f in futures]
+            except concurrent.futures.CancelledError:
+                raise RequestCancelledError("request cancelled (client gone or deadline passed)") from None
+            finally:
+                unregister()
+                for f in futures:  # on any error, drop the siblings still queued
+                    f.cancel()
+            stats.queue_ms += max(r.queue_ms for r in results)
+            # Tiles that shared a call are slices of one output array: count that call once.
+            stats.inference_ms += sum({id(r.output.base): r.inference_ms for r in results}.values())
+            stats.tiles += len(results)
+            outputs.extend(r.output for r in results)
+        return outputs

@@ -1,0 +1,376 @@
+"""`pixforge serve`: wires the gRPC server and owns its lifecycle (no torch anywhere on this path).
+
+:func:`serve` builds everything once and passes it into constructors: metrics, the model registry,
+the pipeline, the thin servicer, the standard ``grpc.health.v1`` service (overall ``""``,
+``pixforge.v1.ImageTranslation`` and one entry per model name), server reflection, interceptors
+(drain -> auth -> request context), TLS/mTLS and message-size limits. It returns a
+:class:`ServerHandle` with ``.port`` and ``.stop(grace)`` for tests, clients' tests and the CLI.
+
+Why the synchronous gRPC server with a thread pool rather than grpc.aio: every expensive step
+releases the GIL (onnxruntime inference on the batcher threads, OpenCV decode/encode on the RPC
+threads), so threads give real parallelism; the batcher needs blocking waits on futures, which
+would have to be bridged into an event loop under aio; and graceful shutdown, deadlines and
+cancellation callbacks are simple and well-tested in the sync API. The price, one thread per
+in-flight RPC, is bounded by ``max_workers``/``max_concurrent_rpcs`` and by the per-model queue.
+
+Shutdown (SIGTERM/SIGINT or ``stop()``): health goes NOT_SERVING, new calls get UNAVAILABLE,
+in-flight calls get ``grace_seconds`` to finish, then batchers drain and close.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pixforge.v1 import translation_pb2 as pb
+from pixforge.v1 import translation_pb2_grpc as pb_grpc
+
+from .config import ServiceConfig, available_cpus, config_from_args, config_to_dict
+from .engine import expected_provider, gpu_log_line
+from .errors import ConfigError
+from .interceptors import AuthInterceptor, DrainInterceptor, RequestContextInterceptor
+from .logs import configure_logging
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .repository import EngineFactory, ModelRegistry, ModelState, ReloadSummary
+from .servicer import ImageTranslationServicer
+
+log = logging.getLogger("pixforge.service.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageTranslation"].full_name  # "pixforge.v1.ImageTranslation"
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+class ServerHandle:
+    """A running server.
+
+    Attributes:
+        port: the bound gRPC port (useful with ``port: 0``).
+        metrics_port: the bound Prometheus port (0 when disabled).
+        address: ``host:port`` clients should dial (loopback when bound to all interfaces).
+        config: the ServiceConfig it runs with.
+        registry, pipeline, metrics: the core objects (tests and benchmarks inspect them).
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        registry: ModelRegistry,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        health_servicer: health.HealthServicer,
+    ):
+        self.config = config
+        self.registry = registry
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.port = 0
+        self.metrics_port = 0
+        self._health = health_servicer
+        self._server: grpc.Server | None = None
+        self._drain: DrainInterceptor | None = None
+        self._executors: list[ThreadPoolExecutor] = []
+        self._draining = False
+        self._stop_lock = threading.Lock()
+        self._stopped = threading.Event()
+        self.ready = threading.Event()  # set once the initial model load finished
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to dial; loopback when the server binds every interface."""
+        host = self.config.host
+        if host in ("0.0.0.0", "::", "[::]", ""):
+            host = "127.0.0.1"
+        return _address(host, self.port)
+
+    @property
+    def draining(self) -> bool:
+        """True once shutdown began (new calls get UNAVAILABLE)."""
+        return self._draining
+
+    # -- model state -> health + metrics
+
+    def _model_changed(self, name: str) -> None:
+        try:
+            row = self.registry.describe(name)
+        except Exception:  # removed from the repository
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+            self.metrics.set_ready(name, None)
+            return
+        ready = row.state is ModelState.READY
+        self._health.set(
+            name,
+            health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+        self.metrics.set_ready(name, ready)
+
+    def _set_overall(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        self._health.set("", status)
+        self._health.set(SERVICE_NAME, status)
+
+    def _initial_load(self) -> None:
+        try:
+            self.registry.reload()
+        except Exception:
+            log.exception("initial model load failed")
+        if self._draining:
+            return
+        self._set_overall(True)
+        self.ready.set()
+        rows = self.registry.versions()
+        ready = [r for r in rows if r.state is ModelState.READY]
+        failed = [f"{r.name}/{r.version}" for r in rows if r.state is ModelState.FAILED]
+        providers = sorted({r.provider for r in ready}) or [expected_provider(self.config.engine)]
+        names = sorted({r.name for r in ready})
+        log.info(
+            "serving %d models on %s (provider %s)%s",
+            len(names),
+            _address(self.config.host, self.port),
+            ", ".join(providers),
+            f"; failed: {', '.join(failed)}" if failed else "",
+        )
+        if not rows:
+            log.warning(
+                "model repository %s holds no models (<name>/<version>/model.onnx)", self.registry.repository
+            )
+        self.registry.start_polling(self.config.poll_seconds)
+
+    def wait_until_ready(self, timeout: float | None = None) -> bool:
+        """Block until the initial model load finished; returns False on timeout."""
+        return self.ready.wait(timeout)
+
+    def reload(self) -> ReloadSummary:
+        """Re-scan the repository now (what SIGHUP does)."""
+        summary = self.registry.reload()
+        log.info(
+            "reload: loaded %s; failed %s; kept %s; removed %s",
+            summary.loaded or "-",
+            summary.failed or "-",
+            summary.kept or "-",
+            summary.removed or "-",
+        )
+        return summary
+
+    # -- shutdown
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING, refuse new calls, let in-flight ones finish within ``grace``.
+
+        Args:
+            grace: seconds for in-flight RPCs (default: ``grace_seconds`` of the config).
+        """
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            grace = self.config.grace_seconds if grace is None else grace
+            deadline = time.monotonic() + grace
+            self._draining = True
+            self._health.enter_graceful_shutdown()
+            log.info("shutting down: refusing new requests, %.1f s grace for in-flight ones", grace)
+            if self._server is not None:
+                # Keep the port open while in-flight calls finish so late callers get UNAVAILABLE
+                # from the drain interceptor; then stop, cancelling whatever outlived the grace.
+                if self._drain is not None and not self._drain.wait_idle(grace):
+                    log.warning(
+                        "grace period over with %d calls still running; cancelling them", self._drain.active
+                    )
+                self._server.stop(max(0.0, deadline - time.monotonic())).wait()
+            self.registry.close()
+            for pool in self._executors:
+                pool.shutdown(wait=False, cancel_futures=True)
+            self.metrics.close()
+            log.info("server stopped")
+            self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server stopped (signals are handled meanwhile); False on timeout."""
+        if timeout is not None:
+            return self._stopped.wait(timeout)
+        while not self._stopped.wait(0.5):  # short waits keep the main thread responsive to signals
+            pass
+        return True
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: graceful stop; SIGHUP: reload. Main thread only."""
+
+        def stop(signum, _frame):
+            log.info("received %s", signal.Signals(signum).name)
+            threading.Thread(target=self.stop, name="pixforge-shutdown", daemon=True).start()
+
+        def hup(_signum, _frame):
+            log.info("received SIGHUP: reloading the model repository")
+            threading.Thread(target=self.reload, name="pixforge-reload", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, hup)
+
+
+def serve(
+    config: ServiceConfig,
+    *,
+    engine_factory: EngineFactory | None = None,
+    wait_for_models: bool = True,
+    handle_signals: bool = False,
+) -> ServerHandle:
+    """Start the gRPC server (and the metrics endpoint) for a config.
+
+    Args:
+        config: the resolved ServiceConfig (see :func:`pixforge.service.config.load_config`).
+        engine_factory: builds engines (default :class:`~pixforge.service.engine.Engine`); tests
+            inject wrappers to count or gate inference calls.
+        wait_for_models: load every model before returning (tests); False returns as soon as the
+            port is bound, with health NOT_SERVING until the load finishes (the CLI).
+        handle_signals: install SIGTERM/SIGINT/SIGHUP handlers (main thread only).
+
+    Returns:
+        A ServerHandle (``.port``, ``.address``, ``.stop(grace)``, ``.wait()``, ``.reload()``).
+
+    Raises:
+        ConfigError: the repository is missing, TLS files are unreadable or the port cannot be bound.
+    """
+    repository = config.repository
+    if not repository.is_dir():
+        raise ConfigError(f"models: model repository {repository} is not a directory")
+
+    metrics = Metrics()
+    health_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixforge-health")
+    health_servicer = health.HealthServicer(
+        experimental_non_blocking=True, experimental_thread_pool=health_pool
+    )
+    handle_box: list[ServerHandle] = []
+    registry = ModelRegistry(
+        repository,
+        config.engine,
+        config.batching,
+        pins=dict(config.pins),
+        engine_factory=engine_factory,
+        batch_observer=metrics.batch_observer,
+        on_change=lambda name: handle_box[0]._model_changed(name) if handle_box else None,
+    )
+    pipeline = Pipeline(registry, config.tiling, config.limits, config.colorization, config.batching)
+    handle = ServerHandle(config, registry, pipeline, metrics, health_servicer)
+    handle_box.append(handle)
+
+    codec_workers = config.codec_workers or min(32, 4 * available_cpus())
+    codec_pool = ThreadPoolExecutor(max_workers=codec_workers, thread_name_prefix="pixforge-codec")
+    rpc_pool = ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="pixforge-rpc")
+    handle._executors = [codec_pool, rpc_pool, health_pool]
+
+    handle._drain = DrainInterceptor(lambda: handle.draining)
+    interceptors: list[grpc.ServerInterceptor] = [handle._drain]
+    if config.auth.enabled:
+        interceptors.append(
+            AuthInterceptor(
+                config.auth.tokens, on_reject=lambda method: metrics.failure("-", "UNAUTHENTICATED")
+            )
+        )
+    interceptors.append(RequestContextInterceptor())
+
+    size = config.limits.max_message_bytes
+    server = grpc.server(
+        rpc_pool,
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+        ],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs or 4 * config.max_workers,
+    )
+    servicer = ImageTranslationServicer(pipeline, registry, metrics, config.stream, codec_pool)
+    pb_grpc.add_ImageTranslationServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    address = _address(config.host, config.port)
+    try:
+        if config.tls.enabled:
+            ca = _read(config.tls.client_ca_file) if config.tls.client_ca_file else None
+            credentials = grpc.ssl_server_credentials(
+                [(_read(config.tls.key_file), _read(config.tls.cert_file))],
+                root_certificates=ca,
+                require_client_auth=ca is not None,
+            )
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ConfigError(f"port: cannot bind {address}: {exc}") from None
+    if not port:
+        raise ConfigError(f"port: cannot bind {address}")
+    handle.port = port
+    handle._server = server
+    handle._set_overall(False)  # NOT_SERVING until the models are loaded
+    server.start()
+    log.info(
+        "listening on %s%s%s; %s",
+        _address(config.host, port),
+        " (TLS" if config.tls.enabled else "",
+        (", mTLS)" if config.tls.client_ca_file else ")") if config.tls.enabled else "",
+        gpu_log_line(config.engine),
+    )
+    try:
+        if config.metrics_port:
+            metrics_host = config.metrics_host or config.host
+            handle.metrics_port = metrics.serve_http(metrics_host, config.metrics_port)
+            log.info("metrics on http://%s/metrics", _address(metrics_host, handle.metrics_port))
+    except OSError as exc:
+        handle.stop(0)
+        raise ConfigError(f"metrics_port: cannot bind {config.metrics_port}: {exc.strerror or exc}") from None
+    if handle_signals:
+        handle.install_signal_handlers()
+    if wait_for_models:
+        handle._initial_load()
+    else:
+        threading.Thread(target=handle._initial_load, name="pixforge-load", daemon=True).start()
+    return handle
+
+
+def run(args) -> int:
+    """Entry point of `pixforge serve` (see pixforge/cli.py for the flags).
+
+    Returns:
+        Process exit code: 0 after a clean shutdown, 2 for a bad configuration.
+    """
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"pixforge serve: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "dry_run", False):
+        print(json.dumps(config_to_dict(config), indent=2))
+        return 0
+    configure_logging(config.log_level, config.log_format)
+    try:
+        handle = serve(config, wait_for_models=False, handle_signals=True)
+    except ConfigError as exc:
+        print(f"pixforge serve: {exc}", file=sys.stderr)
+        return 2
+    handle.wait()
+    return 0

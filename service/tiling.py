@@ -1,0 +1,234 @@
+"""Padding, tiling and seamless blending of large images (Real-ESRGAN style), pure numpy.
+
+An image is cut into equal tiles of ``tile`` input pixels that overlap by at least ``overlap``;
+each tile's model output is weighted by a feathered window (zero over a margin next to an inner
+tile edge, where the model lacked context, then a linear ramp up to 1) and accumulated into a
+float strip one tile row high. Rows no later tile touches are normalised and written to the uint8
+output at once, so besides the output itself memory stays at about one tile row of floats,
+whatever the image size. Along an axis that fits in one tile the image is reflect-padded up to the
+shape bucket (a multiple of the model's ``size_multiple``) and cropped back afterwards; along a
+tiled axis no padding is needed because every tile has the full tile size.
+
+:func:`run_with_oom_retry` halves the tile size after an out-of-memory error, down to a floor.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import OutOfMemoryError
+
+log = logging.getLogger("pixforge.service.tiling")
+
+# Tiles in, outputs out (same order); the pipeline batches them through the model's batcher.
+InferTiles = Callable[[Sequence[np.ndarray]], Sequence[np.ndarray]]
+
+
+def round_up(value: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= value."""
+    return -(-value // multiple) * multiple
+
+
+def pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Reflect-pad an (H, W, C) array at the bottom/right to (height, width, C).
+
+    Reflection (not zeros) keeps the statistics a convolutional model sees at the border natural;
+    an axis of length 1 cannot be reflected and is edge-padded instead.
+    """
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image
+    if height < h or width < w:
+        raise ValueError(f"cannot pad {h}x{w} down to {height}x{width}")
+    pad = [(0, height - h), (0, width - w)] + [(0, 0)] * (image.ndim - 2)
+    if h == 1 or w == 1:
+        # np.pad applies one mode to all axes; edge-pad the degenerate axis first.
+        if h == 1 and height > 1:
+            image = np.pad(image, [(0, height - 1)] + [(0, 0)] * (image.ndim - 1), mode="edge")
+            pad[0] = (0, 0)
+        if w == 1 and width > 1:
+            image = np.pad(image, [(0, 0), (0, width - 1)] + [(0, 0)] * (image.ndim - 2), mode="edge")
+            pad[1] = (0, 0)
+    return np.pad(image, pad, mode="reflect")
+
+
+def _axis(length: int, tile: int, overlap: int, multiple: int) -> tuple[int, int, list[int]]:
+    """Plan one axis: (padded length, tile length, tile start positions)."""
+    if length <= tile:
+        padded = min(round_up(length, multiple), tile)
+        return padded, padded, [0]
+    stride = tile - overlap
+    n = math.ceil((length - tile) / stride) + 1
+    # Spread the tiles evenly so every overlap is >= `overlap` and the last tile ends at the edge.
+    positions = [round(k * (length - tile) / (n - 1)) for k in range(n)]
+    return length, tile, positions
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How one image is cut.
+
+    Attributes:
+        height, width: the image size (input pixels).
+        padded_height, padded_width: size after padding (>= image size).
+        tile_height, tile_width: every tile's size (a multiple of the model's size multiple).
+        ys, xs: tile start positions in the padded image.
+        overlap: the minimum overlap between neighbouring tiles (input pixels).
+        scale: output pixels per input pixel.
+    """
+
+    height: int
+    width: int
+    padded_height: int
+    padded_width: int
+    tile_height: int
+    tile_width: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+    overlap: int
+    scale: int
+
+    @property
+    def n_tiles(self) -> int:
+        """Number of tiles (1 when the image fits in one)."""
+        return len(self.ys) * len(self.xs)
+
+
+def plan_tiles(
+    height: int, width: int, *, tile: int, overlap: int, size_multiple: int, bucket: int = 0, scale: int = 1
+) -> TilePlan:
+    """Plan the tiles of a height x width image.
+
+    Args:
+        height, width: image size in input pixels.
+        tile: tile edge (a multiple of ``size_multiple``).
+        overlap: wanted overlap between tiles; clamped to half a tile.
+        size_multiple: the model's size multiple.
+        bucket: pad an axis that fits in one tile to a multiple of this too (0: only size_multiple),
+            so images of different sizes share a few shapes and can be batched together.
+        scale: the model's scale.
+
+    Returns:
+        The TilePlan.
+    """
+    if tile < size_multiple or tile % size_multiple:
+        raise ValueError(f"tile size {tile} must be a positive multiple of {size_multiple}")
+    multiple = size_multiple if not bucket else size_multiple * bucket // math.gcd(size_multiple, bucket)
+    overlap = max(0, min(overlap, tile // 2))
+    ph, th, ys = _axis(height, tile, overlap, multiple)
+    pw, tw, xs = _axis(width, tile, overlap, multiple)
+    return TilePlan(height, width, ph, pw, th, tw, tuple(ys), tuple(xs), overlap, scale)
+
+
+def axis_weights(length: int, before: bool, after: bool, overlap: int) -> np.ndarray:
+    """Feathered 1-D blending window for one tile (output pixels).
+
+    Next to an edge that has a neighbouring tile the weight is ~0 over a margin of overlap/4 (the
+    model saw no context there), then ramps linearly to 1 over the middle half of the overlap, so
+    two neighbours cross-fade to a partition of unity. Image edges keep weight 1.
+
+    Args:
+        length: tile length in output pixels.
+        before, after: whether a neighbour overlaps the start/end edge.
+        overlap: minimum overlap in output pixels.
+    """
+    d = np.arange(length, dtype=np.float32)
+    w = np.ones(length, np.float32)
+    margin = overlap // 4
+    ramp = max(1, overlap - 2 * margin)
+    if before:
+        w = np.minimum(w, np.clip((d - margin + 0.5) / ramp, 0.0, 1.0))
+    if after:
+        w = np.minimum(w, np.clip((length - 1 - d - margin + 0.5) / ramp, 0.0, 1.0))
+    # A tiny floor keeps every weight sum positive, whatever the tile layout.
+    return np.maximum(w, 1e-6)
+
+
+def run_tiled(image: np.ndarray, plan: TilePlan, infer: InferTiles) -> np.ndarray:
+    """Run a model over an image by tiles and blend the outputs seamlessly.
+
+    Args:
+        image: uint8 (H, W, C) with H, W = plan.height, plan.width.
+        plan: from :func:`plan_tiles`.
+        infer: maps a list of uint8 tiles to their uint8 model outputs (tile size x scale).
+
+    Returns:
+        uint8 (H*scale, W*scale, C_out).
+    """
+    s = plan.scale
+    padded = pad_to(image, plan.padded_height, plan.padded_width)
+    th, tw = plan.tile_height, plan.tile_width
+    if plan.n_tiles == 1:
+        out = infer([padded])[0]
+        return np.ascontiguousarray(out[: plan.height * s, : plan.width * s])
+
+    out_h, out_w = plan.padded_height * s, plan.padded_width * s
+    result: np.ndarray | None = None
+    wxs = [axis_weights(tw * s, j > 0, j < len(plan.xs) - 1, plan.overlap * s) for j in range(len(plan.xs))]
+    acc = wacc = None
+    base = 0  # first output row held in acc
+    for i, y in enumerate(plan.ys):
+        outs = infer([padded[y : y + th, x : x + tw] for x in plan.xs])
+        if result is None:
+            channels = outs[0].shape[2]
+            result = np.empty((out_h, out_w, channels), np.uint8)
+            acc = np.zeros((0, out_w, channels), np.float32)
+            wacc = np.zeros((0, out_w, 1), np.float32)
+        y0, y1 = y * s, (y + th) * s
+        if acc.shape[0] < y1 - base:
+            grow = y1 - base - acc.shape[0]
+            acc = np.concatenate([acc, np.zeros((grow, out_w, acc.shape[2]), np.float32)])
+            wacc = np.concatenate([wacc, np.zeros((grow, out_w, 1), np.float32)])
+        wy = axis_weights(th * s, i > 0, i < len(plan.ys) - 1, plan.overlap * s)
+        for x, wx, tile_out in zip(plan.xs, wxs, outs, strict=True):
+            weight = (wy[:, None] * wx[None, :])[:, :, None]
+            acc[y0 - base : y1 - base, x * s : x * s + tw * s] += tile_out.astype(np.float32) * weight
+            wacc[y0 - base : y1 - base, x * s : x * s + tw * s] += weight
+        done = plan.ys[i + 1] * s if i + 1 < len(plan.ys) else out_h
+        rows = done - base
+        result[base:done] = np.clip(np.rint(acc[:rows] / wacc[:rows]), 0, 255).astype(np.uint8)
+        acc, wacc = acc[rows:].copy(), wacc[rows:].copy()
+        base = done
+    return np.ascontiguousarray(result[: plan.height * s, : plan.width * s])
+
+
+def run_with_oom_retry(
+    image: np.ndarray,
+    *,
+    tile: int,
+    min_tile: int,
+    size_multiple: int,
+    make_plan: Callable[[int], TilePlan],
+    infer: InferTiles,
+) -> tuple[np.ndarray, int]:
+    """:func:`run_tiled`, halving the tile size after each out-of-memory error.
+
+    Args:
+        image: uint8 (H, W, C).
+        tile: first tile size to try.
+        min_tile: do not go below this (rounded to the size multiple).
+        size_multiple: the model's size multiple.
+        make_plan: tile size -> TilePlan for this image.
+        infer: as for run_tiled.
+
+    Returns:
+        (output, tile size that worked).
+
+    Raises:
+        OutOfMemoryError: even the smallest tile size ran out of memory.
+    """
+    floor = max(size_multiple, round_up(min_tile, size_multiple))
+    while True:
+        try:
+            return run_tiled(image, make_plan(tile), infer), tile
+        except OutOfMemoryError as exc:
+            smaller = (tile // 2) // size_multiple * size_multiple
+            if smaller < floor or smaller >= tile:
+                raise OutOfMemoryError(f"{exc} (also with tiles down to {tile} px)") from exc
+            log.warning("out of memory with %d px tiles; retrying with %d px tiles", tile, smaller)
+            tile = smaller

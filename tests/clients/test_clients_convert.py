@@ -1,0 +1,321 @@
+"""`pixforge convert` against a real server: outputs, report, exit codes, resume, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clients_helpers import cli_env, free_port, make_image
+from pixforge.clients.convert import REPORT_NAME
+from pixforge.clients.walk import TMP_SUFFIX
+
+from pixforge.cli import main
+from pixforge.codec import decode_image, encode_image
+
+
+def convert(capsys, server: str, *args: str) -> tuple[int, str, str]:
+    """Run `pixforge convert` in-process; return (exit code, stdout, stderr)."""
+    code = main(["convert", "--server", server, "--model", "invert", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def report_rows(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / REPORT_NAME).read_text().splitlines()]
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    """A nested folder of good, corrupt and non-image files."""
+    root = tmp_path / "in"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "c").mkdir()
+    (root / "top.png").write_bytes(encode_image(make_image(1)))
+    (root / "a" / "photo.JPG").write_bytes(encode_image(make_image(2), "jpeg"))
+    (root / "a" / "b" / "deep.webp").write_bytes(encode_image(make_image(3), "webp", quality=100))
+    (root / "c" / "gray.png").write_bytes(encode_image(make_image(4, channels=1)))
+    good = encode_image(make_image(5))
+    (root / "a" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "c" / "text.jpg").write_text("this is not a jpeg")
+    (root / "notes.txt").write_text("not an image")
+    (root / "a" / "b" / "data.json").write_text("{}")
+    return root
+
+
+GOOD = {
+    "top.png": "top.png",
+    "a/photo.JPG": "a/photo.png",
+    "a/b/deep.webp": "a/b/deep.png",
+    "c/gray.png": "c/gray.png",
+}
+CORRUPT = {"a/truncated.png", "c/text.jpg"}
+
+
+def test_nested_tree_gives_mirrored_outputs_a_report_and_exit_1(capsys, real_server, tree, tmp_path):
+    out_dir = tmp_path / "out"
+    code, out, err = convert(capsys, real_server.address, str(tree), "--output", str(out_dir), "--recursive")
+    assert code == 1
+    assert files_under(out_dir) == set(GOOD.values()) | {REPORT_NAME}
+    for src, dst in GOOD.items():
+        expected = 255 - decode_image((tree / src).read_bytes()).pixels
+        got = decode_image((out_dir / dst).read_bytes()).pixels
+        assert got.shape[:2] == expected.shape[:2]
+        assert (got == (expected if expected.shape[2] == 3 else np.repeat(expected, 3, axis=2))).all()
+    rows = report_rows(out_dir)
+    assert {os.path.relpath(r["input"], tree) for r in rows} == CORRUPT
+    assert {r["code"] for r in rows} == {"INVALID_ARGUMENT"}
+    assert all(r["message"] and r["output"].endswith(".png") for r in rows)
+    assert "converted 4, skipped 0, failed 2, ignored 2" in out
+    for name in CORRUPT:
+        assert f"FAILED {tree / name}: INVALID_ARGUMENT" in err
+
+    # Re-run: finished outputs are skipped, the corrupt files fail again.
+    code, out, _ = convert(capsys, real_server.address, str(tree), "--output", str(out_dir), "--recursive")
+    assert code == 1 and "converted 0, skipped 4, failed 2" in out
+
+    # Fix the input: exit 0 and the stale report is gone.
+    for name in CORRUPT:
+        (tree / name).unlink()
+    code, out, _ = convert(capsys, real_server.address, str(tree), "--output", str(out_dir), "--recursive")
+    assert code == 0 and "converted 0, skipped 4, failed 0" in out
+    assert not (out_dir / REPORT_NAME).exists()
+
+
+def test_without_recursive_only_the_top_folder_is_converted(capsys, real_server, tree, tmp_path):
+    out_dir = tmp_path / "out"
+    code, out, _ = convert(capsys, real_server.address, str(tree), "--output", str(out_dir))
+    assert code == 0 and files_under(out_dir) == {"top.png"}
+    assert "converted 1, skipped 0, failed 0, ignored 1" in out
+
+
+def test_glob_suffix_format_and_overwrite(capsys, real_server, tree, tmp_path):
+    out_dir = tmp_path / "out"
+    args = [
+        str(tree),
+        "--output",
+        str(out_dir),
+        "--recursive",
+        "--glob",
+        "*.jpg",
+        "--suffix",
+        "_inv",
+        "--format",
+        "jpeg",
+        "--quality",
+        "90",
+    ]
+    code, out, _ = convert(capsys, real_server.address, *args)
+    # *.jpg matches photo.JPG (case-insensitive) and the corrupt text.jpg.
+    assert code == 1 and files_under(out_dir) == {"a/photo_inv.jpg", REPORT_NAME}
+    assert (out_dir / "a" / "photo_inv.jpg").read_bytes().startswith(b"\xff\xd8\xff")
+    before = (out_dir / "a" / "photo_inv.jpg").stat().st_mtime_ns
+    code, out, _ = convert(capsys, real_server.address, *args, "--overwrite")
+    assert "converted 1, skipped 0" in out
+    assert (out_dir / "a" / "photo_inv.jpg").stat().st_mtime_ns >= before
+
+
+def test_single_files_and_several_inputs(capsys, real_server, tree, tmp_path):
+    out_dir = tmp_path / "out"
+    code, out, _ = convert(
+        capsys,
+        real_server.address,
+        str(tree / "top.png"),
+        str(tree / "notes.txt"),
+        str(tree / "c"),
+        "--output",
+        str(out_dir),
+    )
+    # A file named on the command line is always sent, whatever its extension.
+    assert code == 1 and files_under(out_dir) == {"top.png", "gray.png", REPORT_NAME}
+    assert {os.path.basename(r["input"]) for r in report_rows(out_dir)} == {"notes.txt", "text.jpg"}
+
+
+def test_concurrency_does_not_change_the_bytes(capsys, real_server, tmp_path):
+    src = tmp_path / "in"
+    for i in range(16):
+        sub = src / f"d{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"img{i}.png").write_bytes(encode_image(make_image(i, 20 + i, 30)))
+    outputs = {}
+    for concurrency in ("1", "7"):
+        out_dir = tmp_path / f"out{concurrency}"
+        progress = ["--progress"] if concurrency == "7" else []
+        code, out, err = convert(
+            capsys,
+            real_server.address,
+            str(src),
+            "--output",
+            str(out_dir),
+            "--recursive",
+            "--concurrency",
+            concurrency,
+            "--format",
+            "webp",
+            *progress,
+        )
+        assert code == 0 and "converted 16" in out
+        if concurrency == "7":  # forced progress bar: rate, total and ETA on stderr
+            assert "img/s" in err and "16/16" in err
+        outputs[concurrency] = {p: (out_dir / p).read_bytes() for p in files_under(out_dir)}
+    assert len(outputs["1"]) == 16 and outputs["1"] == outputs["7"]
+
+
+def test_same_stem_collision_and_output_inside_input(capsys, real_server, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "x.png").write_bytes(encode_image(make_image(1)))
+    (src / "x.jpg").write_bytes(encode_image(make_image(2), "jpeg"))
+    out_dir = src / "converted"  # inside the input tree: must not be walked
+    for _ in range(2):
+        code, out, _ = convert(capsys, real_server.address, str(src), "--output", str(out_dir), "--recursive")
+        assert code == 1
+        assert [r["code"] for r in report_rows(out_dir)] == ["OUTPUT_COLLISION"]
+    assert files_under(out_dir) == {"x.png", REPORT_NAME}
+
+
+def test_dry_run_lists_work_and_touches_nothing(capsys, tree, tmp_path):
+    out_dir = tmp_path / "out"
+    unreachable = f"127.0.0.1:{free_port()}"  # a dry run never connects
+    code, out, _ = convert(
+        capsys, unreachable, str(tree), "--output", str(out_dir), "--recursive", "--dry-run"
+    )
+    assert code == 0 and not out_dir.exists()
+    assert f"{tree / 'a' / 'photo.JPG'} -> {out_dir / 'a' / 'photo.png'}" in out
+    assert "would convert 6, skip 0 (output exists), fail 0, ignore 2" in out
+
+
+def test_unknown_model_and_bad_flags_exit_2_with_one_line(capsys, real_server, tree, tmp_path):
+    code = main(
+        [
+            "convert",
+            "--server",
+            real_server.address,
+            "--model",
+            "nope",
+            str(tree),
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "model 'nope' not found" in err and "it serves: invert" in err
+    for bad in (["--quality", "0"], ["--concurrency", "0"], ["--suffix", "a/b"]):
+        code, _, err = convert(capsys, real_server.address, str(tree), "--output", str(tmp_path / "o"), *bad)
+        assert code == 2 and err.startswith("pixforge convert: ") and err.count("\n") == 1
+    code, _, err = convert(
+        capsys, real_server.address, str(tree / "missing"), "--output", str(tmp_path / "o")
+    )
+    assert code == 2 and "input not found" in err
+
+
+def test_unreachable_server_exits_2_with_a_message_and_no_traceback(tree, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixforge.cli",
+            "convert",
+            "--server",
+            f"127.0.0.1:{free_port()}",
+            "--model",
+            "invert",
+            str(tree),
+            "--output",
+            str(tmp_path / "out"),
+            "--timeout",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "pixforge convert: cannot reach server 127.0.0.1:" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_token_from_flag_or_environment(capsys, token_server, tree, tmp_path, monkeypatch):
+    args = [str(tree / "top.png"), "--output", str(tmp_path / "out")]
+    monkeypatch.delenv("PIXFORGE_TOKEN", raising=False)
+    code, _, err = convert(capsys, token_server.address, *args)
+    assert code == 2 and "refused the token" in err
+    code, out, _ = convert(capsys, token_server.address, *args, "--token", "s3cret")
+    assert code == 0 and "converted 1" in out
+    monkeypatch.setenv("PIXFORGE_TOKEN", "s3cret")
+    code, out, _ = convert(capsys, token_server.address, *args, "--overwrite")
+    assert code == 0 and "converted 1" in out
+
+
+def test_killed_run_resumes_with_every_file_exactly_once(capsys, slow_server, real_server, tmp_path):
+    src = tmp_path / "in"
+    names = []
+    for i in range(60):
+        sub = src / f"part{i % 4}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"img{i:03d}.png").write_bytes(encode_image(make_image(i, 48, 48)))
+        names.append(f"part{i % 4}/img{i:03d}.png")
+    out_dir = tmp_path / "out"
+    # A stale temp file from an earlier crash must not survive or count as an output.
+    (out_dir / "part0").mkdir(parents=True)
+    (out_dir / "part0" / f".img000.png{TMP_SUFFIX}").write_bytes(b"partial")
+
+    # Slow server (60 ms batching delay) and one image in flight: kill the process mid-run.
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pixforge.cli",
+            "convert",
+            "--server",
+            slow_server.address,
+            "--model",
+            "invert",
+            str(src),
+            "--output",
+            str(out_dir),
+            "--recursive",
+            "--concurrency",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    deadline = time.monotonic() + 60
+    done_before_kill = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        done_before_kill = sum(1 for p in out_dir.rglob("*.png"))
+        if done_before_kill >= 8:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "convert finished before it could be killed: " + proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stdout.close()
+    proc.stderr.close()
+    killed_outputs = {p for p in files_under(out_dir) if not p.endswith(TMP_SUFFIX)}
+    assert 8 <= len(killed_outputs) < 60
+    for rel in killed_outputs:  # whatever exists after a kill is complete
+        assert decode_image((out_dir / rel).read_bytes()).pixels.shape == (48, 48, 3)
+
+    code, out, _ = convert(
+        capsys, real_server.address, str(src), "--output", str(out_dir), "--recursive", "--concurrency", "4"
+    )
+    assert code == 0
+    assert f"converted {60 - len(killed_outputs)}, skipped {len(killed_outputs)}, failed 0" in out
+    assert files_under(out_dir) == set(names)  # exactly one output per input, no temp files left
+    for rel in names:
+        expected = 255 - decode_image((src / rel).read_bytes()).pixels
+        assert (decode_image((out_dir / rel).read_bytes()).pixels == expected).all()

@@ -1,0 +1,52 @@
+"""`pixforge health`: exit 0 SERVING, 1 NOT_SERVING / unknown service, 2 unreachable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from clients_helpers import cli_env, free_port
+from grpc_health.v1 import health_pb2
+
+from pixforge.cli import main
+
+
+def health(capsys, *args: str) -> tuple[int, str]:
+    code = main(["health", *args])
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+def test_serving_server_and_model(capsys, real_server):
+    code, text = health(capsys, "--server", real_server.address)
+    assert code == 0 and "SERVING" in text
+    code, text = health(capsys, "--server", real_server.address, "--service", "invert")
+    assert code == 0
+    code, text = health(capsys, "--server", real_server.address, "--service", "pixforge.v1.ImageTranslation")
+    assert code == 0
+
+
+def test_unknown_service_and_not_serving_exit_1(capsys, real_server, fake_server):
+    code, text = health(capsys, "--server", real_server.address, "--service", "nope")
+    assert code == 1 and "unknown service 'nope'" in text
+    fake_server.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    code, text = health(capsys, "--server", fake_server.address)
+    assert code == 1 and "NOT_SERVING" in text and text.count("\n") == 1
+
+
+def test_unreachable_server_exits_2_with_one_line(capsys):
+    code, text = health(capsys, "--server", f"127.0.0.1:{free_port()}", "--timeout", "2")
+    assert code == 2 and "cannot connect" in text and text.count("\n") == 1
+    code, text = health(capsys, "--server", "no-port-here")
+    assert code == 2 and "HOST:PORT" in text
+
+
+def test_as_a_subprocess_like_the_docker_healthcheck(real_server):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pixforge.cli", "health", "--server", real_server.address, "--timeout", "5"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "SERVING" in proc.stdout and not proc.stderr

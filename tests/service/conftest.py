@@ -1,0 +1,51 @@
+"""Fixtures for the service tests: a repository of tiny ONNX models built in the test run, and a
+factory that starts real in-process servers on 127.0.0.1 (ephemeral ports) and always stops them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import grpc
+import pytest
+from pixforge.service.server import serve
+from service_helpers import EngineControl, build_repo, test_config
+
+from pixforge.v1 import translation_pb2_grpc as pb_grpc
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory) -> Path:
+    """Read-only standard repository (copy it before changing anything)."""
+    return build_repo(tmp_path_factory.mktemp("service-models"))
+
+
+@pytest.fixture
+def repo_copy(model_repo, tmp_path) -> Path:
+    """A private, writable copy of the standard repository."""
+    dst = tmp_path / "models"
+    shutil.copytree(model_repo, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def start_server():
+    """start_server(config, control=None, **serve_kwargs) -> (handle, stub); stopped at module end."""
+    started = []
+
+    def start(config, control: EngineControl | None = None, **kwargs):
+        factory = control.factory() if control is not None else None
+        handle = serve(config, engine_factory=factory, **kwargs)
+        channel = grpc.insecure_channel(handle.address)
+        started.append((handle, channel))
+        return handle, pb_grpc.ImageTranslationStub(channel)
+
+    yield start
+    for handle, channel in started:
+        channel.close()
+        handle.stop(0)
+
+
+@pytest.fixture
+def make_config():
+    return test_config

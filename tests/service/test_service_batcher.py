@@ -1,0 +1,169 @@
+"""Batcher: same-shape batching, bounded queue, cancellation, error and OOM handling (numpy only)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from pixforge.service.batcher import Batcher
+from pixforge.service.errors import InferenceError, OutOfMemoryError, QueueFullError, ShuttingDownError
+
+
+class FakeModel:
+    """Doubles every pixel; optionally blocks on a gate and fails on demand."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+        self.fail_with: Exception | None = None
+        self.oom_above = None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(batch.shape)
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if self.fail_with is not None:
+            raise self.fail_with
+        if self.oom_above is not None and batch.shape[0] > self.oom_above:
+            raise OutOfMemoryError("fake OOM")
+        return (batch.astype(np.uint16) * 2 % 256).astype(np.uint8)
+
+
+def img(h=4, w=4, value=1):
+    return np.full((h, w, 3), value, np.uint8)
+
+
+@pytest.fixture
+def model():
+    return FakeModel()
+
+
+def hold(model: FakeModel, batcher: Batcher):
+    """Occupy the inference thread so later submissions queue up."""
+    model.gate = threading.Event()
+    first = batcher.submit(img(1, 1))
+    assert model.entered.wait(5)
+    return first
+
+
+def test_queued_same_shape_items_share_a_call(model):
+    b = Batcher(model, max_batch_size=4, max_queue_delay_ms=50, capacity=32, name="t")
+    try:
+        first = hold(model, b)
+        futures = [b.submit(img(value=i)) for i in range(6)]
+        model.gate.set()
+        results = [f.result(5) for f in futures]
+        first.result(5)
+    finally:
+        b.close()
+    assert [c[0] for c in model.calls] == [1, 4, 2]
+    for i, r in enumerate(results):
+        np.testing.assert_array_equal(r.output, img(value=2 * i))
+    assert results[0].batch_size == 4 and results[-1].batch_size == 2
+    assert b.stats.calls == 3 and b.stats.items == 7 and b.stats.batch_sizes == {1: 1, 4: 1, 2: 1}
+
+
+def test_different_shapes_are_never_mixed(model):
+    b = Batcher(model, max_batch_size=8, max_queue_delay_ms=20, capacity=32)
+    try:
+        first = hold(model, b)
+        small = [b.submit(img(4, 4)) for _ in range(3)]
+        large = [b.submit(img(8, 8)) for _ in range(2)]
+        model.gate.set()
+        assert all(f.result(5).output.shape == (4, 4, 3) for f in small)
+        assert all(f.result(5).output.shape == (8, 8, 3) for f in large)
+        first.result(5)
+    finally:
+        b.close()
+    assert sorted(model.calls[1:]) == [(2, 8, 8, 3), (3, 4, 4, 3)]
+
+
+def test_full_queue_raises_and_closed_batcher_refuses(model):
+    b = Batcher(model, max_batch_size=2, max_queue_delay_ms=0, capacity=2)
+    first = hold(model, b)
+    queued = [b.submit(img()), b.submit(img())]
+    with pytest.raises(QueueFullError, match="full"):
+        b.submit(img())
+    model.gate.set()
+    first.result(5)
+    [f.result(5) for f in queued]
+    b.close()
+    with pytest.raises(ShuttingDownError):
+        b.submit(img())
+
+
+def test_cancelled_items_are_skipped(model):
+    b = Batcher(model, max_batch_size=4, max_queue_delay_ms=0, capacity=8)
+    try:
+        first = hold(model, b)
+        doomed = b.submit(img(value=3))
+        kept = b.submit(img(value=4))
+        assert doomed.cancel()
+        model.gate.set()
+        np.testing.assert_array_equal(kept.result(5).output, img(value=8))
+        first.result(5)
+    finally:
+        b.close()
+    assert b.stats.cancelled == 1 and b.stats.items == 2
+
+
+def test_errors_reach_every_caller_and_thread_survives(model):
+    b = Batcher(model, max_batch_size=4, max_queue_delay_ms=0, capacity=8)
+    try:
+        model.fail_with = InferenceError("boom")
+        with pytest.raises(InferenceError, match="boom"):
+            b.submit(img()).result(5)
+        model.fail_with = None
+        assert b.submit(img(value=5)).result(5).output[0, 0, 0] == 10
+    finally:
+        b.close()
+
+
+def test_out_of_memory_splits_the_batch(model):
+    b = Batcher(model, max_batch_size=4, max_queue_delay_ms=0, capacity=8)
+    try:
+        first = hold(model, b)
+        futures = [b.submit(img(value=i)) for i in range(4)]
+        model.oom_above = 1  # only single images "fit"
+        model.gate.set()
+        first.result(5)
+        assert [f.result(5).output[0, 0, 0] for f in futures] == [0, 2, 4, 6]
+        assert b.stats.oom_splits >= 1
+        model.oom_above = 0  # nothing fits: a single image fails with the OOM error
+        with pytest.raises(OutOfMemoryError):
+            b.submit(img()).result(5)
+    finally:
+        b.close()
+
+
+def test_close_without_drain_fails_queued_work(model):
+    b = Batcher(model, max_batch_size=1, max_queue_delay_ms=0, capacity=8)
+    first = hold(model, b)
+    queued = b.submit(img())
+    closer = threading.Thread(target=b.close, kwargs={"drain": False})
+    closer.start()
+    with pytest.raises(ShuttingDownError):
+        queued.result(5)
+    model.gate.set()
+    first.result(5)
+    closer.join(5)
+    assert not closer.is_alive()
+
+
+def test_observer_sees_each_batch(model):
+    seen = []
+    b = Batcher(
+        model,
+        max_batch_size=2,
+        max_queue_delay_ms=0,
+        capacity=8,
+        on_batch=lambda n, q, t: seen.append((n, len(q), t >= 0)),
+    )
+    try:
+        b.submit(img()).result(5)
+    finally:
+        b.close()
+    assert seen == [(1, 1, True)]

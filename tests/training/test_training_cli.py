@@ -1,0 +1,181 @@
+"""`pixforge train`: last line `checkpoint: PATH`, run-dir numbering, resume, dry run, exit-2 errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from conftest import TINY, TINY_TRAIN, make_aligned
+
+from pixforge.cli import main
+
+BRIEF_KEYS = {
+    "format",
+    "generator_config",
+    "task",
+    "scale",
+    "input_channels",
+    "output_channels",
+    "color_space",
+    "state_dict",
+    "training_config",
+    "metrics",
+    "training_data",
+    "step",
+    "pixforge_version",
+    "torch_version",
+    "name",
+}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_aligned(tmp_path / "data")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY["aligned"], "train": {**TINY_TRAIN, "steps": 4}}))
+    return tmp_path
+
+
+def _last_line(capsys) -> str:
+    out = capsys.readouterr().out.strip().splitlines()
+    return out[-1]
+
+
+def test_last_line_is_the_checkpoint_and_it_loads_weights_only(workdir, capsys):
+    assert main(["train", "tiny.yaml", "--data", "data", "--max-steps", "2"]) == 0
+    last = _last_line(capsys)
+    assert last.startswith("checkpoint: ")
+    path = last[len("checkpoint: ") :]
+    assert path == "runs/tiny-001/checkpoints/generator-step0000002.pt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert BRIEF_KEYS <= set(ckpt)
+    assert ckpt["format"] == "pixforge.generator/1" and ckpt["step"] == 2 and ckpt["direction"] == "AtoB"
+    assert ckpt["task"] == "paired_translation" and ckpt["color_space"] == "rgb"
+    assert ckpt["generator_config"]["ngf"] == 4 and ckpt["training_config"]["train"]["steps"] == 4
+    assert ckpt["training_data"] == "data"
+    json.dumps({k: v for k, v in ckpt.items() if k != "state_dict"})  # everything else is plain JSON data
+
+
+def test_run_dirs_are_numbered_and_resume_picks_the_newest(workdir, capsys):
+    assert main(["train", "tiny.yaml", "--data", "data", "--max-steps", "1"]) == 0
+    assert main(["train", "tiny.yaml", "--data", "data", "--max-steps", "1"]) == 0
+    assert sorted(p.name for p in (workdir / "runs").iterdir()) == ["tiny-001", "tiny-002"]
+    capsys.readouterr()
+    assert main(["train", "tiny.yaml", "--data", "data", "--resume"]) == 0
+    assert _last_line(capsys) == "checkpoint: runs/tiny-002/checkpoints/generator-step0000004.pt"
+
+
+def test_resume_with_changed_setting_is_reported(workdir, capsys):
+    assert main(["train", "tiny.yaml", "--data", "data", "--out", "r", "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    assert (
+        main(["train", "tiny.yaml", "--data", "data", "--out", "r", "--resume", "--set", "train.log_every=1"])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "train.log_every: 5 -> 1" in captured.err
+    assert captured.out.strip().splitlines()[-1] == "checkpoint: r/checkpoints/generator-step0000004.pt"
+
+
+def test_dry_run_prints_config_and_writes_nothing(workdir, capsys):
+    assert main(["train", "tiny.yaml", "--data", "data", "--dry-run", "--set", "train.lr_g=1e-3"]) == 0
+    out = capsys.readouterr().out
+    assert '"lr_g": 0.001' in out and "data: train: 4 files" in out
+    assert not (workdir / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "tiny.yaml", "--data", "missing"], "folder not found: missing"),
+        (["train", "tiny.yaml", "--data", "empty"], "no training images"),
+        (["train", "tiny.yaml", "--data", "data", "--set", "train.lr_gg=1"], "train.lr_gg: unknown key"),
+        (["train", "tiny.yaml", "--data", "data", "--set", "generator.norm=group"], "generator.norm"),
+        (["train", "tiny.yaml", "--data", "data", "--set", "oops"], "key=value"),
+        (["train", "nope.yaml", "--data", "data"], "config: file not found"),
+        (
+            ["train", "tiny.yaml", "--data", "data", "--out", "fresh", "--resume"],
+            "fresh/config.json not found",
+        ),
+        (["train", "tiny.yaml", "--data", "data", "--set", "train.batch_size=64"], "cannot fill one batch"),
+        (
+            [
+                "train",
+                "tiny.yaml",
+                "--data",
+                "data",
+                "--set",
+                "data.crop_size=36",
+                "--set",
+                "data.load_size=40",
+            ],
+            "multiple of 8",
+        ),
+        (["train", "tiny.yaml", "--data", "data", "--max-steps", "0"], "--max-steps"),
+    ],
+)
+def test_bad_input_exits_2_without_traceback(workdir, capsys, argv, message):
+    (workdir / "empty").mkdir()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("pixforge train: error: ")
+
+
+def test_existing_run_dir_needs_resume(workdir, capsys):
+    assert main(["train", "tiny.yaml", "--data", "data", "--out", "r", "--max-steps", "1"]) == 0
+    assert main(["train", "tiny.yaml", "--data", "data", "--out", "r"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+
+
+def test_bad_files_are_reported_in_the_summary(workdir, capsys):
+    (workdir / "data" / "train" / "broken.png").write_text("not a png")
+    with pytest.warns(UserWarning, match="broken.png"):
+        assert main(["train", "tiny.yaml", "--data", "data", "--max-steps", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped files: 1" in out
+    stats = [
+        json.loads(line) for line in (workdir / "runs" / "tiny-001" / "stats.jsonl").read_text().splitlines()
+    ]
+    assert stats[-1]["skipped_files"] == 1
+
+
+def test_ctrl_c_stops_after_a_whole_step_and_resumes(workdir):
+    # a long run interrupted with SIGINT (what Ctrl-C sends): snapshot, exit 130, resumable
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = workdir / "long.yaml"
+    train = {**TINY_TRAIN, "steps": 100000, "log_every": 1, "num_workers": 1}
+    config.write_text(yaml.safe_dump({**TINY["aligned"], "train": train}))
+    cmd = [sys.executable, "-m", "pixforge.cli", "train", "long.yaml", "--data", "data", "--out", "r"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    stats = workdir / "r" / "stats.jsonl"
+    deadline = time.time() + 60
+    while not (stats.exists() and stats.read_text().count("\n") >= 3) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted after step" in err and "Traceback" not in err
+    step = json.loads((workdir / "r" / "checkpoints" / "latest.json").read_text())["step"]
+    assert (
+        step >= 3 and out.strip().splitlines()[-1] == f"checkpoint: r/checkpoints/generator-step{step:07d}.pt"
+    )
+    assert (
+        main(["train", "long.yaml", "--data", "data", "--out", "r", "--resume", "--max-steps", str(step + 2)])
+        == 0
+    )

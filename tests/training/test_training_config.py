@@ -1,0 +1,170 @@
+"""Config loading: presets validate, --set parsing, errors name the key, JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from pixforge.training.config import (
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    load_config_json,
+    parse_override,
+    save_config_json,
+)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
+PRESETS = ["facades", "super_resolution_x4", "colorization", "style_translation"]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_loads_and_validates(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    expected = {
+        "facades": ("pix2pix", "paired_translation"),
+        "super_resolution_x4": ("pix2pix", "super_resolution"),
+        "colorization": ("pix2pix", "colorization"),
+        "style_translation": ("cyclegan", "style_translation"),
+    }
+    assert (cfg.model, cfg.task) == expected[name]
+
+
+def test_facades_preset_is_labels_to_photo():
+    assert load_config(CONFIGS / "facades.yaml").data.direction == "BtoA"
+
+
+def test_task_defaults_fill_channels_and_scale():
+    col = config_from_dict({"data": {"mode": "colorization"}})
+    assert (col.generator.in_channels, col.generator.out_channels, col.discriminator.in_channels) == (1, 2, 3)
+    sr = config_from_dict({"data": {"mode": "super_resolution", "scale": 3, "crop_size": 96}})
+    assert sr.generator.scale == 3 and sr.discriminator.in_channels == 6
+    cyc = config_from_dict({"data": {"mode": "unaligned"}})
+    assert cyc.model == "cyclegan" and cyc.generator.arch == "resnet" and cyc.discriminator.in_channels == 3
+
+
+@pytest.mark.parametrize(
+    "text, key, value",
+    [
+        ("train.lr_g=1e-4", ["train", "lr_g"], 1e-4),
+        ("train.lr_g=0.001", ["train", "lr_g"], 0.001),
+        ("train.batch_size=8", ["train", "batch_size"], 8),
+        ("train.ema=true", ["train", "ema"], True),
+        ("data.direction=BtoA", ["data", "direction"], "BtoA"),
+        ("train.vgg_weights=", ["train", "vgg_weights"], None),
+        ("a.b.c=[1, 2]", ["a", "b", "c"], [1, 2]),
+        ("generator.norm='none'", ["generator", "norm"], "none"),
+    ],
+)
+def test_parse_override(text, key, value):
+    assert parse_override(text) == (key, value)
+
+
+def test_override_is_yaml_not_code():
+    # a Python expression stays a plain string: nothing is evaluated
+    _, value = parse_override("train.vgg_weights=__import__('os').getcwd()")
+    assert value == "__import__('os').getcwd()"
+
+
+@pytest.mark.parametrize("text", ["train.lr_g", "=3", "train..lr=1"])
+def test_bad_override_syntax(text):
+    with pytest.raises(ConfigError):
+        parse_override(text)
+
+
+def test_overrides_apply_nested_and_leave_input_alone():
+    raw = {"train": {"lr_g": 1.0}}
+    out = apply_overrides(raw, ["train.lr_g=2", "data.crop_size=64"])
+    assert out == {"train": {"lr_g": 2}, "data": {"crop_size": 64}} and raw == {"train": {"lr_g": 1.0}}
+
+
+def test_load_config_applies_set(tmp_path):
+    cfg = load_config(CONFIGS / "facades.yaml", ["train.lr_d=4e-4", "generator.ngf=8"])
+    assert cfg.train.lr_d == 4e-4 and cfg.generator.ngf == 8
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"trian": {}}, "trian"),
+        ({"train": {"lr_gg": 1}}, "train.lr_gg"),
+        ({"train": {"batch_size": "two"}}, "train.batch_size"),
+        ({"train": {"batch_size": 1.5}}, "train.batch_size"),
+        ({"train": {"ema": "yes"}}, "train.ema"),
+        ({"train": {"gan_mode": "wgan"}}, "train.gan_mode"),
+        ({"train": {"lr_schedule": "exp"}}, "train.lr_schedule"),
+        ({"train": {"amp": "fp8"}}, "train.amp"),
+        ({"train": {"lr_g": -1}}, "train.lr_g"),
+        ({"train": {"beta1": 1.0}}, "train.beta1"),
+        ({"generator": {"norm": "group"}}, "generator.norm"),
+        ({"generator": {"ngf": 0}}, "generator.ngf"),
+        ({"generator": {"preset": "unet_1024"}}, "generator.preset"),
+        ({"discriminator": {"arch": "stylegan"}}, "discriminator.arch"),
+        ({"data": {"mode": "paired"}}, "data.mode"),
+        ({"data": {"crop_size": 256, "load_size": 128}}, "data.load_size"),
+        ({"data": {"mode": "super_resolution", "scale": 4, "crop_size": 66}}, "data.crop_size"),
+        ({"data": {"mode": "super_resolution", "scale": 5, "crop_size": 100}}, "data.scale"),
+        ({"data": {"mode": "colorization"}, "generator": {"in_channels": 3}}, "generator.in_channels"),
+        ({"data": {"mode": "aligned"}, "model": "cyclegan"}, "data.mode"),
+        ({"data": {"mode": "aligned"}, "task": "colorization"}, "task"),
+        ({"data": {"mode": "aligned"}, "generator": {"scale": 2}}, "generator.scale"),
+        ({"train": {"lambda_perceptual": 1.0}}, "train.vgg_weights"),
+        ({"data": {"mode": "unaligned"}, "train": {"pretrain_steps": 10}}, "train.pretrain_steps"),
+        ({"train": {"fid_inception_weights": "/no/such/file.pth"}}, "train.fid_inception_weights"),
+        ({"discriminator": {"in_channels": 3}}, "discriminator.in_channels"),
+    ],
+)
+def test_errors_name_the_key(raw, key):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{key}:")
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ConfigError, match="did you mean 'lr_g'"):
+        config_from_dict({"train": {"lr_gg": 1}})
+
+
+def test_missing_and_invalid_yaml_files(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listy)
+
+
+def test_resolved_config_json_round_trip(tmp_path):
+    cfg = load_config(CONFIGS / "style_translation.yaml", ["train.seed=7"])
+    save_config_json(cfg, tmp_path / "config.json")
+    again = load_config_json(tmp_path / "config.json")
+    assert again == cfg
+    assert config_to_dict(again)["train"]["seed"] == 7
+
+
+def test_config_is_frozen():
+    cfg = config_from_dict({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.lr_g = 1.0  # type: ignore[misc]
+
+
+def test_docs_describe_every_data_and_train_key():
+    # docs that nothing checks drift (conventions #12): every config key has a row in docs/training.md
+    from pixforge.training.config import DataConfig, TrainConfig
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text(encoding="utf-8")
+    missing = [
+        f.name
+        for cls in (DataConfig, TrainConfig)
+        for f in dataclasses.fields(cls)
+        if f"`{f.name}`" not in doc
+    ]
+    assert not missing, f"docs/training.md lacks: {missing}"

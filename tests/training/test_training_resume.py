@@ -1,0 +1,100 @@
+"""Resume is bit-for-bit: N steps straight == N/2 steps, stop, resume for N/2 more (CPU, fixed seed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_config
+from pixforge.training.checkpoint import load_generator_checkpoint, load_resume_state
+from pixforge.training.config import config_from_dict, config_to_dict
+from pixforge.training.data import DataError
+from pixforge.training.loop import train
+
+
+def _assert_same(a, b, path="state"):
+    """Recursive equality; tensors must match exactly (torch.equal), not approximately."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert set(a) == set(b), (path, set(a) ^ set(b))
+        for k in a:
+            _assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, (path, a, b)
+
+
+def _straight_vs_resumed(cfg, data, tmp_path, n: int):
+    straight = train(cfg, data, run_dir=tmp_path / "straight", max_steps=n)
+    first = train(cfg, data, run_dir=tmp_path / "resumed", max_steps=n // 2)
+    assert first.step == n // 2
+    resumed = train(cfg, data, run_dir=tmp_path / "resumed", max_steps=n, resume=True)
+    assert straight.step == resumed.step == n
+    s = load_resume_state(tmp_path / "straight" / "checkpoints" / "resume-state.pt")
+    r = load_resume_state(tmp_path / "resumed" / "checkpoints" / "resume-state.pt")
+    _assert_same(s, r)  # nets, EMA, optimizers, schedulers, scaler, pools, RNG states, data position
+    g_s, g_r = load_generator_checkpoint(straight.checkpoint), load_generator_checkpoint(resumed.checkpoint)
+    _assert_same(g_s["state_dict"], g_r["state_dict"], "generator")
+    return s
+
+
+def test_pix2pix_resume_is_bit_exact(aligned_data, tmp_path):
+    # batch norm + EMA + a decaying schedule + WGAN-GP (its interpolation draws from the global torch
+    # RNG, so the RNG state must be restored too; the depth-3 U-Net has no dropout levels)
+    raw = config_to_dict(
+        tiny_config(
+            "aligned",
+            steps=8,
+            lr_schedule="linear",
+            lr_decay_start=0.0,
+            ema=True,
+            gan_mode="wgangp",
+            val_every=2,
+            sample_every=2,
+        )
+    )
+    raw["generator"].update(norm="batch", dropout=True)
+    raw["discriminator"]["norm"] = "batch"
+    state = _straight_vs_resumed(config_from_dict(raw), aligned_data, tmp_path, n=6)
+    assert (state["epoch"], state["batch_in_epoch"]) == (3, 0)  # 4 images / batch 2 = 2 steps per epoch
+
+
+def test_cyclegan_resume_is_bit_exact_mid_epoch_with_workers(unaligned_data, tmp_path):
+    # batch 1 over 4 items: step 3 stops mid-epoch; pools are full (size 2) and mixing old fakes in
+    cfg = tiny_config(
+        "unaligned",
+        steps=8,
+        batch_size=1,
+        pool_size=2,
+        num_workers=1,
+        gan_mode="wgangp",
+        lr_schedule="cosine",
+    )
+    state = _straight_vs_resumed(cfg, unaligned_data, tmp_path, n=6)
+    assert (state["epoch"], state["batch_in_epoch"]) == (1, 2)
+    assert len(state["pools"]["A"]["images"]) == 2
+
+
+def test_resume_needs_a_resume_state(aligned_data, tmp_path):
+    with pytest.raises(DataError, match="nothing to resume"):
+        train(tiny_config("aligned"), aligned_data, run_dir=tmp_path / "empty", resume=True)
+
+
+def test_fresh_run_refuses_an_existing_run_dir(aligned_data, tmp_path):
+    cfg = tiny_config("aligned", steps=1)
+    train(cfg, aligned_data, run_dir=tmp_path / "run")
+    with pytest.raises(DataError, match="already holds a run"):
+        train(cfg, aligned_data, run_dir=tmp_path / "run")
+
+
+def test_resume_refuses_different_data(aligned_data, tmp_path):
+    from conftest import make_aligned
+
+    cfg = tiny_config("aligned", steps=4)
+    train(cfg, aligned_data, run_dir=tmp_path / "run", max_steps=1)
+    bigger = make_aligned(tmp_path / "bigger", n_train=8)
+    with pytest.raises(DataError, match="data changed"):
+        train(cfg, bigger, run_dir=tmp_path / "run", resume=True)

@@ -1,0 +1,119 @@
+"""Dataset plumbing shared by every data mode: per-item RNG keys and bad-file skipping.
+
+Item keys. The training sampler yields `(index, epoch)` tuples instead of bare indices; a dataset
+derives its augmentation RNG from `(seed, epoch, index)`. Augmentation is therefore a pure function
+of the key: the same on every worker count, every rank layout and after a resume. Evaluation
+datasets (`train=False`) take plain indices and use no randomness for geometry.
+
+Bad files. `SkipBadFiles` wraps a dataset: when loading index i raises `BadImageError`, it tries
+i+1, i+2, ... and returns the first good item, recording what it skipped in the item's "skipped"
+field ("path<TAB>reason" lines). Loader workers are separate processes, so counts cannot live in
+the dataset; the main process feeds each batch's "skipped" field to a `SkipTracker`, which warns
+once per file and keeps the count.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .files import BadImageError, DataError
+
+# After this many consecutive bad files we stop looking: the folder is mostly unusable.
+MAX_CONSECUTIVE_BAD = 64
+
+
+class BadFileWarning(UserWarning):
+    """A training or validation file was skipped (unreadable, corrupt or too small)."""
+
+
+class KeyedDataset(Dataset):
+    """Base class: `__getitem__((index, epoch))` -> `load(index, rng)`.
+
+    Subclasses implement `__len__` and `load(index, rng)`, where `rng` is a numpy Generator for
+    training items and None for evaluation items (deterministic centre crops, no flips).
+    """
+
+    def __init__(self, seed: int, train: bool):
+        self.seed = int(seed)
+        self.train = train
+
+    def rng_for(self, index: int, epoch: int) -> np.random.Generator | None:
+        return np.random.default_rng([self.seed, epoch, index]) if self.train else None
+
+    def __getitem__(self, key) -> dict:
+        index, epoch = key if isinstance(key, tuple) else (int(key), 0)
+        return self.load(int(index), self.rng_for(int(index), int(epoch)))
+
+    def load(self, index: int, rng: np.random.Generator | None) -> dict:
+        raise NotImplementedError
+
+    @staticmethod
+    def to_unit_tensor(img: np.ndarray) -> torch.Tensor:
+        """uint8 HWC -> float CHW in [-1, 1] (the image_ops convention)."""
+        from pixforge.training.image_ops import hwc_uint8_to_unit_tensor
+
+        return hwc_uint8_to_unit_tensor(np.ascontiguousarray(img))
+
+
+class SkipBadFiles(Dataset):
+    """Return the next readable item instead of failing on a bad file (see module docstring)."""
+
+    def __init__(self, dataset: KeyedDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name):
+        # Forward attribute reads (train, files, ...) to the wrapped dataset.
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, key) -> dict:
+        index, epoch = key if isinstance(key, tuple) else (int(key), None)
+        n = len(self.dataset)
+        skipped: list[str] = []
+        for attempt in range(min(n, MAX_CONSECUTIVE_BAD)):
+            i = (int(index) + attempt) % n
+            try:
+                item = self.dataset[(i, epoch) if epoch is not None else i]
+            except BadImageError as exc:
+                skipped.append(f"{exc.path}\t{exc.reason}")
+                continue
+            item["skipped"] = "\n".join(skipped)
+            return item
+        raise DataError(
+            f"{len(skipped)} consecutive unusable files starting at "
+            f"{skipped[0].split(chr(9))[0] if skipped else index}; check the data folder"
+        )
+
+
+class SkipTracker:
+    """Counts distinct skipped files across batches and warns once per file."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, str] = {}
+        self.events = 0
+
+    def record(self, skipped_field) -> list[tuple[str, str]]:
+        """Feed a batch's "skipped" field (a str or list of str); returns newly seen (path, reason)."""
+        entries = [skipped_field] if isinstance(skipped_field, str) else list(skipped_field or [])
+        new = []
+        for entry in entries:
+            for line in filter(None, entry.split("\n")):
+                path, _, reason = line.partition("\t")
+                self.events += 1
+                if path not in self.files:
+                    self.files[path] = reason
+                    new.append((path, reason))
+                    warnings.warn(f"skipping unusable file {path}: {reason}", BadFileWarning, stacklevel=2)
+        return new
+
+    @property
+    def count(self) -> int:
+        return len(self.files)

@@ -1,0 +1,147 @@
+"""Geometric preprocessing of uint8 HWC images (numpy + OpenCV), with explicit random parameters.
+
+Random choices are drawn once per item from a `numpy.random.Generator` into a `CropParams` and then
+applied identically to every image of the item (input and target of a pair get the same crop and
+flip). Nothing here touches a global RNG, which is what makes data order + augmentation exactly
+reproducible on resume and independent of the number of loader workers.
+
+Preprocess modes (junyanz names):
+- resize_and_crop: resize to load_size x load_size, random crop crop_size (eval: resize straight
+  to crop_size, so the whole image is seen).
+- crop: random crop crop_size from the image as is (eval: centre crop).
+- scale_width: resize so width = load_size keeping the aspect ratio (height at least crop_size),
+  then random crop crop_size (eval: width = crop_size, then centre crop crop_size).
+- none: keep the image, only cut it down to a multiple of the generator's size_multiple
+  (top-left), so whole images of any size work (batch_size 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+class TooSmallError(ValueError):
+    """The image is smaller than the crop (or the size multiple) it must yield."""
+
+
+@dataclass(frozen=True)
+class CropParams:
+    """Where to crop and whether to flip, shared by all images of one item."""
+
+    top: int
+    left: int
+    size_h: int
+    size_w: int
+    flip: bool
+    rot90: int = 0  # number of 90-degree counter-clockwise turns (super-resolution augmentation)
+
+
+def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize with an antialiased filter going down (INTER_AREA) and bicubic going up."""
+    if img.shape[1] == width and img.shape[0] == height:
+        return img
+    shrink = width < img.shape[1] or height < img.shape[0]
+    out = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    return out if out.ndim == 3 else out[:, :, None]
+
+
+def make_multiple(img: np.ndarray, multiple: int) -> np.ndarray:
+    """Cut the bottom/right so H and W are multiples of `multiple` (never upsamples)."""
+    h, w = img.shape[:2]
+    h2, w2 = h - h % multiple, w - w % multiple
+    if h2 <= 0 or w2 <= 0:
+        raise TooSmallError(f"image {w}x{h} is smaller than the size multiple {multiple}")
+    return img[:h2, :w2]
+
+
+def _scale_width_size(w: int, h: int, target_w: int, min_h: int) -> tuple[int, int]:
+    new_h = max(min_h, int(round(h * target_w / w)))
+    return target_w, new_h
+
+
+def resize_for_mode(img: np.ndarray, mode: str, load_size: int, crop_size: int, train: bool) -> np.ndarray:
+    """The resize step of `mode` (before cropping)."""
+    h, w = img.shape[:2]
+    if mode == "resize_and_crop":
+        side = load_size if train else crop_size
+        return resize(img, side, side)
+    if mode == "scale_width":
+        target = load_size if train else crop_size
+        return resize(img, *_scale_width_size(w, h, target, crop_size))
+    return img
+
+
+def sample_params(
+    rng: np.random.Generator | None, h: int, w: int, crop: int | None, flip: bool, rot90: bool = False
+) -> CropParams:
+    """Draw crop offsets (random with `rng`, centred without) and flip/rotation for an h x w image.
+
+    Args:
+        rng: None for deterministic evaluation (centre crop, no flip).
+        crop: crop side, or None for no crop.
+    """
+    ch, cw = (h, w) if crop is None else (crop, crop)
+    if ch > h or cw > w:
+        raise TooSmallError(f"image {w}x{h} is smaller than the {cw}x{ch} crop")
+    if rng is None:
+        return CropParams((h - ch) // 2, (w - cw) // 2, ch, cw, False, 0)
+    top = int(rng.integers(0, h - ch + 1))
+    left = int(rng.integers(0, w - cw + 1))
+    do_flip = bool(flip and rng.random() < 0.5)
+    turns = int(rng.integers(0, 4)) if rot90 else 0
+    return CropParams(top, left, ch, cw, do_flip, turns)
+
+
+def apply_params(img: np.ndarray, p: CropParams, factor: int = 1) -> np.ndarray:
+    """Crop/flip/rotate `img` with params drawn for an image `factor` times smaller."""
+    out = img[p.top * factor : (p.top + p.size_h) * factor, p.left * factor : (p.left + p.size_w) * factor]
+    if p.flip:
+        out = out[:, ::-1]
+    if p.rot90:
+        out = np.rot90(out, p.rot90)
+    return np.ascontiguousarray(out)
+
+
+def preprocess(
+    img: np.ndarray,
+    mode: str,
+    load_size: int,
+    crop_size: int,
+    multiple: int,
+    rng: np.random.Generator | None,
+    flip: bool,
+) -> tuple[np.ndarray, CropParams]:
+    """Resize + crop/flip one image per `mode`; returns the result and the params it used."""
+    img = resize_for_mode(img, mode, load_size, crop_size, rng is not None)
+    if mode == "none":
+        img = make_multiple(img, multiple)
+        p = sample_params(rng, img.shape[0], img.shape[1], None, flip)
+    else:
+        p = sample_params(rng, img.shape[0], img.shape[1], crop_size, flip)
+    return apply_params(img, p), p
+
+
+def preprocess_pair(
+    a: np.ndarray,
+    b: np.ndarray,
+    mode: str,
+    load_size: int,
+    crop_size: int,
+    multiple: int,
+    rng: np.random.Generator | None,
+    flip: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocess two same-size images with the same random parameters (aligned pairs)."""
+    a = resize_for_mode(a, mode, load_size, crop_size, rng is not None)
+    b = resize_for_mode(b, mode, load_size, crop_size, rng is not None)
+    if a.shape[:2] != b.shape[:2]:
+        b = resize(b, a.shape[1], a.shape[0])
+    if mode == "none":
+        a, b = make_multiple(a, multiple), make_multiple(b, multiple)
+        p = sample_params(rng, a.shape[0], a.shape[1], None, flip)
+    else:
+        p = sample_params(rng, a.shape[0], a.shape[1], crop_size, flip)
+    return apply_params(a, p), apply_params(b, p)

@@ -1,0 +1,340 @@
+"""Helpers shared by the pix2pix and CycleGAN loops: run directory, data, optimisers, snapshots.
+
+The loops themselves (loop_pix2pix.py, loop_cyclegan.py) stay one readable function each; what
+they have in common lives here so neither copies it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from pixforge.training import checkpoint as ckpt
+from pixforge.training.config import ExperimentConfig, config_to_dict, save_config_json
+from pixforge.training.data import (
+    DataError,
+    EpochSampler,
+    SkipTracker,
+    build_datasets,
+    load_eval_items,
+    make_train_loader,
+)
+from pixforge.training.metrics import FIDScorer
+from pixforge.training.run_log import RunLog
+from pixforge.training.runtime import Runtime, barrier, broadcast_object
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run produced."""
+
+    run_dir: Path
+    checkpoint: Path  # the generator checkpoint (G_A for CycleGAN)
+    other_checkpoints: dict[str, Path]  # e.g. {"G_B": path}
+    step: int
+    total_steps: int
+    metrics: dict[str, float]
+    skipped_files: int
+    data_summary: list[str] = field(default_factory=list)
+    interrupted: bool = False  # stopped by Ctrl-C / SIGTERM after a whole step (resumable)
+
+
+class StopRequest:
+    """Ctrl-C / SIGTERM ask the loop to stop after the current step and snapshot, so `--resume`
+    continues exactly there (a second Ctrl-C stops immediately). Under DDP the ranks agree on the
+    flag every step, so they all stop after the same step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def should_stop(self, rt: Runtime) -> bool:
+        if not rt.distributed:
+            return self.requested
+        flag = torch.tensor([int(self.requested)], device=rt.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+@dataclass
+class RunContext:
+    """Everything a loop needs besides its networks."""
+
+    cfg: ExperimentConfig
+    rt: Runtime
+    run_dir: Path
+    data_root: Path
+    log: RunLog
+    stop: StopRequest = field(default_factory=StopRequest)
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
+# ----------------------------------------------------------------------------- run directory
+
+_RUN_RE = re.compile(r"^(?P<stem>.+)-(?P<num>\d{3,})$")
+
+
+def next_run_dir(runs_root: Path, stem: str) -> Path:
+    """runs_root/<stem>-NNN with NNN one above the highest existing number (001 first)."""
+    nums = [
+        int(m.group("num"))
+        for p in runs_root.glob(f"{stem}-*")
+        if (m := _RUN_RE.match(p.name)) and m.group("stem") == stem
+    ]
+    return runs_root / f"{stem}-{max(nums, default=0) + 1:03d}"
+
+
+def latest_run_dir(runs_root: Path, stem: str) -> Path | None:
+    """The highest-numbered runs_root/<stem>-NNN, or None."""
+    found = sorted(
+        (int(m.group("num")), p)
+        for p in runs_root.glob(f"{stem}-*")
+        if (m := _RUN_RE.match(p.name)) and m.group("stem") == stem and p.is_dir()
+    )
+    return found[-1][1] if found else None
+
+
+def open_run_dir(
+    rt: Runtime, cfg: ExperimentConfig, run_dir: Path | None, runs_root: Path, stem: str, resume: bool
+) -> Path:
+    """Create (or, on resume, reuse) the run directory on rank 0 and share its path with all ranks.
+
+    Raises:
+        DataError: resuming a folder without a resume state, or starting over an existing run.
+    """
+    problem = None
+    if rt.is_main:
+        if run_dir is None:
+            run_dir = next_run_dir(runs_root, stem)
+        run_dir = Path(run_dir)
+        if resume:
+            if not (run_dir / "checkpoints" / ckpt.RESUME_FILE).is_file():
+                problem = f"nothing to resume in {run_dir} (no checkpoints/{ckpt.RESUME_FILE})"
+        elif (run_dir / "config.json").exists():
+            problem = f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+        if problem is None:
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (run_dir / "samples").mkdir(exist_ok=True)
+            save_config_json(cfg, run_dir / "config.json")
+    run_dir, problem = broadcast_object(rt, (str(run_dir), problem))
+    if problem:
+        raise DataError(problem)
+    return Path(run_dir)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainData:
+    loader: torch.utils.data.DataLoader
+    sampler: EpochSampler
+    val_items: list[dict]
+    steps_per_epoch: int
+    total_steps: int
+    tracker: SkipTracker
+    summary: list[str]
+
+
+def build_train_data(ctx: RunContext, size_multiple: int) -> TrainData:
+    """Datasets, the resumable sampler/loader, cached validation items and the run length.
+
+    Raises:
+        DataError: no usable data, or fewer images than one batch.
+    """
+    cfg, rt = ctx.cfg, ctx.rt
+    data_cfg, t = cfg.data, cfg.train
+    needed = size_multiple * (data_cfg.scale if cfg.task == "super_resolution" else 1)
+    if data_cfg.preprocess != "none" and data_cfg.crop_size % needed:
+        raise DataError(
+            f"data.crop_size {data_cfg.crop_size} must be a multiple of {needed} "
+            f"(the generator's size multiple{' x scale' if needed != size_multiple else ''})"
+        )
+    bundle = build_datasets(data_cfg, ctx.data_root, size_multiple=size_multiple, seed=t.seed)
+    sampler = EpochSampler(len(bundle.train), t.batch_size, t.seed, rt.rank, rt.world_size)
+    steps_per_epoch = sampler.batches_per_epoch()
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"{len(bundle.train)} training images cannot fill one batch of "
+            f"{t.batch_size} x {rt.world_size} process(es); lower train.batch_size"
+        )
+    loader = make_train_loader(bundle.train, sampler, t.num_workers, pin_memory=rt.device.type == "cuda")
+    tracker = SkipTracker()
+    val_items = load_eval_items(bundle.val, tracker) if rt.is_main else []
+    total = t.steps if t.steps > 0 else t.n_epochs * steps_per_epoch
+    return TrainData(loader, sampler, val_items, steps_per_epoch, total, tracker, bundle.summary)
+
+
+def make_fid(ctx: RunContext) -> FIDScorer | None:
+    """The FID scorer when train.fid_inception_weights is set (rank 0 only)."""
+    path = ctx.cfg.train.fid_inception_weights
+    if not path or not ctx.rt.is_main:
+        return None
+    return FIDScorer(path, device=str(ctx.rt.device))
+
+
+def adam(params, lr: float, t) -> torch.optim.Adam:
+    """Adam with the config's betas (pix2pix/CycleGAN: beta1 = 0.5)."""
+    return torch.optim.Adam(params, lr=lr, betas=(t.beta1, t.beta2))
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+
+
+class LossMeter:
+    """Running means of detached scalar losses between log lines (one host sync per log)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        out = {k: round(float(v) / max(1, self.count), 6) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return out
+
+
+class Throughput:
+    """Images per second over the last log interval."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.images = 0
+
+    def add(self, n: int) -> None:
+        self.images += n
+
+    def pop(self) -> float:
+        now = time.perf_counter()
+        rate = self.images / max(1e-9, now - self.t0)
+        self.t0, self.images = now, 0
+        return round(rate, 3)
+
+
+def due(step: int, every: int) -> bool:
+    """True when a cadence of `every` steps (0 = never) fires at `step`."""
+    return every > 0 and step % every == 0
+
+
+def progress_bar(ctx: RunContext, initial: int, total: int):
+    """tqdm bar on rank 0 (disabled elsewhere or when train.progress is false)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not (ctx.rt.is_main and ctx.cfg.train.progress),
+        dynamic_ncols=True,
+        unit="step",
+        leave=True,
+    )
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if not math.isnan(v)) or "(none)"
+
+
+# ----------------------------------------------------------------------------- snapshots
+
+
+def generator_meta(cfg: ExperimentConfig) -> dict:
+    """Task fields of the generator checkpoint (brief: "Generator checkpoint")."""
+    return {
+        "task": cfg.task,
+        "scale": cfg.generator.scale,
+        "input_channels": 1 if cfg.task == "colorization" else 3,
+        "output_channels": 3,
+        "color_space": cfg.color_space,
+    }
+
+
+def save_snapshot(
+    ctx: RunContext,
+    step: int,
+    generators: dict[str, tuple[str, torch.nn.Module, str | None]],
+    resume_state: dict,
+    metrics: dict[str, float],
+) -> dict[str, Path]:
+    """Write generator checkpoint(s), the resume state and latest.json (rank 0; others wait).
+
+    Args:
+        generators: pointer key -> (file prefix / checkpoint "name", module to save, direction).
+        resume_state: everything else to resume (see checkpoint.py); RNG states are added here.
+
+    Returns:
+        pointer key -> generator checkpoint path.
+    """
+    paths = {}
+    if ctx.rt.is_main:
+        cfg = ctx.cfg
+        pointers: dict = {"step": step}
+        for key, (name, module, direction) in generators.items():
+            data = ckpt.generator_checkpoint(
+                generator_config=config_to_dict(cfg)["generator"],
+                state_dict=ckpt.cpu_state_dict(module),
+                training_config=config_to_dict(cfg),
+                metrics=metrics,
+                training_data=str(ctx.data_root),
+                step=step,
+                name=name,
+                direction=direction,
+                **generator_meta(cfg),
+            )
+            path = ctx.ckpt_dir / ckpt.generator_filename(name, step)
+            ckpt.atomic_torch_save(data, path)
+            ckpt.update_latest_link(path, name)
+            pointers[key] = path.name
+            paths[key] = path
+        ckpt.save_resume_state(ctx.ckpt_dir / ckpt.RESUME_FILE, {"step": step, **resume_state})
+        pointers["resume"] = ckpt.RESUME_FILE
+        ckpt.write_latest(ctx.ckpt_dir, pointers)  # last: never points at a half-written file
+        for name, _, _ in generators.values():
+            ckpt.prune_checkpoints(ctx.ckpt_dir, name, cfg.train.keep_checkpoints)
+    barrier(ctx.rt)
+    paths = broadcast_object(ctx.rt, {k: str(v) for k, v in paths.items()})
+    return {k: Path(v) for k, v in paths.items()}
+
+
+def load_resume(ctx: RunContext) -> dict:
+    """The run's resume state (every rank reads the same file)."""
+    return ckpt.load_resume_state(ctx.ckpt_dir / ckpt.RESUME_FILE)
+
+
+def check_resume_layout(state: dict, data: TrainData) -> None:
+    """Refuse to resume onto different data: the batch position would not mean the same thing."""
+    if state.get("steps_per_epoch") != data.steps_per_epoch:
+        raise DataError(
+            f"the data changed since this run started: {state.get('steps_per_epoch')} steps per "
+            f"epoch then, {data.steps_per_epoch} now; resume with the same --data and batch size"
+        )

@@ -1,0 +1,132 @@
+"""`pixforge train CONFIG.yaml --data DIR [--out RUN_DIR] [--max-steps N] [--resume] [--set k=v] [--dry-run]`.
+
+Parses the config once (YAML + overrides), validates it, trains, and prints where the samples,
+logs and checkpoints are. The LAST line printed is exactly `checkpoint: PATH` (the generator
+checkpoint `pixforge export` takes). Bad input (config key, missing or empty data folder) prints
+one `pixforge train: error: ...` line and exits 2, without a traceback.
+
+Run directories default to `runs/<config-stem>-NNN` under the current directory. `--resume`
+continues `--out` (or, without it, the newest `runs/<config-stem>-NNN`) from its resume state,
+using that run's saved config.json; `--set` overrides still apply on top and are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from pixforge.errors import PixforgeError
+
+EXIT_BAD_INPUT = 2
+
+
+def _err(message: str) -> int:
+    print(f"pixforge train: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _resolve(args):
+    """(config, run_dir or None, run_name) from the CLI arguments; ConfigError/DataError on bad input."""
+    from pixforge.training.config import config_to_dict, load_config, load_config_json
+    from pixforge.training.data import DataError
+    from pixforge.training.loop_common import latest_run_dir
+
+    stem = Path(args.config).stem
+    run_dir = Path(args.out) if args.out else None
+    if not args.resume:
+        return load_config(args.config, args.set), run_dir, stem
+    if run_dir is None:
+        run_dir = latest_run_dir(Path("runs"), stem)
+        if run_dir is None:
+            raise DataError(f"--resume: no runs/{stem}-NNN directory to continue; pass --out RUN_DIR")
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        raise DataError(f"--resume: {saved} not found")
+    cfg = load_config_json(saved, args.set)
+    if args.set:
+        base = config_to_dict(load_config_json(saved))
+        for line in _changed_keys(base, config_to_dict(cfg)):
+            print(f"note: resuming with a changed setting: {line}", file=sys.stderr)
+    return cfg, run_dir, stem
+
+
+def run(args) -> int:
+    """Entry point of `pixforge train` (argparse namespace from pixforge.cli)."""
+    import torch  # noqa: F401  (fail early with the CLI's "needs the training extra" message)
+    from pixforge.training.config import config_to_dict
+    from pixforge.training.data import DataError, build_datasets
+    from pixforge.training.loop import train
+    from pixforge.training.loop_common import format_metrics
+    from pixforge.training.losses import PerceptualLossUnavailable
+
+    if args.max_steps is not None and args.max_steps < 1:
+        return _err("--max-steps must be >= 1")
+    try:
+        cfg, run_dir, stem = _resolve(args)
+        if not Path(args.data).is_dir():
+            raise DataError(f"--data: folder not found: {args.data}")
+        if args.dry_run:
+            from pixforge.training.registry import build_generator
+
+            multiple = build_generator(cfg.generator).size_multiple
+            bundle = build_datasets(cfg.data, args.data, size_multiple=multiple, seed=cfg.train.seed)
+            print(json.dumps(config_to_dict(cfg), indent=2))
+            for line in bundle.summary:
+                print(f"data: {line}")
+            print(f"run directory: {run_dir or f'runs/{stem}-NNN (next free number)'}")
+            return 0
+
+        def announce(ctx) -> None:
+            if ctx.rt.is_main:
+                print(f"run directory: {ctx.run_dir}", file=sys.stderr)
+                if ctx.cfg.train.tensorboard:
+                    print(f"tensorboard: {ctx.log.tb_note}", file=sys.stderr)
+
+        result = train(
+            cfg,
+            args.data,
+            run_dir=run_dir,
+            runs_root="runs",
+            run_name=stem,
+            max_steps=args.max_steps,
+            resume=args.resume,
+            on_start=announce,
+        )
+    # ConfigError, DataError, MetricError (all PixforgeError); PerceptualLossUnavailable = no torchvision.
+    except (PixforgeError, PerceptualLossUnavailable) as exc:
+        return _err(str(exc))
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
+    run_dir = result.run_dir
+    for line in result.data_summary:
+        print(f"data: {line}")
+    print(f"trained {result.step} of {result.total_steps} steps; skipped files: {result.skipped_files}")
+    print(f"samples: {run_dir / 'samples'}")
+    print(f"logs: {run_dir / 'stats.jsonl'} (metrics: {run_dir}/metric-*.jsonl)")
+    print(f"final metrics: {format_metrics(result.metrics)}")
+    for name, path in result.other_checkpoints.items():
+        print(f"{name} checkpoint: {path}")
+    print(f"resume state: {run_dir / 'checkpoints' / 'resume-state.pt'}")
+    if result.interrupted:
+        print(
+            f"interrupted after step {result.step}; continue with: pixforge train {args.config} "
+            f"--data {args.data} --out {run_dir} --resume",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(f"checkpoint: {result.checkpoint}")
+    return 130 if result.interrupted else 0
