@@ -229,6 +229,10 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
                 return response_from_result(self._run(job, "Translate", cancel))
             except Exception as exc:
                 code, message = status_for_error(exc, job.request_id)
+                if isinstance(exc, ImageTooLargeError):
+                    # RESOURCE_EXHAUSTED as the API promises, but retrying cannot help: a negative
+                    # pushback tells gRPC's client-side retry policy not to try again.
+                    context.set_trailing_metadata((("grpc-retry-pushback-ms", "-1"),))
                 context.abort(code, message)
 
     def _stream_item(

@@ -110,3 +110,23 @@ def test_stream_items_fail_once_retries_are_used_up(fake_server):
         results = list(client.translate_many([png(1), png(2)], "invert", concurrency=1))
     assert isinstance(results[0].error, UnavailableError)
     assert results[1].ok  # the next stream is fine
+
+
+def test_over_limit_image_is_not_retried(model_repo):
+    """RESOURCE_EXHAUSTED for an over-limit image carries a negative retry pushback: one attempt only."""
+    import numpy as np
+
+    from clients_helpers import start_server
+    from pixforge.client import Client
+    from pixforge.codec import encode_image
+    from pixforge.clients.errors import ResourceExhaustedError
+
+    handle = start_server(model_repo, limits__max_input_pixels=100)
+    try:
+        with Client(f"127.0.0.1:{handle.port}") as client:
+            with pytest.raises(ResourceExhaustedError, match="limit"):
+                client.translate(encode_image(np.zeros((20, 20, 3), np.uint8)), model="invert")
+        sample = handle.metrics.requests.labels(model="invert", method="Translate")._value.get()
+        assert sample == 1
+    finally:
+        handle.stop(0)
