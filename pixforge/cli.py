@@ -164,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pixforge {args.command}: needs the training extra: pip install torch==2.13.0 "
                   f"'pixforge[train]' ({exc})", file=sys.stderr)
             return 2
+        if exc.name == module_name:
+            # The subcommand is part of the CLI surface, but this release does not ship it yet.
+            print(f"pixforge {args.command}: not available in pixforge {__version__} yet", file=sys.stderr)
+            return 2
         raise
     try:
         return int(getattr(module, func_name)(args) or 0)

@@ -81,3 +81,13 @@ def test_fixed_flag_names_exist():
         options = {o for a in sub_actions[cmd]._actions for o in a.option_strings}
         missing = [f for f in flags if f not in options]
         assert not missing, f"{cmd} lacks {missing}"
+
+
+def test_unshipped_subcommand_fails_cleanly():
+    from pixforge import cli
+
+    code = "import sys; from pixforge import cli; cli.COMMANDS['bench'] = 'pixforge.no_such_module:run'; " \
+           "sys.exit(cli.main(['bench']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not available" in proc.stderr and "Traceback" not in proc.stderr
+    assert "bench" in cli.COMMANDS
