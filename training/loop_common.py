@@ -11,8 +11,10 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -29,6 +31,7 @@ from pixforge.training.data import (
 from pixforge.training.metrics import FIDScorer
 from pixforge.training.run_log import RunLog
 from pixforge.training.runtime import Runtime, barrier, broadcast_object
+from pixforge.training.schedules import step_plateau
 
 
 @dataclass
@@ -338,3 +341,85 @@ def check_resume_layout(state: dict, data: TrainData) -> None:
             f"the data changed since this run started: {state.get('steps_per_epoch')} steps per "
             f"epoch then, {data.steps_per_epoch} now; resume with the same --data and batch size"
         )
+
+
+@dataclass
+class StepHooks:
+    """The per-step bookkeeping both loops share: log, evaluate, sample grid, checkpoint.
+
+    `evaluate(items)` returns an object with `.metrics`, `.rows` and `.monitor` (the value plateau
+    schedules follow); `snapshot()` writes the checkpoints. `metrics` and `last_val_step` carry the
+    latest validation across steps.
+    """
+
+    ctx: RunContext
+    rt: Any
+    data: TrainData
+    evaluate: Callable[[list], Any]
+    snapshot: Callable[[], dict]
+    schedulers: list
+    optimizers: tuple  # (opt_g, opt_d): their current learning rates are logged
+    metrics: dict = field(default_factory=dict)
+    last_val_step: int = -1
+
+    def after_step(
+        self,
+        step: int,
+        stop_at: int,
+        epoch: int,
+        meter: LossMeter,
+        speed: Throughput,
+        bar,
+        extra_stats: dict | None = None,
+    ) -> bool:
+        """Run the hooks due at `step`; return True when the loop must stop."""
+        t, ctx, rt, data = self.ctx.cfg.train, self.ctx, self.rt, self.data
+        # --- log
+        if due(step, t.log_every) or step == stop_at:
+            values = meter.pop()
+            ips = speed.pop()
+            bar.set_postfix({**{k: f"{v:.3g}" for k, v in values.items()}, "img/s": f"{ips:.2f}"})
+            opt_g, opt_d = self.optimizers
+            ctx.log.stats(
+                step,
+                {
+                    "epoch": epoch,
+                    **(extra_stats or {}),
+                    **values,
+                    "img_per_s": ips,
+                    "lr_g": opt_g.param_groups[0]["lr"],
+                    "lr_d": opt_d.param_groups[0]["lr"],
+                    "skipped_files": data.tracker.count,
+                },
+            )
+        # --- evaluate (validation metrics; plateau schedules follow the validation monitor value)
+        if data.val_items and due(step, t.val_every):
+            result = self.evaluate(data.val_items) if rt.is_main else None
+            if rt.is_main:
+                self.metrics = result.metrics
+                ctx.log.metrics(step, self.metrics, len(data.val_items))
+                ctx.log.sample_grid(step, result.rows)
+            step_plateau(self.schedulers, broadcast_object(rt, result.monitor if result else None))
+            self.last_val_step = step
+        # --- snapshot (sample grid from the fixed validation images, then checkpoints)
+        if due(step, t.sample_every) and self.last_val_step != step and rt.is_main and data.val_items:
+            ctx.log.sample_grid(step, self.evaluate(data.val_items[: t.n_samples]).rows)
+        if due(step, t.checkpoint_every) and step != stop_at:
+            self.snapshot()
+        return step >= stop_at or ctx.stop.should_stop(rt)
+
+    def finish(self, step: int, stop_at: int) -> tuple[dict, dict, bool]:
+        """Final evaluation (unless the last step just validated or we were interrupted) and snapshot.
+
+        Returns:
+            (checkpoint paths, metrics, interrupted)
+        """
+        interrupted = step < stop_at
+        data = self.data
+        if data.val_items and self.rt.is_main and self.last_val_step != step and not interrupted:
+            result = self.evaluate(data.val_items)
+            self.metrics = result.metrics
+            self.ctx.log.metrics(step, self.metrics, len(data.val_items))
+            self.ctx.log.sample_grid(step, result.rows)
+        self.metrics = broadcast_object(self.rt, self.metrics)
+        return self.snapshot(), self.metrics, interrupted

@@ -19,19 +19,19 @@ from pixforge.training.evaluation import evaluate_cyclegan
 from pixforge.training.image_pool import ImagePool
 from pixforge.training.losses import GANLoss, cycle_loss, gradient_penalty, identity_loss
 from pixforge.training.registry import build_discriminator, build_generator
-from pixforge.training.runtime import allreduce_grads, broadcast_object, set_requires_grad
-from pixforge.training.schedules import make_scheduler, step_plateau, step_schedulers
+from pixforge.training.runtime import allreduce_grads, set_requires_grad
+from pixforge.training.schedules import make_scheduler, step_schedulers
 
 from . import checkpoint as ckpt
 from .loop_common import (
     LossMeter,
     RunContext,
+    StepHooks,
     Throughput,
     TrainResult,
     adam,
     build_train_data,
     check_resume_layout,
-    due,
     load_resume,
     make_fid,
     progress_bar,
@@ -66,7 +66,7 @@ def train_cyclegan(ctx: RunContext, max_steps: int | None = None, resume: bool =
     lambda_idt = t.lambda_identity * t.lambda_cycle
 
     # --- resume
-    step, metrics, last_val_step = 0, {}, -1
+    step, metrics = 0, {}
     if resume:
         state = load_resume(ctx)
         check_resume_layout(state, data)
@@ -117,16 +117,17 @@ def train_cyclegan(ctx: RunContext, max_steps: int | None = None, resume: bool =
             "schedulers": [s.state_dict() for s in schedulers],
             "scaler": scaler.state_dict(),
             "pools": {"A": pool_a.state_dict(), "B": pool_b.state_dict()},
-            "metrics": metrics,
+            "metrics": hooks.metrics,
             "skipped_files": dict(data.tracker.files),
         }
         gens = {
             "generator": ("G_A", ema_a.module if ema_a else g_a, "AtoB"),
             "G_B": ("G_B", ema_b.module if ema_b else g_b, "BtoA"),
         }
-        return save_snapshot(ctx, step, gens, resume_state, metrics)
+        return save_snapshot(ctx, step, gens, resume_state, hooks.metrics)
 
     # --- phases: the training loop
+    hooks = StepHooks(ctx, rt, data, evaluate, snapshot, schedulers, (opt_g, opt_d), metrics=metrics)
     bar = progress_bar(ctx, step, stop_at)
     meter, speed = LossMeter(), Throughput()
     epoch, position = divmod(step, data.steps_per_epoch)
@@ -188,37 +189,7 @@ def train_cyclegan(ctx: RunContext, max_steps: int | None = None, resume: bool =
             speed.add(real_a.shape[0] * rt.world_size)
             bar.update(1)
 
-            # --- log
-            if due(step, t.log_every) or step == stop_at:
-                values = meter.pop()
-                ips = speed.pop()
-                bar.set_postfix({**{k: f"{v:.3g}" for k, v in values.items()}, "img/s": f"{ips:.2f}"})
-                ctx.log.stats(
-                    step,
-                    {
-                        "epoch": epoch,
-                        **values,
-                        "img_per_s": ips,
-                        "lr_g": opt_g.param_groups[0]["lr"],
-                        "lr_d": opt_d.param_groups[0]["lr"],
-                        "skipped_files": data.tracker.count,
-                    },
-                )
-            # --- evaluate (plateau schedules follow the validation cycle L1)
-            if data.val_items and due(step, t.val_every):
-                result = evaluate(data.val_items) if rt.is_main else None
-                if rt.is_main:
-                    metrics = result.metrics
-                    ctx.log.metrics(step, metrics, len(data.val_items))
-                    ctx.log.sample_grid(step, result.rows)
-                step_plateau(schedulers, broadcast_object(rt, result.monitor if result else None))
-                last_val_step = step
-            # --- snapshot (sample grid from the fixed validation images, then checkpoints)
-            if due(step, t.sample_every) and last_val_step != step and rt.is_main and data.val_items:
-                ctx.log.sample_grid(step, evaluate(data.val_items[: t.n_samples]).rows)
-            if due(step, t.checkpoint_every) and step != stop_at:
-                snapshot()
-            if step >= stop_at or ctx.stop.should_stop(rt):
+            if hooks.after_step(step, stop_at, epoch, meter, speed, bar):
                 break
         else:
             epoch, position = epoch + 1, 0
@@ -226,15 +197,8 @@ def train_cyclegan(ctx: RunContext, max_steps: int | None = None, resume: bool =
         break
     bar.close()
 
-    # --- final evaluation (unless the last step just validated or we were interrupted) and snapshot
-    interrupted = step < stop_at
-    if data.val_items and rt.is_main and last_val_step != step and not interrupted:
-        result = evaluate(data.val_items)
-        metrics = result.metrics
-        ctx.log.metrics(step, metrics, len(data.val_items))
-        ctx.log.sample_grid(step, result.rows)
-    metrics = broadcast_object(rt, metrics)
-    paths = snapshot()
+    # --- final evaluation and snapshot
+    paths, metrics, interrupted = hooks.finish(step, stop_at)
     return TrainResult(
         run_dir=ctx.run_dir,
         checkpoint=paths["generator"],

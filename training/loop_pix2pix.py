@@ -26,19 +26,19 @@ from pixforge.training.losses import (
 )
 from pixforge.training.networks.common import bicubic_upsample
 from pixforge.training.registry import build_discriminator, build_generator
-from pixforge.training.runtime import allreduce_grads, broadcast_object, set_requires_grad
-from pixforge.training.schedules import make_scheduler, step_plateau, step_schedulers
+from pixforge.training.runtime import allreduce_grads, set_requires_grad
+from pixforge.training.schedules import make_scheduler, step_schedulers
 
 from . import checkpoint as ckpt
 from .loop_common import (
     LossMeter,
     RunContext,
+    StepHooks,
     Throughput,
     TrainResult,
     adam,
     build_train_data,
     check_resume_layout,
-    due,
     load_resume,
     make_fid,
     progress_bar,
@@ -74,7 +74,7 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
     scaler = torch.amp.GradScaler(rt.device.type, enabled=t.amp == "fp16")
 
     # --- resume
-    step, metrics, last_val_step = 0, {}, -1
+    step, metrics = 0, {}
     if resume:
         state = load_resume(ctx)
         check_resume_layout(state, data)
@@ -124,7 +124,7 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
             "optimizers": {"G": opt_g.state_dict(), "D": opt_d.state_dict()},
             "schedulers": [s.state_dict() for s in schedulers],
             "scaler": scaler.state_dict(),
-            "metrics": metrics,
+            "metrics": hooks.metrics,
             "skipped_files": dict(data.tracker.files),
         }
         direction = cfg.data.direction if cfg.data.mode == "aligned" else None
@@ -133,10 +133,11 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
             step,
             {"generator": ("generator", ema.module if ema else generator, direction)},
             resume_state,
-            metrics,
+            hooks.metrics,
         )
 
     # --- phases: the training loop
+    hooks = StepHooks(ctx, rt, data, evaluate, snapshot, schedulers, (opt_g, opt_d), metrics=metrics)
     bar = progress_bar(ctx, step, stop_at)
     meter, speed = LossMeter(), Throughput()
     epoch, position = divmod(step, data.steps_per_epoch)
@@ -209,38 +210,7 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
             speed.add(real_in.shape[0] * rt.world_size)
             bar.update(1)
 
-            # --- log
-            if due(step, t.log_every) or step == stop_at:
-                values = meter.pop()
-                ips = speed.pop()
-                bar.set_postfix({**{k: f"{v:.3g}" for k, v in values.items()}, "img/s": f"{ips:.2f}"})
-                ctx.log.stats(
-                    step,
-                    {
-                        "epoch": epoch,
-                        "phase": phase,
-                        **values,
-                        "img_per_s": ips,
-                        "lr_g": opt_g.param_groups[0]["lr"],
-                        "lr_d": opt_d.param_groups[0]["lr"],
-                        "skipped_files": data.tracker.count,
-                    },
-                )
-            # --- evaluate (validation metrics; plateau schedules follow the validation L1)
-            if data.val_items and due(step, t.val_every):
-                result = evaluate(data.val_items) if rt.is_main else None
-                if rt.is_main:
-                    metrics = result.metrics
-                    ctx.log.metrics(step, metrics, len(data.val_items))
-                    ctx.log.sample_grid(step, result.rows)
-                step_plateau(schedulers, broadcast_object(rt, result.monitor if result else None))
-                last_val_step = step
-            # --- snapshot (sample grid from the fixed validation images, then checkpoints)
-            if due(step, t.sample_every) and last_val_step != step and rt.is_main and data.val_items:
-                ctx.log.sample_grid(step, evaluate(data.val_items[: t.n_samples]).rows)
-            if due(step, t.checkpoint_every) and step != stop_at:
-                snapshot()
-            if step >= stop_at or ctx.stop.should_stop(rt):
+            if hooks.after_step(step, stop_at, epoch, meter, speed, bar, extra_stats={"phase": phase}):
                 break
         else:
             epoch, position = epoch + 1, 0
@@ -248,15 +218,8 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
         break
     bar.close()
 
-    # --- final evaluation (unless the last step just validated or we were interrupted) and snapshot
-    interrupted = step < stop_at
-    if data.val_items and rt.is_main and last_val_step != step and not interrupted:
-        result = evaluate(data.val_items)
-        metrics = result.metrics
-        ctx.log.metrics(step, metrics, len(data.val_items))
-        ctx.log.sample_grid(step, result.rows)
-    metrics = broadcast_object(rt, metrics)
-    paths = snapshot()
+    # --- final evaluation and snapshot
+    paths, metrics, interrupted = hooks.finish(step, stop_at)
     return TrainResult(
         run_dir=ctx.run_dir,
         checkpoint=paths["generator"],
