@@ -22,7 +22,7 @@ pixforge export "$(tail -n 1 /tmp/sr_x4.log | sed 's/^checkpoint: //')" --name s
 pixforge train training/configs/colorization.yaml --data "$data/sr" --out runs/colorization \
   --max-steps 4000 --set train.pretrain_steps=4000 --set train.steps=4000 --set train.num_workers=1 \
   --set train.val_every=2000 --set train.checkpoint_every=1000 | tee /tmp/colorization.log
-pixforge export "$(tail -n 1 /tmp/colorization.log | sed 's/^checkpoint: //')" --name colorization --repo "$repo" \
+pixforge export "$(tail -n 1 /tmp/colorization.log | sed 's/^checkpoint: //')" --name colorization --repo "$repo" --fp16 \
   --description "colourisation (U-Net, Lab L->ab, L1), CPU-trained default model"
 
 pixforge models list --repo "$repo"
