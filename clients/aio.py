@@ -40,7 +40,7 @@ from .config import ClientConfig, make_config
 from .errors import ClientError, InternalError, InvalidArgumentError, UnavailableError, error_from_rpc
 from .images import ImageInput, ImageInputError, decode_output, image_bytes
 from .retry import RETRYABLE_CODES, RetryPolicy
-from .stream import BatchItem, _Stream, count_streams, input_error, result_for_error, result_for_response
+from .stream import BatchItem, _Stream, input_error, make_batch, result_for_error, result_for_response
 from .types import ModelInfo, TranslateParams, TranslateResult
 
 
@@ -163,32 +163,22 @@ class AsyncClient:
         Raises:
             InvalidArgumentError: bad options (raised before any traffic).
         """
-        params = TranslateParams.build(
+        batch = make_batch(
+            AsyncStreamBatch,
+            self,
+            images,
             model,
             output_format,
+            concurrency=concurrency,
+            ordered=ordered,
+            streams=streams,
+            as_array=as_array,
             version=version,
             quality=quality,
             tile_size=tile_size,
             tile_overlap=tile_overlap,
             render_size=render_size,
-            as_array=as_array,
-        )
-        if concurrency < 1:
-            raise InvalidArgumentError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"concurrency must be >= 1, got {concurrency}"
-            )
-        batch = AsyncStreamBatch(
-            self._stub,
-            params,
-            images,
-            concurrency=concurrency,
-            streams=count_streams(streams, concurrency, self._listed),
-            ordered=ordered,
-            timeout=timeout or self.config.timeout,
-            stream_duration=self.config.stream_duration,
-            retry=self.config.retry,
-            metadata=self._metadata,
-            target=self._target,
+            timeout=timeout,
         )
         return batch.run()
 

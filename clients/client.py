@@ -28,7 +28,7 @@ from pixforge.v1 import translation_pb2_grpc as pb_grpc
 from .config import ClientConfig, make_config
 from .errors import InvalidArgumentError, UnavailableError, error_from_rpc
 from .images import ImageInput, ImageInputError, image_bytes
-from .stream import StreamBatch, count_streams
+from .stream import StreamBatch, make_batch
 from .types import ModelInfo, TranslateParams, TranslateResult
 
 HEALTH_STATUS_NAMES = {v: k for k, v in health_pb2.HealthCheckResponse.ServingStatus.items()}
@@ -209,32 +209,22 @@ class Client:
             InvalidArgumentError: bad options (before any traffic). Exceptions raised by the
                 `images` iterable itself are re-raised from the iterator.
         """
-        params = TranslateParams.build(
+        batch = make_batch(
+            StreamBatch,
+            self,
+            images,
             model,
             output_format,
+            concurrency=concurrency,
+            ordered=ordered,
+            streams=streams,
+            as_array=as_array,
             version=version,
             quality=quality,
             tile_size=tile_size,
             tile_overlap=tile_overlap,
             render_size=render_size,
-            as_array=as_array,
-        )
-        if concurrency < 1:
-            raise InvalidArgumentError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"concurrency must be >= 1, got {concurrency}"
-            )
-        batch = StreamBatch(
-            self._stub,
-            params,
-            images,
-            concurrency=concurrency,
-            streams=count_streams(streams, concurrency, self._listed),
-            ordered=ordered,
-            timeout=timeout or self.config.timeout,
-            stream_duration=self.config.stream_duration,
-            retry=self.config.retry,
-            metadata=self._metadata,
-            target=self._target,
+            timeout=timeout,
         )
         return iter(batch)
 

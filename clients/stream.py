@@ -399,3 +399,58 @@ def count_streams(requested: int | None, concurrency: int, listed_servers: int) 
         return min(requested, concurrency)
     wanted = max(listed_servers, -(-concurrency // ITEMS_PER_STREAM))
     return max(1, min(concurrency, wanted))
+
+
+def make_batch(
+    batch_cls,
+    client,
+    images,
+    model: str,
+    output_format: str,
+    *,
+    concurrency: int,
+    ordered: bool,
+    streams: int | None,
+    as_array: bool,
+    version: int,
+    quality: int,
+    tile_size: int,
+    tile_overlap: int,
+    render_size: int,
+    timeout: float | None,
+):
+    """Validate translate_many's options and build its batch (sync StreamBatch or AsyncStreamBatch).
+
+    `client` is a Client or AsyncClient: its stub, config, metadata, target and listed-server count
+    feed the batch, so both clients share one place for these checks and wiring.
+
+    Raises:
+        InvalidArgumentError: bad options (before any traffic).
+    """
+    params = TranslateParams.build(
+        model,
+        output_format,
+        version=version,
+        quality=quality,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+        render_size=render_size,
+        as_array=as_array,
+    )
+    if concurrency < 1:
+        raise InvalidArgumentError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"concurrency must be >= 1, got {concurrency}"
+        )
+    return batch_cls(
+        client._stub,
+        params,
+        images,
+        concurrency=concurrency,
+        streams=count_streams(streams, concurrency, client._listed),
+        ordered=ordered,
+        timeout=timeout or client.config.timeout,
+        stream_duration=client.config.stream_duration,
+        retry=client.config.retry,
+        metadata=client._metadata,
+        target=client._target,
+    )
