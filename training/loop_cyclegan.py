@@ -20,7 +20,7 @@ from pixforge.training.image_pool import ImagePool
 from pixforge.training.losses import GANLoss, cycle_loss, gradient_penalty, identity_loss
 from pixforge.training.registry import build_discriminator, build_generator
 from pixforge.training.runtime import allreduce_grads, set_requires_grad
-from pixforge.training.schedules import make_scheduler, step_schedulers
+from pixforge.training.schedules import load_scheduler_states, make_scheduler, step_schedulers
 
 from . import checkpoint as ckpt
 from .loop_common import (
@@ -79,8 +79,7 @@ def train_cyclegan(ctx: RunContext, max_steps: int | None = None, resume: bool =
             ema_b.load_state_dict(state["nets"]["G_B_ema"])
         opt_g.load_state_dict(state["optimizers"]["G"])
         opt_d.load_state_dict(state["optimizers"]["D"])
-        for s, sd in zip(schedulers, state["schedulers"], strict=True):
-            s.load_state_dict(sd)
+        load_scheduler_states(schedulers, state["schedulers"])
         scaler.load_state_dict(state["scaler"])
         pool_a.load_state_dict(state["pools"]["A"])
         pool_b.load_state_dict(state["pools"]["B"])

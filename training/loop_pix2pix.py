@@ -27,7 +27,7 @@ from pixforge.training.losses import (
 from pixforge.training.networks.common import bicubic_upsample
 from pixforge.training.registry import build_discriminator, build_generator
 from pixforge.training.runtime import allreduce_grads, set_requires_grad
-from pixforge.training.schedules import make_scheduler, step_schedulers
+from pixforge.training.schedules import load_scheduler_states, make_scheduler, step_schedulers
 
 from . import checkpoint as ckpt
 from .loop_common import (
@@ -86,8 +86,7 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
             ema.load_state_dict(state["nets"]["G_ema"])
         opt_g.load_state_dict(state["optimizers"]["G"])
         opt_d.load_state_dict(state["optimizers"]["D"])
-        for s, sd in zip(schedulers, state["schedulers"], strict=True):
-            s.load_state_dict(sd)
+        load_scheduler_states(schedulers, state["schedulers"])
         scaler.load_state_dict(state["scaler"])
         step, metrics = int(state["step"]), dict(state.get("metrics", {}))
         data.tracker.files.update(state.get("skipped_files", {}))

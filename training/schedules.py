@@ -3,16 +3,20 @@
 - linear: constant for the first `lr_decay_start` fraction of training, then linear decay to 0
   at the last step (junyanz "linear": 100 constant + 100 decaying epochs = lr_decay_start 0.5).
 - step: multiply by `lr_gamma` every `lr_step_size` steps.
-- cosine: cosine annealing from the initial lr to `lr_min` over the whole run.
+- cosine: cosine annealing from the initial lr to `lr_min` over the whole run (closed form of the
+  step, so a run resumed with a longer `train.steps` follows the new length).
 - plateau: multiply by `lr_gamma` when the validation loss (L1 for pix2pix, cycle L1 for
   CycleGAN) has not improved by `lr_threshold` (relative) for `lr_patience` validations.
 
 The total length is fixed by the config (train.steps or n_epochs), never by `--max-steps`, so a run
-stopped early and resumed follows the same schedule as an uninterrupted one.
+stopped early and resumed follows the same schedule as an uninterrupted one. Step-driven schedules
+are LambdaLR functions of the global step: their saved state is just that step, so resuming with a
+changed `train.steps` (e.g. a fine-tuning phase appended to a finished run) uses the new length.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 from torch.optim import Optimizer
@@ -33,12 +37,38 @@ def make_scheduler(opt: Optimizer, cfg, total_steps: int):
     if kind == "step":
         return sched.StepLR(opt, step_size=cfg.lr_step_size, gamma=cfg.lr_gamma)
     if kind == "cosine":
-        return sched.CosineAnnealingLR(opt, T_max=max(1, total_steps), eta_min=cfg.lr_min)
+        total = max(1, total_steps)
+
+        def cosine(base_lr: float):
+            floor = cfg.lr_min / base_lr
+
+            def factor(step: int) -> float:
+                return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+            return factor
+
+        return sched.LambdaLR(opt, [cosine(g["lr"]) for g in opt.param_groups])
     if kind == "plateau":
         return sched.ReduceLROnPlateau(
             opt, mode="min", factor=cfg.lr_gamma, patience=cfg.lr_patience, threshold=cfg.lr_threshold
         )
     raise ValueError(f"unknown lr schedule {kind!r}")
+
+
+def load_scheduler_states(schedulers: list, states: list[dict]) -> None:
+    """Restore schedulers from a resume state.
+
+    A LambdaLR schedule is a pure function of the step, so only the step and base lrs are taken;
+    this also reads states saved by the former CosineAnnealingLR implementation.
+    """
+    if len(schedulers) != len(states):
+        raise ValueError(f"resume state has {len(states)} schedulers, the run has {len(schedulers)}")
+    for s, sd in zip(schedulers, states, strict=True):
+        if isinstance(s, sched.LambdaLR):
+            s.__dict__.update({k: v for k, v in sd.items() if k in s.__dict__ and k != "lr_lambdas"})
+            s._last_lr = [base * f(s.last_epoch) for base, f in zip(s.base_lrs, s.lr_lambdas, strict=True)]
+        else:
+            s.load_state_dict(sd)
 
 
 def is_plateau(scheduler) -> bool:
