@@ -58,15 +58,20 @@ def make_scheduler(opt: Optimizer, cfg, total_steps: int):
 def load_scheduler_states(schedulers: list, states: list[dict]) -> None:
     """Restore schedulers from a resume state.
 
-    A LambdaLR schedule is a pure function of the step, so only the step and base lrs are taken;
-    this also reads states saved by the former CosineAnnealingLR implementation.
+    A LambdaLR schedule is a pure function of the step, so only the step counters are taken: the
+    base lrs stay those of the current config, so a resume with a changed `train.lr_g`/`lr_d` or
+    `train.steps` follows the new settings from the next step on (and unchanged settings resume
+    bit-exactly). This also reads states saved by the former CosineAnnealingLR implementation.
     """
     if len(schedulers) != len(states):
         raise ValueError(f"resume state has {len(states)} schedulers, the run has {len(schedulers)}")
     for s, sd in zip(schedulers, states, strict=True):
         if isinstance(s, sched.LambdaLR):
-            s.__dict__.update({k: v for k, v in sd.items() if k in s.__dict__ and k != "lr_lambdas"})
+            skip = ("lr_lambdas", "base_lrs", "_last_lr")
+            s.__dict__.update({k: v for k, v in sd.items() if k in s.__dict__ and k not in skip})
             s._last_lr = [base * f(s.last_epoch) for base, f in zip(s.base_lrs, s.lr_lambdas, strict=True)]
+            for group, lr in zip(s.optimizer.param_groups, s._last_lr, strict=True):
+                group["lr"] = lr
         else:
             s.load_state_dict(sd)
 

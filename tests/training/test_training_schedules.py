@@ -69,3 +69,18 @@ def test_scheduler_count_mismatch_is_an_error():
     s = make_scheduler(opt, TrainConfig(lr_schedule="linear"), total_steps=10)
     with pytest.raises(ValueError, match="2 schedulers"):
         load_scheduler_states([s], [s.state_dict(), s.state_dict()])
+
+
+def test_resume_with_a_changed_lr_uses_the_new_lr_at_once():
+    opt = _opt(lr=1e-3)
+    s = make_scheduler(opt, TrainConfig(lr_schedule="linear", lr_decay_start=0.5), total_steps=100)
+    _advance(s, opt, 10)
+    saved_opt, saved = opt.state_dict(), s.state_dict()
+
+    opt2 = _opt(lr=1e-4)  # the resumed config asks for a 10x lower lr
+    s2 = make_scheduler(opt2, TrainConfig(lr_schedule="linear", lr_decay_start=0.5), total_steps=100)
+    opt2.load_state_dict(saved_opt)  # the loops restore the optimizer first, then the schedules
+    load_scheduler_states([s2], [saved])
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-4)
+    _advance(s2, opt2, 50)  # step 60 of a decay that starts at 50
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.8)
