@@ -222,6 +222,13 @@ class ServiceConfig:
     grace_seconds: float = field(
         default=10.0, metadata=_doc("on SIGTERM, time in-flight requests get to finish")
     )
+    kserve: bool = field(
+        default=True,
+        metadata=_doc(
+            "also serve the KServe v2 / Triton gRPC protocol (inference.GRPCInferenceService) on the "
+            "same port"
+        ),
+    )
     log_level: str = field(default="INFO", metadata=_doc("DEBUG, INFO, WARNING or ERROR"))
     log_format: str = field(default="text", metadata=_doc("text or json (one JSON object per line)"))
     pins: Mapping[str, int] = field(

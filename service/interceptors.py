@@ -1,9 +1,9 @@
 """gRPC server interceptors: cross-cutting checks kept out of the servicer.
 
-* :class:`DrainInterceptor` answers UNAVAILABLE once shutdown has begun (health stays reachable so
-  load balancers see NOT_SERVING rather than a closed door).
+* :class:`DrainInterceptor` answers UNAVAILABLE once shutdown has begun (health and the KServe
+  live/ready probes stay reachable so load balancers see "not ready" rather than a closed door).
 * :class:`AuthInterceptor` checks ``authorization: Bearer <token>`` against the configured tokens
-  (constant-time compare); health checks are exempt so probes work without secrets.
+  (constant-time compare); probes (:func:`is_probe`) are exempt so they work without secrets.
 * :class:`RequestContextInterceptor` tags log lines with the RPC method and the caller's
   ``x-request-id`` metadata, if any (the servicer refines it with the message's request_id).
 
@@ -22,7 +22,17 @@ import grpc
 from .logs import request_context
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# The KServe v2 liveness/readiness RPCs are probes too (KServe and Kubernetes call them without
+# secrets), so they get the same exemptions as grpc.health.
+KSERVE_PROBES = frozenset(
+    f"/inference.GRPCInferenceService/{name}" for name in ("ServerLive", "ServerReady", "ModelReady")
+)
 REQUEST_ID_HEADER = "x-request-id"
+
+
+def is_probe(method: str) -> bool:
+    """Whether an RPC is a health/readiness probe (exempt from auth and from the drain refusal)."""
+    return method.startswith(HEALTH_PREFIX) or method in KSERVE_PROBES
 
 
 def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
@@ -103,7 +113,7 @@ class DrainInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
+        if handler is None or is_probe(handler_call_details.method):
             return handler
         if self._draining():
             return _rejecting(
@@ -158,7 +168,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(HEALTH_PREFIX):
+        if handler is None or is_probe(method):
             return handler
         if self._valid(_metadata(handler_call_details).get("authorization", "")):
             return handler

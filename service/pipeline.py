@@ -9,6 +9,8 @@
   runs once on a copy whose longest side is at most ``render_size``; its output's a/b chroma is
   upscaled to full size and joined with the original's full-resolution L (CIE Lab, OpenCV float),
   so a 24 MP photo colourises in one pass and keeps every detail of its luminance.
+* :meth:`Pipeline.translate_arrays` takes batches that are already uint8 (N, H, W, C) arrays (the
+  KServe v2 protocol) and shares every step after the decode with :meth:`Pipeline.translate`.
 
 The colour conversions here are not model pre/post-processing (that lives inside the ONNX graph);
 they only split and join the model's finished RGB output with the original's luminance.
@@ -22,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import cv2
@@ -88,6 +91,40 @@ class TranslateResult:
     model: str
     version: int
     output_format: str
+    request_id: str
+    timing: Timing
+    tiles: int = 1
+    tile_size: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayJob:
+    """A batch of already decoded images for one model (the domain form of a KServe v2 infer request).
+
+    Attributes:
+        model, version, options, request_id: as in :class:`TranslateJob`.
+        images: uint8 (N, H, W, C), C being the model's input channel count.
+    """
+
+    model: str
+    images: np.ndarray
+    version: int = 0
+    options: TranslateOptions = field(default_factory=TranslateOptions)
+    request_id: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayResult:
+    """The translated batch of an :class:`ArrayJob`.
+
+    Attributes:
+        images: uint8 (N, H*scale, W*scale, output_channels).
+        timing: the images run concurrently, so queue/inference times are the slowest image's.
+    """
+
+    images: np.ndarray
+    model: str
+    version: int
     request_id: str
     timing: Timing
     tiles: int = 1
@@ -243,17 +280,24 @@ class Pipeline:
     # -- validation
 
     def _check_options(self, job: TranslateJob) -> str:
-        if not job.model:
-            raise InvalidRequestError("request names no model")
-        if job.version < 0:
-            raise InvalidRequestError(f"version must be >= 0, got {job.version}")
+        self._check_target(job)
         try:
             fmt = normalize_format(job.output_format)
         except ImageEncodeError:
             raise InvalidRequestError(
                 f"unknown output_format {job.output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}"
             ) from None
-        opts = job.options
+        self._check_translate_options(job.options)
+        return fmt
+
+    @staticmethod
+    def _check_target(job: TranslateJob | ArrayJob) -> None:
+        if not job.model:
+            raise InvalidRequestError("request names no model")
+        if job.version < 0:
+            raise InvalidRequestError(f"version must be >= 0, got {job.version}")
+
+    def _check_translate_options(self, opts: TranslateOptions) -> None:
         if not 0 <= opts.quality <= 100:
             raise InvalidRequestError(
                 f"options.quality must be within 1..100 (0 = default), got {opts.quality}"
@@ -267,9 +311,8 @@ class Pipeline:
                 f"options.tile_size must be within {self.tiling.min_tile_size}.."
                 f"{self.tiling.max_tile_size}, got {opts.tile_size}"
             )
-        return fmt
 
-    def _tile_settings(self, job: TranslateJob, contract: ModelContract) -> tuple[int, int]:
+    def _tile_settings(self, job: TranslateJob | ArrayJob, contract: ModelContract) -> tuple[int, int]:
         opts = job.options
         tile = opts.tile_size or self.tiling.tile_size or contract.tile_size
         if opts.tile_size and opts.tile_size % contract.size_multiple:
@@ -318,23 +361,10 @@ class Pipeline:
             t = time.perf_counter()
             decoded = decode_image(job.image, max_pixels=self.limits.max_input_pixels)
             decode_ms = (time.perf_counter() - t) * 1000.0
-            h, w = decoded.height, decoded.width
-            out_pixels = h * w * contract.scale * contract.scale
-            if out_pixels > self.limits.max_output_pixels:
-                raise ImageTooLargeError(
-                    f"output would be {w * contract.scale}x{h * contract.scale} = {out_pixels / 1e6:.1f} MP, "
-                    f"over the limit of {self.limits.max_output_pixels / 1e6:.1f} MP"
-                )
             stats = _Stats()
-            render = job.options.render_size or self.colorization.render_size
-            if contract.task == "colorization" and contract.output_channels == 3 and max(h, w) > render:
-                rh, rw = render_shape(h, w, render, contract.size_multiple)
-                small = cv2.resize(decoded.pixels, (rw, rh), interpolation=cv2.INTER_AREA)
-                small = small.reshape(rh, rw, -1)
-                small_out, used_tile = self._run_model(small, runtime, tile, overlap, stats, cancel)
-                out = join_chroma(decoded.pixels, small_out)
-            else:
-                out, used_tile = self._run_model(decoded.pixels, runtime, tile, overlap, stats, cancel)
+            out, used_tile = self._translate_pixels(
+                decoded.pixels, runtime, job.options, tile, overlap, stats, cancel
+            )
             cancel.check()
 
             t = time.perf_counter()
@@ -357,6 +387,130 @@ class Pipeline:
             tiles=stats.tiles,
             tile_size=used_tile,
         )
+
+    def translate_arrays(
+        self, job: ArrayJob, cancel: CancelToken | None = None, executor: Executor | None = None
+    ) -> ArrayResult:
+        """Translate a batch of decoded images: each one takes exactly :meth:`translate`'s path.
+
+        The batch is admitted once (one ``queue_size`` slot, like one Translate call); its images
+        run concurrently on ``executor`` so the batcher can put them into shared inference calls.
+
+        Args:
+            job: the request; ``job.images`` is uint8 (N, H, W, C) with C the model's input channels.
+            cancel: set when the caller goes away; queued work is dropped and the call raises.
+            executor: runs the images concurrently (None: one after the other). Its tasks only wait
+                on the batcher, so it must not be a pool whose tasks call this method themselves.
+
+        Returns:
+            The ArrayResult with uint8 (N, H*scale, W*scale, output_channels) images.
+
+        Raises:
+            Same as :meth:`translate`; InvalidRequestError also for a wrong dtype, rank or channel count.
+        """
+        start = time.perf_counter()
+        cancel = cancel or CancelToken()
+        request_id = job.request_id or new_request_id()
+        self._check_target(job)
+        self._check_translate_options(job.options)
+        images = job.images
+        if images.dtype != np.uint8 or images.ndim != 4 or 0 in images.shape:
+            raise InvalidRequestError(
+                f"images must be a non-empty uint8 array (N, H, W, C), got {images.dtype} {images.shape}"
+            )
+        n, h, w, c = images.shape
+        if h * w > self.limits.max_input_pixels:
+            raise ImageTooLargeError(
+                f"image is {w}x{h} = {w * h / 1e6:.1f} MP, over the limit of "
+                f"{self.limits.max_input_pixels / 1e6:.1f} MP"
+            )
+        with self.registry.acquire(job.model, job.version) as row:
+            runtime = row.runtime
+            contract = runtime.contract
+            if c != contract.input_channels:
+                raise InvalidRequestError(
+                    f"model {job.model!r} takes {contract.input_channels}-channel images "
+                    f"(N, H, W, {contract.input_channels}), got {c} channels"
+                )
+            tile, overlap = self._tile_settings(job, contract)
+            cancel.check()
+            stats = [_Stats() for _ in range(n)]
+            # A child token: a failing image cancels its siblings without cancelling the caller's
+            # token, which a stream shares between all of its requests.
+            local = CancelToken()
+            unregister = cancel.add_callback(local.cancel)
+
+            def one(i: int) -> tuple[np.ndarray, int]:
+                return self._translate_pixels(images[i], runtime, job.options, tile, overlap, stats[i], local)
+
+            try:
+                if executor is None or n == 1:
+                    results = [one(i) for i in range(n)]
+                else:
+                    futures = [executor.submit(one, i) for i in range(n)]
+                    concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+                    failed = [f for f in futures if f.done() and f.exception() is not None]
+                    if failed:
+                        local.cancel()
+                        # Let the siblings stop before the lease on the runtime is released, then
+                        # report the error that started it (not a sibling's "cancelled").
+                        concurrent.futures.wait(futures)
+                        raise failed[0].exception()
+                    results = [f.result() for f in futures]
+            finally:
+                unregister()
+            cancel.check()
+            version = row.version
+        out = np.stack([r[0] for r in results])
+        total_ms = (time.perf_counter() - start) * 1000.0
+        timing = Timing(
+            0.0,
+            max(st.queue_ms for st in stats),
+            max(st.inference_ms for st in stats),
+            0.0,
+            total_ms,
+        )
+        return ArrayResult(
+            images=out,
+            model=job.model,
+            version=version,
+            request_id=request_id,
+            timing=timing,
+            tiles=sum(st.tiles for st in stats),
+            tile_size=results[0][1],
+        )
+
+    def _translate_pixels(
+        self,
+        pixels: np.ndarray,
+        runtime: ModelRuntime,
+        options: TranslateOptions,
+        tile: int,
+        overlap: int,
+        stats: _Stats,
+        cancel: CancelToken,
+    ) -> tuple[np.ndarray, int]:
+        """One decoded (H, W, C) image through the model: output limit, render size, tiles/batches.
+
+        Shared by :meth:`translate` (decoded from bytes) and :meth:`translate_arrays` (tensors), so
+        both protocols give byte-identical pixels for the same image.
+        """
+        contract = runtime.contract
+        h, w = pixels.shape[:2]
+        out_pixels = h * w * contract.scale * contract.scale
+        if out_pixels > self.limits.max_output_pixels:
+            raise ImageTooLargeError(
+                f"output would be {w * contract.scale}x{h * contract.scale} = {out_pixels / 1e6:.1f} MP, "
+                f"over the limit of {self.limits.max_output_pixels / 1e6:.1f} MP"
+            )
+        render = options.render_size or self.colorization.render_size
+        if contract.task == "colorization" and contract.output_channels == 3 and max(h, w) > render:
+            rh, rw = render_shape(h, w, render, contract.size_multiple)
+            small = cv2.resize(pixels, (rw, rh), interpolation=cv2.INTER_AREA)
+            small = small.reshape(rh, rw, -1)
+            small_out, used_tile = self._run_model(small, runtime, tile, overlap, stats, cancel)
+            return join_chroma(pixels, small_out), used_tile
+        return self._run_model(pixels, runtime, tile, overlap, stats, cancel)
 
     def _run_model(
         self,

@@ -1,8 +1,9 @@
 """`pixforge serve`: wires the gRPC server and owns its lifecycle (no torch anywhere on this path).
 
 :func:`serve` builds everything once and passes it into constructors: metrics, the model registry,
-the pipeline, the thin servicer, the standard ``grpc.health.v1`` service (overall ``""``,
-``pixforge.v1.ImageTranslation`` and one entry per model name), server reflection, interceptors
+the pipeline, the thin servicer, the KServe v2 servicer (``kserve: true``), the standard
+``grpc.health.v1`` service (overall ``""``, ``pixforge.v1.ImageTranslation``,
+``inference.GRPCInferenceService`` and one entry per model name), server reflection, interceptors
 (drain -> auth -> request context), TLS/mTLS and message-size limits. It returns a
 :class:`ServerHandle` with ``.port`` and ``.stop(grace)`` for tests, clients' tests and the CLI.
 
@@ -39,6 +40,8 @@ from .config import ServiceConfig, available_cpus, config_from_args, config_to_d
 from .engine import expected_provider, gpu_log_line
 from .errors import ConfigError
 from .interceptors import AuthInterceptor, DrainInterceptor, RequestContextInterceptor
+from .kserve import SERVICE_NAME as KSERVE_SERVICE_NAME
+from .kserve import add_kserve_service
 from .logs import configure_logging
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -131,6 +134,8 @@ class ServerHandle:
         )
         self._health.set("", status)
         self._health.set(SERVICE_NAME, status)
+        if self.config.kserve:
+            self._health.set(KSERVE_SERVICE_NAME, status)
 
     def _initial_load(self) -> None:
         try:
@@ -306,7 +311,24 @@ def serve(
     servicer = ImageTranslationServicer(pipeline, registry, metrics, config.stream, codec_pool)
     pb_grpc.add_ImageTranslationServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
+    services = [SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME]
+    if config.kserve:
+        # KServe v2 / Triton protocol on the same port, engine and registry (service/kserve.py).
+        kserve_pool = add_kserve_service(
+            server,
+            pipeline,
+            registry,
+            metrics,
+            stream=config.stream,
+            stream_executor=codec_pool,
+            workers=codec_workers,
+            max_message_bytes=size,
+            server_ready=lambda: handle.ready.is_set() and not handle.draining,
+            draining=lambda: handle.draining,
+        )
+        handle._executors.append(kserve_pool)
+        services.append(KSERVE_SERVICE_NAME)
+    reflection.enable_server_reflection(services, server)
 
     address = _address(config.host, config.port)
     try:

@@ -5,16 +5,15 @@ turns requests into :class:`TranslateJob` s, results into responses, and every e
 status in one place (:func:`status_for_error`). Clients never see a stack trace: unexpected
 exceptions are logged with their traceback and answered INTERNAL with the request id.
 
-TranslateStream applies back-pressure: a reader thread pulls the next request only while fewer
-than ``stream.max_in_flight`` items of that stream are being processed, so a fast sender is slowed
-by HTTP/2 flow control instead of filling server memory; responses go out in request order.
+TranslateStream applies back-pressure (:func:`~pixforge.service.streaming.ordered_responses`): a
+reader thread pulls the next request only while fewer than ``stream.max_in_flight`` items of that
+stream are being processed, so a fast sender is slowed by HTTP/2 flow control instead of filling
+server memory; responses go out in request order.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from concurrent.futures import Executor
 
@@ -39,6 +38,7 @@ from .logs import request_context, request_id_var
 from .metrics import Metrics
 from .pipeline import CancelToken, Pipeline, TranslateJob, TranslateOptions, TranslateResult, new_request_id
 from .repository import ModelRegistry, ModelState, ModelVersion
+from .streaming import ordered_responses
 
 log = logging.getLogger("pixforge.service.servicer")
 
@@ -258,48 +258,21 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
         """Translate a stream of images; responses in request order, per-item errors inline."""
         cancel = CancelToken()
         context.add_callback(cancel.cancel)
-        slots = threading.Semaphore(self._stream.max_in_flight)
-        pending: queue.Queue = queue.Queue()
-        end = object()
-        header_id = request_id_var.get()
+        header_id = request_id_var.get()  # read here: worker threads do not inherit the log context
 
-        def reader() -> None:
-            index = 0
-            items = iter(request_iterator)
-            try:
-                while True:
-                    # Back-pressure: take a slot *before* reading the next item, so at most
-                    # max_in_flight items of this stream are in the server at any time.
-                    while not slots.acquire(timeout=0.2):
-                        if cancel.cancelled:
-                            return
-                    if cancel.cancelled:
-                        return
-                    item = next(items, None)
-                    if item is None:
-                        return
-                    index += 1
-                    rid = item.request.request_id if item.HasField("request") else ""
-                    if not rid:
-                        rid = f"{header_id}-{index}" if header_id != "-" else new_request_id()
-                    pending.put(self._executor.submit(self._stream_item, item, rid, cancel))
-            except Exception as exc:  # the client went away mid-stream
-                if not cancel.cancelled:
-                    log.info("stream reader stopped: %s", exc)
-            finally:
-                pending.put(end)
+        def process(item: pb.TranslateStreamRequest, index: int) -> pb.TranslateStreamResponse:
+            rid = item.request.request_id if item.HasField("request") else ""
+            if not rid:
+                rid = f"{header_id}-{index}" if header_id != "-" else new_request_id()
+            return self._stream_item(item, rid, cancel)
 
-        threading.Thread(target=reader, name="pixforge-stream-reader", daemon=True).start()
-        try:
-            while True:
-                future = pending.get()
-                if future is end:
-                    return
-                response = future.result()
-                slots.release()
-                yield response
-        finally:
-            cancel.cancel()  # generator closed early (client gone): drop what is still queued
+        yield from ordered_responses(
+            request_iterator,
+            process,
+            executor=self._executor,
+            max_in_flight=self._stream.max_in_flight,
+            cancel=cancel,
+        )
 
     def ListModels(self, request, context):
         """Every known model version, failed ones included."""

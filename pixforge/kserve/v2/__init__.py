@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC stubs (tools/codegen.py); do not edit."""
