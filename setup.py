@@ -1,6 +1,7 @@
 """Package layout: the design card's top-level folders are installed under `pixforge.*`.
 
 `service/` -> `pixforge.service`, `training/` -> `pixforge.training`, `clients/` -> `pixforge.clients`,
+`bench/` -> `pixforge.bench`,
 so no bare `service`/`training`/`clients` module lands in site-packages. Everything else about the
 distribution lives in pyproject.toml; this file only computes the package map, which pyproject's
 static tables cannot express for nested sub-packages.
@@ -8,7 +9,12 @@ static tables cannot express for nested sub-packages.
 
 from setuptools import find_packages, setup
 
-FOLDERS = {"service": "pixforge.service", "training": "pixforge.training", "clients": "pixforge.clients"}
+FOLDERS = {
+    "service": "pixforge.service",
+    "training": "pixforge.training",
+    "clients": "pixforge.clients",
+    "bench": "pixforge.bench",
+}
 
 packages = find_packages(include=["pixforge", "pixforge.*"])
 package_dir = {"pixforge": "pixforge"}

@@ -78,6 +78,16 @@ def _add_eval(sub) -> None:
     p.add_argument("--repo", help="model repository (default: the bundled one)")
     p.add_argument("--server", help="evaluate through a running server at HOST:PORT instead of locally")
     p.add_argument("--out", help="write per-image results and samples here")
+    p.add_argument("--version", type=int, help="model version (default: the highest)")
+    p.add_argument("--max-images", type=int, default=0, metavar="N",
+                   help="at most N images per set or direction, spread evenly (default: all)")
+    p.add_argument("--reverse-model", metavar="NAME",
+                   help="style translation: the opposite-direction model "
+                   "(adds cycle PSNR and its transfer rate)")
+    p.add_argument("--source", choices=["A", "B"],
+                   help="style translation: the model's source domain (default: from its metadata, else A)")
+    p.add_argument("--classifier-steps", type=int, default=300, metavar="N",
+                   help="style translation: training steps of the domain classifier (default 300)")
 
 
 def _add_serve(sub) -> None:
@@ -139,6 +149,20 @@ def _add_bench(sub) -> None:
                        description="Run a benchmark and print/write its figures.")
     p.add_argument("suite", nargs="?", default="all", help="engine, serving, batching, tiling, training or all")
     p.add_argument("--out", default="docs", help="where to write tables and plots")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny models, sizes and iterations: a smoke run in well under a minute per suite")
+    p.add_argument("--sizes", help="image edges in pixels, e.g. 256,512 (tiling: input edges up to 4096)")
+    p.add_argument("--batches", help="batch sizes, e.g. 1,4,16 (engine suite)")
+    p.add_argument("--threads", type=int,
+                   help="intra-op threads for torch and onnxruntime alike (default: CPUs available)")
+    p.add_argument("--duration", type=float, help="seconds of measurement per case (default 10, --quick 1)")
+    p.add_argument("--models", help="generators, e.g. unet_256,resnet_9blocks,facades,style_translation")
+    p.add_argument("--concurrency", help="client concurrency levels, e.g. 1,2,4,8,16 (serving, batching)")
+    p.add_argument("--engines", help="engine suite variants to run (default all that apply), e.g. eager,ort")
+    p.add_argument("--steps", type=int, help="measured training steps per case (training suite)")
+    p.add_argument("--max-call-seconds", type=float,
+                   help="skip engine cases whose one call is estimated to take longer (default 30)")
+    p.add_argument("--no-report", action="store_true", help="write the suite JSON only, not benchmarks.md")
 
 
 def build_parser() -> argparse.ArgumentParser:

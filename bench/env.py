@@ -1,0 +1,162 @@
+"""What a benchmark ran on: machine, library versions, providers, threads and machine load.
+
+Every suite stores :func:`environment` in its JSON next to its figures, so a number is never
+separated from the CPU, the library versions and the thread settings that produced it. Nothing here
+needs torch: it is reported when it is importable (the serving suites run without it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ORT_NUM_THREADS")
+PACKAGES = (
+    "torch",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnx",
+    "grpcio",
+    "protobuf",
+    "numpy",
+    "opencv-python-headless",
+    "matplotlib",
+    "pixforge",
+)
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def memory_gib() -> float | None:
+    """Total RAM in GiB (``/proc/meminfo``), None when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def cpu_flags() -> list[str]:
+    """The vector extensions that decide CPU kernel speed (AVX2, AVX-512, AMX...)."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+def gpus() -> list[dict]:
+    """GPUs seen by ``nvidia-smi`` (name, memory, driver); empty without a driver."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3:
+            rows.append({"name": parts[0], "memory_mib": parts[1], "driver": parts[2]})
+    return rows
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages whose speed we measure (absent ones left out)."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def load_average() -> list[float]:
+    """1/5/15-minute load averages (other processes competing for the CPUs show up here)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def torch_threads() -> dict:
+    """torch's intra/inter-op thread counts, only if torch is already imported (no import here)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {}
+    return {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads()}
+
+
+def providers() -> dict:
+    """onnxruntime's compiled-in providers and which GPU ones can really run here."""
+    import onnxruntime as ort
+    from pixforge.service.engine import probe_gpu
+
+    gpu = probe_gpu()
+    return {
+        "available": ort.get_available_providers(),
+        "cuda_usable": gpu.cuda,
+        "tensorrt_usable": gpu.tensorrt,
+        "gpu_note": gpu.reason,
+    }
+
+
+def environment() -> dict:
+    """The whole record stored in every suite's JSON."""
+    from pixforge.service.config import available_cpus
+
+    return {
+        "machine": {
+            "cpu": cpu_model(),
+            "cpu_flags": cpu_flags(),
+            "logical_cpus": os.cpu_count(),
+            "cpus_available": available_cpus(),
+            "memory_gib": memory_gib(),
+            "gpus": gpus(),
+            "os": f"{platform.system()} {platform.release()}",
+        },
+        "versions": versions(),
+        "providers": providers(),
+        "threads": {
+            **{k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
+            **torch_threads(),
+        },
+    }
+
+
+def has_module(name: str) -> bool:
+    """Whether ``name`` imports (without keeping a failed half-import around)."""
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True

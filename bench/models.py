@@ -1,0 +1,201 @@
+"""The generators the suites measure, built from the registry, and their ONNX exports.
+
+Full runs use the junyanz reference architectures (``unet_256`` as pix2pix trains it, with batch
+norm and dropout, and CycleGAN's ``resnet_9blocks`` with instance norm, both ngf 64) and the
+generators of our shipped training configs (``facades``, ``style_translation``, sized for a CPU).
+``--quick`` uses tiny widths so a smoke run takes seconds. Weights are random (seeded): speed does
+not depend on their values.
+
+Two ONNX graphs per generator: the *served* one, written by the real exporter
+(:func:`pixforge.training.export.export_generator`: uint8 NHWC in/out, pixel conversions inside),
+and the *raw* float NCHW graph of the same network in the same inference semantics, exported with
+the same exporter settings, so the cost of the uint8 wrapper can be told apart from the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from pixforge.training.config import load_config
+from pixforge.training.export import (
+    ExportConfig,
+    build_export_module,
+    export_generator,
+    to_inference_semantics,
+)
+from pixforge.training.export.onnx_build import optimize_offline
+from pixforge.training.registry import GeneratorConfig, build_generator, generator_preset
+from torch import nn
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "training" / "configs"
+OPSET = 17
+FLOAT_INPUT = "input"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One generator to benchmark.
+
+    Attributes:
+        name: short key used on the command line and in tables.
+        description: one line for the report.
+        config: the registry GeneratorConfig.
+        task: the export task (decides the contract metadata).
+    """
+
+    name: str
+    description: str
+    config: GeneratorConfig
+    task: str = "paired_translation"
+
+    @property
+    def scale(self) -> int:
+        """Output pixels per input pixel."""
+        return self.config.scale
+
+
+def _config_generator(stem: str) -> GeneratorConfig:
+    path = CONFIG_DIR / f"{stem}.yaml"
+    return load_config(path).generator
+
+
+def _catalogue() -> dict[str, ModelSpec]:
+    # junyanz trains unet_256 with batch norm + dropout; exported (and here measured) in pixforge's
+    # inference semantics: per-image norm statistics, dropout off (training/export/wrapper.py).
+    unet_jz = dataclasses.replace(generator_preset("unet_256"), norm="batch", dropout=True)
+    return {
+        "unet_256": ModelSpec("unet_256", "junyanz pix2pix unet_256 (ngf 64, 8 levels, batch norm)", unet_jz),
+        "resnet_9blocks": ModelSpec(
+            "resnet_9blocks",
+            "junyanz CycleGAN resnet_9blocks (ngf 64, instance norm)",
+            generator_preset("resnet_9blocks"),
+            "style_translation",
+        ),
+        "facades": ModelSpec(
+            "facades", "our facades.yaml generator (U-Net ngf 32, 6 levels)", _config_generator("facades")
+        ),
+        "style_translation": ModelSpec(
+            "style_translation",
+            "our style_translation.yaml generator (ResNet ngf 16, 6 blocks)",
+            _config_generator("style_translation"),
+            "style_translation",
+        ),
+        "super_resolution_x4": ModelSpec(
+            "super_resolution_x4",
+            "our super_resolution_x4.yaml generator (U-Net ngf 32, 5 levels, on the bicubic x4 input)",
+            _config_generator("super_resolution_x4"),
+            "super_resolution",
+        ),
+        "unet_tiny": ModelSpec(
+            "unet_tiny",
+            "tiny U-Net (ngf 8, 4 levels; --quick)",
+            GeneratorConfig(arch="unet", ngf=8, depth=4, norm="batch"),
+        ),
+        "resnet_tiny": ModelSpec(
+            "resnet_tiny",
+            "tiny ResNet (ngf 8, 2 blocks; --quick)",
+            GeneratorConfig(arch="resnet", ngf=8, n_blocks=2),
+            "style_translation",
+        ),
+        "sr_tiny": ModelSpec(
+            "sr_tiny",
+            "small x4 super-resolution ResNet (ngf 16, 2 blocks, pixel shuffle)",
+            GeneratorConfig(arch="resnet", ngf=16, n_blocks=2, norm="none", scale=4, upsample="pixelshuffle"),
+            "super_resolution",
+        ),
+    }
+
+
+FULL_MODELS = ["unet_256", "resnet_9blocks", "facades", "style_translation"]
+QUICK_MODELS = ["unet_tiny", "resnet_tiny"]
+
+
+def model_specs(names: list[str]) -> list[ModelSpec]:
+    """Specs for the given names.
+
+    Raises:
+        ValueError: an unknown name (the message lists the valid ones).
+    """
+    catalogue = _catalogue()
+    unknown = [n for n in names if n not in catalogue]
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(catalogue)}")
+    return [catalogue[n] for n in names]
+
+
+def build(spec: ModelSpec, seed: int = 0) -> nn.Module:
+    """The generator with random (seeded) weights, in training form (as the registry builds it)."""
+    torch.manual_seed(seed)
+    return build_generator(spec.config)
+
+
+def inference_module(generator: nn.Module) -> nn.Module:
+    """The float NCHW network in pixforge's inference semantics (what the served graph contains)."""
+    module, _ = to_inference_semantics(generator)
+    return module
+
+
+def uint8_module(generator: nn.Module) -> nn.Module:
+    """The exact module the exporter turns into the served graph (uint8 NHWC in and out)."""
+    module, _ = build_export_module(generator, "rgb")
+    return module
+
+
+def export_served(
+    generator: nn.Module, spec: ModelSpec, repo: Path, name: str | None = None, fp16: bool = False
+) -> Path:
+    """Export with the real exporter into ``repo/<name>/1/model.onnx`` (parity check skipped: speed only).
+
+    Args:
+        fp16: fp16 weights and activations inside the graph (uint8 I/O stays), for GPU providers.
+
+    Returns:
+        The model.onnx path.
+    """
+    cfg = ExportConfig(
+        task=spec.task, scale=spec.scale, verify=False, description=spec.description, fp16=fp16
+    )
+    result = export_generator(generator, cfg, repo, name or spec.name, version=1, log=lambda *_: None)
+    return result.path
+
+
+def export_float(generator: nn.Module, spec: ModelSpec, path: Path) -> Path:
+    """Export the raw float NCHW network (input ``input``, dynamic N/H/W) like the real exporter does.
+
+    Same exporter (TorchScript, opset 17, constant folding) and the same offline BASIC optimisation
+    as :mod:`pixforge.training.export.onnx_build`, so only the uint8 wrapper differs.
+    """
+    module = inference_module(generator)
+    multiple = int(generator.size_multiple)
+    # batch 2 and H != W, so neither gets baked into the traced graph (as the real exporter does);
+    # at least 64 px so the reflection pads of ResNet blocks fit the bottleneck's feature maps.
+    edge = -(-64 // multiple) * multiple
+    example = torch.zeros(2, spec.config.in_channels, edge, 2 * edge)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[FLOAT_INPUT],
+            output_names=["output"],
+            dynamic_axes={
+                FLOAT_INPUT: {0: "batch", 2: "height", 3: "width"},
+                "output": {0: "batch", 2: "out_height", 3: "out_width"},
+            },
+            do_constant_folding=True,
+        )
+    model = onnx.load_from_string(buffer.getvalue())
+    model, _ = optimize_offline(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
