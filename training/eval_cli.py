@@ -1,0 +1,60 @@
+"""`pixforge eval`: compute a served model's quality metrics over a folder (see training/model_eval/).
+
+Prints a Markdown table (the format of the model cards in models/*/README.md); with `--out DIR`
+also writes results.json, per_image.csv and samples.png there. Bad input (unknown model, empty or
+wrongly laid out folder, unreachable server) is one `pixforge eval: error: ...` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pixforge.errors import PixforgeError
+
+from .model_eval import EvalOptions, evaluate, markdown, open_runner, write_outputs
+
+
+def _header(info, data: str, reverse) -> str:
+    line = f"{info.name} v{info.version} ({info.task}" + (f", x{info.scale}" if info.scale > 1 else "") + ")"
+    line += f" on {data} — {info.location}, {info.provider}"
+    if reverse is not None:
+        line += f"; reverse model {reverse.name} v{reverse.version}"
+    return line
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `pixforge eval`; returns the exit code."""
+    runners = []
+    try:
+        options = EvalOptions(
+            max_images=getattr(args, "max_images", None) or 0,
+            source=getattr(args, "source", None),
+            classifier_steps=getattr(args, "classifier_steps", None) or 300,
+        )
+        if not Path(args.data).is_dir():
+            raise PixforgeError(f"data folder {args.data} does not exist or is not a folder")
+        location = {"repo": getattr(args, "repo", None), "server": getattr(args, "server", None)}
+        runner = open_runner(args.model, version=getattr(args, "version", None), **location)
+        runners.append(runner)
+        reverse = None
+        if getattr(args, "reverse_model", None):
+            reverse = open_runner(args.reverse_model, **location)
+            runners.append(reverse)
+        report = evaluate(runner, args.data, options, reverse)
+        print(_header(runner.info, args.data, reverse.info if reverse else None))
+        print()
+        print(markdown(report), end="")
+        if args.out:
+            written = write_outputs(
+                report, Path(args.out), runner.info, Path(args.data), reverse.info if reverse else None
+            )
+            print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+        return 0
+    except (PixforgeError, OSError) as exc:
+        print(f"pixforge eval: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for r in runners:
+            r.close()

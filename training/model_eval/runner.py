@@ -1,0 +1,251 @@
+"""How evaluation images reach a model: a local onnxruntime session, or a running pixforge server.
+
+Both runners take and return uint8 RGB (H, W, 3) arrays and apply the model's contract the way
+the server does: the input is converted to the model's channel count, reflect-padded at the
+bottom/right to a multiple of ``size_multiple`` and the output cropped back to ``scale`` times
+the input size. Locally the whole image is one call (no tiling); through ``--server`` the server
+decides (it may tile large images).
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pixforge.codec import encode_image
+from pixforge.contract import INPUT_NAME, contract_from_session
+from pixforge.errors import ContractError
+from pixforge.repository import default_repository, latest_versions, scan_repository
+
+from .errors import EvalError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is being evaluated, from its contract metadata.
+
+    Attributes:
+        name, version: repository name and the version actually evaluated.
+        task, scale, input_channels, output_channels, size_multiple: the model contract.
+        metadata: every metadata_props entry.
+        location: the model file (local) or "server HOST:PORT".
+        sha256: SHA-256 of the model file (local only; None through a server).
+        provider: the onnxruntime execution provider that ran it.
+    """
+
+    name: str
+    version: int
+    task: str
+    scale: int
+    input_channels: int
+    output_channels: int
+    size_multiple: int
+    location: str
+    provider: str
+    sha256: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-able summary (metadata reduced to the keys a reader of results.json wants)."""
+        keep = (
+            "description",
+            "arch",
+            "precision",
+            "training_data",
+            "source_checkpoint_sha256",
+            "export_date",
+            "direction",
+        )
+        return {
+            "name": self.name,
+            "version": self.version,
+            "task": self.task,
+            "scale": self.scale,
+            "input_channels": self.input_channels,
+            "output_channels": self.output_channels,
+            "size_multiple": self.size_multiple,
+            "location": self.location,
+            "sha256": self.sha256,
+            "provider": self.provider,
+            "metadata": {k: self.metadata[k] for k in keep if self.metadata.get(k)},
+        }
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 (H, W[, C]) -> (H, W, channels); RGB -> 1 channel is BT.601 luma (cv2 RGB2GRAY)."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[2] == channels:
+        return image
+    if channels == 1:
+        return cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_RGB2GRAY)[:, :, None]
+    return np.repeat(image[:, :, :1], channels, axis=2)
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    """Reflect-pad (H, W, C) at the bottom/right to multiples of `multiple` (as the server does)."""
+    h, w = image.shape[:2]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not ph and not pw:
+        return image
+    mode = "edge" if min(h, w) == 1 else "reflect"  # a 1-pixel axis cannot be reflected
+    return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Runner(abc.ABC):
+    """Callable: uint8 RGB (H, W, 3) -> the model's uint8 RGB output (H*scale, W*scale, 3)."""
+
+    info: ModelInfo
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        out = self._run(to_channels(np.ascontiguousarray(image), self.info.input_channels))
+        return np.ascontiguousarray(to_channels(out, 3))
+
+    @abc.abstractmethod
+    def _run(self, image: np.ndarray) -> np.ndarray:
+        """One image already in the model's channel count -> its raw output."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the session or channel."""
+
+
+class LocalRunner(Runner):
+    """An onnxruntime session on a repository's model file (CUDA when it really works, else CPU)."""
+
+    def __init__(self, name: str, version: int, path: Path):
+        import onnxruntime as ort
+
+        # The server's probe: onnxruntime-gpu lists CUDA even where it cannot load; ask ctypes first.
+        from pixforge.service.engine import probe_gpu
+
+        providers = ["CPUExecutionProvider"]
+        if probe_gpu().cuda:
+            providers.insert(0, "CUDAExecutionProvider")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            contract = contract_from_session(self.session)
+        except ContractError as exc:
+            raise EvalError(f"{path} is not a valid pixforge model: {exc}") from None
+        except Exception as exc:  # onnxruntime's own exception types for unreadable files
+            raise EvalError(f"cannot load {path}: {str(exc).strip().splitlines()[0]}") from None
+        self.info = ModelInfo(
+            name=name,
+            version=version,
+            task=contract.task,
+            scale=contract.scale,
+            input_channels=contract.input_channels,
+            output_channels=contract.output_channels,
+            size_multiple=contract.size_multiple,
+            location=str(path),
+            provider=self.session.get_providers()[0],
+            sha256=file_sha256(path),
+            metadata=dict(contract.metadata),
+        )
+
+    def _run(self, image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        padded = pad_to_multiple(image, self.info.size_multiple)
+        out = self.session.run(None, {INPUT_NAME: padded[None]})[0][0]
+        s = self.info.scale
+        return out[: h * s, : w * s]
+
+    def close(self) -> None:
+        self.session = None  # onnxruntime frees the session (and its device memory) with the object
+
+
+class ServerRunner(Runner):
+    """Sends each image as PNG bytes to a pixforge server's Translate RPC (pixforge.clients)."""
+
+    def __init__(self, target: str, name: str, version: int | None, timeout: float = 300.0):
+        from pixforge.clients import Client, ClientError, NotFoundError
+
+        self.client = Client(target, timeout=timeout)
+        try:
+            self.client.wait_ready(timeout=10.0)
+            remote = self.client.get_model(name, version or 0, timeout=30.0)
+        except NotFoundError as exc:
+            self.client.close()
+            raise EvalError(str(exc)) from None
+        except ClientError as exc:
+            self.client.close()
+            raise EvalError(f"server {target} unreachable or failing: {exc}") from None
+        if not remote.ready:
+            self.client.close()
+            raise EvalError(f"model {name!r} on {target} is {remote.state}: {remote.error or 'not ready'}")
+        self.info = ModelInfo(
+            name=name,
+            version=remote.version,
+            task=remote.task,
+            scale=remote.scale,
+            input_channels=remote.input_channels,
+            output_channels=remote.output_channels,
+            size_multiple=remote.size_multiple,
+            location=f"server {target}",
+            provider=remote.provider,
+            metadata=dict(remote.metadata),
+        )
+        self._client_error = ClientError
+
+    def _run(self, image: np.ndarray) -> np.ndarray:
+        png = encode_image(image if image.shape[2] == 3 else image[:, :, 0], "png")  # lossless
+        try:
+            out = self.client.translate(png, self.info.name, as_array=True, version=self.info.version)
+        except self._client_error as exc:
+            raise EvalError(f"the server failed on an image: {exc}") from None
+        return out
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def find_model(repo: Path, name: str, version: int | None) -> tuple[int, Path]:
+    """(version, model file) of `name` in a repository; the highest version unless one is given."""
+    try:
+        entries = scan_repository(repo)
+    except FileNotFoundError as exc:
+        raise EvalError(str(exc)) from None
+    mine = [e for e in entries if e.name == name]
+    if not mine:
+        names = sorted(latest_versions(entries))
+        listed = ", ".join(names) if names else "none"
+        raise EvalError(f"no model {name!r} in repository {repo} (models there: {listed})")
+    if version is None:
+        entry = latest_versions(mine)[name]
+    else:
+        match = [e for e in mine if e.version == version]
+        if not match:
+            have = ", ".join(str(e.version) for e in mine)
+            raise EvalError(f"model {name!r} has no version {version} in {repo} (versions: {have})")
+        entry = match[0]
+    return entry.version, entry.path
+
+
+def open_runner(
+    name: str, *, version: int | None = None, repo: str | Path | None = None, server: str | None = None
+) -> Runner:
+    """A runner for model `name` from a repository (default: the bundled one) or a server.
+
+    Raises:
+        EvalError: unknown model or version, invalid model file, unreachable server.
+    """
+    if server:
+        return ServerRunner(server, name, version)
+    repo_path = Path(repo) if repo else default_repository()
+    found_version, path = find_model(repo_path, name, version)
+    return LocalRunner(name, found_version, path)
