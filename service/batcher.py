@@ -1,10 +1,19 @@
 """Dynamic batching (Triton style) for one model version, with its own inference thread.
 
-Callers :meth:`Batcher.submit` one uint8 HWC array (a whole image or one tile) and get a
-``concurrent.futures.Future``. A dedicated thread takes the oldest queued array, waits up to
-``max_queue_delay_ms`` for more arrays *of the same shape* (the shape is the bucket: the pipeline
-pads images to a few bucket sizes so that unrelated requests can share a batch), stacks up to
-``max_batch_size`` of them, runs the model once and hands each caller its slice.
+Callers :meth:`Batcher.submit` one uint8 HWC array (a whole image or one tile), or
+:meth:`Batcher.submit_many` several at once, and get ``concurrent.futures.Future`` objects. A
+dedicated thread takes the oldest queued array, gathers the queued arrays *of the same shape* (the
+shape is the bucket: the pipeline pads images to a few bucket sizes so that unrelated requests can
+share a batch), stacks up to ``max_batch_size`` of them, runs the model once and hands each caller
+its slice.
+
+When to wait for company (adaptive batching): waiting only helps when more work is on its way, and
+the one sign of that the batcher can see is load. So an array that arrived while the engine was
+idle (after the previous inference call had finished) runs at once, with whatever same-shape
+arrays are already queued: a lone client never pays ``max_queue_delay_ms``. An array that arrived
+while a call was running - the engine is busy, other clients are active - waits up to
+``max_queue_delay_ms`` from its arrival for the batch to fill, as in Triton's dynamic batcher.
+Under load, arrays that queue up during one call form the next batch anyway.
 
 Running the model on this thread keeps onnxruntime off the gRPC threads (ORT releases the GIL, so
 decode/encode on the RPC threads overlap with inference) and gives the GPU one ordered stream of
@@ -19,7 +28,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -82,7 +91,8 @@ class Batcher:
         run: the model call, uint8 (N, H, W, C) -> uint8 (N, H', W', C'); only ever called from
             this batcher's thread.
         max_batch_size: most arrays per call.
-        max_queue_delay_ms: how long the oldest array waits for company.
+        max_queue_delay_ms: how long the oldest array waits for company when it arrived while the
+            engine was busy; an array arriving at an idle engine never waits.
         capacity: most arrays queued (not yet running); more raise QueueFullError.
         name: used for the thread name and log lines.
         on_batch: optional observer called after each successful call (metrics).
@@ -109,6 +119,9 @@ class Batcher:
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
+        # perf_counter() when the last inference call returned; written and read by the inference
+        # thread only. Set before results are handed out, so a client's next request counts as idle.
+        self._last_run_end = float("-inf")
         self.stats = BatcherStats()
         self._thread = threading.Thread(target=self._loop, name=f"pixforge-infer-{name}", daemon=True)
         self._thread.start()
@@ -121,6 +134,9 @@ class Batcher:
     def submit(self, array: np.ndarray) -> Future:
         """Queue one uint8 (H, W, C) array for inference.
 
+        Args:
+            array: uint8 (H, W, C) image or tile.
+
         Returns:
             A Future resolving to an :class:`ItemResult`; cancel it to drop the work if still queued.
 
@@ -128,15 +144,33 @@ class Batcher:
             QueueFullError: ``capacity`` arrays are already waiting.
             ShuttingDownError: the batcher was closed.
         """
-        item = _Item(np.ascontiguousarray(array))
+        return self.submit_many([array])[0]
+
+    def submit_many(self, arrays: Sequence[np.ndarray]) -> list[Future]:
+        """Queue several uint8 (H, W, C) arrays at once (e.g. the tiles of one image).
+
+        They enter the queue together, so an idle engine sees all of them when it forms the next
+        batch instead of starting on the first one alone.
+
+        Args:
+            arrays: uint8 (H, W, C) images or tiles.
+
+        Returns:
+            One Future per array, in order, each resolving to an :class:`ItemResult`.
+
+        Raises:
+            QueueFullError: fewer than ``len(arrays)`` places are left; nothing was queued.
+            ShuttingDownError: the batcher was closed.
+        """
+        items = [_Item(np.ascontiguousarray(a)) for a in arrays]  # copy outside the lock
         with self._cond:
             if self._closed:
                 raise ShuttingDownError(f"model {self.name} is shutting down")
-            if len(self._queue) >= self.capacity:
+            if len(self._queue) + len(items) > self.capacity:
                 raise QueueFullError(f"model {self.name}: inference queue is full ({self.capacity} waiting)")
-            self._queue.append(item)
+            self._queue.extend(items)
             self._cond.notify()
-        return item.future
+        return [it.future for it in items]
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop accepting work; finish (drain=True) or fail the queued arrays; join the thread."""
@@ -164,7 +198,11 @@ class Batcher:
                 return None  # closed and drained
             first = self._queue[0]
             deadline = first.enqueued + self.max_queue_delay
-            while not self._closed:
+            # Only an array that arrived while a call was running (engine busy, other clients
+            # active) waits for company. One that found the engine idle runs at once with what is
+            # queued: nobody else is known to be coming, so waiting could only add latency.
+            busy = first.enqueued < self._last_run_end
+            while busy and not self._closed:
                 same = sum(1 for it in self._queue if it.key == first.key)
                 remaining = deadline - time.perf_counter()
                 if same >= self.max_batch_size or remaining <= 0:
@@ -198,7 +236,10 @@ class Batcher:
     def _execute(self, items: list[_Item]) -> None:
         start = time.perf_counter()
         try:
-            out = self._run(np.stack([it.array for it in items]))
+            try:
+                out = self._run(np.stack([it.array for it in items]))
+            finally:
+                self._last_run_end = time.perf_counter()
         except OutOfMemoryError as exc:
             if len(items) > 1:
                 # A smaller batch may fit: retry both halves before failing anyone.
@@ -213,7 +254,7 @@ class Batcher:
             for it in items:
                 it.future.set_exception(exc)
             return
-        infer_s = time.perf_counter() - start
+        infer_s = self._last_run_end - start
         n = len(items)
         self.stats.calls += 1
         self.stats.items += n

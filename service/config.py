@@ -96,7 +96,11 @@ class BatchingConfig:
 
     max_batch_size: int = field(default=8, metadata=_doc("most images (or tiles) in one inference call"))
     max_queue_delay_ms: float = field(
-        default=5.0, metadata=_doc("how long the first queued image waits for others to share its batch")
+        default=5.0,
+        metadata=_doc(
+            "how long the first queued image waits for others to share its batch when the engine is busy "
+            "(an idle engine runs it at once)"
+        ),
     )
     queue_size: int = field(
         default=64, metadata=_doc("requests waiting or running per model; one more is RESOURCE_EXHAUSTED")

@@ -553,7 +553,7 @@ class Pipeline:
         window = runtime.max_batch_size
         for i in range(0, len(tiles), window):
             cancel.check()
-            futures = [runtime.batcher.submit(t) for t in tiles[i : i + window]]
+            futures = runtime.batcher.submit_many(tiles[i : i + window])
             unregister = cancel.add_callback(lambda fs=futures: [f.cancel() for f in fs])
             try:
                 # Future.result() (unlike futures.wait()) wakes up when a pending future is cancelled.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -167,3 +168,103 @@ def test_observer_sees_each_batch(model):
     finally:
         b.close()
     assert seen == [(1, 1, True)]
+
+
+# -- adaptive batching: wait for company only when the engine is busy
+
+
+class SlowModel:
+    """Identity model that sleeps per call (a busy engine) and records every batch size."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.sizes: list[int] = []
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.sizes.append(batch.shape[0])
+        time.sleep(self.seconds)
+        return batch.copy()
+
+
+def test_idle_engine_runs_a_lone_request_without_waiting(model):
+    # Old policy: every request waited the full 2 s delay for company that never came.
+    b = Batcher(model, max_batch_size=8, max_queue_delay_ms=2000, capacity=8)
+    try:
+        start = time.perf_counter()
+        # Closed loop, like one client: each request arrives after the previous call returned.
+        results = [b.submit(img(value=i)).result(5) for i in range(5)]
+        elapsed = time.perf_counter() - start
+    finally:
+        b.close()
+    assert elapsed < 1.0, f"5 lone requests took {elapsed:.2f} s with a 2 s delay: they waited"
+    assert all(r.queue_ms < 1000 and r.batch_size == 1 for r in results)
+    assert [r.output[0, 0, 0] for r in results] == [0, 2, 4, 6, 8]
+
+
+def test_submit_many_on_an_idle_engine_forms_one_batch_at_once(model):
+    b = Batcher(model, max_batch_size=8, max_queue_delay_ms=2000, capacity=8)
+    try:
+        start = time.perf_counter()
+        results = [f.result(5) for f in b.submit_many([img(value=i) for i in range(3)])]
+        elapsed = time.perf_counter() - start
+    finally:
+        b.close()
+    assert elapsed < 1.0
+    assert model.calls == [(3, 4, 4, 3)] and [r.batch_size for r in results] == [3, 3, 3]
+    assert [r.output[0, 0, 0] for r in results] == [0, 2, 4]
+
+
+def test_submit_many_is_all_or_nothing_on_a_full_queue(model):
+    b = Batcher(model, max_batch_size=4, max_queue_delay_ms=0, capacity=3)
+    try:
+        first = hold(model, b)
+        kept = b.submit_many([img(), img()])
+        with pytest.raises(QueueFullError):
+            b.submit_many([img(), img()])
+        assert b.queue_depth == 2
+        model.gate.set()
+        first.result(5)
+        assert [f.result(5).batch_size for f in kept] == [2, 2]
+    finally:
+        b.close()
+
+
+def test_requests_arriving_while_busy_still_wait_for_company(model):
+    b = Batcher(model, max_batch_size=4, max_queue_delay_ms=2000, capacity=8)
+    try:
+        first = hold(model, b)
+        early = [b.submit(img()) for _ in range(2)]  # queued while the engine is busy
+        model.gate.set()
+        first.result(5)
+        time.sleep(0.05)  # well inside the 2 s delay: the early pair is still waiting
+        late = [b.submit(img()) for _ in range(2)]
+        assert all(f.result(5).batch_size == 4 for f in early + late)
+    finally:
+        b.close()
+    assert [c[0] for c in model.calls] == [1, 4]
+
+
+def test_concurrent_clients_on_a_slow_engine_share_batches():
+    slow = SlowModel(0.02)
+    b = Batcher(slow, max_batch_size=4, max_queue_delay_ms=5, capacity=64)
+    errors: list[BaseException] = []
+
+    def client(value: int) -> None:
+        try:
+            for _ in range(4):
+                out = b.submit(img(value=value)).result(5).output
+                assert out[0, 0, 0] == value
+        except BaseException as exc:  # surfaced to the test thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(v,)) for v in range(6)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+    finally:
+        b.close()
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert sum(slow.sizes) == 24 and max(slow.sizes) > 1
+    assert b.stats.items == 24 and max(b.stats.batch_sizes) > 1
