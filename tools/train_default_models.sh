@@ -3,7 +3,9 @@
 #
 #   tools/train_default_models.sh DATA_ROOT [MODELS_DIR]
 #
-# DATA_ROOT holds `sr/` (train/ + test/ folders of HR photos: T91, BSD200 / Set5, Set14, BSD100).
+# DATA_ROOT holds `sr/` (train/ + test/ folders of HR photos: T91, BSD200 / Set5, Set14, BSD100) and
+# `apple2orange/` (trainA, trainB, testA, testB). Each model's card (models/<name>/README.md) says
+# which lines below made it and what `pixforge eval` measured.
 # Step counts are the ones the shipped models were trained with on a 2-core CPU (see each card);
 # raise them (and drop the --set overrides) for better models on a GPU.
 set -euo pipefail
@@ -25,4 +27,31 @@ pixforge train training/configs/colorization.yaml --data "$data/sr" --out runs/c
 pixforge export "$(tail -n 1 /tmp/colorization.log | sed 's/^checkpoint: //')" --name colorization --repo "$repo" --fp16 \
   --description "colourisation (U-Net, Lab L->ab, L1), CPU-trained default model"
 
+# Super-resolution x4, GAN: the PSNR run's state continued with the adversarial phase (pix2pix:
+# L1 + PatchGAN; lambda_l1 20, a norm-free discriminator, a linear decay to 8000 steps), then
+# network interpolation (ESRGAN) of the step-7000 generator with the PSNR model, alpha 0.7.
+rm -rf runs/sr_x4_gan && cp -r runs/sr_x4 runs/sr_x4_gan
+pixforge train training/configs/super_resolution_x4.yaml --data "$data/sr" --out runs/sr_x4_gan --resume \
+  --max-steps 7000 --set train.steps=8000 --set train.lambda_l1=20 --set train.lr_g=0.0001 --set train.lr_d=0.0004 \
+  --set discriminator.norm=none --set train.lr_schedule=linear --set train.lr_decay_start=0.75 \
+  --set train.val_every=1000 | tee /tmp/sr_x4_gan.log
+python tools/blend_generators.py runs/sr_x4/checkpoints/generator-step0005000.pt \
+  runs/sr_x4_gan/checkpoints/generator-step0007000.pt --alpha 0.7 --out runs/sr_x4_gan/blend-alpha0.7.pt
+pixforge export runs/sr_x4_gan/blend-alpha0.7.pt --name sr-x4-gan --repo "$repo" --fp16 \
+  --description "x4 super-resolution, pix2pix GAN fine-tune (U-Net + PatchGAN, L1 + adversarial) interpolated with the L1 model (alpha 0.7), CPU-trained default model"
+
+# Style translation, CycleGAN apple <-> orange (ResNet ngf 16, 6 blocks, 128 crops), 7000 steps.
+pixforge train training/configs/style_translation.yaml --data "$data/apple2orange" --out runs/a2o \
+  --set train.steps=7000 --set train.num_workers=1 --set train.checkpoint_every=1000 \
+  --set train.val_every=2500 | tee /tmp/a2o.log
+pixforge export runs/a2o/checkpoints/G_A-step0007000.pt --name apple2orange --repo "$repo" \
+  --description "style translation apple -> orange (CycleGAN G_A), CPU-trained default model"
+pixforge export runs/a2o/checkpoints/G_B-step0007000.pt --name orange2apple --repo "$repo" \
+  --description "style translation orange -> apple (CycleGAN G_B), CPU-trained default model"
+
 pixforge models list --repo "$repo"
+# Re-measure every card (needs the data; see docs/training.md "Evaluating a model").
+pixforge eval --repo "$repo" --model sr-x4 --data "$data/sr/test"
+pixforge eval --repo "$repo" --model sr-x4-gan --data "$data/sr/test"
+pixforge eval --repo "$repo" --model colorization --data "$data/sr/test"
+pixforge eval --repo "$repo" --model apple2orange --reverse-model orange2apple --data "$data/apple2orange"

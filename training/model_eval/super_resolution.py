@@ -47,8 +47,20 @@ def sharpness_ratio(output: np.ndarray, target: np.ndarray, border: int = 0) -> 
     return gradient_energy(output, border) / ref if ref > 0 else math.nan
 
 
+SAMPLE_CROP = 160  # px: samples.png shows native-resolution detail, where SR quality is visible
+
+
+def detail_crops(images: list[np.ndarray], size: int = SAMPLE_CROP) -> list[np.ndarray]:
+    """The same centred `size`-pixel square (or the whole image if smaller) of each image."""
+    h, w = images[0].shape[:2]
+    ch, cw = min(size, h), min(size, w)
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return [img[y : y + ch, x : x + cw] for img in images]
+
+
 def measure(runner: Runner, hr: np.ndarray, scale: int) -> tuple[dict, list[np.ndarray]]:
-    """Metrics of one HR image and its (LR, model output, HR) sample row.
+    """Metrics of one HR image and its sample row: centred native-resolution crops of
+    (bicubic upscale of the LR input, model output, HR).
 
     Raises:
         MetricError: the image is too small for the border crop or SSIM.
@@ -72,7 +84,7 @@ def measure(runner: Runner, hr: np.ndarray, scale: int) -> tuple[dict, list[np.n
         "sharpness_bicubic": sharpness_ratio(bicubic, hr, scale),
     }
     record["gain_db"] = record["psnr_y"] - record["psnr_y_bicubic"]
-    return record, [lr, sr, hr]
+    return record, detail_crops([bicubic, sr, hr])
 
 
 def evaluate_super_resolution(
@@ -105,7 +117,7 @@ def evaluate_super_resolution(
         summary={k: v for k, v in rows[-1].items() if k not in ("name",)} if rows else {},
         per_image=per_image,
         samples=samples.rows(),
-        sample_labels=["LR input", "model output", "ground truth"],
+        sample_labels=["bicubic upscale of the LR input", "model output", "ground truth"],
         counts={"images": len(per_image), "skipped": len(skipped)},
         notes=[
             f"x{scale}: Y channel (BT.601), {scale}-pixel border cropped, HR cropped to a multiple of "
