@@ -30,6 +30,7 @@ COPY pixforge/ pixforge/
 COPY service/ service/
 COPY clients/ clients/
 COPY training/ training/
+COPY bench/ bench/
 RUN /opt/build/bin/pip wheel --no-deps --wheel-dir /wheels .
 
 # ---------------------------------------------------------------- venv: empty virtualenv at /opt/venv
