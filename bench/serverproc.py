@@ -176,26 +176,22 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return encode_image(pixels, fmt="png")
 
 
-def translate_call(
-    address: str, model: str, payload: bytes, timeout: float = 600.0
-) -> Callable[[], Callable]:
-    """A factory of pixforge.v1 Translate calls, one channel per call site (client thread)."""
+_UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+
+
+def _call_factory(address: str, stub_class, method: str, request, empty: Callable, timeout: float):
+    """A factory of unary calls, one channel per call site (client thread); `empty(reply)` flags
+    a reply without output, which is an error for a benchmark."""
     import grpc
 
-    from pixforge.v1 import translation_pb2 as pb
-    from pixforge.v1 import translation_pb2_grpc as pb_grpc
-
-    request = pb.TranslateRequest(model=model, image=payload, output_format="png")
-    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-
     def make() -> Callable:
-        channel = grpc.insecure_channel(address, options=options)
-        stub = pb_grpc.ImageTranslationStub(channel)
+        channel = grpc.insecure_channel(address, options=_UNLIMITED)
+        rpc = getattr(stub_class(channel), method)
 
         def call():
-            reply = stub.Translate(request, timeout=timeout)
-            if not reply.image:
-                raise BenchError("Translate returned no image")
+            reply = rpc(request, timeout=timeout)
+            if empty(reply):
+                raise BenchError(f"{method} returned no output")
             return reply
 
         call.channel = channel  # kept alive with the call; closed by the caller's garbage
@@ -204,33 +200,36 @@ def translate_call(
     return make
 
 
+def translate_call(
+    address: str, model: str, payload: bytes, timeout: float = 600.0
+) -> Callable[[], Callable]:
+    """A factory of pixforge.v1 Translate calls (PNG in, PNG out), one channel per call site."""
+    from pixforge.v1 import translation_pb2 as pb
+    from pixforge.v1 import translation_pb2_grpc as pb_grpc
+
+    request = pb.TranslateRequest(model=model, image=payload, output_format="png")
+    return _call_factory(
+        address, pb_grpc.ImageTranslationStub, "Translate", request, lambda r: not r.image, timeout
+    )
+
+
 def kserve_raw_call(
     address: str, model: str, batch: np.ndarray, timeout: float = 600.0
 ) -> Callable[[], Callable]:
     """A factory of KServe v2 ModelInfer calls with the uint8 NHWC tensor in ``raw_input_contents``."""
-    import grpc
-
     from pixforge.kserve.v2 import grpc_service_pb2 as kpb
     from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
 
     tensor = kpb.ModelInferRequest.InferInputTensor(name="image", datatype="UINT8", shape=list(batch.shape))
     request = kpb.ModelInferRequest(model_name=model, inputs=[tensor], raw_input_contents=[batch.tobytes()])
-    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-
-    def make() -> Callable:
-        channel = grpc.insecure_channel(address, options=options)
-        stub = kpb_grpc.GRPCInferenceServiceStub(channel)
-
-        def call():
-            reply = stub.ModelInfer(request, timeout=timeout)
-            if not reply.raw_output_contents:
-                raise BenchError("ModelInfer returned no output")
-            return reply
-
-        call.channel = channel
-        return call
-
-    return make
+    return _call_factory(
+        address,
+        kpb_grpc.GRPCInferenceServiceStub,
+        "ModelInfer",
+        request,
+        lambda r: not r.raw_output_contents,
+        timeout,
+    )
 
 
 # --------------------------------------------------------------------------- closed-loop load
