@@ -4,7 +4,7 @@
 #   tools/train_default_models.sh DATA_ROOT [MODELS_DIR]
 #
 # DATA_ROOT holds `sr/` (train/ + test/ folders of HR photos: T91, BSD200 / Set5, Set14, BSD100) and
-# `apple2orange/` (trainA, trainB, testA, testB). Each model's card (models/<name>/README.md) says
+# `apple2orange/` (trainA, trainB, testA, testB) and `facades/` (train, test: A|B pairs). Each model's card (models/<name>/README.md) says
 # which lines below made it and what `pixforge eval` measured.
 # Step counts are the ones the shipped models were trained with on a 2-core CPU (see each card);
 # raise them (and drop the --set overrides) for better models on a GPU.
@@ -49,9 +49,17 @@ pixforge export runs/a2o/checkpoints/G_A-step0007000.pt --name apple2orange --re
 pixforge export runs/a2o/checkpoints/G_B-step0007000.pt --name orange2apple --repo "$repo" \
   --description "style translation orange -> apple (CycleGAN G_B), CPU-trained default model"
 
+# Paired translation demo: facade labels -> photo (pix2pix), 8000 steps.
+pixforge train training/configs/facades.yaml --data "$data/facades" --out runs/facades \
+  --set train.steps=8000 --set train.num_workers=1 --set train.val_every=4000 \
+  --set train.checkpoint_every=1000 | tee /tmp/facades.log
+pixforge export "$(tail -n 1 /tmp/facades.log | sed 's/^checkpoint: //')" --name facades --repo "$repo" --fp16 \
+  --description "paired translation: facade labels -> photo (pix2pix U-Net + PatchGAN), CPU-trained demo model"
+
 pixforge models list --repo "$repo"
 # Re-measure every card (needs the data; see docs/training.md "Evaluating a model").
 pixforge eval --repo "$repo" --model sr-x4 --data "$data/sr/test"
 pixforge eval --repo "$repo" --model sr-x4-gan --data "$data/sr/test"
 pixforge eval --repo "$repo" --model colorization --data "$data/sr/test"
-pixforge eval --repo "$repo" --model apple2orange --reverse-model orange2apple --data "$data/apple2orange"
+pixforge eval --repo "$repo" --model facades --data "$data/facades/test"
+pixforge eval --repo "$repo" --model apple2orange --reverse-model orange2apple --data "$data/apple2orange" --classifier-steps 800
