@@ -14,10 +14,11 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
+from pixforge.service.tiling import pad_to, round_up
 
 from pixforge.codec import encode_image
+from pixforge.codec import to_channels as codec_to_channels
 from pixforge.contract import INPUT_NAME, contract_from_session
 from pixforge.errors import ContractError
 from pixforge.repository import default_repository, latest_versions, scan_repository
@@ -77,24 +78,16 @@ class ModelInfo:
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """uint8 (H, W[, C]) -> (H, W, channels); RGB -> 1 channel is BT.601 luma (cv2 RGB2GRAY)."""
+    """uint8 (H, W[, C]) -> (H, W, channels), the server's channel adaptation (BT.601 luma for 1)."""
     if image.ndim == 2:
         image = image[:, :, None]
-    if image.shape[2] == channels:
-        return image
-    if channels == 1:
-        return cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_RGB2GRAY)[:, :, None]
-    return np.repeat(image[:, :, :1], channels, axis=2)
+    return codec_to_channels(np.ascontiguousarray(image[:, :, :3]), channels)
 
 
 def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
-    """Reflect-pad (H, W, C) at the bottom/right to multiples of `multiple` (as the server does)."""
+    """Reflect-pad (H, W, C) at the bottom/right to multiples of `multiple`, as the server does."""
     h, w = image.shape[:2]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if not ph and not pw:
-        return image
-    mode = "edge" if min(h, w) == 1 else "reflect"  # a 1-pixel axis cannot be reflected
-    return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode)
+    return pad_to(image, round_up(h, multiple), round_up(w, multiple))
 
 
 def file_sha256(path: Path) -> str:
