@@ -11,6 +11,7 @@ nothing here asserts a timing.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -106,24 +107,28 @@ class Settings:
 
 def run_suite(name: str, settings: Settings) -> Path:
     """Run one suite, print its figures and write its JSON; returns the JSON path."""
-    from .env import environment, load_average
+    from .env import cpu_seconds, environment, foreign_cpu_fraction, load_average
     from .report import print_record, write_suite_json
 
     module = importlib.import_module(f"pixforge.bench.{name}")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load_start = load_average()
+    cpu_start = cpu_seconds()
     t0 = time.perf_counter()
     progress(f"suite {name}: start (load average {load_start})")
     record = module.run_suite(settings)
     duration = time.perf_counter() - t0
     load_end = load_average()
+    env = environment()
+    cpus = env.get("machine", {}).get("cpus_available") or os.cpu_count() or 1
     run_info = {
         "started": started,
         "duration_s": round(duration, 1),
         "load_start": load_start,
         "load_end": load_end,
         "command": " ".join(sys.argv),
-        "environment": environment(),
+        "foreign_cpu_fraction": foreign_cpu_fraction(cpu_start, cpu_seconds(), duration, cpus),
+        "environment": env,
     }
     path = write_suite_json(record, settings.out, run_info)
     print_record(record)

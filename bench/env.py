@@ -108,6 +108,34 @@ def load_average() -> list[float]:
         return []
 
 
+def cpu_seconds() -> dict:
+    """CPU seconds used so far by the whole machine (/proc/stat, busy time) and by this process
+    with its reaped children (the servers and workers a suite starts); None where unknown.
+
+    The difference between the two over a suite is the CPU time *other* processes took: the
+    figure that says whether the machine was quiet (a load average cannot: it counts the bench).
+    """
+    own = os.times()
+    out = {"own": own.user + own.system + own.children_user + own.children_system, "machine": None}
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        out["machine"] = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def foreign_cpu_fraction(start: dict, end: dict, seconds: float, cpus: int) -> float | None:
+    """Share of the machine's CPU capacity that processes outside the bench used between two
+    `cpu_seconds()` readings (0 = quiet; 1 = every CPU busy with something else)."""
+    if start.get("machine") is None or end.get("machine") is None or seconds <= 0:
+        return None
+    foreign = (end["machine"] - start["machine"]) - (end["own"] - start["own"])
+    return round(max(0.0, foreign) / (seconds * max(cpus, 1)), 3)
+
+
 def torch_threads() -> dict:
     """torch's intra/inter-op thread counts, only if torch is already imported (no import here)."""
     torch = sys.modules.get("torch")

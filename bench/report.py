@@ -21,6 +21,7 @@ REPORT_FILE = "benchmarks.md"
 DATA_DIR = "bench"
 # A 1-minute load average above this fraction of the CPUs means other work competed with the bench.
 QUIET_LOAD_FRACTION = 0.3
+QUIET_FOREIGN_FRACTION = 0.05  # other processes may use 5 % of the CPUs and the run still counts as quiet
 QUICK_FLAG = ", **quick smoke run: tiny models and iterations, not representative**"
 
 
@@ -258,7 +259,11 @@ def draw_plot(plot: dict, path: Path) -> None:
 
 
 def load_was_quiet(run: dict) -> bool:
-    """Whether the machine looked idle apart from the bench (1-min load at start and end)."""
+    """Whether the machine was idle apart from the bench: other processes' CPU share during the
+    suite (`foreign_cpu_fraction`) when recorded, else the 1-min load at start and end."""
+    foreign = run.get("foreign_cpu_fraction")
+    if foreign is not None:
+        return foreign <= QUIET_FOREIGN_FRACTION
     cpus = run.get("environment", {}).get("machine", {}).get("cpus_available") or 1
     loads = [x[0] for x in (run.get("load_start"), run.get("load_end")) if x]
     return bool(loads) and max(loads) <= QUIET_LOAD_FRACTION * cpus + 0.3
@@ -287,6 +292,10 @@ def _run_lines(data: dict) -> list[str]:
         f"- machine: {_machine_line(run)}",
         f"- load average (1/5/15 min): {run.get('load_start')} at start, {run.get('load_end')} at end",
     ]
+    if run.get("foreign_cpu_fraction") is not None:
+        lines.append(
+            f"- CPU used by other processes during the run: {run['foreign_cpu_fraction']:.1%} of the machine"
+        )
     if not load_was_quiet(run):
         lines.append(
             "- **machine load was not controlled**: other processes used the CPUs during this run, so "
