@@ -297,10 +297,16 @@ def _run_lines(data: dict) -> list[str]:
             f"- CPU used by other processes during the run: {run['foreign_cpu_fraction']:.1%} of the machine"
         )
     if not load_was_quiet(run):
+        cause = (
+            "other processes used the CPUs during this run"
+            if run.get("foreign_cpu_fraction") is not None
+            else "the load average was high; this run did not record other processes' CPU share, so "
+            "part of that load may be the bench's own threads"
+        )
         lines.append(
-            "- **machine load was not controlled**: other processes used the CPUs during this run, so "
-            "absolute figures are noisy and probably pessimistic; the ratios between cases measured "
-            "side by side (interleaved) in the same run are the figures to read"
+            f"- **machine load was not controlled**: {cause}, so absolute figures may be noisy and "
+            "pessimistic; the ratios between cases measured side by side (interleaved) in the same run "
+            "are the figures to read"
         )
     return lines
 
