@@ -66,7 +66,7 @@ def test_rgba_alpha_is_kept_aside_and_reattached():
 
 
 def test_16bit_png_is_scaled_to_8bit():
-    img16 = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4369)  # 0..65535 in 16 steps
+    img16 = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4369  # 0..65535 in 16 steps
     dec = codec.decode_image(cv2.imencode(".png", img16)[1].tobytes())
     assert dec.bit_depth == 16 and dec.pixels.dtype == np.uint8
     np.testing.assert_array_equal(dec.pixels[..., 0], (np.arange(16).reshape(4, 4) * 17).astype(np.uint8))
@@ -89,7 +89,13 @@ def test_exif_orientation_is_applied(orientation, expect):
     data = _jpeg_with_orientation(img, orientation)
     assert codec.exif_orientation(data) == orientation
     dec = codec.decode_image(data).pixels
-    ref = {"same": img, "rot180": img[::-1, ::-1], "rot90cw": np.rot90(img, -1), "rot90ccw": np.rot90(img, 1)}[expect]
+    refs = {
+        "same": img,
+        "rot180": img[::-1, ::-1],
+        "rot90cw": np.rot90(img, -1),
+        "rot90ccw": np.rot90(img, 1),
+    }
+    ref = refs[expect]
     assert dec.shape == ref.shape
     assert np.abs(dec.astype(int) - ref.astype(int)).mean() < 6
 
@@ -107,6 +113,26 @@ def test_encode_formats_and_quality():
         codec.encode_image(img, "jpeg", quality=101)
     with pytest.raises(ImageEncodeError, match="uint8"):
         codec.encode_image(img.astype(np.float32), "png")
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_encode_in_place_and_strips_round_trip_exactly(fmt):
+    # Taller than one conversion strip, so strip boundaries are crossed. The in-place path must
+    # give the same bytes as the copying one (WebP is lossy: compare bytes, not pixels).
+    img = _rgb(codec.ENCODE_STRIP_ROWS * 2 + 37, 33, seed=3)
+    reference = codec.encode_image(img, fmt)
+    in_place = codec.encode_image(img.copy(), fmt, overwrite=True)
+    assert in_place == reference
+    if fmt == "png":
+        np.testing.assert_array_equal(codec.decode_image(in_place).pixels, img)
+    alpha = np.random.default_rng(4).integers(0, 256, img.shape[:2], dtype=np.uint8)
+    decoded = codec.decode_image(codec.encode_image(img, "png", alpha=alpha))
+    np.testing.assert_array_equal(decoded.pixels, img)
+    np.testing.assert_array_equal(decoded.alpha, alpha)
+    gray = img[:, :, 1].copy()
+    decoded = codec.decode_image(codec.encode_image(gray, "png", alpha=alpha))
+    np.testing.assert_array_equal(decoded.alpha, alpha)
+    assert decoded.pixels.shape[:2] == gray.shape
 
 
 def test_empty_input_is_a_typed_error():
@@ -132,8 +158,14 @@ def _png_header_only(w, h):
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
     idat = zlib.compress(b"\x00" * 100)
-    return (b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", len(idat)) + b"IDAT" + idat
-            + struct.pack(">I", zlib.crc32(b"IDAT" + idat)))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk
+        + struct.pack(">I", len(idat))
+        + b"IDAT"
+        + idat
+        + struct.pack(">I", zlib.crc32(b"IDAT" + idat))
+    )
 
 
 def test_decompression_bomb_is_refused_before_decoding():
