@@ -365,20 +365,26 @@ class Pipeline:
             out, used_tile = self._translate_pixels(
                 decoded.pixels, runtime, job.options, tile, overlap, stats, cancel
             )
+            # The decoded input is not needed any more: free it before the encoder's buffers exist.
+            alpha = decoded.alpha
+            del decoded
             cancel.check()
 
             t = time.perf_counter()
-            alpha = decoded.alpha
             if alpha is not None and alpha.shape != out.shape[:2]:
                 alpha = cv2.resize(alpha, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_LINEAR)
-            data = encode_image(out, fmt, job.options.quality or 95, alpha=alpha)
+            out_height, out_width = out.shape[:2]
+            # `out` is ours and encoded once: the encoder may swap its channels in place rather
+            # than make a full-size BGR copy.
+            data = encode_image(out, fmt, job.options.quality or 95, alpha=alpha, overwrite=True)
+            del out, alpha
             encode_ms = (time.perf_counter() - t) * 1000.0
             version = row.version
         total_ms = (time.perf_counter() - start) * 1000.0
         return TranslateResult(
             image=data,
-            width=int(out.shape[1]),
-            height=int(out.shape[0]),
+            width=int(out_width),
+            height=int(out_height),
             model=job.model,
             version=version,
             output_format=fmt,

@@ -2,10 +2,13 @@
 
 An image is cut into equal tiles of ``tile`` input pixels that overlap by at least ``overlap``;
 each tile's model output is weighted by a feathered window (zero over a margin next to an inner
-tile edge, where the model lacked context, then a linear ramp up to 1) and accumulated into a
-float strip one tile row high. Rows no later tile touches are normalised and written to the uint8
-output at once, so besides the output itself memory stays at about one tile row of floats,
-whatever the image size. Along an axis that fits in one tile the image is reflect-padded up to the
+tile edge, where the model lacked context, then a linear ramp up to 1). After each tile row, the
+output rows no later tile touches are blended from the uint8 outputs of the tiles covering them
+(this row and the earlier rows that overlap it) in blocks of a few hundred columns of floats and
+written straight into the uint8 output. Besides the output itself, memory stays at about one tile
+row of uint8 model outputs (plus the overlap band of the previous row) and one small float block.
+Those grow with the image width only (a tile row), never with its height.
+Along an axis that fits in one tile the image is reflect-padded up to the
 shape bucket (a multiple of the model's ``size_multiple``) and cropped back afterwards; along a
 tiled axis no padding is needed because every tile has the full tile size.
 
@@ -27,6 +30,10 @@ log = logging.getLogger("pixforge.service.tiling")
 
 # Tiles in, outputs out (same order); the pipeline batches them through the model's batcher.
 InferTiles = Callable[[Sequence[np.ndarray]], Sequence[np.ndarray]]
+
+# Output columns blended at a time: bounds the float working memory (rows x BLEND_BLOCK x C x 4 bytes
+# twice, about 8 MiB for 512-row x4 tiles) independently of the image width.
+BLEND_BLOCK = 512
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -152,6 +159,13 @@ def axis_weights(length: int, before: bool, after: bool, overlap: int) -> np.nda
 def run_tiled(image: np.ndarray, plan: TilePlan, infer: InferTiles) -> np.ndarray:
     """Run a model over an image by tiles and blend the outputs seamlessly.
 
+    Each tile row is run through ``infer`` at once (so its tiles batch together). The output rows
+    no later tile touches are then blended and written straight into the uint8 result, one block
+    of at most ``BLEND_BLOCK`` output columns at a time, from the uint8 tile outputs of this row
+    and of the earlier rows that still overlap it. Besides the result, memory is therefore the
+    uint8 outputs of one tile row (plus the overlap band of the previous one) and one small float
+    block, whatever the image height.
+
     Args:
         image: uint8 (H, W, C) with H, W = plan.height, plan.width.
         plan: from :func:`plan_tiles`.
@@ -167,34 +181,72 @@ def run_tiled(image: np.ndarray, plan: TilePlan, infer: InferTiles) -> np.ndarra
         out = infer([padded])[0]
         return np.ascontiguousarray(out[: plan.height * s, : plan.width * s])
 
-    out_h, out_w = plan.padded_height * s, plan.padded_width * s
+    # Output coordinates; the result is allocated at the cropped size, so no final crop copy.
+    oth, otw = th * s, tw * s
+    out_h, out_w = plan.height * s, plan.width * s
+    ys, xs = [y * s for y in plan.ys], [x * s for x in plan.xs]
+    wxs = [axis_weights(otw, j > 0, j < len(xs) - 1, plan.overlap * s) for j in range(len(xs))]
     result: np.ndarray | None = None
-    wxs = [axis_weights(tw * s, j > 0, j < len(plan.xs) - 1, plan.overlap * s) for j in range(len(plan.xs))]
-    acc = wacc = None
-    base = 0  # first output row held in acc
+    # Tile rows not fully written yet: (first output row held, row weights, tile outputs from there).
+    live: list[tuple[int, np.ndarray, list[np.ndarray]]] = []
+    base = 0  # first output row not yet written
     for i, y in enumerate(plan.ys):
         outs = infer([padded[y : y + th, x : x + tw] for x in plan.xs])
         if result is None:
-            channels = outs[0].shape[2]
-            result = np.empty((out_h, out_w, channels), np.uint8)
-            acc = np.zeros((0, out_w, channels), np.float32)
-            wacc = np.zeros((0, out_w, 1), np.float32)
-        y0, y1 = y * s, (y + th) * s
-        if acc.shape[0] < y1 - base:
-            grow = y1 - base - acc.shape[0]
-            acc = np.concatenate([acc, np.zeros((grow, out_w, acc.shape[2]), np.float32)])
-            wacc = np.concatenate([wacc, np.zeros((grow, out_w, 1), np.float32)])
-        wy = axis_weights(th * s, i > 0, i < len(plan.ys) - 1, plan.overlap * s)
-        for x, wx, tile_out in zip(plan.xs, wxs, outs, strict=True):
-            weight = (wy[:, None] * wx[None, :])[:, :, None]
-            acc[y0 - base : y1 - base, x * s : x * s + tw * s] += tile_out.astype(np.float32) * weight
-            wacc[y0 - base : y1 - base, x * s : x * s + tw * s] += weight
-        done = plan.ys[i + 1] * s if i + 1 < len(plan.ys) else out_h
-        rows = done - base
-        result[base:done] = np.clip(np.rint(acc[:rows] / wacc[:rows]), 0, 255).astype(np.uint8)
-        acc, wacc = acc[rows:].copy(), wacc[rows:].copy()
+            result = np.empty((out_h, out_w, outs[0].shape[2]), np.uint8)
+        wy = axis_weights(oth, i > 0, i < len(ys) - 1, plan.overlap * s)
+        live.append((ys[i], wy, list(outs)))
+        del outs
+        done = min(ys[i + 1] if i + 1 < len(ys) else out_h, out_h)
+        if done > base:
+            _blend_rows(result, base, done, live, xs, wxs, otw)
+        # Keep only the rows later tiles still overlap, as compact copies, so the model's batch
+        # output arrays (a whole tile row) are freed now rather than one tile row later.
+        live = [
+            (done, wy[done - y0 :], [np.ascontiguousarray(o[done - y0 :]) for o in tile_outs])
+            for y0, wy, tile_outs in live
+            if y0 + len(wy) > done
+        ]
         base = done
-    return np.ascontiguousarray(result[: plan.height * s, : plan.width * s])
+    return result
+
+
+def _blend_rows(
+    result: np.ndarray,
+    r0: int,
+    r1: int,
+    rows: list[tuple[int, np.ndarray, list[np.ndarray]]],
+    xs: list[int],
+    wxs: list[np.ndarray],
+    otw: int,
+) -> None:
+    """Write output rows r0..r1 of ``result``: the weighted mean of every tile covering them.
+
+    Tiles are added in row-major order, the same order for every pixel, so overlapping tiles blend
+    to the same values whatever the block boundaries are.
+    """
+    out_w, channels = result.shape[1], result.shape[2]
+    for c0 in range(0, out_w, BLEND_BLOCK):
+        c1 = min(out_w, c0 + BLEND_BLOCK)
+        acc = np.zeros((r1 - r0, c1 - c0, channels), np.float32)
+        wacc = np.zeros((r1 - r0, c1 - c0, 1), np.float32)
+        for y0, wy, outs in rows:
+            a0, a1 = max(r0, y0), min(r1, y0 + len(wy))
+            if a0 >= a1:
+                continue
+            for x0, wx, tile_out in zip(xs, wxs, outs, strict=True):
+                b0, b1 = max(c0, x0), min(c1, x0 + otw)
+                if b0 >= b1:
+                    continue
+                weight = (wy[a0 - y0 : a1 - y0, None] * wx[None, b0 - x0 : b1 - x0])[:, :, None]
+                part = tile_out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0].astype(np.float32)
+                part *= weight
+                acc[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] += part
+                wacc[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] += weight
+        acc /= wacc
+        np.rint(acc, out=acc)
+        np.clip(acc, 0, 255, out=acc)
+        result[r0:r1, c0:c1] = acc  # unsafe cast float32 -> uint8 of values already in 0..255
 
 
 def run_with_oom_retry(
