@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ class Settings:
         sizes, batches, concurrency: lists from the flags (None = the suite's default).
         models, engines: names from the flags (None = the suite's default).
         steps: measured training steps. max_call_seconds: engine cases estimated slower are skipped.
+        tag: a name for this run (e.g. "gpu"), kept beside the untagged run in its own
+            ``<suite>-<tag>.json`` and report section instead of replacing it.
     """
 
     out: Path
@@ -50,6 +53,7 @@ class Settings:
     engines: list[str] | None = None
     steps: int | None = None
     max_call_seconds: float = 30.0
+    tag: str = ""
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -78,6 +82,9 @@ class Settings:
         max_call = getattr(args, "max_call_seconds", None)
         if max_call is not None and max_call <= 0:
             raise ValueError(f"--max-call-seconds must be > 0, got {max_call}")
+        tag = getattr(args, "tag", None) or ""
+        if tag and not re.fullmatch(r"[a-z0-9][a-z0-9_]*", tag):
+            raise ValueError(f"--tag must be lowercase letters, digits and '_', got {tag!r}")
         models = getattr(args, "models", None)
         engines = getattr(args, "engines", None)
         return cls(
@@ -92,6 +99,7 @@ class Settings:
             engines=parse_name_list(engines, []) or None if engines else None,
             steps=steps,
             max_call_seconds=max_call or 30.0,
+            tag=tag,
         )
 
     def resolved_threads(self) -> int:
@@ -117,6 +125,8 @@ def run_suite(name: str, settings: Settings) -> Path:
     t0 = time.perf_counter()
     progress(f"suite {name}: start (load average {load_start})")
     record = module.run_suite(settings)
+    if settings.tag:
+        record.apply_tag(settings.tag)
     duration = time.perf_counter() - t0
     load_end = load_average()
     env = environment()

@@ -82,9 +82,23 @@ class SuiteRecord:
     notes: list[str] = field(default_factory=list)
     results: list[dict] = field(default_factory=list)
     goals: list[dict] = field(default_factory=list)  # {"goal", "value", "met": bool|None, "detail"}
+    tag: str = ""  # names a run kept beside the untagged one (e.g. "gpu"): its own JSON and plots
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def apply_tag(self, tag: str) -> None:
+        """Mark this record as the ``tag`` run: title, and plot files that do not overwrite others."""
+        self.tag = tag
+        self.title = f"{self.title} [{tag}]"
+        for plot in self.plots:
+            stem, dot, ext = plot.file.rpartition(".")
+            plot.file = f"{stem}-{tag}.{ext}" if dot else f"{plot.file}-{tag}"
+
+
+def record_key(data: dict) -> str:
+    """``suite`` or ``suite-tag``: the JSON file stem and the report's name for a record."""
+    return f"{data['suite']}-{data['tag']}" if data.get("tag") else data["suite"]
 
 
 # --------------------------------------------------------------------------- formatting
@@ -161,7 +175,7 @@ def _goal_word(met: bool | None) -> str:
 
 
 def write_suite_json(record: SuiteRecord, out_dir: Path, run_info: dict) -> Path:
-    """Write ``<out_dir>/bench/<suite>.json``: the record plus the run information.
+    """Write ``<out_dir>/bench/<suite>[-<tag>].json``: the record plus the run information.
 
     Args:
         record: the suite's record.
@@ -169,7 +183,7 @@ def write_suite_json(record: SuiteRecord, out_dir: Path, run_info: dict) -> Path
         run_info: environment, load averages, timestamps and duration (added by the runner).
     """
     data = {"format": FORMAT, **record.to_dict(), "run": run_info}
-    path = Path(out_dir) / DATA_DIR / f"{record.suite}.json"
+    path = Path(out_dir) / DATA_DIR / f"{record_key(record.to_dict())}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=_json_default) + "\n", encoding="utf-8")
@@ -196,7 +210,7 @@ def load_suite_jsons(out_dir: Path) -> list[dict]:
         if isinstance(data, dict) and data.get("format") == FORMAT:
             found.append(data)
     order = {name: i for i, name in enumerate(SUITE_ORDER)}
-    return sorted(found, key=lambda d: order.get(d.get("suite", ""), len(order)))
+    return sorted(found, key=lambda d: (order.get(d.get("suite", ""), len(order)), d.get("tag", "")))
 
 
 # --------------------------------------------------------------------------- plots
@@ -333,7 +347,9 @@ def render_markdown(records: list[dict], plot_files: dict[str, list[str]]) -> st
         "",
     ]
     goals = [
-        (d["suite"] + (" (quick)" if d.get("quick") else ""), g) for d in records for g in d.get("goals", [])
+        (record_key(d) + (" (quick)" if d.get("quick") else ""), g)
+        for d in records
+        for g in d.get("goals", [])
     ]
     if goals:
         out += ["## Goals", "", "| suite | goal | measured | status |", "|---|---|---|---|"]
@@ -345,7 +361,7 @@ def render_markdown(records: list[dict], plot_files: dict[str, list[str]]) -> st
         out += _run_lines(data) + [""]
         for table in data.get("tables", []):
             out += [markdown_table(Table(**table)), ""]
-        for name in plot_files.get(data["suite"], []):
+        for name in plot_files.get(record_key(data), []):
             out += [f"![{name}]({DATA_DIR}/{name})", ""]
         if data.get("notes"):
             out += ["Notes:", ""] + [f"- {n}" for n in data["notes"]] + [""]
@@ -379,7 +395,7 @@ def write_report(out_dir: Path) -> Path:
     for data in records:
         for plot in data.get("plots", []):
             draw_plot(plot, out_dir / DATA_DIR / plot["file"])
-            plot_files.setdefault(data["suite"], []).append(plot["file"])
+            plot_files.setdefault(record_key(data), []).append(plot["file"])
     path = out_dir / REPORT_FILE
     path.write_text(render_markdown(records, plot_files), encoding="utf-8")
     return path

@@ -59,7 +59,8 @@ def _resolve(settings) -> dict:
         "size": (settings.sizes or [64 if quick else 256])[0],
         "steps": settings.steps or (2 if quick else 10),
         "warmup_steps": 1 if quick else 2,
-        "images": 4 if quick else 8,
+        "batches": settings.batches or [1],
+        "images": max(4 if quick else 8, 2 * max(settings.batches or [1])),
         "threads": settings.resolved_threads(),
         "cases": [c["name"] for c in _cases(quick)],
     }
@@ -128,8 +129,10 @@ class GpuSampler:
         return round(statistics.mean(self.samples), 1) if self.samples else None
 
 
-def run_case(case: dict, variant: dict, cfg: dict, data: dict[str, Path], workdir: Path) -> dict:
-    """Train one case for warm-up + measured steps; return its throughput figures."""
+def run_case(
+    case: dict, variant: dict, cfg: dict, data: dict[str, Path], workdir: Path, batch: int = 1
+) -> dict:
+    """Train one case at ``batch`` images per step for warm-up + measured steps; return its figures."""
     from pixforge.training.config import load_config
     from pixforge.training.loop import train
 
@@ -139,7 +142,7 @@ def run_case(case: dict, variant: dict, cfg: dict, data: dict[str, Path], workdi
         f"data.crop_size={size}",
         f"data.load_size={size}",
         "data.val_holdout=0",
-        "train.batch_size=1",
+        f"train.batch_size={batch}",
         "train.num_workers=0",
         "train.log_every=1",
         "train.sample_every=0",
@@ -152,7 +155,7 @@ def run_case(case: dict, variant: dict, cfg: dict, data: dict[str, Path], workdi
         f"train.channels_last={str(variant['channels_last']).lower()}",
     ]
     exp = load_config(CONFIG_DIR / f"{case['config']}.yaml", overrides)
-    run_dir = workdir / f"run-{abs(hash((case['name'], variant['name']))):x}"
+    run_dir = workdir / f"run-{abs(hash((case['name'], variant['name'], batch))):x}"
     total = cfg["warmup_steps"] + cfg["steps"]
     t0 = time.perf_counter()
     with GpuSampler() as gpu:
@@ -168,6 +171,7 @@ def run_case(case: dict, variant: dict, cfg: dict, data: dict[str, Path], workdi
         "variant": variant["name"],
         "model": exp.model,
         "size": size,
+        "batch": batch,
         "steps": len(step_s),
         "images_per_s": round(batch * len(step_s) / sum(step_s), 4) if step_s else None,
         "step_p50_ms": round(statistics.median(step_s) * 1000, 1) if step_s else None,
@@ -199,11 +203,11 @@ def run_suite(settings) -> SuiteRecord:
         title="Training throughput: pix2pix and CycleGAN",
         description=(
             "The real training loop (`pixforge.training.loop.train`) on synthetic "
-            f"{cfg['size']}x{cfg['size']} "
-            f"data, batch size 1, {cfg['warmup_steps']} warm-up + {cfg['steps']} measured steps per case, "
+            f"{cfg['size']}x{cfg['size']} data, batch size {', '.join(map(str, cfg['batches']))}, "
+            f"{cfg['warmup_steps']} warm-up + {cfg['steps']} measured steps per case, "
             f"{cfg['threads']} torch threads, data loading in the main process. images/s = images / summed "
             "step time from the loop's stats.jsonl. A CycleGAN step trains two generators and two "
-            "discriminators on one image of each domain."
+            "discriminators on a batch of each domain."
         ),
         quick=settings.quick,
         settings=cfg,
@@ -214,32 +218,39 @@ def run_suite(settings) -> SuiteRecord:
         data = write_datasets(Path(tmp) / "data", cfg["size"], cfg["images"])
         for case in _cases(settings.quick):
             for variant in variants:
-                progress(f"training: {case['name']} ({variant['name']})")
-                try:
-                    res = run_case(case, variant, cfg, data, Path(tmp))
-                except Exception as exc:  # noqa: BLE001 - report the failure, measure the other cases
-                    msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-                    rows.append([case["name"], variant["name"], None, None, None, None, f"failed: {msg}"])
-                    continue
-                record.results.append(res)
-                rows.append(
-                    [
-                        case["name"],
-                        variant["name"],
-                        res["images_per_s"],
-                        res["step_p50_ms"],
-                        res["step_max_ms"],
-                        res["gpu_util_pct"],
-                        "",
-                    ]
-                )
-                if res["images_per_s"]:
-                    series[variant["name"]]["x"].append(case["name"])
-                    series[variant["name"]]["y"].append(res["images_per_s"])
+                for batch in cfg["batches"]:
+                    label = case["name"] if len(cfg["batches"]) == 1 else f"{case['name']} b{batch}"
+                    progress(f"training: {label} ({variant['name']})")
+                    try:
+                        res = run_case(case, variant, cfg, data, Path(tmp), batch)
+                    except Exception as exc:  # noqa: BLE001 - report the failure, measure the other cases
+                        msg = (
+                            str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+                        )
+                        rows.append(
+                            [case["name"], variant["name"], batch, None, None, None, None, f"failed: {msg}"]
+                        )
+                        continue
+                    record.results.append(res)
+                    rows.append(
+                        [
+                            case["name"],
+                            variant["name"],
+                            batch,
+                            res["images_per_s"],
+                            res["step_p50_ms"],
+                            res["step_max_ms"],
+                            res["gpu_util_pct"],
+                            "",
+                        ]
+                    )
+                    if res["images_per_s"]:
+                        series[variant["name"]]["x"].append(label)
+                        series[variant["name"]]["y"].append(res["images_per_s"])
     record.tables.append(
         Table(
             f"Training throughput at {cfg['size']}x{cfg['size']}",
-            ["case", "variant", "images/s", "step p50 ms", "step max ms", "GPU util %", "note"],
+            ["case", "variant", "batch", "images/s", "step p50 ms", "step max ms", "GPU util %", "note"],
             rows,
             "GPU util: mean nvidia-smi utilization.gpu while the case trained (– without a GPU)",
         )

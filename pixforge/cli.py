@@ -152,7 +152,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="tiny models, sizes and iterations: a smoke run in well under a minute per suite")
     p.add_argument("--sizes", help="image edges in pixels, e.g. 256,512 (tiling: input edges up to 4096)")
-    p.add_argument("--batches", help="batch sizes, e.g. 1,4,16 (engine suite)")
+    p.add_argument("--batches", help="batch sizes, e.g. 1,4,16 (engine and training suites)")
     p.add_argument("--threads", type=int,
                    help="intra-op threads for torch and onnxruntime alike (default: CPUs available)")
     p.add_argument("--duration", type=float, help="seconds of measurement per case (default 10, --quick 1)")
@@ -162,6 +162,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--steps", type=int, help="measured training steps per case (training suite)")
     p.add_argument("--max-call-seconds", type=float,
                    help="skip engine cases whose one call is estimated to take longer (default 30)")
+    p.add_argument("--tag", help="name this run (e.g. gpu): kept beside the untagged run as "
+                   "<suite>-<tag>.json with its own report section, instead of replacing it")
     p.add_argument("--no-report", action="store_true", help="write the suite JSON only, not benchmarks.md")
 
 

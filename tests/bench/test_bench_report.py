@@ -112,6 +112,20 @@ def test_plot_png_written(tmp_path):
     assert "![serving_test.png](bench/serving_test.png)" in md
 
 
+def test_tagged_run_is_kept_beside_the_untagged_one(tmp_path):
+    pytest.importorskip("matplotlib")
+    write_suite_json(_record(plot=True), tmp_path, RUN)
+    gpu = _record(plot=True)
+    gpu.apply_tag("gpu")
+    assert write_suite_json(gpu, tmp_path, RUN) == tmp_path / "bench" / "serving-gpu.json"
+    md = write_report(tmp_path).read_text()
+    assert md.index("## Serving test suite\n") < md.index("## Serving test suite [gpu]")
+    assert "![serving_test-gpu.png](bench/serving_test-gpu.png)" in md
+    assert (tmp_path / "bench" / "serving_test.png").exists()
+    assert (tmp_path / "bench" / "serving_test-gpu.png").exists()
+    assert "| serving-gpu | served >= 90 % of raw | 95% | met |" in md
+
+
 def test_report_without_results_is_an_error(tmp_path):
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "other.json").write_text('{"format": "something else"}')

@@ -73,6 +73,7 @@ def test_settings_defaults(tmp_path):
         (["--duration", "0"], "--duration"),
         (["--steps", "0"], "--steps"),
         (["--max-call-seconds", "-2"], "--max-call-seconds"),
+        (["--tag", "../x"], "--tag"),
     ],
 )
 def test_settings_reject_bad_values_naming_the_flag(argv, flag):
