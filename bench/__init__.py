@@ -37,7 +37,8 @@ class Settings:
             onnxruntime (None = CPUs available). duration: seconds of measurement per case.
         sizes, batches, concurrency: lists from the flags (None = the suite's default).
         models, engines: names from the flags (None = the suite's default).
-        steps: measured training steps. max_call_seconds: engine cases estimated slower are skipped.
+        steps: measured training steps. workers: data-loader worker counts (training suite).
+        max_call_seconds: engine cases estimated slower are skipped.
         tag: a name for this run (e.g. "gpu"), kept beside the untagged run in its own
             ``<suite>-<tag>.json`` and report section instead of replacing it.
     """
@@ -52,6 +53,7 @@ class Settings:
     models: list[str] | None = None
     engines: list[str] | None = None
     steps: int | None = None
+    workers: list[int] | None = None
     max_call_seconds: float = 30.0
     tag: str = ""
     extra: dict = field(default_factory=dict)
@@ -98,6 +100,7 @@ class Settings:
             models=parse_name_list(models, []) or None if models else None,
             engines=parse_name_list(engines, []) or None if engines else None,
             steps=steps,
+            workers=_workers(getattr(args, "workers", None)),
             max_call_seconds=max_call or 30.0,
             tag=tag,
         )
@@ -111,6 +114,19 @@ class Settings:
         from pixforge.service.config import available_cpus
 
         return self.threads or (1 if self.quick else available_cpus())
+
+
+def _workers(text: str | None) -> list[int] | None:
+    """``--workers 0,8``: data-loader worker counts; 0 (load in the training process) is allowed."""
+    if not text:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--workers: expected integers like 0,8, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise ValueError(f"--workers: counts must be >= 0, got {text!r}")
+    return values
 
 
 def run_suite(name: str, settings: Settings) -> Path:

@@ -310,9 +310,7 @@ def run_suite(settings) -> SuiteRecord:
     if not (ort_cuda or torch_cuda):
         record.notes.append(f"GPU variants not run: {gpu_note or 'no CUDA device'}")
     elif not ort_cuda:
-        record.notes.append(
-            f"onnxruntime CUDA/TensorRT variants not run: {gpu_note or 'no CUDA provider'}"
-        )
+        record.notes.append(f"onnxruntime CUDA/TensorRT variants not run: {gpu_note or 'no CUDA provider'}")
     dropped = [e for e in (settings.engines or []) if e not in engines]
     if dropped:
         record.notes.append(f"requested but not usable here: {', '.join(dropped)}")

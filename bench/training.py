@@ -15,6 +15,7 @@ channels_last, and GPU utilisation is sampled with ``nvidia-smi`` while it train
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import statistics
@@ -60,6 +61,7 @@ def _resolve(settings) -> dict:
         "steps": settings.steps or (2 if quick else 10),
         "warmup_steps": 1 if quick else 2,
         "batches": settings.batches or [1],
+        "workers": settings.workers or [0],
         "images": max(4 if quick else 8, 2 * max(settings.batches or [1])),
         "threads": settings.resolved_threads(),
         "cases": [c["name"] for c in _cases(quick)],
@@ -130,9 +132,16 @@ class GpuSampler:
 
 
 def run_case(
-    case: dict, variant: dict, cfg: dict, data: dict[str, Path], workdir: Path, batch: int = 1
+    case: dict,
+    variant: dict,
+    cfg: dict,
+    data: dict[str, Path],
+    workdir: Path,
+    batch: int = 1,
+    workers: int = 0,
 ) -> dict:
-    """Train one case at ``batch`` images per step for warm-up + measured steps; return its figures."""
+    """Train one case at ``batch`` images per step, loading with ``workers`` processes, for
+    warm-up + measured steps; return its figures."""
     from pixforge.training.config import load_config
     from pixforge.training.loop import train
 
@@ -143,7 +152,7 @@ def run_case(
         f"data.load_size={size}",
         "data.val_holdout=0",
         f"train.batch_size={batch}",
-        "train.num_workers=0",
+        f"train.num_workers={workers}",
         "train.log_every=1",
         "train.sample_every=0",
         "train.val_every=0",
@@ -155,7 +164,7 @@ def run_case(
         f"train.channels_last={str(variant['channels_last']).lower()}",
     ]
     exp = load_config(CONFIG_DIR / f"{case['config']}.yaml", overrides)
-    run_dir = workdir / f"run-{abs(hash((case['name'], variant['name'], batch))):x}"
+    run_dir = workdir / f"run-{abs(hash((case['name'], variant['name'], batch, workers))):x}"
     total = cfg["warmup_steps"] + cfg["steps"]
     t0 = time.perf_counter()
     with GpuSampler() as gpu:
@@ -172,6 +181,7 @@ def run_case(
         "model": exp.model,
         "size": size,
         "batch": batch,
+        "workers": workers,
         "steps": len(step_s),
         "images_per_s": round(batch * len(step_s) / sum(step_s), 4) if step_s else None,
         "step_p50_ms": round(statistics.median(step_s) * 1000, 1) if step_s else None,
@@ -205,7 +215,8 @@ def run_suite(settings) -> SuiteRecord:
             "The real training loop (`pixforge.training.loop.train`) on synthetic "
             f"{cfg['size']}x{cfg['size']} data, batch size {', '.join(map(str, cfg['batches']))}, "
             f"{cfg['warmup_steps']} warm-up + {cfg['steps']} measured steps per case, "
-            f"{cfg['threads']} torch threads, data loading in the main process. images/s = images / summed "
+            f"{cfg['threads']} torch threads, data loading with {', '.join(map(str, cfg['workers']))} worker "
+            "processes (0: in the training process). images/s = images / summed "
             "step time from the loop's stats.jsonl. A CycleGAN step trains two generators and two "
             "discriminators on a batch of each domain."
         ),
@@ -218,17 +229,29 @@ def run_suite(settings) -> SuiteRecord:
         data = write_datasets(Path(tmp) / "data", cfg["size"], cfg["images"])
         for case in _cases(settings.quick):
             for variant in variants:
-                for batch in cfg["batches"]:
-                    label = case["name"] if len(cfg["batches"]) == 1 else f"{case['name']} b{batch}"
+                for batch, workers in itertools.product(cfg["batches"], cfg["workers"]):
+                    label = case["name"]
+                    label += f" b{batch}" if len(cfg["batches"]) > 1 else ""
+                    label += f" w{workers}" if len(cfg["workers"]) > 1 else ""
                     progress(f"training: {label} ({variant['name']})")
                     try:
-                        res = run_case(case, variant, cfg, data, Path(tmp), batch)
+                        res = run_case(case, variant, cfg, data, Path(tmp), batch, workers)
                     except Exception as exc:  # noqa: BLE001 - report the failure, measure the other cases
                         msg = (
                             str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
                         )
                         rows.append(
-                            [case["name"], variant["name"], batch, None, None, None, None, f"failed: {msg}"]
+                            [
+                                case["name"],
+                                variant["name"],
+                                batch,
+                                workers,
+                                None,
+                                None,
+                                None,
+                                None,
+                                f"failed: {msg}",
+                            ]
                         )
                         continue
                     record.results.append(res)
@@ -237,6 +260,7 @@ def run_suite(settings) -> SuiteRecord:
                             case["name"],
                             variant["name"],
                             batch,
+                            workers,
                             res["images_per_s"],
                             res["step_p50_ms"],
                             res["step_max_ms"],
@@ -250,7 +274,17 @@ def run_suite(settings) -> SuiteRecord:
     record.tables.append(
         Table(
             f"Training throughput at {cfg['size']}x{cfg['size']}",
-            ["case", "variant", "batch", "images/s", "step p50 ms", "step max ms", "GPU util %", "note"],
+            [
+                "case",
+                "variant",
+                "batch",
+                "loader workers",
+                "images/s",
+                "step p50 ms",
+                "step max ms",
+                "GPU util %",
+                "note",
+            ],
             rows,
             "GPU util: mean nvidia-smi utilization.gpu while the case trained (– without a GPU)",
         )

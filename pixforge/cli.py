@@ -160,6 +160,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--concurrency", help="client concurrency levels, e.g. 1,2,4,8,16 (serving, batching)")
     p.add_argument("--engines", help="engine suite variants to run (default all that apply), e.g. eager,ort")
     p.add_argument("--steps", type=int, help="measured training steps per case (training suite)")
+    p.add_argument("--workers", help="training suite: data-loader worker counts to compare, e.g. 0,8 (default 0)")
     p.add_argument("--max-call-seconds", type=float,
                    help="skip engine cases whose one call is estimated to take longer (default 30)")
     p.add_argument("--tag", help="name this run (e.g. gpu): kept beside the untagged run as "
