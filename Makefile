@@ -14,7 +14,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: serve test setup setup-dev protos check lint-protos compose-check clean
+.PHONY: serve test setup setup-dev protos check lint lint-protos compose-check clean
+
+PY_SOURCES := pixforge service clients training bench tests tools setup.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +44,11 @@ test: $(VENV)/.dev-installed
 protos: $(VENV)/.dev-installed
 	$(BIN)/python tools/codegen.py
 
+# ruff lint + format check on the Python sources (generated stubs are excluded in pyproject.toml).
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+
 # buf lint/breaking on the protos (needs Node.js; npx fetches @bufbuild/buf from the npm registry).
 lint-protos:
 	cd protos && npx --yes @bufbuild/buf lint
@@ -50,7 +57,7 @@ lint-protos:
 compose-check:
 	docker-compose -f docker-compose.yml config -q
 
-check: $(VENV)/.dev-installed
+check: lint
 	$(BIN)/python tools/codegen.py --check
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

@@ -39,8 +39,13 @@ def _add_train(sub) -> None:
     p.add_argument("--out", help="run directory (default: runs/<config-name>-NNN)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimisation steps in total")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr_g=1e-4 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr_g=1e-4 (repeatable)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
 
@@ -57,42 +62,83 @@ def _add_export(sub) -> None:
     p.add_argument("--version", type=int, help="version number (default: highest existing + 1)")
     p.add_argument("--fp16", action="store_true", help="store weights in fp16 (I/O stay uint8)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--from", dest="source", default="pixforge", choices=["pixforge", "junyanz"],
-                   help="checkpoint format (junyanz: pytorch-CycleGAN-and-pix2pix latest_net_G.pth)")
-    p.add_argument("--arch", help="generator architecture for --from junyanz (unet_256, unet_128, resnet_9blocks, resnet_6blocks)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        default="pixforge",
+        choices=["pixforge", "junyanz"],
+        help="checkpoint format (junyanz: pytorch-CycleGAN-and-pix2pix latest_net_G.pth)",
+    )
+    p.add_argument(
+        "--arch",
+        help="generator architecture for --from junyanz (unet_256, unet_128, resnet_9blocks, resnet_6blocks)",
+    )
     p.add_argument("--norm", choices=["batch", "instance", "none"], help="normalisation for --from junyanz")
-    p.add_argument("--task", help="task for --from junyanz (super_resolution, colorization, style_translation, paired_translation)")
+    p.add_argument(
+        "--task",
+        help="task for --from junyanz "
+        "(super_resolution, colorization, style_translation, paired_translation)",
+    )
     p.add_argument("--scale", type=int, default=1, help="scale for --from junyanz super-resolution models")
     p.add_argument("--description", help="one-line description stored in the model's metadata")
-    p.add_argument("--no-verify", action="store_true", help="skip the ONNX-vs-PyTorch parity check (not recommended)")
-    p.add_argument("--tile-size", type=int, help="recommended tile edge in input pixels stored in the metadata "
-                   "(default: about 512 output pixels, a multiple of the size multiple)")
-    p.add_argument("--parity-images", metavar="DIR", help="also check parity on up to 8 images from this folder")
+    p.add_argument(
+        "--no-verify", action="store_true", help="skip the ONNX-vs-PyTorch parity check (not recommended)"
+    )
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        help="recommended tile edge in input pixels stored in the metadata "
+        "(default: about 512 output pixels, a multiple of the size multiple)",
+    )
+    p.add_argument(
+        "--parity-images", metavar="DIR", help="also check parity on up to 8 images from this folder"
+    )
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="compute a model's quality metrics over a folder of images",
-                       description="Evaluate a model from a repository (or a running server) on a data folder.")
+    p = sub.add_parser(
+        "eval",
+        help="compute a model's quality metrics over a folder of images",
+        description="Evaluate a model from a repository (or a running server) on a data folder.",
+    )
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--data", required=True, help="folder of evaluation images")
     p.add_argument("--repo", help="model repository (default: the bundled one)")
     p.add_argument("--server", help="evaluate through a running server at HOST:PORT instead of locally")
     p.add_argument("--out", help="write per-image results and samples here")
     p.add_argument("--version", type=int, help="model version (default: the highest)")
-    p.add_argument("--max-images", type=int, default=0, metavar="N",
-                   help="at most N images per set or direction, spread evenly (default: all)")
-    p.add_argument("--reverse-model", metavar="NAME",
-                   help="style translation: the opposite-direction model "
-                   "(adds cycle PSNR and its transfer rate)")
-    p.add_argument("--source", choices=["A", "B"],
-                   help="style translation: the model's source domain (default: from its metadata, else A)")
-    p.add_argument("--classifier-steps", type=int, default=300, metavar="N",
-                   help="style translation: training steps of the domain classifier (default 300)")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=0,
+        metavar="N",
+        help="at most N images per set or direction, spread evenly (default: all)",
+    )
+    p.add_argument(
+        "--reverse-model",
+        metavar="NAME",
+        help="style translation: the opposite-direction model (adds cycle PSNR and its transfer rate)",
+    )
+    p.add_argument(
+        "--source",
+        choices=["A", "B"],
+        help="style translation: the model's source domain (default: from its metadata, else A)",
+    )
+    p.add_argument(
+        "--classifier-steps",
+        type=int,
+        default=300,
+        metavar="N",
+        help="style translation: training steps of the domain classifier (default 300)",
+    )
 
 
 def _add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="run the gRPC inference server",
-                       description="Serve every model of a model repository over gRPC (pixforge.v1.ImageTranslation).")
+    p = sub.add_parser(
+        "serve",
+        help="run the gRPC inference server",
+        description="Serve every model of a model repository over gRPC (pixforge.v1.ImageTranslation).",
+    )
     p.add_argument("--models", help="model repository (default: the bundled default models)")
     p.add_argument("--port", type=int, help="gRPC port (default 50051)")
     p.add_argument("--config", help="server YAML config (see docs/serving.md)")
@@ -103,15 +149,20 @@ def _add_serve(sub) -> None:
 
 
 def _add_convert(sub) -> None:
-    p = sub.add_parser("convert", help="convert files and folders of images through a server",
-                       description="Send images to a pixforge server and write the results, mirroring the input tree.")
+    p = sub.add_parser(
+        "convert",
+        help="convert files and folders of images through a server",
+        description="Send images to a pixforge server and write the results, mirroring the input tree.",
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("--server", default="localhost:50051", help="server HOST:PORT (default localhost:50051)")
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--glob", default=None, help="only files matching this pattern, e.g. '*.jpg'")
-    p.add_argument("--format", default="png", choices=["png", "jpeg", "webp"], help="output format (default png)")
+    p.add_argument(
+        "--format", default="png", choices=["png", "jpeg", "webp"], help="output format (default png)"
+    )
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
@@ -121,12 +172,17 @@ def _add_convert(sub) -> None:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per image (default 300)")
     p.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
     p.add_argument("--root-cert", help="PEM root certificate(s) to trust for TLS (implies --tls)")
-    p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+    p.add_argument(
+        "--progress", action="store_true", help="show the progress bar even when stderr is not a terminal"
+    )
 
 
 def _add_models(sub) -> None:
-    p = sub.add_parser("models", help="list or show the models of a repository, validating each",
-                       description="Print what the server will see in a model repository.")
+    p = sub.add_parser(
+        "models",
+        help="list or show the models of a repository, validating each",
+        description="Print what the server will see in a model repository.",
+    )
     msub = p.add_subparsers(dest="models_command", required=True)
     ls = msub.add_parser("list", help="one line per model version")
     ls.add_argument("--repo", help="model repository (default: the bundled one)")
@@ -137,34 +193,56 @@ def _add_models(sub) -> None:
 
 
 def _add_health(sub) -> None:
-    p = sub.add_parser("health", help="ask a server's grpc.health.v1 service (exit 0 when SERVING)",
-                       description="A tiny grpc_health_probe: used by the Docker healthcheck.")
+    p = sub.add_parser(
+        "health",
+        help="ask a server's grpc.health.v1 service (exit 0 when SERVING)",
+        description="A tiny grpc_health_probe: used by the Docker healthcheck.",
+    )
     p.add_argument("--server", default="localhost:50051", help="server HOST:PORT")
     p.add_argument("--service", default="", help="service or model name ('' = overall)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks that print figures (engines, serving, batching, tiling, training)",
-                       description="Run a benchmark and print/write its figures.")
-    p.add_argument("suite", nargs="?", default="all", help="engine, serving, batching, tiling, training or all")
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks that print figures (engines, serving, batching, tiling, training)",
+        description="Run a benchmark and print/write its figures.",
+    )
+    p.add_argument(
+        "suite", nargs="?", default="all", help="engine, serving, batching, tiling, training or all"
+    )
     p.add_argument("--out", default="docs", help="where to write tables and plots")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny models, sizes and iterations: a smoke run in well under a minute per suite")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny models, sizes and iterations: a smoke run in well under a minute per suite",
+    )
     p.add_argument("--sizes", help="image edges in pixels, e.g. 256,512 (tiling: input edges up to 4096)")
     p.add_argument("--batches", help="batch sizes, e.g. 1,4,16 (engine and training suites)")
-    p.add_argument("--threads", type=int,
-                   help="intra-op threads for torch and onnxruntime alike (default: CPUs available)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads for torch and onnxruntime alike (default: CPUs available)",
+    )
     p.add_argument("--duration", type=float, help="seconds of measurement per case (default 10, --quick 1)")
     p.add_argument("--models", help="generators, e.g. unet_256,resnet_9blocks,facades,style_translation")
     p.add_argument("--concurrency", help="client concurrency levels, e.g. 1,2,4,8,16 (serving, batching)")
     p.add_argument("--engines", help="engine suite variants to run (default all that apply), e.g. eager,ort")
     p.add_argument("--steps", type=int, help="measured training steps per case (training suite)")
-    p.add_argument("--workers", help="training suite: data-loader worker counts to compare, e.g. 0,8 (default 0)")
-    p.add_argument("--max-call-seconds", type=float,
-                   help="skip engine cases whose one call is estimated to take longer (default 30)")
-    p.add_argument("--tag", help="name this run (e.g. gpu): kept beside the untagged run as "
-                   "<suite>-<tag>.json with its own report section, instead of replacing it")
+    p.add_argument(
+        "--workers", help="training suite: data-loader worker counts to compare, e.g. 0,8 (default 0)"
+    )
+    p.add_argument(
+        "--max-call-seconds",
+        type=float,
+        help="skip engine cases whose one call is estimated to take longer (default 30)",
+    )
+    p.add_argument(
+        "--tag",
+        help="name this run (e.g. gpu): kept beside the untagged run as "
+        "<suite>-<tag>.json with its own report section, instead of replacing it",
+    )
     p.add_argument("--no-report", action="store_true", help="write the suite JSON only, not benchmarks.md")
 
 
@@ -176,7 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pixforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_export, _add_eval, _add_serve, _add_convert, _add_models, _add_health, _add_bench):
+    for add in (
+        _add_train,
+        _add_export,
+        _add_eval,
+        _add_serve,
+        _add_convert,
+        _add_models,
+        _add_health,
+        _add_bench,
+    ):
         add(sub)
     return parser
 
@@ -188,8 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in ("torch", "onnx"):
-            print(f"pixforge {args.command}: needs the training extra: pip install torch==2.13.0 "
-                  f"'pixforge[train]' ({exc})", file=sys.stderr)
+            print(
+                f"pixforge {args.command}: needs the training extra: pip install torch==2.13.0 "
+                f"'pixforge[train]' ({exc})",
+                file=sys.stderr,
+            )
             return 2
         if exc.name == module_name:
             # The subcommand is part of the CLI surface, but this release does not ship it yet.

@@ -28,8 +28,15 @@ KEY_INPUT_CHANNELS = "input_channels"
 KEY_OUTPUT_CHANNELS = "output_channels"
 KEY_SIZE_MULTIPLE = "size_multiple"
 KEY_TILE_SIZE = "tile_size"
-REQUIRED_KEYS = (KEY_CONTRACT, KEY_TASK, KEY_SCALE, KEY_INPUT_CHANNELS, KEY_OUTPUT_CHANNELS, KEY_SIZE_MULTIPLE,
-                 KEY_TILE_SIZE)
+REQUIRED_KEYS = (
+    KEY_CONTRACT,
+    KEY_TASK,
+    KEY_SCALE,
+    KEY_INPUT_CHANNELS,
+    KEY_OUTPUT_CHANNELS,
+    KEY_SIZE_MULTIPLE,
+    KEY_TILE_SIZE,
+)
 OPTIONAL_KEYS = (
     "description",  # one line for humans
     "training_data",  # what it was trained on
@@ -106,7 +113,9 @@ class ModelContract:
         return out
 
 
-def _int_key(meta: Mapping[str, str], key: str, allowed: Sequence[int] | None = None, minimum: int = 1) -> int:
+def _int_key(
+    meta: Mapping[str, str], key: str, allowed: Sequence[int] | None = None, minimum: int = 1
+) -> int:
     raw = meta[key]
     try:
         value = int(raw)
@@ -127,12 +136,16 @@ def _check_tensor(spec: TensorSpec, role: str, channels: int) -> None:
     c = spec.shape[3]
     if not isinstance(c, int):
         hint = " (it looks NCHW; the contract is NHWC)" if isinstance(spec.shape[1], int) else ""
-        raise ContractError(f"{role} {spec.name!r} must have a fixed channel dimension last, got {list(spec.shape)}{hint}")
+        raise ContractError(
+            f"{role} {spec.name!r} must have a fixed channel dimension last, got {list(spec.shape)}{hint}"
+        )
     if c != channels:
         raise ContractError(f"{role} {spec.name!r} has {c} channels but metadata says {channels}")
     for axis, label in ((0, "batch"), (1, "height"), (2, "width")):
         if isinstance(spec.shape[axis], int):
-            raise ContractError(f"{role} {spec.name!r} must have a dynamic {label} dimension, got {spec.shape[axis]}")
+            raise ContractError(
+                f"{role} {spec.name!r} must have a dynamic {label} dimension, got {spec.shape[axis]}"
+            )
 
 
 def parse_contract(
@@ -158,7 +171,8 @@ def parse_contract(
         )
     if metadata[KEY_CONTRACT] != CONTRACT_VERSION:
         raise ContractError(
-            f"model contract version {metadata[KEY_CONTRACT]!r} is not supported (this server reads {CONTRACT_VERSION!r})"
+            f"model contract version {metadata[KEY_CONTRACT]!r} is not supported "
+            f"(this server reads {CONTRACT_VERSION!r})"
         )
     task = metadata[KEY_TASK]
     if task not in TASKS:
@@ -174,12 +188,15 @@ def parse_contract(
     )
     if contract.tile_size % contract.size_multiple:
         raise ContractError(
-            f"metadata 'tile_size' {contract.tile_size} is not a multiple of 'size_multiple' {contract.size_multiple}"
+            f"metadata 'tile_size' {contract.tile_size} is not a multiple of "
+            f"'size_multiple' {contract.size_multiple}"
         )
     if task != "super_resolution" and contract.scale != 1:
         raise ContractError(f"a {task} model must have scale 1, got {contract.scale}")
     if len(inputs) != 1 or len(outputs) != 1:
-        raise ContractError(f"a pixforge model has exactly one input and one output, got {len(inputs)} and {len(outputs)}")
+        raise ContractError(
+            f"a pixforge model has exactly one input and one output, got {len(inputs)} and {len(outputs)}"
+        )
     _check_tensor(inputs[0], "input", contract.input_channels)
     _check_tensor(outputs[0], "output", contract.output_channels)
     return contract
@@ -195,7 +212,9 @@ def _ort_spec(arg) -> TensorSpec:
 def contract_from_session(session) -> ModelContract:
     """Validate a loaded onnxruntime.InferenceSession and return its contract."""
     meta = session.get_modelmeta().custom_metadata_map
-    return parse_contract(meta, [_ort_spec(a) for a in session.get_inputs()], [_ort_spec(a) for a in session.get_outputs()])
+    return parse_contract(
+        meta, [_ort_spec(a) for a in session.get_inputs()], [_ort_spec(a) for a in session.get_outputs()]
+    )
 
 
 def load_contract(path: str | Path) -> ModelContract:
@@ -215,5 +234,7 @@ def load_contract(path: str | Path) -> ModelContract:
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
-        raise ContractError(f"{path} is not a loadable ONNX model: {str(exc).strip().splitlines()[0]}") from exc
+        raise ContractError(
+            f"{path} is not a loadable ONNX model: {str(exc).strip().splitlines()[0]}"
+        ) from exc
     return contract_from_session(session)

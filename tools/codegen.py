@@ -26,8 +26,8 @@ def proto_files() -> list[Path]:
 
 def generate(out_root: Path) -> list[Path]:
     """Run grpc_tools.protoc on every .proto; return the generated files (relative to out_root)."""
-    from grpc_tools import protoc  # dev dependency only
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency only
 
     include = str(Path(grpc_tools.__file__).parent / "_proto")
     files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
@@ -67,8 +67,12 @@ def main() -> int:
             print(f"wrote {rel}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        stale = [rel for rel in generate(Path(tmp)) if not (OUT_ROOT / rel).exists()
-                 or not filecmp.cmp(Path(tmp) / rel, OUT_ROOT / rel, shallow=False)]
+        stale = [
+            rel
+            for rel in generate(Path(tmp))
+            if not (OUT_ROOT / rel).exists()
+            or not filecmp.cmp(Path(tmp) / rel, OUT_ROOT / rel, shallow=False)
+        ]
     if stale:
         print("stale generated stubs (run `make protos`): " + ", ".join(map(str, stale)), file=sys.stderr)
         return 1

@@ -39,6 +39,7 @@ class LegacyCheckpointError(ValueError):
 
 # --- key tables --------------------------------------------------------------------------------
 
+
 def _unet_prefix(level: int) -> str:
     # Their outermost Sequential is `model.model`; its child 1 is the next block, whose own
     # Sequential nests the next one at index 3 (after LeakyReLU, Conv, Norm).
@@ -55,31 +56,51 @@ def unet_key_map(depth: int) -> dict[str, str]:
         if i == 0:  # [downconv, submodule, uprelu, upconv, tanh]
             table.update({p + "0": ours + "down_conv", p + "3": ours + "up_conv"})
         elif i == depth - 1:  # [downrelu, downconv, uprelu, upconv, upnorm]
-            table.update({p + "1": ours + "down_conv", p + "3": ours + "up_conv",
-                          p + "4": ours + "up_norm"})
+            table.update({p + "1": ours + "down_conv", p + "3": ours + "up_conv", p + "4": ours + "up_norm"})
         else:  # [downrelu, downconv, downnorm, submodule, uprelu, upconv, upnorm, (dropout)]
-            table.update({p + "1": ours + "down_conv", p + "2": ours + "down_norm",
-                          p + "5": ours + "up_conv", p + "6": ours + "up_norm"})
+            table.update(
+                {
+                    p + "1": ours + "down_conv",
+                    p + "2": ours + "down_norm",
+                    p + "5": ours + "up_conv",
+                    p + "6": ours + "up_norm",
+                }
+            )
     return table
 
 
 def resnet_key_map(n_blocks: int, dropout: bool) -> dict[str, str]:
     """junyanz ResnetGenerator module path -> our ResNetGenerator module path."""
     table = {
-        "model.1": "stem.conv", "model.2": "stem.norm",
-        "model.4": "down.0.conv", "model.5": "down.0.norm",
-        "model.7": "down.1.conv", "model.8": "down.1.norm",
+        "model.1": "stem.conv",
+        "model.2": "stem.norm",
+        "model.4": "down.0.conv",
+        "model.5": "down.0.norm",
+        "model.7": "down.1.conv",
+        "model.8": "down.1.norm",
     }
     # conv_block: [pad, conv, norm, relu, (dropout), pad, conv, norm]
     second = 6 if dropout else 5
     for i in range(n_blocks):
         p = f"model.{10 + i}.conv_block."
-        table.update({p + "1": f"blocks.{i}.conv1", p + "2": f"blocks.{i}.norm1",
-                      p + str(second): f"blocks.{i}.conv2", p + str(second + 1): f"blocks.{i}.norm2"})
+        table.update(
+            {
+                p + "1": f"blocks.{i}.conv1",
+                p + "2": f"blocks.{i}.norm1",
+                p + str(second): f"blocks.{i}.conv2",
+                p + str(second + 1): f"blocks.{i}.norm2",
+            }
+        )
     n = 10 + n_blocks
-    table.update({f"model.{n}": "up.0.conv", f"model.{n + 1}": "up.0.norm",
-                  f"model.{n + 3}": "up.1.conv", f"model.{n + 4}": "up.1.norm",
-                  f"model.{n + 7}": "head.conv"})
+    table.update(
+        {
+            f"model.{n}": "up.0.conv",
+            f"model.{n + 1}": "up.0.norm",
+            f"model.{n + 3}": "up.1.conv",
+            f"model.{n + 4}": "up.1.norm",
+            f"model.{n + 7}": "head.conv",
+        }
+    )
     return table
 
 
@@ -92,6 +113,7 @@ def junyanz_key_map(cfg: GeneratorConfig) -> dict[str, str]:
 
 # --- loading ------------------------------------------------------------------------------------
 
+
 def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Remove leading `module.` / `_orig_mod.` (in any order, repeated) from every key."""
     out = {}
@@ -101,7 +123,7 @@ def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
             changed = False
             for prefix in _PREFIXES:
                 if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
+                    key, changed = key[len(prefix) :], True
         out[key] = value
     return out
 
@@ -118,13 +140,15 @@ def _read(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str, torch.Te
         except Exception as exc:
             raise LegacyCheckpointError(f"cannot read {path} as a PyTorch state dict: {exc}") from exc
     if not isinstance(state, Mapping) or not state:
-        raise LegacyCheckpointError("a junyanz generator checkpoint is a non-empty state dict "
-                                    "(e.g. latest_net_G.pth)")
+        raise LegacyCheckpointError(
+            "a junyanz generator checkpoint is a non-empty state dict (e.g. latest_net_G.pth)"
+        )
     state = {k: v for k, v in state.items() if k != "_metadata"}
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise LegacyCheckpointError(f"not a plain state dict (non-tensor entries: {bad[:5]}); "
-                                    "pass a junyanz *_net_G*.pth file")
+        raise LegacyCheckpointError(
+            f"not a plain state dict (non-tensor entries: {bad[:5]}); pass a junyanz *_net_G*.pth file"
+        )
     return strip_prefixes(state)
 
 
@@ -172,9 +196,12 @@ def _detect_norm(state: Mapping[str, torch.Tensor], table: Mapping[str, str]) ->
     return "instance" if with_bias == len(conv_modules) else "none"
 
 
-def load_junyanz_generator(source: str | Path | Mapping[str, torch.Tensor], arch: str | None = None,
-                           norm: str | None = None,
-                           dropout: bool | None = None) -> tuple[GeneratorConfig, dict[str, torch.Tensor]]:
+def load_junyanz_generator(
+    source: str | Path | Mapping[str, torch.Tensor],
+    arch: str | None = None,
+    norm: str | None = None,
+    dropout: bool | None = None,
+) -> tuple[GeneratorConfig, dict[str, torch.Tensor]]:
     """Convert a junyanz generator checkpoint to our config + state dict.
 
     Args:
@@ -215,7 +242,8 @@ def load_junyanz_generator(source: str | Path | Mapping[str, torch.Tensor], arch
         first, last = state["model.1.weight"], state.get(f"model.{17 + n_blocks}.weight")
         if last is None:
             raise LegacyCheckpointError(
-                f"ResNet checkpoint lacks its output conv 'model.{17 + n_blocks}.weight'")
+                f"ResNet checkpoint lacks its output conv 'model.{17 + n_blocks}.weight'"
+            )
         ngf, in_ch, out_ch = first.shape[0], first.shape[1], last.shape[0]
         if dropout is not None and dropout != res_dropout:
             raise LegacyCheckpointError(f"checkpoint was trained with dropout={res_dropout}, not {dropout}")
@@ -240,8 +268,9 @@ def load_junyanz_generator(source: str | Path | Mapping[str, torch.Tensor], arch
             continue  # stale InstanceNorm running stats from PyTorch < 0.4
         converted[f"{ours}.{name}"] = value.detach().clone()
     if unmapped:
-        raise LegacyCheckpointError(f"{len(unmapped)} checkpoint key(s) do not fit the {found} layout, "
-                                    f"e.g. {unmapped[:5]}")
+        raise LegacyCheckpointError(
+            f"{len(unmapped)} checkpoint key(s) do not fit the {found} layout, e.g. {unmapped[:5]}"
+        )
 
     model = build_generator(cfg)
     expected = model.state_dict()
@@ -259,10 +288,22 @@ def load_junyanz_generator(source: str | Path | Mapping[str, torch.Tensor], arch
     return cfg, converted
 
 
-def junyanz_preset_config(arch: str, norm: str = "batch", ngf: int = 64, in_channels: int = 3,
-                          out_channels: int = 3, dropout: bool = False) -> GeneratorConfig:
+def junyanz_preset_config(
+    arch: str,
+    norm: str = "batch",
+    ngf: int = 64,
+    in_channels: int = 3,
+    out_channels: int = 3,
+    dropout: bool = False,
+) -> GeneratorConfig:
     """Our GeneratorConfig for a junyanz `--netG arch --norm norm` generator (no weights needed)."""
     if arch not in JUNYANZ_ARCHS:
         raise LegacyCheckpointError(f"unknown junyanz arch {arch!r}; valid: {', '.join(JUNYANZ_ARCHS)}")
-    return dataclasses.replace(generator_preset(arch), norm=norm, ngf=ngf, in_channels=in_channels,
-                               out_channels=out_channels, dropout=dropout)
+    return dataclasses.replace(
+        generator_preset(arch),
+        norm=norm,
+        ngf=ngf,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        dropout=dropout,
+    )

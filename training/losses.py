@@ -70,7 +70,7 @@ class GANLoss:
         if len(real) != len(fake):
             raise ValueError(f"real/fake predictions have {len(real)} vs {len(fake)} scales")
         terms = []
-        for pr, pf in zip(real, fake):
+        for pr, pf in zip(real, fake, strict=True):
             if self.mode == "hinge":
                 terms.append(F.relu(1.0 - pr).mean() + F.relu(1.0 + pf).mean())
             elif self.mode == "wgangp":
@@ -80,9 +80,14 @@ class GANLoss:
         return torch.stack(terms).mean()
 
 
-def gradient_penalty(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                     weight: float = 10.0, constant: float = 1.0,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def gradient_penalty(
+    discriminator: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    weight: float = 10.0,
+    constant: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """WGAN-GP penalty `weight * E[(||grad D(x_hat)||_2 - constant)^2]` on random interpolates.
 
     Args:
@@ -97,8 +102,9 @@ def gradient_penalty(discriminator: nn.Module, real: torch.Tensor, fake: torch.T
     """
     if real.shape != fake.shape:
         raise ValueError(f"real and fake shapes differ: {tuple(real.shape)} vs {tuple(fake.shape)}")
-    alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), generator=generator,
-                       device="cpu", dtype=real.dtype).to(real.device)
+    alpha = torch.rand(
+        (real.shape[0],) + (1,) * (real.dim() - 1), generator=generator, device="cpu", dtype=real.dtype
+    ).to(real.device)
     x_hat = (alpha * real.detach() + (1.0 - alpha) * fake.detach()).requires_grad_(True)
     score = sum(p.sum() for p in _predictions(discriminator(x_hat)))
     (grad,) = torch.autograd.grad(score, x_hat, create_graph=True)
@@ -115,10 +121,10 @@ def feature_matching_loss(feats_real: DPreds, feats_fake: DPreds) -> torch.Tenso
     if len(feats_real) != len(feats_fake):
         raise ValueError(f"real/fake features have {len(feats_real)} vs {len(feats_fake)} scales")
     per_scale = []
-    for fr, ff in zip(feats_real, feats_fake):
+    for fr, ff in zip(feats_real, feats_fake, strict=True):
         if len(fr) != len(ff) or len(fr) < 2:
             raise ValueError("each scale needs the same number (>= 2) of real and fake feature maps")
-        layers = [F.l1_loss(b, a.detach()) for a, b in zip(fr[:-1], ff[:-1])]
+        layers = [F.l1_loss(b, a.detach()) for a, b in zip(fr[:-1], ff[:-1], strict=True)]
         per_scale.append(torch.stack(layers).mean())
     return torch.stack(per_scale).mean()
 
@@ -140,16 +146,29 @@ def identity_loss(same: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 
 # --- VGG perceptual / style loss --------------------------------------------------------------
 
+
 class PerceptualLossUnavailable(RuntimeError):
     """The VGG perceptual loss cannot be built (no weights file or no torchvision)."""
 
 
 # Index of each named activation in torchvision's vgg19().features.
 VGG19_LAYERS = {
-    "relu1_1": 1, "relu1_2": 3, "relu2_1": 6, "relu2_2": 8,
-    "relu3_1": 11, "relu3_2": 13, "relu3_3": 15, "relu3_4": 17,
-    "relu4_1": 20, "relu4_2": 22, "relu4_3": 24, "relu4_4": 26,
-    "relu5_1": 29, "relu5_2": 31, "relu5_3": 33, "relu5_4": 35,
+    "relu1_1": 1,
+    "relu1_2": 3,
+    "relu2_1": 6,
+    "relu2_2": 8,
+    "relu3_1": 11,
+    "relu3_2": 13,
+    "relu3_3": 15,
+    "relu3_4": 17,
+    "relu4_1": 20,
+    "relu4_2": 22,
+    "relu4_3": 24,
+    "relu4_4": 26,
+    "relu5_1": 29,
+    "relu5_2": 31,
+    "relu5_3": 33,
+    "relu5_4": 35,
 }
 DEFAULT_VGG_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -174,9 +193,13 @@ class VGGPerceptualLoss(nn.Module):
         PerceptualLossUnavailable: `weights_path` missing/not a file, or torchvision not importable.
     """
 
-    def __init__(self, weights_path: str | Path | None,
-                 layers: Sequence[str] = DEFAULT_VGG_LAYERS,
-                 layer_weights: Sequence[float] | None = None, style_weight: float = 0.0):
+    def __init__(
+        self,
+        weights_path: str | Path | None,
+        layers: Sequence[str] = DEFAULT_VGG_LAYERS,
+        layer_weights: Sequence[float] | None = None,
+        style_weight: float = 0.0,
+    ):
         super().__init__()
         if weights_path is None or not Path(weights_path).is_file():
             raise PerceptualLossUnavailable(
@@ -229,7 +252,7 @@ class VGGPerceptualLoss(nn.Module):
         with torch.no_grad():
             acts_tgt = self._activations(target)
         loss = output.new_zeros(())
-        for w, a, b in zip(self.layer_weights, acts_out, acts_tgt):
+        for w, a, b in zip(self.layer_weights, acts_out, acts_tgt, strict=True):
             loss = loss + w * F.l1_loss(a, b)
             if self.style_weight:
                 loss = loss + self.style_weight * w * F.mse_loss(gram_matrix(a), gram_matrix(b))

@@ -46,8 +46,9 @@ def _from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; "
-                         f"valid: {', '.join(sorted(names))}")
+        raise ValueError(
+            f"unknown {cls.__name__} field(s): {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+        )
     return cls(**data)
 
 
@@ -147,6 +148,7 @@ def _register_generator(arch: str):
     def deco(fn: Callable[[GeneratorConfig], nn.Module]) -> Callable[[GeneratorConfig], nn.Module]:
         _GENERATOR_BUILDERS[arch] = fn
         return fn
+
     return deco
 
 
@@ -154,19 +156,38 @@ def _register_discriminator(arch: str):
     def deco(fn: Callable[[DiscriminatorConfig], nn.Module]) -> Callable[[DiscriminatorConfig], nn.Module]:
         _DISCRIMINATOR_BUILDERS[arch] = fn
         return fn
+
     return deco
 
 
 @_register_generator("unet")
 def _build_unet(cfg: GeneratorConfig) -> nn.Module:
-    return UNetGenerator(cfg.in_channels, cfg.out_channels, cfg.ngf, cfg.depth, cfg.norm, cfg.dropout,
-                         cfg.scale, cfg.upsample, cfg.final_activation)
+    return UNetGenerator(
+        cfg.in_channels,
+        cfg.out_channels,
+        cfg.ngf,
+        cfg.depth,
+        cfg.norm,
+        cfg.dropout,
+        cfg.scale,
+        cfg.upsample,
+        cfg.final_activation,
+    )
 
 
 @_register_generator("resnet")
 def _build_resnet(cfg: GeneratorConfig) -> nn.Module:
-    return ResNetGenerator(cfg.in_channels, cfg.out_channels, cfg.ngf, cfg.n_blocks, cfg.norm,
-                           cfg.dropout, cfg.scale, cfg.upsample, cfg.final_activation)
+    return ResNetGenerator(
+        cfg.in_channels,
+        cfg.out_channels,
+        cfg.ngf,
+        cfg.n_blocks,
+        cfg.norm,
+        cfg.dropout,
+        cfg.scale,
+        cfg.upsample,
+        cfg.final_activation,
+    )
 
 
 @_register_discriminator("patchgan")
@@ -221,8 +242,9 @@ def build_discriminator(cfg: DiscriminatorConfig) -> nn.Module:
     """
     builder = _DISCRIMINATOR_BUILDERS.get(cfg.arch)
     if builder is None:
-        raise ValueError(f"unknown discriminator arch {cfg.arch!r}; "
-                         f"valid: {', '.join(list_discriminator_archs())}")
+        raise ValueError(
+            f"unknown discriminator arch {cfg.arch!r}; valid: {', '.join(list_discriminator_archs())}"
+        )
     return init_weights(builder(cfg), cfg.init_type, cfg.init_gain)
 
 

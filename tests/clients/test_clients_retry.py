@@ -115,11 +115,11 @@ def test_stream_items_fail_once_retries_are_used_up(fake_server):
 def test_over_limit_image_is_not_retried(model_repo):
     """RESOURCE_EXHAUSTED for an over-limit image carries a negative retry pushback: one attempt only."""
     import numpy as np
-
     from clients_helpers import start_server
+    from pixforge.clients.errors import ResourceExhaustedError
+
     from pixforge.client import Client
     from pixforge.codec import encode_image
-    from pixforge.clients.errors import ResourceExhaustedError
 
     handle = start_server(model_repo, limits__max_input_pixels=100)
     try:

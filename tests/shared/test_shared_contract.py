@@ -17,7 +17,13 @@ OUT = TensorSpec("image_out", "uint8", ("N", "H", "W", 3))
 
 def test_good_contract_parses_and_round_trips():
     c = parse_contract(GOOD_META, [IN], [OUT])
-    assert (c.task, c.scale, c.input_channels, c.size_multiple, c.tile_size) == ("paired_translation", 1, 3, 4, 256)
+    assert (c.task, c.scale, c.input_channels, c.size_multiple, c.tile_size) == (
+        "paired_translation",
+        1,
+        3,
+        4,
+        256,
+    )
     assert parse_contract(c.to_metadata(), [IN], [OUT]) == c
 
 
@@ -62,8 +68,10 @@ def _invert_model(path, meta, in_type=TensorProto.UINT8):
     x = helper.make_tensor_value_info("image", in_type, ["N", "H", "W", 3])
     y = helper.make_tensor_value_info("image_out", TensorProto.UINT8, ["N", "H", "W", 3])
     full = helper.make_tensor("full", TensorProto.UINT8, [], [255])
-    nodes = [helper.make_node("Cast", ["image"], ["xu"], to=TensorProto.UINT8),
-             helper.make_node("Sub", ["full", "xu"], ["image_out"])]
+    nodes = [
+        helper.make_node("Cast", ["image"], ["xu"], to=TensorProto.UINT8),
+        helper.make_node("Sub", ["full", "xu"], ["image_out"]),
+    ]
     graph = helper.make_graph(nodes, "invert", [x], [y], initializer=[full])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

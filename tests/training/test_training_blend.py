@@ -16,9 +16,18 @@ def _ckpt(path, seed: int, ngf: int = 4, norm: str = "batch"):
     cfg = GeneratorConfig(arch="unet", ngf=ngf, depth=3, norm=norm)
     g = build_generator(cfg)
     ckpt = generator_checkpoint(
-        generator_config=dataclasses.asdict(cfg), state_dict=g.state_dict(), task="paired_translation",
-        scale=1, input_channels=3, output_channels=3, color_space="rgb", training_config={"seed": seed},
-        metrics={"psnr": 20.0}, training_data="x", step=seed, name="G",
+        generator_config=dataclasses.asdict(cfg),
+        state_dict=g.state_dict(),
+        task="paired_translation",
+        scale=1,
+        input_channels=3,
+        output_channels=3,
+        color_space="rgb",
+        training_config={"seed": seed},
+        metrics={"psnr": 20.0},
+        training_data="x",
+        step=seed,
+        name="G",
     )
     torch.save(ckpt, path)
     return ckpt

@@ -4,7 +4,6 @@ import io
 
 import pytest
 import torch
-
 from pixforge.training.image_pool import ImagePool
 
 

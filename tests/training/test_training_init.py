@@ -4,14 +4,14 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from pixforge.training.networks.init import init_weights
+from torch import nn
 
 
 def _net():
-    return nn.Sequential(nn.Conv2d(64, 64, 3), nn.BatchNorm2d(64), nn.ConvTranspose2d(64, 32, 4),
-                         nn.InstanceNorm2d(32))
+    return nn.Sequential(
+        nn.Conv2d(64, 64, 3), nn.BatchNorm2d(64), nn.ConvTranspose2d(64, 32, 4), nn.InstanceNorm2d(32)
+    )
 
 
 FAN_IN = 64 * 9

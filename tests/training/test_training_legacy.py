@@ -9,8 +9,6 @@ import functools
 
 import pytest
 import torch
-from torch import nn
-
 from pixforge.training.legacy import (
     LegacyCheckpointError,
     junyanz_key_map,
@@ -18,6 +16,7 @@ from pixforge.training.legacy import (
     strip_prefixes,
 )
 from pixforge.training.registry import build_generator
+from torch import nn
 
 
 class _Identity(nn.Module):
@@ -40,8 +39,17 @@ def _jz_use_bias(norm_layer):
 
 
 class _JZUnetBlock(nn.Module):
-    def __init__(self, outer_nc, inner_nc, input_nc=None, submodule=None, outermost=False,
-                 innermost=False, norm_layer=nn.BatchNorm2d, use_dropout=False):
+    def __init__(
+        self,
+        outer_nc,
+        inner_nc,
+        input_nc=None,
+        submodule=None,
+        outermost=False,
+        innermost=False,
+        norm_layer=nn.BatchNorm2d,
+        use_dropout=False,
+    ):
         super().__init__()
         self.outermost = outermost
         use_bias = _jz_use_bias(norm_layer)
@@ -59,8 +67,9 @@ class _JZUnetBlock(nn.Module):
             upconv = nn.ConvTranspose2d(inner_nc, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
             model = [downrelu, downconv] + [uprelu, upconv, upnorm]
         else:
-            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1,
-                                        bias=use_bias)
+            upconv = nn.ConvTranspose2d(
+                inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias
+            )
             model = [downrelu, downconv, downnorm] + [submodule] + [uprelu, upconv, upnorm]
             if use_dropout:
                 model += [nn.Dropout(0.5)]
@@ -77,13 +86,15 @@ class _JZUnet(nn.Module):
         super().__init__()
         block = _JZUnetBlock(ngf * 8, ngf * 8, norm_layer=norm_layer, innermost=True)
         for _ in range(num_downs - 5):
-            block = _JZUnetBlock(ngf * 8, ngf * 8, submodule=block, norm_layer=norm_layer,
-                                 use_dropout=use_dropout)
+            block = _JZUnetBlock(
+                ngf * 8, ngf * 8, submodule=block, norm_layer=norm_layer, use_dropout=use_dropout
+            )
         block = _JZUnetBlock(ngf * 4, ngf * 8, submodule=block, norm_layer=norm_layer)
         block = _JZUnetBlock(ngf * 2, ngf * 4, submodule=block, norm_layer=norm_layer)
         block = _JZUnetBlock(ngf, ngf * 2, submodule=block, norm_layer=norm_layer)
-        self.model = _JZUnetBlock(output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True,
-                                  norm_layer=norm_layer)
+        self.model = _JZUnetBlock(
+            output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True, norm_layer=norm_layer
+        )
 
     def forward(self, x):
         return self.model(x)
@@ -92,8 +103,12 @@ class _JZUnet(nn.Module):
 class _JZResnetBlock(nn.Module):
     def __init__(self, dim, norm_layer, use_dropout, use_bias):
         super().__init__()
-        block = [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, padding=0, bias=use_bias), norm_layer(dim),
-                 nn.ReLU(True)]
+        block = [
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, 3, padding=0, bias=use_bias),
+            norm_layer(dim),
+            nn.ReLU(True),
+        ]
         if use_dropout:
             block += [nn.Dropout(0.5)]
         block += [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, padding=0, bias=use_bias), norm_layer(dim)]
@@ -107,19 +122,30 @@ class _JZResnet(nn.Module):
     def __init__(self, input_nc, output_nc, ngf=64, norm_layer=nn.BatchNorm2d, use_dropout=False, n_blocks=6):
         super().__init__()
         use_bias = _jz_use_bias(norm_layer)
-        model = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7, padding=0, bias=use_bias),
-                 norm_layer(ngf), nn.ReLU(True)]
+        model = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(input_nc, ngf, 7, padding=0, bias=use_bias),
+            norm_layer(ngf),
+            nn.ReLU(True),
+        ]
         for i in range(2):
             mult = 2**i
-            model += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=use_bias),
-                      norm_layer(ngf * mult * 2), nn.ReLU(True)]
+            model += [
+                nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=use_bias),
+                norm_layer(ngf * mult * 2),
+                nn.ReLU(True),
+            ]
         for _ in range(n_blocks):
             model += [_JZResnetBlock(ngf * 4, norm_layer, use_dropout, use_bias)]
         for i in range(2):
             mult = 2 ** (2 - i)
-            model += [nn.ConvTranspose2d(ngf * mult, int(ngf * mult / 2), 3, stride=2, padding=1,
-                                         output_padding=1, bias=use_bias),
-                      norm_layer(int(ngf * mult / 2)), nn.ReLU(True)]
+            model += [
+                nn.ConvTranspose2d(
+                    ngf * mult, int(ngf * mult / 2), 3, stride=2, padding=1, output_padding=1, bias=use_bias
+                ),
+                norm_layer(int(ngf * mult / 2)),
+                nn.ReLU(True),
+            ]
         model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7, padding=0), nn.Tanh()]
         self.model = nn.Sequential(*model)
 
@@ -154,8 +180,14 @@ def _randomise(model):
 RESNET_9BLOCKS_INSTANCE_KEYS = (
     ["model.1.weight", "model.1.bias", "model.4.weight", "model.4.bias", "model.7.weight", "model.7.bias"]
     + [f"model.{b}.conv_block.{c}.{p}" for b in range(10, 19) for c in (1, 5) for p in ("weight", "bias")]
-    + ["model.19.weight", "model.19.bias", "model.22.weight", "model.22.bias",
-       "model.26.weight", "model.26.bias"]
+    + [
+        "model.19.weight",
+        "model.19.bias",
+        "model.22.weight",
+        "model.22.bias",
+        "model.26.weight",
+        "model.26.bias",
+    ]
 )
 
 # Their pix2pix layout (unet_256, --norm batch), recorded.
@@ -192,8 +224,11 @@ def test_key_map_covers_recorded_layouts():
     assert table[_L1 + "3.model." * 6 + "4"] == "levels.7.up_norm"
 
 
-CASES = [(arch, norm) for arch in ("unet_128", "unet_256", "resnet_6blocks", "resnet_9blocks")
-         for norm in ("batch", "instance")]
+CASES = [
+    (arch, norm)
+    for arch in ("unet_128", "unet_256", "resnet_6blocks", "resnet_9blocks")
+    for norm in ("batch", "instance")
+]
 
 
 @pytest.mark.parametrize("arch,norm", CASES)

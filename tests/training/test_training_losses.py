@@ -6,8 +6,6 @@ import types
 
 import pytest
 import torch
-from torch import nn
-
 from pixforge.training.losses import (
     GANLoss,
     PerceptualLossUnavailable,
@@ -17,6 +15,7 @@ from pixforge.training.losses import (
     gradient_penalty,
     l1_loss,
 )
+from torch import nn
 
 
 def _p(*values):
@@ -95,8 +94,9 @@ def test_gradient_penalty_on_real_discriminator_is_nonzero():
     from pixforge.training.registry import DiscriminatorConfig, build_discriminator
 
     d = build_discriminator(DiscriminatorConfig(arch="multiscale", in_channels=3, ndf=4, num_scales=2))
-    gp = gradient_penalty(d, torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64),
-                          generator=torch.Generator().manual_seed(1))
+    gp = gradient_penalty(
+        d, torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64), generator=torch.Generator().manual_seed(1)
+    )
     assert gp.item() > 0
     gp.backward()
     # Every conv weight shapes grad_x D (biases after the last nonlinearity cannot).

@@ -4,8 +4,6 @@ import dataclasses
 
 import pytest
 import torch
-from torch import nn
-
 from pixforge.training.networks.common import InputSizeError, bicubic_upsample
 from pixforge.training.registry import (
     DiscriminatorConfig,
@@ -17,6 +15,7 @@ from pixforge.training.registry import (
     list_discriminators,
     list_generators,
 )
+from torch import nn
 
 
 def _gen(**kw) -> nn.Module:
@@ -83,8 +82,11 @@ def test_bicubic_mode_predicts_residual_over_bicubic(arch):
 
 @pytest.mark.parametrize(
     "kw,bad_hw",
-    [({"arch": "unet", "depth": 4}, (24, 32)), ({"arch": "resnet", "n_blocks": 1}, (10, 12)),
-     ({"arch": "unet", "depth": 4, "scale": 2}, (16, 12))],
+    [
+        ({"arch": "unet", "depth": 4}, (24, 32)),
+        ({"arch": "resnet", "n_blocks": 1}, (10, 12)),
+        ({"arch": "unet", "depth": 4, "scale": 2}, (16, 12)),
+    ],
 )
 def test_wrong_input_size_is_a_clear_error(kw, bad_hw):
     g = _gen(ngf=4, **kw)
@@ -116,9 +118,14 @@ def test_presets_and_unknown_names():
 
 @pytest.mark.parametrize(
     "kw,field",
-    [({"arch": "vit"}, "arch"), ({"arch": "unet", "norm": "layer"}, "norm"),
-     ({"arch": "unet", "scale": 0}, "scale"), ({"arch": "unet", "upsample": "nearest"}, "upsample"),
-     ({"arch": "unet", "depth": 1}, "depth"), ({"arch": "unet", "init_type": "uniform"}, "init_type")],
+    [
+        ({"arch": "vit"}, "arch"),
+        ({"arch": "unet", "norm": "layer"}, "norm"),
+        ({"arch": "unet", "scale": 0}, "scale"),
+        ({"arch": "unet", "upsample": "nearest"}, "upsample"),
+        ({"arch": "unet", "depth": 1}, "depth"),
+        ({"arch": "unet", "init_type": "uniform"}, "init_type"),
+    ],
 )
 def test_generator_config_validation(kw, field):
     with pytest.raises(ValueError, match=field):

@@ -25,6 +25,7 @@ def check_input_size(x: torch.Tensor, multiple: int, name: str) -> None:
         return
     h, w = int(x.shape[-2]), int(x.shape[-1])
     if h % multiple or w % multiple:
+
         def up(v: int) -> int:
             return -(-v // multiple) * multiple
 

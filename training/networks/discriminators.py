@@ -32,11 +32,13 @@ class PatchGANDiscriminator(nn.Module):
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
-            layers.append(nn.Sequential(
-                nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1, bias=bias),
-                make_norm(norm, ndf * mult),
-                nn.LeakyReLU(0.2),
-            ))
+            layers.append(
+                nn.Sequential(
+                    nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1, bias=bias),
+                    make_norm(norm, ndf * mult),
+                    nn.LeakyReLU(0.2),
+                )
+            )
         layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
         self.layers = nn.ModuleList(layers)
 
@@ -57,12 +59,15 @@ class PixelDiscriminator(nn.Module):
     def __init__(self, in_channels: int, ndf: int = 64, norm: str = "batch"):
         super().__init__()
         bias = conv_uses_bias(norm)
-        self.layers = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(in_channels, ndf, 1), nn.LeakyReLU(0.2)),
-            nn.Sequential(nn.Conv2d(ndf, ndf * 2, 1, bias=bias), make_norm(norm, ndf * 2),
-                          nn.LeakyReLU(0.2)),
-            nn.Conv2d(ndf * 2, 1, 1),
-        ])
+        self.layers = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(in_channels, ndf, 1), nn.LeakyReLU(0.2)),
+                nn.Sequential(
+                    nn.Conv2d(ndf, ndf * 2, 1, bias=bias), make_norm(norm, ndf * 2), nn.LeakyReLU(0.2)
+                ),
+                nn.Conv2d(ndf * 2, 1, 1),
+            ]
+        )
 
     def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         feats = []
@@ -75,8 +80,9 @@ class PixelDiscriminator(nn.Module):
 class MultiScaleDiscriminator(nn.Module):
     """pix2pixHD: `num_scales` independent PatchGANs; scale k sees the input avg-pooled k times."""
 
-    def __init__(self, in_channels: int, ndf: int = 64, n_layers: int = 3, norm: str = "instance",
-                 num_scales: int = 2):
+    def __init__(
+        self, in_channels: int, ndf: int = 64, n_layers: int = 3, norm: str = "instance", num_scales: int = 2
+    ):
         super().__init__()
         if num_scales < 1:
             raise ValueError(f"num_scales must be >= 1, got {num_scales}")

@@ -66,9 +66,18 @@ class ResnetBlock(nn.Module):
 class ResNetGenerator(nn.Module):
     """Maps (N, in_channels, H, W) in [-1, 1] to (N, out_channels, H*scale, W*scale)."""
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, ngf: int = 64, n_blocks: int = 9,
-                 norm: str = "instance", dropout: bool = False, scale: int = 1,
-                 upsample: str = "bicubic", final_activation_kind: str = "tanh"):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        norm: str = "instance",
+        dropout: bool = False,
+        scale: int = 1,
+        upsample: str = "bicubic",
+        final_activation_kind: str = "tanh",
+    ):
         super().__init__()
         if n_blocks < 0:
             raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
@@ -81,8 +90,11 @@ class ResNetGenerator(nn.Module):
         self.down = nn.ModuleList()
         for i in range(N_DOWNSAMPLING):
             c_in, c_out = ngf * 2**i, ngf * 2 ** (i + 1)
-            self.down.append(ConvNormReLU(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=bias),
-                                          make_norm(norm, c_out)))
+            self.down.append(
+                ConvNormReLU(
+                    nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=bias), make_norm(norm, c_out)
+                )
+            )
         width = ngf * 2**N_DOWNSAMPLING
         self.blocks = nn.ModuleList(ResnetBlock(width, norm, dropout) for _ in range(n_blocks))
         self.up = nn.ModuleList()

@@ -46,16 +46,25 @@ def level_channels(ngf: int, level: int) -> int:
 class UNetLevel(nn.Module):
     """One encoder/decoder level; holds parameters only (the U-Net wires the skips)."""
 
-    def __init__(self, in_ch: int, inner_ch: int, up_in_ch: int, up_out_ch: int, *, norm: str,
-                 outermost: bool, innermost: bool, dropout: bool):
+    def __init__(
+        self,
+        in_ch: int,
+        inner_ch: int,
+        up_in_ch: int,
+        up_out_ch: int,
+        *,
+        norm: str,
+        outermost: bool,
+        innermost: bool,
+        dropout: bool,
+    ):
         super().__init__()
         bias = conv_uses_bias(norm)
         self.outermost = outermost
         self.down_conv = nn.Conv2d(in_ch, inner_ch, 4, stride=2, padding=1, bias=bias)
         self.down_norm = nn.Identity() if (outermost or innermost) else make_norm(norm, inner_ch)
         # The outermost up conv feeds the output activation, so it always has a bias.
-        self.up_conv = nn.ConvTranspose2d(up_in_ch, up_out_ch, 4, stride=2, padding=1,
-                                          bias=bias or outermost)
+        self.up_conv = nn.ConvTranspose2d(up_in_ch, up_out_ch, 4, stride=2, padding=1, bias=bias or outermost)
         self.up_norm = nn.Identity() if outermost else make_norm(norm, up_out_ch)
         self.dropout = nn.Dropout(0.5) if dropout else nn.Identity()
 
@@ -71,9 +80,18 @@ class UNetLevel(nn.Module):
 class UNetGenerator(nn.Module):
     """pix2pix U-Net; maps (N, in_channels, H, W) in [-1, 1] to (N, out_channels, H*scale, W*scale)."""
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, ngf: int = 64, depth: int = 8,
-                 norm: str = "batch", dropout: bool = False, scale: int = 1, upsample: str = "bicubic",
-                 final_activation_kind: str = "tanh"):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        ngf: int = 64,
+        depth: int = 8,
+        norm: str = "batch",
+        dropout: bool = False,
+        scale: int = 1,
+        upsample: str = "bicubic",
+        final_activation_kind: str = "tanh",
+    ):
         super().__init__()
         if depth < 2:
             raise ValueError(f"U-Net depth must be >= 2, got {depth}")
@@ -93,8 +111,18 @@ class UNetGenerator(nn.Module):
             else:
                 up_out = level_channels(ngf, i - 1)
             use_dropout = dropout and _FIRST_DROPOUT_LEVEL <= i < depth - 1
-            levels.append(UNetLevel(in_ch, inner_ch, up_in, up_out, norm=norm, outermost=outer,
-                                    innermost=inner, dropout=use_dropout))
+            levels.append(
+                UNetLevel(
+                    in_ch,
+                    inner_ch,
+                    up_in,
+                    up_out,
+                    norm=norm,
+                    outermost=outer,
+                    innermost=inner,
+                    dropout=use_dropout,
+                )
+            )
         self.levels = nn.ModuleList(levels)
         self.head = OutputHead(ngf, out_channels, 3, scale) if pixelshuffle else None
         self.out_act = final_activation(final_activation_kind)
