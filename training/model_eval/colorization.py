@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from pixforge.training.metrics import MetricError, colorfulness, psnr, ssim
 
-from .files import image_groups, load_images, progress
-from .report import Column, SampleCollector, TaskReport, aggregate
+from .groups import measure_groups
+from .report import Column, TaskReport, aggregate
 from .runner import Runner, to_channels
 
 GRAY_TOLERANCE = 1  # grey levels: JPEG artefacts make "gray" files differ slightly between channels
@@ -62,45 +62,32 @@ def measure(runner: Runner, rgb: np.ndarray) -> tuple[dict, list[np.ndarray]]:
 
 def evaluate_colorization(runner: Runner, data: Path, max_images: int = 0, n_samples: int = 4) -> TaskReport:
     """Evaluate a colourisation model on every image group of `data`."""
-    groups = image_groups(data, max_images)
-    per_image, rows, skipped = [], [], []
-    samples = SampleCollector(n_samples)
     gray_gt = 0
-    for name, files in groups:
-        records = []
-        for path, rgb in progress(load_images(files, skipped), name, len(files)):
-            if is_gray(rgb):
-                gray_gt += 1
-                continue
-            try:
-                record, sample = measure(runner, rgb)
-            except MetricError as exc:
-                skipped.append({"file": path, "reason": str(exc)})
-                continue
-            records.append({"set": name, "file": Path(path).name, **record})
-            samples.add(sample, first=len(records) == 1)
-        if records:
-            rows.append(_row(name, records))
-        per_image.extend(records)
-    if len(rows) > 1:
-        rows.append(_row("all", per_image))
+
+    def colour_photo(rgb: np.ndarray) -> tuple[dict, list[np.ndarray]] | None:
+        nonlocal gray_gt
+        if is_gray(rgb):
+            gray_gt += 1
+            return None
+        return measure(runner, rgb)
+
+    found = measure_groups(data, max_images, n_samples, colour_photo, _row)
     notes = [
         f"{gray_gt} grayscale ground-truth image(s) skipped (no colours to recover).",
         "model input = BT.601 gray of each photo; baseline = that gray image; PSNR/SSIM on RGB.",
+        *found.skipped_notes(),
     ]
-    if skipped:
-        notes.append(f"{len(skipped)} image(s) skipped (unreadable or too small); see results.json")
     return TaskReport(
         task="colorization",
         columns=COLUMNS,
-        rows=rows,
-        summary={k: v for k, v in rows[-1].items() if k != "name"} if rows else {},
-        per_image=per_image,
-        samples=samples.rows(),
+        rows=found.rows,
+        summary=found.summary,
+        per_image=found.per_image,
+        samples=found.samples,
         sample_labels=["gray input", "model output", "ground truth"],
-        counts={"images": len(per_image), "skipped_grayscale": gray_gt, "skipped": len(skipped)},
+        counts=found.counts(skipped_grayscale=gray_gt),
         notes=notes,
-        extra={"skipped": skipped} if skipped else {},
+        extra=found.extra(),
     )
 
 

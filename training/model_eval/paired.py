@@ -11,10 +11,11 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 from pixforge.training.metrics import MetricError, psnr, ssim
 
-from .files import image_groups, load_images, progress
-from .report import Column, SampleCollector, TaskReport, aggregate
+from .groups import measure_groups
+from .report import Column, TaskReport, aggregate
 from .runner import Runner
 
 KEYS = ("psnr", "ssim")
@@ -35,51 +36,43 @@ def model_direction(metadata: Mapping[str, str]) -> str:
     return direction if direction in ("AtoB", "BtoA") else "AtoB"
 
 
+def measure(runner: Runner, pair: np.ndarray, direction: str) -> tuple[dict, list[np.ndarray]]:
+    """Metrics of one A|B file and its (input, output, target) sample row."""
+    half = pair.shape[1] // 2
+    a, b = pair[:, :half], pair[:, half : 2 * half]
+    source, target = (a, b) if direction == "AtoB" else (b, a)
+    out = runner(source)
+    if out.shape != target.shape:
+        raise MetricError(
+            f"model returned {out.shape[1]}x{out.shape[0]} for a {target.shape[1]}x{target.shape[0]} half"
+        )
+    return {"psnr": psnr(out, target), "ssim": ssim(out, target)}, [source, out, target]
+
+
 def evaluate_paired(runner: Runner, data: Path, max_images: int = 0, n_samples: int = 4) -> TaskReport:
     """Evaluate a paired-translation model on every group of A|B files under `data`."""
     direction = model_direction(runner.info.metadata)
-    groups = image_groups(data, max_images)
-    per_image, rows, skipped = [], [], []
-    samples = SampleCollector(n_samples)
-    for name, files in groups:
-        records = []
-        for path, img in progress(load_images(files, skipped), name, len(files)):
-            half = img.shape[1] // 2
-            a, b = img[:, :half], img[:, half : 2 * half]
-            source, target = (a, b) if direction == "AtoB" else (b, a)
-            try:
-                out = runner(source)
-                if out.shape != target.shape:
-                    raise MetricError(
-                        f"model returned {out.shape[1]}x{out.shape[0]} for a "
-                        f"{target.shape[1]}x{target.shape[0]} half"
-                    )
-                record = {"psnr": psnr(out, target), "ssim": ssim(out, target)}
-            except MetricError as exc:
-                skipped.append({"file": path, "reason": str(exc)})
-                continue
-            records.append({"set": name, "file": Path(path).name, **record})
-            samples.add([source, out, target], first=len(records) == 1)
-        if records:
-            rows.append(aggregate(name, records, KEYS))
-        per_image.extend(records)
-    if len(rows) > 1:
-        rows.append(aggregate("all", per_image, KEYS))
+    found = measure_groups(
+        data,
+        max_images,
+        n_samples,
+        lambda pair: measure(runner, pair, direction),
+        lambda name, records: aggregate(name, records, KEYS),
+    )
     notes = [
         f"direction {direction}: input = {'left (A)' if direction == 'AtoB' else 'right (B)'} half; "
-        "PSNR/SSIM on RGB against the other half."
+        "PSNR/SSIM on RGB against the other half.",
+        *found.skipped_notes(),
     ]
-    if skipped:
-        notes.append(f"{len(skipped)} image(s) skipped (unreadable or too small); see results.json")
     return TaskReport(
         task="paired_translation",
         columns=COLUMNS,
-        rows=rows,
-        summary={k: v for k, v in rows[-1].items() if k != "name"} if rows else {},
-        per_image=per_image,
-        samples=samples.rows(),
+        rows=found.rows,
+        summary=found.summary,
+        per_image=found.per_image,
+        samples=found.samples,
         sample_labels=["input", "model output", "target"],
-        counts={"images": len(per_image), "skipped": len(skipped)},
+        counts=found.counts(),
         notes=notes,
-        extra={"direction": direction, **({"skipped": skipped} if skipped else {})},
+        extra={"direction": direction, **found.extra()},
     )

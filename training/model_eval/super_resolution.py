@@ -20,8 +20,8 @@ import numpy as np
 from pixforge.training.data.super_resolution import downscale
 from pixforge.training.metrics import MetricError, crop_border, psnr_y, rgb_to_y, ssim_y
 
-from .files import image_groups, load_images, progress
-from .report import Column, SampleCollector, TaskReport, aggregate
+from .groups import measure_groups
+from .report import Column, TaskReport, aggregate
 from .runner import Runner
 
 KEYS = ("psnr_y_bicubic", "ssim_y_bicubic", "psnr_y", "ssim_y", "sharpness_bicubic", "sharpness")
@@ -92,44 +92,25 @@ def evaluate_super_resolution(
 ) -> TaskReport:
     """Evaluate an SR model on every image group of `data` (see files.image_groups)."""
     scale = runner.info.scale
-    groups = image_groups(data, max_images)
-    per_image, rows, skipped = [], [], []
-    samples = SampleCollector(n_samples)
-    for name, files in groups:
-        records = []
-        for path, hr in progress(load_images(files, skipped), f"{name}", len(files)):
-            try:
-                record, sample = measure(runner, hr, scale)
-            except MetricError as exc:
-                skipped.append({"file": path, "reason": str(exc)})
-                continue
-            records.append({"set": name, "file": str(Path(path).name), **record})
-            samples.add(sample, first=len(records) == 1)
-        if records:
-            rows.append(_row(name, records))
-        per_image.extend(records)
-    if len(rows) > 1:
-        rows.append(_row("all", per_image))
-    report = TaskReport(
+    found = measure_groups(data, max_images, n_samples, lambda hr: measure(runner, hr, scale), _row)
+    return TaskReport(
         task="super_resolution",
         columns=COLUMNS,
-        rows=rows,
-        summary={k: v for k, v in rows[-1].items() if k not in ("name",)} if rows else {},
-        per_image=per_image,
-        samples=samples.rows(),
+        rows=found.rows,
+        summary=found.summary,
+        per_image=found.per_image,
+        samples=found.samples,
         sample_labels=["bicubic upscale of the LR input", "model output", "ground truth"],
-        counts={"images": len(per_image), "skipped": len(skipped)},
+        counts=found.counts(),
         notes=[
             f"x{scale}: Y channel (BT.601), {scale}-pixel border cropped, HR cropped to a multiple of "
             f"{scale}; LR = antialiased bicubic downscale (as in training); bicubic = OpenCV INTER_CUBIC "
             "upscale. sharpness = gradient energy of the output / of the ground truth (1.00 = as sharp "
             "as ground truth).",
+            *found.skipped_notes(),
         ],
-        extra={"skipped": skipped} if skipped else {},
+        extra=found.extra(),
     )
-    if skipped:
-        report.notes.append(f"{len(skipped)} image(s) skipped (unreadable or too small); see results.json")
-    return report
 
 
 def _row(name: str, records: list[dict]) -> dict:

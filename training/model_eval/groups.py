@@ -1,0 +1,82 @@
+"""The per-image loop of the reference-based tasks (super-resolution, colourisation, paired).
+
+Every readable image of every group (see files.image_groups) goes through the task's `measure`;
+each group's records become one table row, all groups together an extra "all" row. An image the
+task cannot score (MetricError) or cannot read is skipped with its reason, never fatal; `measure`
+returns None for an image the task leaves out on purpose (the task counts those itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pixforge.training.metrics import MetricError
+
+from .files import image_groups, load_images, progress
+from .report import SampleCollector
+
+# image -> (metrics record, sample row of images) or None to leave the image out
+Measure = Callable[[np.ndarray], "tuple[dict, list[np.ndarray]] | None"]
+# (row name, records) -> table row
+RowMaker = Callable[[str, list[dict]], dict]
+
+
+@dataclass
+class GroupResults:
+    """What the loop measured: table rows, per-image records, skipped files and sample rows."""
+
+    rows: list[dict]
+    per_image: list[dict]
+    skipped: list[dict]
+    samples: list[list[np.ndarray]]
+
+    @property
+    def summary(self) -> dict:
+        """The last row ("all" when there are several groups) without its name."""
+        return {k: v for k, v in self.rows[-1].items() if k != "name"} if self.rows else {}
+
+    def counts(self, **more: int) -> dict[str, int]:
+        """Images measured and skipped, plus task-specific counts."""
+        return {"images": len(self.per_image), **more, "skipped": len(self.skipped)}
+
+    def skipped_notes(self) -> list[str]:
+        """A report note about skipped files, if any."""
+        if not self.skipped:
+            return []
+        return [f"{len(self.skipped)} image(s) skipped (unreadable or too small); see results.json"]
+
+    def extra(self) -> dict:
+        """The skipped files with their reasons, for results.json."""
+        return {"skipped": self.skipped} if self.skipped else {}
+
+
+def measure_groups(
+    data: Path, max_images: int, n_samples: int, measure: Measure, make_row: RowMaker
+) -> GroupResults:
+    """Run `measure` over every image group of `data` (at most `max_images` per group, 0 = all)."""
+    per_image: list[dict] = []
+    rows: list[dict] = []
+    skipped: list[dict] = []
+    samples = SampleCollector(n_samples)
+    for name, files in image_groups(data, max_images):
+        records: list[dict] = []
+        for path, image in progress(load_images(files, skipped), name, len(files)):
+            try:
+                result = measure(image)
+            except MetricError as exc:
+                skipped.append({"file": path, "reason": str(exc)})
+                continue
+            if result is None:
+                continue
+            record, sample = result
+            records.append({"set": name, "file": Path(path).name, **record})
+            samples.add(sample, first=len(records) == 1)
+        if records:
+            rows.append(make_row(name, records))
+        per_image.extend(records)
+    if len(rows) > 1:
+        rows.append(make_row("all", per_image))
+    return GroupResults(rows, per_image, skipped, samples.rows())
