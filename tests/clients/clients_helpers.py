@@ -233,19 +233,9 @@ def start_server(repo: Path, **overrides):
     Returns:
         The ServerHandle (`.address`, `.port`, `.stop(grace)`).
     """
+    from loopback import loopback_values
     from pixforge.service.config import load_config
     from pixforge.service.server import serve
 
-    values = {
-        "models": str(repo),
-        "host": "127.0.0.1",
-        "port": 0,
-        "metrics_port": 0,
-        "engine.providers": "cpu",
-        "engine.intra_op_threads": 1,
-        "max_workers": 16,
-        "grace_seconds": 0.5,
-        "log_level": "WARNING",
-    }
-    values.update({k.replace("__", "."): v for k, v in overrides.items()})
+    values = loopback_values(repo, grace_seconds=0.5, log_level="WARNING", **overrides)
     return serve(load_config(overrides=values, env={}))

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
+from loopback import loopback_values
 from onnx import TensorProto, helper
 from pixforge.service.config import build_config
 from pixforge.service.engine import Engine
@@ -275,18 +276,8 @@ def five_channel_tiff(h: int = 4, w: int = 4) -> bytes:
 
 def test_config(repo: Path, **overrides):
     """A loopback, ephemeral-port, single-thread config for tests (environment ignored)."""
-    values = {
-        "models": str(repo),
-        "host": "127.0.0.1",
-        "port": 0,
-        "metrics_port": 0,
-        "max_workers": 16,
-        "grace_seconds": 5,
-        "engine.providers": ["cpu"],
-        "engine.intra_op_threads": 1,
-        "batching.max_queue_delay_ms": 2,
-        "tiling.min_tile_size": 8,
-    }
+    values = loopback_values(repo, grace_seconds=5)
+    values.update({"batching.max_queue_delay_ms": 2, "tiling.min_tile_size": 8})
     values.update(overrides)
     return build_config(values, source="test")
 

@@ -296,20 +296,12 @@ def test_eval_bad_input_is_one_line_and_exit_2(tmp_path, repo, capsys):
 
 
 def test_eval_through_a_server_matches_local(tmp_path, repo, capsys):
+    from loopback import loopback_values
     from pixforge.service.config import load_config
     from pixforge.service.server import serve
 
     _photos(tmp_path / "data", 2, seed=7, sigma=1.0)
-    config = {
-        "models": str(repo),
-        "host": "127.0.0.1",
-        "port": 0,
-        "metrics_port": 0,
-        "engine.providers": "cpu",
-        "engine.intra_op_threads": 1,
-        "grace_seconds": 0.5,
-        "log_level": "WARNING",
-    }
+    config = loopback_values(repo, grace_seconds=0.5, log_level="WARNING")
     handle = serve(load_config(overrides=config, env={}))
     try:
         server = f"127.0.0.1:{handle.port}"
