@@ -42,6 +42,7 @@ def test_measure_groups_rows_per_group_skips_and_leaves_out(tmp_path):
     files = [(r["set"], r["file"]) for r in found.per_image]
     assert files == [("a", "1.png"), ("a", "2.png"), ("b", "1.png")]
     assert sorted(s["file"].rsplit("/", 1)[-1] for s in found.skipped) == ["3.png", "4.png"]
+    assert found.left_out == 1
     assert found.counts(extra=1) == {"images": 3, "extra": 1, "skipped": 2}
     assert found.skipped_notes() == ["2 image(s) skipped (unreadable or too small); see results.json"]
     assert found.extra() == {"skipped": found.skipped}
@@ -54,3 +55,4 @@ def test_measure_groups_single_folder_has_no_all_row(tmp_path):
     found = measure_groups(tmp_path, 0, 4, lambda im: ({"v": 1.0}, [im]), lambda n, r: {"name": n})
     assert found.rows == [{"name": "all"}]
     assert found.skipped == [] and found.skipped_notes() == [] and found.extra() == {}
+    assert found.left_out == 0

@@ -62,18 +62,11 @@ def measure(runner: Runner, rgb: np.ndarray) -> tuple[dict, list[np.ndarray]]:
 
 def evaluate_colorization(runner: Runner, data: Path, max_images: int = 0, n_samples: int = 4) -> TaskReport:
     """Evaluate a colourisation model on every image group of `data`."""
-    gray_gt = 0
-
-    def colour_photo(rgb: np.ndarray) -> tuple[dict, list[np.ndarray]] | None:
-        nonlocal gray_gt
-        if is_gray(rgb):
-            gray_gt += 1
-            return None
-        return measure(runner, rgb)
-
-    found = measure_groups(data, max_images, n_samples, colour_photo, _row)
+    found = measure_groups(
+        data, max_images, n_samples, lambda rgb: None if is_gray(rgb) else measure(runner, rgb), _row
+    )
     notes = [
-        f"{gray_gt} grayscale ground-truth image(s) skipped (no colours to recover).",
+        f"{found.left_out} grayscale ground-truth image(s) skipped (no colours to recover).",
         "model input = BT.601 gray of each photo; baseline = that gray image; PSNR/SSIM on RGB.",
         *found.skipped_notes(),
     ]
@@ -85,7 +78,7 @@ def evaluate_colorization(runner: Runner, data: Path, max_images: int = 0, n_sam
         per_image=found.per_image,
         samples=found.samples,
         sample_labels=["gray input", "model output", "ground truth"],
-        counts=found.counts(skipped_grayscale=gray_gt),
+        counts=found.counts(skipped_grayscale=found.left_out),
         notes=notes,
         extra=found.extra(),
     )

@@ -3,7 +3,7 @@
 Every readable image of every group (see files.image_groups) goes through the task's `measure`;
 each group's records become one table row, all groups together an extra "all" row. An image the
 task cannot score (MetricError) or cannot read is skipped with its reason, never fatal; `measure`
-returns None for an image the task leaves out on purpose (the task counts those itself).
+returns None for an image the task leaves out on purpose (counted in `left_out`).
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ RowMaker = Callable[[str, list[dict]], dict]
 
 @dataclass
 class GroupResults:
-    """What the loop measured: table rows, per-image records, skipped files and sample rows."""
+    """What the loop measured: table rows, per-image records, skipped files, sample rows and how
+    many images `measure` left out."""
 
     rows: list[dict]
     per_image: list[dict]
     skipped: list[dict]
     samples: list[list[np.ndarray]]
+    left_out: int = 0
 
     @property
     def summary(self) -> dict:
@@ -61,6 +63,7 @@ def measure_groups(
     rows: list[dict] = []
     skipped: list[dict] = []
     samples = SampleCollector(n_samples)
+    left_out = 0
     for name, files in image_groups(data, max_images):
         records: list[dict] = []
         for path, image in progress(load_images(files, skipped), name, len(files)):
@@ -70,6 +73,7 @@ def measure_groups(
                 skipped.append({"file": path, "reason": str(exc)})
                 continue
             if result is None:
+                left_out += 1
                 continue
             record, sample = result
             records.append({"set": name, "file": Path(path).name, **record})
@@ -79,4 +83,4 @@ def measure_groups(
         per_image.extend(records)
     if len(rows) > 1:
         rows.append(make_row("all", per_image))
-    return GroupResults(rows, per_image, skipped, samples.rows())
+    return GroupResults(rows, per_image, skipped, samples.rows(), left_out)
