@@ -41,6 +41,7 @@ TASK_FOR_MODE = {
 }
 LR_SCHEDULES = ("linear", "step", "cosine", "plateau")
 AMP_MODES = ("none", "bf16", "fp16")
+RECON_LOSSES = ("l1", "l2", "huber")
 
 # Closed vocabularies checked before anything is built; the message lists the valid values.
 # Generator/discriminator fields are checked by the registry's own dataclasses (one owner).
@@ -53,6 +54,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.lr_resize": ("bicubic_aa", "cv2_cubic"),
     "train.gan_mode": GAN_MODES,
     "train.lr_schedule": LR_SCHEDULES,
+    "train.recon_loss": RECON_LOSSES,
     "train.amp": AMP_MODES,
     "train.device": ("auto", "cpu", "cuda"),
 }
@@ -89,6 +91,7 @@ class DataConfig:
     noise_sigma: float = 0.0  # max Gaussian noise sigma (0..255 units) added to the LR; 0 = off
     jpeg_quality: int = 0  # min JPEG quality for LR re-compression, sampled in [q, 95]; 0 = off
     degrade_prob: float = 0.5  # probability of applying each enabled degradation
+    cache_images: bool = False  # decode each training image once and keep it in memory (per worker)
     # --- validation split
     val_holdout: int = 16  # when no val/test folder exists: hold out this many files (fixed subset)
     val_max_images: int = 16  # evaluate at most this many validation images (evenly spaced subset)
@@ -127,6 +130,9 @@ class TrainConfig:
     gan_mode: str = "vanilla"  # vanilla | lsgan | wgangp | hinge
     lambda_gan: float = 1.0
     lambda_l1: float = 100.0  # pix2pix reconstruction weight
+    # pix2pix reconstruction loss under lambda_l1: l1; l2 (MSE: the PSNR-optimal loss, for a short
+    # fine-tune of an L1-trained SR model); huber (quadratic below 0.1, linear above: colourisation)
+    recon_loss: str = "l1"
     lambda_cycle: float = 10.0  # CycleGAN cycle-consistency weight
     lambda_identity: float = 0.5  # CycleGAN identity weight, relative to lambda_cycle
     lambda_gp: float = 10.0  # wgangp gradient penalty weight
@@ -146,6 +152,9 @@ class TrainConfig:
     sample_every: int = 500
     val_every: int = 1000
     checkpoint_every: int = 1000
+    # Also snapshot when this many minutes passed since the last one (0 = off), so a killed run
+    # loses at most that much work whatever the step cadence.
+    checkpoint_minutes: float = 10.0
     keep_checkpoints: int = 3  # newest generator checkpoints kept per generator (0 = keep all)
     n_samples: int = 4  # fixed validation images in each sample grid
     tensorboard: bool = True  # only if torch.utils.tensorboard is importable
@@ -526,6 +535,7 @@ def validate(cfg: ExperimentConfig) -> None:
         "sample_every",
         "val_every",
         "checkpoint_every",
+        "checkpoint_minutes",
         "keep_checkpoints",
         "n_samples",
     ):

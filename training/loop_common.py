@@ -361,6 +361,8 @@ class StepHooks:
     optimizers: tuple  # (opt_g, opt_d): their current learning rates are logged
     metrics: dict = field(default_factory=dict)
     last_val_step: int = -1
+    # perf_counter() of the last snapshot (or the loop's start): the wall-clock checkpoint cadence
+    last_snapshot_time: float = field(default_factory=time.perf_counter)
 
     def after_step(
         self,
@@ -404,9 +406,18 @@ class StepHooks:
         # --- snapshot (sample grid from the fixed validation images, then checkpoints)
         if due(step, t.sample_every) and self.last_val_step != step and rt.is_main and data.val_items:
             ctx.log.sample_grid(step, self.evaluate(data.val_items[: t.n_samples]).rows)
-        if due(step, t.checkpoint_every) and step != stop_at:
+        if step != stop_at and (due(step, t.checkpoint_every) or self._clock_due(t.checkpoint_minutes)):
             self.snapshot()
+            self.last_snapshot_time = time.perf_counter()
         return step >= stop_at or ctx.stop.should_stop(rt)
+
+    def _clock_due(self, minutes: float) -> bool:
+        """True when `minutes` (> 0) of wall time passed since the last snapshot. Under DDP rank 0's
+        clock decides for every rank, since all ranks must enter the snapshot together."""
+        if minutes <= 0:
+            return False
+        elapsed = time.perf_counter() - self.last_snapshot_time
+        return bool(broadcast_object(self.rt, elapsed >= minutes * 60.0))
 
     def finish(self, step: int, stop_at: int) -> tuple[dict, dict, bool]:
         """Final evaluation (unless the last step just validated or we were interrupted) and snapshot.

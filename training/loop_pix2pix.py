@@ -2,8 +2,9 @@
 
 Per step (junyanz order): G forward, then the discriminator update on (condition, real) vs
 (condition, fake.detach()), then the generator update with the adversarial term (+ feature
-matching, + perceptual) and lambda_l1 * L1. The condition is the input image; super-resolution
-inputs are bicubic-upsampled to the output size first, so D always sees same-size pairs.
+matching, + perceptual) and lambda_l1 * the reconstruction loss (`train.recon_loss`: L1 by
+default, L2 or Huber). The condition is the input image; super-resolution inputs are
+bicubic-upsampled to the output size first, so D always sees same-size pairs.
 
 NoGAN-style phases: the first `pretrain_steps` steps train G on the reconstruction losses alone,
 the next `pretrain_d_steps` train D alone against that pre-trained G, then adversarial training.
@@ -22,7 +23,9 @@ from pixforge.training.losses import (
     VGGPerceptualLoss,
     feature_matching_loss,
     gradient_penalty,
+    huber_loss,
     l1_loss,
+    l2_loss,
 )
 from pixforge.training.networks.common import bicubic_upsample
 from pixforge.training.registry import build_discriminator, build_generator
@@ -61,6 +64,7 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
     discriminator = rt.prepare(build_discriminator(cfg.discriminator), cfg.discriminator.norm)
     ema = EMA(generator, t.ema_decay) if t.ema else None
     gan = GANLoss(t.gan_mode)
+    recon = {"l1": l1_loss, "l2": l2_loss, "huber": huber_loss}[t.recon_loss]
     perceptual = VGGPerceptualLoss(t.vgg_weights).to(rt.device) if t.lambda_perceptual > 0 else None
     fid = make_fid(ctx)
 
@@ -179,9 +183,9 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
                 set_requires_grad(discriminator, False)
                 opt_g.zero_grad(set_to_none=True)
                 with rt.autocast():
-                    loss_l1 = l1_loss(fake_out.float(), real_out.float()) * t.lambda_l1
-                    loss_g = loss_l1
-                    losses["G_l1"] = loss_l1
+                    loss_rec = recon(fake_out.float(), real_out.float()) * t.lambda_l1
+                    loss_g = loss_rec
+                    losses[f"G_{t.recon_loss}"] = loss_rec
                     if phase == "gan":
                         pred_fake = discriminator(d_input(fake_out))
                         loss_gan = gan.generator_loss(pred_fake) * t.lambda_gan

@@ -134,6 +134,24 @@ def l1_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(output, target)
 
 
+def l2_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error (the loss PSNR measures; a fine-tune after L1 gains a little PSNR)."""
+    return F.mse_loss(output, target)
+
+
+HUBER_DELTA = 0.1  # in target units: ab / 110 for colourisation (11 ab units), [-1, 1] images
+
+
+def huber_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Huber loss: quadratic below HUBER_DELTA, linear above (scaled so it equals L1 - delta/2 there).
+
+    For colourisation this is the middle road between L2, which maximises PSNR but washes an object
+    that could be red or green out to the mean of both, and L1, which keeps a colour but flips between
+    modes in blotches: small errors are averaged, large ones do not dominate the gradient.
+    """
+    return F.huber_loss(output, target, delta=HUBER_DELTA)
+
+
 def cycle_loss(reconstructed: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """CycleGAN cycle-consistency term ||G_B(G_A(a)) - a||_1 (mean)."""
     return F.l1_loss(reconstructed, real)

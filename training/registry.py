@@ -18,12 +18,13 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from .networks.common import FINAL_ACTIVATIONS, UPSAMPLE_MODES
+from .networks.common import FINAL_ACTIVATIONS, UPSAMPLE_CONVS, UPSAMPLE_MODES
 from .networks.discriminators import (
     MultiScaleDiscriminator,
     PatchGANDiscriminator,
     PixelDiscriminator,
 )
+from .networks.edsr import SKIP_MODES, EDSRGenerator
 from .networks.init import INIT_TYPES, init_weights
 from .networks.norm import NORMS
 from .networks.resnet import ResNetGenerator
@@ -57,14 +58,21 @@ class GeneratorConfig:
     """Constructor arguments of a generator; stored in checkpoints as `dataclasses.asdict`.
 
     Attributes:
-        arch: "unet" or "resnet".
+        arch: "unet", "resnet" or "edsr" (LR-space super-resolution: residual blocks at the input
+            resolution, PixelShuffle upsampling, no normalisation; `ngf` is its width).
         in_channels / out_channels: tensor channels (colourisation: 1 -> 2).
         ngf: base width. depth: U-Net downsamplings (unet_256 = 8, unet_128 = 7).
         n_blocks: ResNet residual blocks. norm: batch | instance | none.
         dropout: junyanz dropout (U-Net inner levels / inside ResNet blocks).
         scale: super-resolution factor; upsample: "bicubic" (net on the bicubic-upsampled input,
             predicting a residual) or "pixelshuffle" (net at LR + PixelShuffle head).
-        final_activation: "tanh" (outputs in [-1, 1]) or "none".
+        final_activation: "tanh" (outputs in [-1, 1]) or "none" (U-Net / ResNet; edsr clamps its
+            output to [-1, 1] instead).
+        upsample_conv: "transpose" (ConvTranspose 4x4 s2, junyanz) or "resize" (nearest x2 resize +
+            3x3 convolution, no checkerboard artefacts; Odena et al. 2016): the U-Net and ResNet
+            decoders' upsampling layers.
+        skip / res_scale: edsr only: the fixed upsampling the output is a residual over
+            ("bicubic", "nearest" or "none"), and the scale of each residual block's branch.
         init_type / init_gain: weight initialisation (normal | xavier | kaiming | orthogonal).
     """
 
@@ -81,6 +89,9 @@ class GeneratorConfig:
     final_activation: str = "tanh"
     init_type: str = "normal"
     init_gain: float = 0.02
+    upsample_conv: str = "transpose"
+    skip: str = "bicubic"
+    res_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check_choice("arch", self.arch, list_generator_archs())
@@ -94,6 +105,10 @@ class GeneratorConfig:
         _check_choice("upsample", self.upsample, UPSAMPLE_MODES)
         _check_choice("final_activation", self.final_activation, FINAL_ACTIVATIONS)
         _check_choice("init_type", self.init_type, INIT_TYPES)
+        _check_choice("upsample_conv", self.upsample_conv, UPSAMPLE_CONVS)
+        _check_choice("skip", self.skip, SKIP_MODES)
+        if not isinstance(self.res_scale, (int, float)) or not 0 < self.res_scale <= 1:
+            raise ValueError(f"res_scale must be in (0, 1], got {self.res_scale!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GeneratorConfig:
@@ -172,6 +187,7 @@ def _build_unet(cfg: GeneratorConfig) -> nn.Module:
         cfg.scale,
         cfg.upsample,
         cfg.final_activation,
+        cfg.upsample_conv,
     )
 
 
@@ -187,6 +203,14 @@ def _build_resnet(cfg: GeneratorConfig) -> nn.Module:
         cfg.scale,
         cfg.upsample,
         cfg.final_activation,
+        cfg.upsample_conv,
+    )
+
+
+@_register_generator("edsr")
+def _build_edsr(cfg: GeneratorConfig) -> nn.Module:
+    return EDSRGenerator(
+        cfg.in_channels, cfg.out_channels, cfg.ngf, cfg.n_blocks, cfg.scale, cfg.skip, cfg.res_scale
     )
 
 

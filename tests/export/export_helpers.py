@@ -24,6 +24,18 @@ KINDS = {
         {"arch": "resnet", "n_blocks": 1, "scale": 2, "upsample": "pixelshuffle"},
         {"task": "super_resolution", "scale": 2},
     ),
+    "sr_edsr": (
+        {"arch": "edsr", "n_blocks": 1, "scale": 4, "norm": "none"},
+        {"task": "super_resolution", "scale": 4},
+    ),
+    "unet_resize_conv": (
+        {"arch": "unet", "depth": 3, "upsample_conv": "resize"},
+        {"task": "paired_translation"},
+    ),
+    "resnet_resize_conv": (
+        {"arch": "resnet", "n_blocks": 1, "upsample_conv": "resize"},
+        {"task": "style_translation"},
+    ),
     "colorization": (
         {"arch": "unet", "depth": 3, "in_channels": 1, "out_channels": 2},
         {"task": "colorization", "color_space": "lab"},

@@ -277,3 +277,23 @@ def test_cv2_decode_matches_codec_for_photos(photo_data):
 
     path = next(photo_data.rglob("*.png"))
     assert np.array_equal(read_rgb(path), cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))
+
+
+def test_cache_images_decodes_each_file_once(photo_data, monkeypatch):
+    from pixforge.training.data import base
+
+    cfg = DataConfig(mode="super_resolution", scale=2, crop_size=16, cache_images=True)
+    bundle = build_datasets(cfg, photo_data, size_multiple=1, seed=0)
+    calls = []
+    real = base.read_rgb
+    monkeypatch.setattr(base, "read_rgb", lambda path: calls.append(path) or real(path))
+    n = len(bundle.train)
+    first = [bundle.train[(i, 0)]["target"] for i in range(n)]
+    second = [bundle.train[(i, 1)]["target"] for i in range(n)]
+    assert len(calls) == n  # the second epoch crops from memory
+    assert any(not torch.equal(a, b) for a, b in zip(first, second, strict=True))  # new crops each epoch
+    uncached = build_datasets(
+        DataConfig(mode="super_resolution", scale=2, crop_size=16), photo_data, size_multiple=1, seed=0
+    )
+    for i in range(n):
+        assert torch.equal(uncached.train[(i, 1)]["target"], second[i])  # caching changes nothing else

@@ -21,7 +21,10 @@ import pytest
 import torch
 from conftest import smooth_image, write_rgb
 from onnx import TensorProto, helper
+from pixforge.training.data.files import read_rgb
+from pixforge.training.data.super_resolution import downscale, resize_bicubic_aa
 from pixforge.training.export import ExportConfig, export_generator
+from pixforge.training.metrics import psnr_y
 from pixforge.training.model_eval.files import image_groups
 from pixforge.training.model_eval.super_resolution import gradient_energy, sharpness_ratio
 from pixforge.training.registry import GeneratorConfig, build_generator
@@ -139,15 +142,29 @@ def test_eval_sr_bicubic_model_has_zero_gain_per_subfolder(tmp_path, repo, capsy
         "ExecutionProvider"
     )
     for row in results["rows"]:
-        # a zero-residual model is bicubic upscaling: same PSNR and sharpness as the baseline
-        assert abs(row["gain_db"]) < 0.05, row
+        # a zero-residual model is bicubic upscaling, close to the baseline in PSNR and sharpness
+        assert abs(row["gain_db"]) < 1.0, row
         assert 25 < row["psnr_y"] < 40 and 0.7 < row["ssim_y"] < 1
-        assert row["sharpness"] == pytest.approx(row["sharpness_bicubic"], abs=0.02)
+        assert row["sharpness"] == pytest.approx(row["sharpness_bicubic"], abs=0.1)
         assert 0.3 < row["sharpness_bicubic"] < 0.8  # bicubic is blurrier than the ground truth
 
     with open(tmp_path / "out" / "per_image.csv") as f:
         records = list(csv.DictReader(f))
     assert [r["set"] for r in records] == ["Set14", "Set5", "Set5"]
+    # Known answers per image: the model is torch's bicubic (a = -0.75) inside the graph, the
+    # baseline the literature's antialiased bicubic (a = -0.5); both recomputed here.
+    for record in records:
+        hr = read_rgb(tmp_path / "data" / record["set"] / record["file"])
+        hr = hr[: hr.shape[0] // 2 * 2, : hr.shape[1] // 2 * 2]
+        lr = downscale(hr, 2)
+        x = torch.from_numpy(lr).permute(2, 0, 1)[None].float()
+        up = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="bicubic", align_corners=False)
+        model = up.clamp(0, 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+        baseline = resize_bicubic_aa(lr, *hr.shape[:2])
+        assert float(record["psnr_y"]) == pytest.approx(psnr_y(model, hr, 2), abs=0.05)
+        assert float(record["psnr_y_bicubic"]) == pytest.approx(
+            psnr_y(baseline, hr, 2), abs=1e-3
+        )  # CSV rounding
     grid = cv2.imread(str(tmp_path / "out" / "samples.png"))
     assert grid is not None and grid.shape[0] > 300  # 3 sample rows of 160 px
 
@@ -333,3 +350,50 @@ def test_eval_through_a_server_matches_local(tmp_path, repo, capsys):
     assert [r["images"] for r in remote["rows"]] == [r["images"] for r in local["rows"]] == [2]
     for key in ("psnr_y", "psnr_y_bicubic", "gain_db"):
         assert remote["rows"][0][key] == pytest.approx(local["rows"][0][key], abs=0.05)
+
+
+def _keys_upsample_1d(x: np.ndarray, scale: int, a: float = -0.5) -> np.ndarray:
+    """Reference cubic-convolution upsampling along axis 0 (half-pixel centres, clamped borders)."""
+
+    def w(t):
+        t = abs(t)
+        if t <= 1:
+            return (a + 2) * t**3 - (a + 3) * t**2 + 1
+        return a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a if t < 2 else 0.0
+
+    n = x.shape[0]
+    out = np.zeros((n * scale, *x.shape[1:]))
+    for o in range(n * scale):
+        src = (o + 0.5) / scale - 0.5
+        base = int(np.floor(src))
+        for k in range(base - 1, base + 3):
+            out[o] += w(src - k) * x[min(max(k, 0), n - 1)]
+    return out
+
+
+def test_eval_sr_baseline_is_the_literature_bicubic():
+    # The "Bicubic" row of SR papers is MATLAB imresize: Keys' kernel with a = -0.5. OpenCV's
+    # INTER_CUBIC (a = -0.75) scores differently, so the baseline is checked against the kernel.
+    from pixforge.training.model_eval.super_resolution import measure
+
+    rng = np.random.default_rng(0)
+    hr = cv2.GaussianBlur(rng.integers(0, 256, (48, 40, 3)).astype(np.float32), (0, 0), 1.5)
+    hr = np.clip(hr * 3 - 255, 0, 255).astype(np.uint8)  # full contrast: the kernels differ visibly
+
+    class Identityish:
+        info = type("Info", (), {"scale": 4})()
+
+        def __call__(self, lr):
+            return cv2.resize(lr, (lr.shape[1] * 4, lr.shape[0] * 4), interpolation=cv2.INTER_NEAREST)
+
+    record, crops = measure(Identityish(), hr, 4)
+    bicubic = crops[0]
+    from pixforge.training.data.super_resolution import downscale
+
+    lr = downscale(hr, 4).astype(np.float64)
+    ref = _keys_upsample_1d(_keys_upsample_1d(lr, 4).transpose(1, 0, 2), 4).transpose(1, 0, 2)
+    ref = np.clip(np.floor(ref + 0.5), 0, 255)
+    inner = (slice(8, -8), slice(8, -8))
+    assert np.abs(bicubic[inner].astype(int) - ref[inner]).max() <= 1
+    cv2_cubic = cv2.resize(lr.astype(np.uint8), (40, 48), interpolation=cv2.INTER_CUBIC)
+    assert np.abs(cv2_cubic[inner].astype(int) - ref[inner]).max() > 2  # the test can tell them apart

@@ -213,3 +213,38 @@ def test_tiny_config_is_really_tiny():
     cfg = tiny_config("aligned")
     assert sum(p.numel() for p in build_generator(cfg.generator).parameters()) < 20_000
     assert dataclasses.asdict(cfg.train)["num_workers"] == 0
+
+
+def test_wall_clock_checkpoints_without_a_step_cadence(aligned_data, tmp_path):
+    # checkpoint_every off, a wall-clock interval shorter than one step: every step snapshots, so a
+    # kill -9 loses at most one interval of work
+    cfg = tiny_config("aligned", steps=3, checkpoint_every=0, checkpoint_minutes=1e-7, keep_checkpoints=0)
+    train(cfg, aligned_data, run_dir=tmp_path / "run")
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("generator-step*.pt"))
+    assert names == [f"generator-step000000{i}.pt" for i in (1, 2, 3)]
+
+
+def test_wall_clock_checkpoints_off(aligned_data, tmp_path):
+    cfg = tiny_config("aligned", steps=3, checkpoint_every=0, checkpoint_minutes=0, keep_checkpoints=0)
+    train(cfg, aligned_data, run_dir=tmp_path / "run")
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("generator-step*.pt"))
+    assert names == ["generator-step0000003.pt"]  # the final snapshot only
+
+
+@pytest.mark.parametrize("loss", ["l2", "huber"])
+def test_reconstruction_loss_choice(loss, aligned_data, tmp_path):
+    cfg = tiny_config("aligned", steps=2, recon_loss=loss, log_every=1, pretrain_steps=2)
+    train(cfg, aligned_data, run_dir=tmp_path / "run")
+    stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    assert all(f"G_{loss}" in s and "G_l1" not in s for s in stats)
+
+
+def test_edsr_super_resolution_run_with_cached_images(photo_data, tmp_path):
+    raw = config_to_dict(tiny_config("super_resolution", steps=3, val_every=3))
+    raw["generator"] = {"arch": "edsr", "ngf": 4, "n_blocks": 1, "norm": "none", "scale": 2}
+    raw["data"]["cache_images"] = True
+    result = train(config_from_dict(raw), photo_data, run_dir=tmp_path / "run")
+    net, ckpt = _load_generator(result.checkpoint)
+    assert ckpt["generator_config"]["arch"] == "edsr"
+    assert net(torch.zeros(1, 3, 5, 7)).shape == (1, 3, 10, 14)
+    assert ckpt["metrics"]["psnr_y"] > 20

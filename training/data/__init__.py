@@ -63,6 +63,7 @@ def build_datasets(cfg, root: str | Path, *, size_multiple: int, seed: int) -> D
         split_a, split_b = split_unaligned(root, cfg.val_holdout, cfg.max_items)
         geo = dict(preprocess=cfg.preprocess, load_size=cfg.load_size, crop_size=cfg.crop_size, **common)
         train = UnalignedDataset(split_a.train, split_b.train, train=True, **geo)
+        train.cache_images = cfg.cache_images
         val_a = evenly_spaced(split_a.val, cfg.val_max_images)
         val_b = evenly_spaced(split_b.val, cfg.val_max_images)
         val = UnalignedDataset(val_a, val_b, train=False, **geo) if val_a and val_b else None
@@ -105,6 +106,7 @@ def build_datasets(cfg, root: str | Path, *, size_multiple: int, seed: int) -> D
         else:
             raise DataError(f"unknown data mode {cfg.mode!r}")
         train = make(split.train, train=True, **geo)
+        train.cache_images = cfg.cache_images
         val = make(val_files, train=False, **geo) if val_files else None
         summary = [
             f"train: {len(split.train)} files from {split.train_source}",

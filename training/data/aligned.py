@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import KeyedDataset
-from .files import BadImageError, read_rgb
+from .files import BadImageError
 from .transforms import TooSmallError, preprocess_pair
 
 
@@ -43,7 +43,7 @@ class AlignedDataset(KeyedDataset):
 
     def load(self, index: int, rng: np.random.Generator | None) -> dict:
         path = self.files[index]
-        img = read_rgb(path)
+        img = self.read_image(path)
         half = img.shape[1] // 2
         if half < 1:
             raise BadImageError(path, f"{img.shape[1]}x{img.shape[0]} cannot be split into A|B halves")

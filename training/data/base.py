@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .files import BadImageError, DataError
+from .files import BadImageError, DataError, read_rgb
 
 # After this many consecutive bad files we stop looking: the folder is mostly unusable.
 MAX_CONSECUTIVE_BAD = 64
@@ -40,6 +40,24 @@ class KeyedDataset(Dataset):
     def __init__(self, seed: int, train: bool):
         self.seed = int(seed)
         self.train = train
+        # data.cache_images: keep every decoded image in memory (per loader worker) so an epoch
+        # costs crops, not PNG decodes. Off by default: a large folder would not fit.
+        self.cache_images = False
+        self._decoded: dict[str, np.ndarray] = {}
+
+    def read_image(self, path: str) -> np.ndarray:
+        """uint8 RGB (H, W, 3) of `path`, decoded once when `cache_images` is on.
+
+        Raises:
+            BadImageError: the file cannot be decoded (never cached, so it is reported each time).
+        """
+        if not self.cache_images:
+            return read_rgb(path)
+        image = self._decoded.get(path)
+        if image is None:
+            # Crops and flips are views into this array: transforms must never write in place.
+            image = self._decoded[path] = read_rgb(path)
+        return image
 
     def rng_for(self, index: int, epoch: int) -> np.random.Generator | None:
         return np.random.default_rng([self.seed, epoch, index]) if self.train else None

@@ -12,7 +12,7 @@ import torch
 from pixforge.training.image_ops import rgb_to_lab_pair, uint8_to_float01
 
 from .base import KeyedDataset
-from .files import BadImageError, read_rgb
+from .files import BadImageError
 from .transforms import TooSmallError, preprocess
 
 
@@ -46,7 +46,7 @@ class ColorizationDataset(KeyedDataset):
         path = self.files[index]
         try:
             img, _ = preprocess(
-                read_rgb(path),
+                self.read_image(path),
                 self.preprocess,
                 self.load_size,
                 self.crop_size,

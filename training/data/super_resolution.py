@@ -27,11 +27,19 @@ import torch
 import torch.nn.functional as F
 
 from .base import KeyedDataset
-from .files import BadImageError, read_rgb
+from .files import BadImageError
 from .transforms import TooSmallError, apply_params, make_multiple, sample_params
 
 # Key of the fixed RNG stream used for evaluation-time degradations.
 _VAL_EPOCH = 2**31 - 1
+
+
+def resize_bicubic_aa(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 HWC -> uint8 HWC of (height, width) by antialiased bicubic (Keys a = -0.5, widened when
+    shrinking: PIL's BICUBIC and MATLAB `imresize`, the SR literature's resize in both directions)."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(torch.float32)
+    y = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+    return torch.floor(y.clamp(0, 255) + 0.5).to(torch.uint8)[0].permute(1, 2, 0).contiguous().numpy()
 
 
 def downscale(hr: np.ndarray, scale: int, method: str = "bicubic_aa") -> np.ndarray:
@@ -44,9 +52,7 @@ def downscale(hr: np.ndarray, scale: int, method: str = "bicubic_aa") -> np.ndar
     if method == "cv2_cubic":
         out = cv2.resize(hr, (w, h), interpolation=cv2.INTER_CUBIC)
         return out if out.ndim == 3 else out[:, :, None]
-    x = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1)[None].to(torch.float32)
-    y = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
-    return torch.floor(y.clamp(0, 255) + 0.5).to(torch.uint8)[0].permute(1, 2, 0).contiguous().numpy()
+    return resize_bicubic_aa(hr, h, w)
 
 
 def degrade(
@@ -119,7 +125,7 @@ class SuperResolutionDataset(KeyedDataset):
 
     def load(self, index: int, rng: np.random.Generator | None) -> dict:
         path = self.files[index]
-        hr = read_rgb(path)
+        hr = self.read_image(path)
         try:
             if rng is not None:
                 p = sample_params(rng, hr.shape[0], hr.shape[1], self.crop_size, self.flip, self.rot90)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import KeyedDataset
-from .files import BadImageError, read_rgb
+from .files import BadImageError
 from .transforms import TooSmallError, preprocess
 
 
@@ -47,7 +47,7 @@ class UnalignedDataset(KeyedDataset):
     def _one(self, path: str, rng: np.random.Generator | None):
         try:
             img, _ = preprocess(
-                read_rgb(path),
+                self.read_image(path),
                 self.preprocess,
                 self.load_size,
                 self.crop_size,

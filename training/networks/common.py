@@ -10,6 +10,7 @@ from torch import nn
 
 FINAL_ACTIVATIONS = ("tanh", "none")
 UPSAMPLE_MODES = ("bicubic", "pixelshuffle")
+UPSAMPLE_CONVS = ("transpose", "resize")
 
 
 class InputSizeError(ValueError):
@@ -74,3 +75,33 @@ class OutputHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.shuffle(self.conv(self.pad(x)))
+
+
+class ResizeConv(nn.Module):
+    """x2 nearest-neighbour resize, then a convolution: the drop-in for a stride-2 transposed
+    convolution that cannot make checkerboard artefacts (Odena et al., "Deconvolution and
+    Checkerboard Artifacts", 2016). A transposed convolution with kernel 4 / stride 2 gives every
+    other output pixel a different subset of its weights, a 2-pixel pattern that training has to
+    cancel; resize + convolution applies the same weights everywhere.
+
+    Same output size as the transposed convolution it replaces (2H x 2W), so the two are
+    interchangeable in the decoders.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def upsample_conv(
+    kind: str, in_channels: int, out_channels: int, bias: bool, transpose: nn.Module | None
+) -> nn.Module:
+    """The decoder's x2 upsampling layer: `transpose` as given, or a ResizeConv of the same widths."""
+    if kind == "transpose" and transpose is not None:
+        return transpose
+    if kind == "resize":
+        return ResizeConv(in_channels, out_channels, 3, bias)
+    raise ValueError(f"unknown upsample_conv {kind!r}; valid: {', '.join(UPSAMPLE_CONVS)}")

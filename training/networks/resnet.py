@@ -4,6 +4,7 @@
     down   2 x [Conv3x3 s2 -> norm -> ReLU]                                 (model.4/.5, .7/.8)
     blocks n_blocks x ResnetBlock(reflect-pad, Conv3x3, norm, ReLU, [Dropout], pad, Conv3x3, norm)
     up     2 x [ConvTranspose3x3 s2 (output_padding=1) -> norm -> ReLU]
+           (upsample_conv="resize": nearest x2 + Conv3x3 instead of the transposed convolution)
     head   ReflectionPad(3) -> Conv7x7 [-> PixelShuffle] -> tanh
 
 Super-resolution (scale > 1): upsample="bicubic" runs the network on the bicubic-upsampled input and
@@ -23,6 +24,7 @@ from .common import (
     check_input_size,
     final_activation,
     lr_size_multiple,
+    upsample_conv,
 )
 from .norm import conv_uses_bias, make_norm
 
@@ -77,6 +79,7 @@ class ResNetGenerator(nn.Module):
         scale: int = 1,
         upsample: str = "bicubic",
         final_activation_kind: str = "tanh",
+        up_kind: str = "transpose",
     ):
         super().__init__()
         if n_blocks < 0:
@@ -100,7 +103,12 @@ class ResNetGenerator(nn.Module):
         self.up = nn.ModuleList()
         for i in range(N_DOWNSAMPLING):
             c_in, c_out = ngf * 2 ** (N_DOWNSAMPLING - i), ngf * 2 ** (N_DOWNSAMPLING - i - 1)
-            conv = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1, bias=bias)
+            transpose = (
+                nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1, bias=bias)
+                if up_kind == "transpose"
+                else None
+            )
+            conv = upsample_conv(up_kind, c_in, c_out, bias, transpose)
             self.up.append(ConvNormReLU(conv, make_norm(norm, c_out)))
         head_scale = scale if self.upsample == "pixelshuffle" else 1
         self.head = OutputHead(ngf, out_channels, 7, head_scale)

@@ -5,6 +5,7 @@ block and level depth-1 their innermost. Per level:
 
     down:  [LeakyReLU(0.2) unless level 0] -> Conv4x4 s2 -> [norm unless outermost/innermost]
     up:    ReLU -> ConvTranspose4x4 s2 -> [norm unless outermost] -> [Dropout(0.5) on levels 4..depth-2]
+           (upsample_conv="resize": nearest x2 + Conv3x3 instead of the transposed convolution)
 
 The up path of level i reads cat([down_i, up_{i+1}]) (innermost: its own down output), exactly as
 junyanz. Widths are ngf * min(2**i, 8).
@@ -31,6 +32,7 @@ from .common import (
     check_input_size,
     final_activation,
     lr_size_multiple,
+    upsample_conv,
 )
 from .norm import conv_uses_bias, make_norm
 
@@ -57,6 +59,7 @@ class UNetLevel(nn.Module):
         outermost: bool,
         innermost: bool,
         dropout: bool,
+        up_kind: str = "transpose",
     ):
         super().__init__()
         bias = conv_uses_bias(norm)
@@ -64,7 +67,16 @@ class UNetLevel(nn.Module):
         self.down_conv = nn.Conv2d(in_ch, inner_ch, 4, stride=2, padding=1, bias=bias)
         self.down_norm = nn.Identity() if (outermost or innermost) else make_norm(norm, inner_ch)
         # The outermost up conv feeds the output activation, so it always has a bias.
-        self.up_conv = nn.ConvTranspose2d(up_in_ch, up_out_ch, 4, stride=2, padding=1, bias=bias or outermost)
+        up_bias = bias or outermost
+        self.up_conv = upsample_conv(
+            up_kind,
+            up_in_ch,
+            up_out_ch,
+            up_bias,
+            nn.ConvTranspose2d(up_in_ch, up_out_ch, 4, stride=2, padding=1, bias=up_bias)
+            if up_kind == "transpose"
+            else None,
+        )
         self.up_norm = nn.Identity() if outermost else make_norm(norm, up_out_ch)
         self.dropout = nn.Dropout(0.5) if dropout else nn.Identity()
 
@@ -91,6 +103,7 @@ class UNetGenerator(nn.Module):
         scale: int = 1,
         upsample: str = "bicubic",
         final_activation_kind: str = "tanh",
+        up_kind: str = "transpose",
     ):
         super().__init__()
         if depth < 2:
@@ -121,6 +134,7 @@ class UNetGenerator(nn.Module):
                     outermost=outer,
                     innermost=inner,
                     dropout=use_dropout,
+                    up_kind=up_kind,
                 )
             )
         self.levels = nn.ModuleList(levels)
