@@ -66,8 +66,9 @@ def _add_export(sub) -> None:
         "--from",
         dest="source",
         default="pixforge",
-        choices=["pixforge", "junyanz"],
-        help="checkpoint format (junyanz: pytorch-CycleGAN-and-pix2pix latest_net_G.pth)",
+        choices=["pixforge", "junyanz", "onnx"],
+        help="checkpoint format (junyanz: pytorch-CycleGAN-and-pix2pix latest_net_G.pth; onnx: a "
+        "model.onnx exported by an earlier pixforge, re-exported under the current model contract)",
     )
     p.add_argument(
         "--arch",

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from pixforge.errors import ContractError
 
-CONTRACT_VERSION = "1"
+CONTRACT_VERSION = "2"
+# Version 1 files load as before; they lack what tiling-invariant inference needs (below).
+SUPPORTED_VERSIONS = ("1", "2")
 TASKS = ("super_resolution", "colorization", "style_translation", "paired_translation")
 
 # metadata_props keys. REQUIRED ones must be present; the rest are informative.
@@ -47,10 +49,20 @@ OPTIONAL_KEYS = (
     "pixforge_version",  # exporter version
     "precision",  # "fp32" or "fp16" (I/O stay uint8 either way)
     "arch",  # generator architecture name from the training registry
+    "receptive_radius",  # v2: input pixels on each side that can change an output pixel
+    "norm_channels",  # v2: channels of each per-image norm layer ("16,32"), "" when there are none
 )
+KEY_RECEPTIVE_RADIUS = "receptive_radius"
+KEY_NORM_CHANNELS = "norm_channels"
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "image_out"
+# Version 2 models with per-image normalisation also have these (docs/model-contract.md,
+# "Tiling-invariant models"): optional inputs with defaults, and one more output.
+NORM_MODE_INPUT = "norm_mode"
+NORM_STATS_INPUT = "norm_stats"
+TILE_CORE_INPUT = "tile_core"
+NORM_SUMS_OUTPUT = "norm_sums"
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,11 @@ class ModelContract:
         size_multiple: input H and W must be multiples of this (server pads and crops back).
         tile_size: recommended tile edge in input pixels (a multiple of size_multiple).
         metadata: every metadata_props entry, verbatim.
+        version: the contract version the file declares ("1" or "2").
+        receptive_radius: (v2) input pixels on each side of an input pixel that can change the
+            output at it; 0 when unknown (v1).
+        norm_channels: (v2) channel count of each per-image normalisation layer, in graph order;
+            empty for a norm-free model. Such layers read/write the statistics I/O.
     """
 
     task: str
@@ -83,6 +100,15 @@ class ModelContract:
     size_multiple: int
     tile_size: int
     metadata: Mapping[str, str] = field(default_factory=dict)
+    version: str = CONTRACT_VERSION
+    receptive_radius: int = 0
+    norm_channels: tuple[int, ...] = ()
+
+    @property
+    def tiling_invariant(self) -> bool:
+        """Whether tiled inference can equal whole-image inference: a v2 file states its receptive
+        field and exposes its normalisation statistics (v1 files do neither)."""
+        return self.version != "1" and self.receptive_radius > 0
 
     @property
     def description(self) -> str:
@@ -101,7 +127,7 @@ class ModelContract:
         out = dict(self.metadata)
         out.update(
             {
-                KEY_CONTRACT: CONTRACT_VERSION,
+                KEY_CONTRACT: self.version,
                 KEY_TASK: self.task,
                 KEY_SCALE: str(self.scale),
                 KEY_INPUT_CHANNELS: str(self.input_channels),
@@ -110,6 +136,9 @@ class ModelContract:
                 KEY_TILE_SIZE: str(self.tile_size),
             }
         )
+        if self.version != "1":
+            out[KEY_RECEPTIVE_RADIUS] = str(self.receptive_radius)
+            out[KEY_NORM_CHANNELS] = ",".join(str(c) for c in self.norm_channels)
         return out
 
 
@@ -169,11 +198,14 @@ def parse_contract(
         raise ContractError(
             f"not a pixforge model: metadata is missing {', '.join(missing)} (see docs/model-contract.md)"
         )
-    if metadata[KEY_CONTRACT] != CONTRACT_VERSION:
+    version = metadata[KEY_CONTRACT]
+    if version not in SUPPORTED_VERSIONS:
         raise ContractError(
-            f"model contract version {metadata[KEY_CONTRACT]!r} is not supported "
-            f"(this server reads {CONTRACT_VERSION!r})"
+            f"model contract version {version!r} is not supported "
+            f"(this server reads {', '.join(map(repr, SUPPORTED_VERSIONS))})"
         )
+    if version != "1" and KEY_RECEPTIVE_RADIUS not in metadata:
+        raise ContractError(f"a contract {version} model must state {KEY_RECEPTIVE_RADIUS!r} in its metadata")
     task = metadata[KEY_TASK]
     if task not in TASKS:
         raise ContractError(f"metadata 'task' must be one of {', '.join(TASKS)}, got {task!r}")
@@ -185,6 +217,9 @@ def parse_contract(
         size_multiple=_int_key(metadata, KEY_SIZE_MULTIPLE),
         tile_size=_int_key(metadata, KEY_TILE_SIZE),
         metadata=dict(metadata),
+        version=version,
+        receptive_radius=_int_key(metadata, KEY_RECEPTIVE_RADIUS, minimum=0) if version != "1" else 0,
+        norm_channels=_channel_list(metadata.get(KEY_NORM_CHANNELS, "")) if version != "1" else (),
     )
     if contract.tile_size % contract.size_multiple:
         raise ContractError(
@@ -193,13 +228,30 @@ def parse_contract(
         )
     if task != "super_resolution" and contract.scale != 1:
         raise ContractError(f"a {task} model must have scale 1, got {contract.scale}")
-    if len(inputs) != 1 or len(outputs) != 1:
+    # The statistics inputs have defaults (initialisers), so onnxruntime does not list them.
+    want_outputs = 2 if contract.norm_channels else 1
+    if len(inputs) != 1 or len(outputs) != want_outputs:
         raise ContractError(
-            f"a pixforge model has exactly one input and one output, got {len(inputs)} and {len(outputs)}"
+            f"a pixforge model has exactly one input and {want_outputs} output(s)"
+            f"{' (image_out, norm_sums)' if want_outputs == 2 else ''}, got {len(inputs)} and {len(outputs)}"
         )
     _check_tensor(inputs[0], "input", contract.input_channels)
     _check_tensor(outputs[0], "output", contract.output_channels)
+    if want_outputs == 2 and outputs[1].name != NORM_SUMS_OUTPUT:
+        raise ContractError(f"the second output must be {NORM_SUMS_OUTPUT!r}, got {outputs[1].name!r}")
     return contract
+
+
+def _channel_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ContractError(
+            f"metadata {KEY_NORM_CHANNELS!r} must be comma-separated integers, got {text!r}"
+        ) from None
+    if any(v < 1 for v in values):
+        raise ContractError(f"metadata {KEY_NORM_CHANNELS!r} must list positive channel counts, got {text!r}")
+    return values
 
 
 _ORT_TYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16"}

@@ -128,12 +128,28 @@ def _pretty_value(key: str, value: str) -> str:
     return value if len(value) <= _LONG_VALUE else value[:_LONG_VALUE] + f"... ({len(value)} chars)"
 
 
+def tiling_line(c: ModelContract) -> str:
+    """Whether tiled output equals whole-image output for this model, in one line."""
+    if not c.tiling_invariant:
+        return (
+            f"NOT tiling-invariant (contract {c.version}: no receptive radius or normalisation statistics; "
+            "re-export with `pixforge export --from onnx`)"
+        )
+    norms = (
+        f"{len(c.norm_channels)} norm layer(s) use the whole image's statistics"
+        if c.norm_channels
+        else "no norm layers"
+    )
+    return f"tiling-invariant (contract {c.version}; receptive radius {c.receptive_radius} px; {norms})"
+
+
 def _print_contract(c: ModelContract) -> None:
     print(f"  task:            {c.task}")
     print(f"  scale:           x{c.scale}")
     print(f"  channels:        {c.input_channels} in -> {c.output_channels} out")
     print(f"  size multiple:   {c.size_multiple} (the server pads inputs up to it and crops the output back)")
     print(f"  tile size:       {c.tile_size} input pixels")
+    print(f"  tiling:          {tiling_line(c)}")
     print(f"  precision:       {c.metadata.get('precision', '?')}")
     if c.description:
         print(f"  description:     {c.description}")

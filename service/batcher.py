@@ -54,6 +54,7 @@ class ItemResult:
     queue_ms: float
     inference_ms: float
     batch_size: int
+    sums: np.ndarray | None = None  # norm_sums row of a statistics run (None otherwise)
 
 
 @dataclass
@@ -71,13 +72,29 @@ class BatcherStats:
 
 
 class _Item:
-    __slots__ = ("array", "future", "enqueued", "key")
+    __slots__ = ("array", "future", "enqueued", "key", "feed")
 
-    def __init__(self, array: np.ndarray):
+    def __init__(self, array: np.ndarray, feed: TileFeed | None = None):
         self.array = array
+        self.feed = feed
         self.future: Future = Future()
         self.enqueued = time.perf_counter()
-        self.key = (array.shape, array.dtype.str)
+        # Statistics runs batch only with tiles of the same per-layer modes (one graph input).
+        self.key = (array.shape, array.dtype.str, None if feed is None else feed.modes.tobytes())
+
+
+@dataclass(frozen=True, eq=False)
+class TileFeed:
+    """A tile's tiling-statistics inputs: per-layer modes (shared by its batch), its frozen
+    statistics (S,) and its core (4,). See engine.NormFeed."""
+
+    modes: np.ndarray
+    stats: np.ndarray
+    core: np.ndarray
+
+
+# run_norm(batch, modes, stats (N, S), cores (N, 4)) -> (outputs, norm_sums (N, T))
+NormRun = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 # on_batch(batch_size, queue_seconds_per_item, inference_seconds)
@@ -96,6 +113,8 @@ class Batcher:
         capacity: most arrays queued (not yet running); more raise QueueFullError.
         name: used for the thread name and log lines.
         on_batch: optional observer called after each successful call (metrics).
+        run_norm: the model call with tiling-statistics inputs, for arrays submitted with a
+            TileFeed (models with per-image normalisation; None: such submissions are refused).
     """
 
     def __init__(
@@ -107,10 +126,12 @@ class Batcher:
         capacity: int = 512,
         name: str = "model",
         on_batch: BatchObserver | None = None,
+        run_norm: NormRun | None = None,
     ):
         if max_batch_size < 1 or capacity < 1:
             raise ValueError("max_batch_size and capacity must be >= 1")
         self._run = run
+        self._run_norm = run_norm
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay_ms / 1000.0
         self.capacity = capacity
@@ -146,7 +167,9 @@ class Batcher:
         """
         return self.submit_many([array])[0]
 
-    def submit_many(self, arrays: Sequence[np.ndarray]) -> list[Future]:
+    def submit_many(
+        self, arrays: Sequence[np.ndarray], feeds: Sequence[TileFeed] | None = None
+    ) -> list[Future]:
         """Queue several uint8 (H, W, C) arrays at once (e.g. the tiles of one image).
 
         They enter the queue together, so an idle engine sees all of them when it forms the next
@@ -154,6 +177,7 @@ class Batcher:
 
         Args:
             arrays: uint8 (H, W, C) images or tiles.
+            feeds: optional tiling-statistics inputs, one per array (their results carry ``sums``).
 
         Returns:
             One Future per array, in order, each resolving to an :class:`ItemResult`.
@@ -162,7 +186,10 @@ class Batcher:
             QueueFullError: fewer than ``len(arrays)`` places are left; nothing was queued.
             ShuttingDownError: the batcher was closed.
         """
-        items = [_Item(np.ascontiguousarray(a)) for a in arrays]  # copy outside the lock
+        if feeds is not None and self._run_norm is None:
+            raise ValueError(f"model {self.name} takes no normalisation statistics")
+        feeds = list(feeds) if feeds is not None else [None] * len(arrays)
+        items = [_Item(np.ascontiguousarray(a), f) for a, f in zip(arrays, feeds, strict=True)]
         with self._cond:
             if self._closed:
                 raise ShuttingDownError(f"model {self.name} is shutting down")
@@ -235,9 +262,17 @@ class Batcher:
 
     def _execute(self, items: list[_Item]) -> None:
         start = time.perf_counter()
+        sums = None
         try:
             try:
-                out = self._run(np.stack([it.array for it in items]))
+                batch = np.stack([it.array for it in items])
+                feed = items[0].feed
+                if feed is None:
+                    out = self._run(batch)
+                else:
+                    stats = np.stack([it.feed.stats for it in items])
+                    cores = np.stack([it.feed.core for it in items])
+                    out, sums = self._run_norm(batch, feed.modes, stats, cores)
             finally:
                 self._last_run_end = time.perf_counter()
         except OutOfMemoryError as exc:
@@ -261,7 +296,8 @@ class Batcher:
         self.stats.batch_sizes[n] += 1
         queue_s = [start - it.enqueued for it in items]
         for i, it in enumerate(items):
-            it.future.set_result(ItemResult(out[i], queue_s[i] * 1000.0, infer_s * 1000.0, n))
+            row = None if sums is None else sums[i]
+            it.future.set_result(ItemResult(out[i], queue_s[i] * 1000.0, infer_s * 1000.0, n, row))
         if self._on_batch is not None:
             try:
                 self._on_batch(n, queue_s, infer_s)

@@ -31,6 +31,7 @@ CUDNN_SEARCH = ("HEURISTIC", "EXHAUSTIVE")
 ARENA_STRATEGIES = ("kSameAsRequested", "kNextPowerOfTwo")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+NORM_STAT_METHODS = ("exact", "downscaled", "per_tile")  # service/norm_stats.py METHODS
 MIB = 1024 * 1024
 
 
@@ -126,6 +127,15 @@ class TilingConfig:
         default=64, metadata=_doc("smallest tile the out-of-memory retry goes down to")
     )
     max_tile_size: int = field(default=2048, metadata=_doc("largest tile_size a request may ask for"))
+    norm_statistics: str = field(
+        default="exact",
+        metadata=_doc(
+            "how tiles of a model with per-image normalisation are normalised: exact (the whole "
+            "image's statistics, one extra pass over the tiles per norm layer), downscaled (statistics "
+            "of a downscaled copy: one cheap extra pass, approximate), per_tile (each tile its own: "
+            "fastest, tone changes between tiles)"
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -514,6 +524,11 @@ def validate(cfg: ServiceConfig) -> None:
     t = cfg.tiling
     _check(t.tile_size >= 0, "tiling.tile_size", "must be >= 0")
     _check(t.tile_overlap >= 0, "tiling.tile_overlap", "must be >= 0")
+    _check(
+        t.norm_statistics in NORM_STAT_METHODS,
+        "tiling.norm_statistics",
+        f"must be one of {', '.join(NORM_STAT_METHODS)}, got {t.norm_statistics!r}",
+    )
     _check(t.min_tile_size >= 8, "tiling.min_tile_size", f"must be >= 8, got {t.min_tile_size}")
     _check(t.max_tile_size >= t.min_tile_size, "tiling.max_tile_size", "must be >= tiling.min_tile_size")
     _check(

@@ -19,7 +19,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pixforge.contract import INPUT_NAME, OUTPUT_NAME, ModelContract, contract_from_session
+from pixforge.contract import (
+    INPUT_NAME,
+    NORM_MODE_INPUT,
+    NORM_STATS_INPUT,
+    NORM_SUMS_OUTPUT,
+    OUTPUT_NAME,
+    TILE_CORE_INPUT,
+    ModelContract,
+    contract_from_session,
+)
 from pixforge.errors import ContractError
 
 from .config import EngineConfig, available_cpus
@@ -202,6 +211,22 @@ def session_options(cfg: EngineConfig) -> ort.SessionOptions:
 # --------------------------------------------------------------------------- the engine
 
 
+@dataclass(frozen=True, eq=False)
+class NormFeed:
+    """The tiling-statistics inputs of one batch (docs/model-contract.md "Tiling-invariant models").
+
+    Attributes:
+        modes: float32 (L,), per norm layer: 1 = frozen statistics, 2 = pooled over the batch.
+        stats: float32 (N, S) or (S,): per tile, each layer's frozen mean then variance.
+        cores: float32 (N, 4) or (4,): per tile, (top, bottom, left, right) of its core as
+            fractions of the tile.
+    """
+
+    modes: np.ndarray
+    stats: np.ndarray
+    cores: np.ndarray
+
+
 class Engine:
     """One onnxruntime session for one model version.
 
@@ -290,6 +315,40 @@ class Engine:
                 f"expected uint8 {expected}"
             )
         return out
+
+    def run_norm(self, batch: np.ndarray, feed: NormFeed) -> tuple[np.ndarray, np.ndarray]:
+        """Run a batch with the tiling-statistics inputs of a contract-2 model with norm layers.
+
+        Args:
+            batch: uint8 (N, H, W, C) tiles.
+            feed: the per-layer modes and the per-tile frozen statistics and cores.
+
+        Returns:
+            (uint8 outputs as :meth:`run`, float32 (N, T) ``norm_sums``).
+
+        Raises:
+            OutOfMemoryError, InferenceError: as :meth:`run`.
+        """
+        c = self.contract
+        if not c.norm_channels:
+            raise InferenceError(f"model {self.name} has no normalisation statistics inputs")
+        n = batch.shape[0]
+        inputs = {
+            INPUT_NAME: np.ascontiguousarray(batch),
+            NORM_MODE_INPUT: np.asarray(feed.modes, np.float32),
+            NORM_STATS_INPUT: np.ascontiguousarray(np.broadcast_to(feed.stats, (n, feed.stats.shape[-1]))),
+            TILE_CORE_INPUT: np.ascontiguousarray(np.broadcast_to(feed.cores, (n, 4)), np.float32),
+        }
+        try:
+            out, sums = self._session.run([OUTPUT_NAME, NORM_SUMS_OUTPUT], inputs)
+        except Exception as exc:  # onnxruntime's exception classes are not importable portably
+            if is_out_of_memory(exc):
+                raise OutOfMemoryError(
+                    f"model {self.name} ran out of memory on {self.provider} "
+                    f"for a batch of shape {batch.shape}"
+                ) from exc
+            raise InferenceError(f"model {self.name} failed: {_first_line(exc)}") from exc
+        return out, sums
 
     def _run_session(self, batch: np.ndarray) -> np.ndarray:
         if self.output_device is not None:

@@ -34,10 +34,12 @@ from pixforge.codec import OUTPUT_FORMATS, decode_image, encode_image, normalize
 from pixforge.contract import ModelContract
 from pixforge.errors import ImageEncodeError, ImageTooLargeError
 
+from .batcher import TileFeed
 from .config import BatchingConfig, ColorizationConfig, LimitsConfig, TilingConfig
 from .errors import InvalidRequestError, RequestCancelledError
+from .norm_stats import FULL_CORE, MODE_FROZEN, image_statistics
 from .repository import ModelRegistry, ModelRuntime
-from .tiling import plan_tiles, run_with_oom_retry
+from .tiling import InferTiles, TilePlan, plan_tiles, run_with_oom_retry
 
 log = logging.getLogger("pixforge.service.pipeline")
 
@@ -540,7 +542,31 @@ class Pipeline:
                 size_multiple=contract.size_multiple,
                 bucket=self.batching.shape_bucket,
                 scale=contract.scale,
+                radius=contract.receptive_radius,
             )
+
+        def plain(tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
+            return [r.output for r in self._infer(runtime, tiles, stats, cancel)]
+
+        def whole_image_statistics(plan: TilePlan) -> InferTiles:
+            """Tiles normalised with the whole image's statistics (models with norm layers)."""
+            method = self.tiling.norm_statistics
+            if plan.n_tiles == 1 or not contract.norm_channels or method == "per_tile":
+                return plain
+            channels = contract.norm_channels
+
+            def run_stats(tiles, modes, frozen, cores) -> list[np.ndarray]:
+                feeds = [TileFeed(modes, frozen, core) for core in cores]
+                return [r.sums for r in self._infer(runtime, tiles, stats, cancel, feeds, count=False)]
+
+            frozen = image_statistics(image, plan, channels, run_stats, method)
+            modes = np.full(len(channels), MODE_FROZEN, np.float32)
+
+            def infer(tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
+                feeds = [TileFeed(modes, frozen, FULL_CORE)] * len(tiles)
+                return [r.output for r in self._infer(runtime, tiles, stats, cancel, feeds)]
+
+            return infer
 
         return run_with_oom_retry(
             image,
@@ -548,18 +574,31 @@ class Pipeline:
             min_tile=self.tiling.min_tile_size,
             size_multiple=contract.size_multiple,
             make_plan=make_plan,
-            infer=lambda tiles: self._infer(runtime, tiles, stats, cancel),
+            infer=plain,
+            infer_for_plan=whole_image_statistics,
         )
 
     def _infer(
-        self, runtime: ModelRuntime, tiles: Sequence[np.ndarray], stats: _Stats, cancel: CancelToken
-    ) -> list[np.ndarray]:
-        """Send tiles through the model's batcher, at most max_batch_size queued at a time."""
-        outputs: list[np.ndarray] = []
+        self,
+        runtime: ModelRuntime,
+        tiles: Sequence[np.ndarray],
+        stats: _Stats,
+        cancel: CancelToken,
+        feeds: Sequence[TileFeed] | None = None,
+        count: bool = True,
+    ) -> list:
+        """Send tiles through the model's batcher, at most max_batch_size queued at a time.
+
+        Returns the batcher's ItemResults (``output``, and ``sums`` for statistics runs). Their
+        queue and inference times always count; ``count=False`` (statistics passes) leaves them
+        out of the request's tile count, which reports the tiles of the output.
+        """
+        outputs: list = []
         window = runtime.max_batch_size
         for i in range(0, len(tiles), window):
             cancel.check()
-            futures = runtime.batcher.submit_many(tiles[i : i + window])
+            part = None if feeds is None else feeds[i : i + window]
+            futures = runtime.batcher.submit_many(tiles[i : i + window], part)
             unregister = cancel.add_callback(lambda fs=futures: [f.cancel() for f in fs])
             try:
                 # Future.result() (unlike futures.wait()) wakes up when a pending future is cancelled.
@@ -573,6 +612,6 @@ class Pipeline:
             stats.queue_ms += max(r.queue_ms for r in results)
             # Tiles that shared a call are slices of one output array: count that call once.
             stats.inference_ms += sum({id(r.output.base): r.inference_ms for r in results}.values())
-            stats.tiles += len(results)
-            outputs.extend(r.output for r in results)
+            stats.tiles += len(results) if count else 0
+            outputs.extend(results)
         return outputs

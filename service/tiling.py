@@ -64,16 +64,25 @@ def pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.pad(image, pad, mode="reflect")
 
 
-def _axis(length: int, tile: int, overlap: int, multiple: int) -> tuple[int, int, list[int]]:
-    """Plan one axis: (padded length, tile length, tile start positions)."""
+def _axis(length: int, tile: int, overlap: int, multiple: int, align: int) -> tuple[int, int, list[int]]:
+    """Plan one axis: (padded length, tile length, tile start positions).
+
+    Tile starts are multiples of ``align`` (the model's size multiple): a network that
+    downsamples by that factor then samples every tile on the same grid as the whole image, the
+    first condition for tiled output to equal whole-image output. A tiled axis is reflect-padded
+    like an untiled one (to ``multiple``: the size multiple and shape bucket), so the pixels next to
+    the border see the same padding as in a whole-image run.
+    """
     if length <= tile:
         padded = min(round_up(length, multiple), tile)
         return padded, padded, [0]
+    padded = round_up(length, multiple)
     stride = tile - overlap
-    n = math.ceil((length - tile) / stride) + 1
-    # Spread the tiles evenly so every overlap is >= `overlap` and the last tile ends at the edge.
-    positions = [round(k * (length - tile) / (n - 1)) for k in range(n)]
-    return length, tile, positions
+    n = math.ceil((padded - tile) / stride) + 1
+    span = (padded - tile) // align
+    # Spread the tiles evenly on the grid so every overlap is >= `overlap`; the last one ends at the edge.
+    positions = [(k * span // (n - 1)) * align for k in range(n)]
+    return padded, tile, positions
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,9 @@ class TilePlan:
         ys, xs: tile start positions in the padded image.
         overlap: the minimum overlap between neighbouring tiles (input pixels).
         scale: output pixels per input pixel.
+        margin: input pixels next to an inner tile edge that get no blending weight (0: a quarter
+            of the overlap); the model's receptive radius when known.
+        align: tile starts are multiples of this (the model's size multiple).
     """
 
     height: int
@@ -99,15 +111,49 @@ class TilePlan:
     xs: tuple[int, ...]
     overlap: int
     scale: int
+    margin: int = 0
+    align: int = 1
 
     @property
     def n_tiles(self) -> int:
         """Number of tiles (1 when the image fits in one)."""
         return len(self.ys) * len(self.xs)
 
+    def cores(self) -> list[np.ndarray]:
+        """Per tile (row-major), (top, bottom, left, right) of its core as fractions of the tile.
+
+        Cores partition the padded image: each boundary sits in the middle of an overlap, on the
+        ``align`` grid so that it falls between feature-map pixels at every resolution the model
+        downsamples to.
+        """
+        rows = _axis_cores(self.ys, self.tile_height, self.padded_height, self.align)
+        cols = _axis_cores(self.xs, self.tile_width, self.padded_width, self.align)
+        return [np.array([*r, *c], np.float32) for r in rows for c in cols]
+
+
+def _axis_cores(positions: Sequence[int], tile: int, length: int, align: int) -> list[tuple[float, float]]:
+    """Core (start, end) of each tile along one axis, as fractions of the tile."""
+    bounds = [0]
+    for before, after in zip(positions, positions[1:], strict=False):
+        # the middle of the overlap [after, before + tile), on the align grid
+        bounds.append(round_up((after + before + tile) // 2, align))
+    bounds.append(length)
+    return [
+        ((lo - p) / tile, (hi - p) / tile)
+        for p, lo, hi in zip(positions, bounds[:-1], bounds[1:], strict=True)
+    ]
+
 
 def plan_tiles(
-    height: int, width: int, *, tile: int, overlap: int, size_multiple: int, bucket: int = 0, scale: int = 1
+    height: int,
+    width: int,
+    *,
+    tile: int,
+    overlap: int,
+    size_multiple: int,
+    bucket: int = 0,
+    scale: int = 1,
+    radius: int = 0,
 ) -> TilePlan:
     """Plan the tiles of a height x width image.
 
@@ -119,6 +165,10 @@ def plan_tiles(
         bucket: pad an axis that fits in one tile to a multiple of this too (0: only size_multiple),
             so images of different sizes share a few shapes and can be batched together.
         scale: the model's scale.
+        radius: the model's receptive radius (input pixels; 0 = unknown). Blending then ignores
+            this many pixels next to each inner tile edge, and the overlap grows to leave room for
+            a cross-fade beyond them: every blended pixel was computed with its whole receptive
+            field inside the tile, so tiles agree exactly where they overlap.
 
     Returns:
         The TilePlan.
@@ -126,13 +176,22 @@ def plan_tiles(
     if tile < size_multiple or tile % size_multiple:
         raise ValueError(f"tile size {tile} must be a positive multiple of {size_multiple}")
     multiple = size_multiple if not bucket else size_multiple * bucket // math.gcd(size_multiple, bucket)
+    margin = 0
+    if radius > 0:
+        margin = round_up(radius, size_multiple)
+        overlap = max(overlap, 2 * margin + 2 * size_multiple)
     overlap = max(0, min(overlap, tile // 2))
-    ph, th, ys = _axis(height, tile, overlap, multiple)
-    pw, tw, xs = _axis(width, tile, overlap, multiple)
-    return TilePlan(height, width, ph, pw, th, tw, tuple(ys), tuple(xs), overlap, scale)
+    margin = min(margin, max(0, overlap // 2 - 1))
+    ph, th, ys = _axis(height, tile, overlap, multiple, size_multiple)
+    pw, tw, xs = _axis(width, tile, overlap, multiple, size_multiple)
+    return TilePlan(
+        height, width, ph, pw, th, tw, tuple(ys), tuple(xs), overlap, scale, margin, size_multiple
+    )
 
 
-def axis_weights(length: int, before: bool, after: bool, overlap: int) -> np.ndarray:
+def axis_weights(
+    length: int, before: bool, after: bool, overlap: int, margin: int | None = None
+) -> np.ndarray:
     """Feathered 1-D blending window for one tile (output pixels).
 
     Next to an edge that has a neighbouring tile the weight is ~0 over a margin of overlap/4 (the
@@ -143,10 +202,11 @@ def axis_weights(length: int, before: bool, after: bool, overlap: int) -> np.nda
         length: tile length in output pixels.
         before, after: whether a neighbour overlaps the start/end edge.
         overlap: minimum overlap in output pixels.
+        margin: output pixels next to an inner edge with no weight (default overlap // 4).
     """
     d = np.arange(length, dtype=np.float32)
     w = np.ones(length, np.float32)
-    margin = overlap // 4
+    margin = overlap // 4 if margin is None else margin
     ramp = max(1, overlap - 2 * margin)
     if before:
         w = np.minimum(w, np.clip((d - margin + 0.5) / ramp, 0.0, 1.0))
@@ -185,7 +245,8 @@ def run_tiled(image: np.ndarray, plan: TilePlan, infer: InferTiles) -> np.ndarra
     oth, otw = th * s, tw * s
     out_h, out_w = plan.height * s, plan.width * s
     ys, xs = [y * s for y in plan.ys], [x * s for x in plan.xs]
-    wxs = [axis_weights(otw, j > 0, j < len(xs) - 1, plan.overlap * s) for j in range(len(xs))]
+    margin = plan.margin * s if plan.margin else None
+    wxs = [axis_weights(otw, j > 0, j < len(xs) - 1, plan.overlap * s, margin) for j in range(len(xs))]
     result: np.ndarray | None = None
     # Tile rows not fully written yet: (first output row held, row weights, tile outputs from there).
     live: list[tuple[int, np.ndarray, list[np.ndarray]]] = []
@@ -194,7 +255,7 @@ def run_tiled(image: np.ndarray, plan: TilePlan, infer: InferTiles) -> np.ndarra
         outs = infer([padded[y : y + th, x : x + tw] for x in plan.xs])
         if result is None:
             result = np.empty((out_h, out_w, outs[0].shape[2]), np.uint8)
-        wy = axis_weights(oth, i > 0, i < len(ys) - 1, plan.overlap * s)
+        wy = axis_weights(oth, i > 0, i < len(ys) - 1, plan.overlap * s, margin)
         live.append((ys[i], wy, list(outs)))
         del outs
         done = min(ys[i + 1] if i + 1 < len(ys) else out_h, out_h)
@@ -257,6 +318,7 @@ def run_with_oom_retry(
     size_multiple: int,
     make_plan: Callable[[int], TilePlan],
     infer: InferTiles,
+    infer_for_plan: Callable[[TilePlan], InferTiles] | None = None,
 ) -> tuple[np.ndarray, int]:
     """:func:`run_tiled`, halving the tile size after each out-of-memory error.
 
@@ -267,6 +329,8 @@ def run_with_oom_retry(
         size_multiple: the model's size multiple.
         make_plan: tile size -> TilePlan for this image.
         infer: as for run_tiled.
+        infer_for_plan: optional; plan -> the infer to use for that plan (e.g. after gathering the
+            whole image's normalisation statistics for those tiles). Takes precedence over ``infer``.
 
     Returns:
         (output, tile size that worked).
@@ -277,7 +341,9 @@ def run_with_oom_retry(
     floor = max(size_multiple, round_up(min_tile, size_multiple))
     while True:
         try:
-            return run_tiled(image, make_plan(tile), infer), tile
+            plan = make_plan(tile)
+            run = infer_for_plan(plan) if infer_for_plan is not None else infer
+            return run_tiled(image, plan, run), tile
         except OutOfMemoryError as exc:
             smaller = (tile // 2) // size_multiple * size_multiple
             if smaller < floor or smaller >= tile:

@@ -2,8 +2,9 @@
 
 The model obeys docs/model-contract.md.
 
-Reads a pixforge checkpoint (``"format": "pixforge.generator/1"``, written by `pixforge train`) or a
-junyanz ``latest_net_G.pth`` (``--from junyanz``, converted by ``pixforge.training.legacy``), builds
+Reads a pixforge checkpoint (``"format": "pixforge.generator/1"``, written by `pixforge train`), a
+junyanz ``latest_net_G.pth`` (``--from junyanz``) or a model.onnx of an earlier pixforge export
+(``--from onnx``; both converted by ``pixforge.training.legacy``), builds
 the generator through the registry and hands it to ``pixforge.training.export.export_generator``.
 
 Exit codes: 0 written; 1 the parity check failed (nothing written); 2 bad input (message, no traceback).
@@ -197,6 +198,53 @@ def load_junyanz_checkpoint(path: Path, args) -> tuple[torch.nn.Module, ExportCo
     return generator, cfg, provenance
 
 
+def load_onnx_model(path: Path, args) -> tuple[torch.nn.Module, ExportConfig, dict[str, str]]:
+    """A model.onnx of an earlier pixforge export -> (generator with weights, export config, provenance).
+
+    Re-exporting rebuilds the graph under the current contract (receptive radius, tiling
+    statistics); the task, scale, colour space, precision, tile size and description are the file's.
+    """
+    for flag, value in (("--arch", args.arch), ("--norm", args.norm), ("--task", args.task)):
+        if value is not None:
+            raise UsageError(f"{flag} applies to --from junyanz only; the ONNX file records it")
+    try:
+        gen_cfg, state, meta = legacy.load_pixforge_onnx(path)
+    except legacy.LegacyCheckpointError as exc:
+        raise UsageError(str(exc)) from exc
+    generator = build_generator(gen_cfg)
+    generator.load_state_dict(state, strict=True)
+    try:
+        cfg = ExportConfig(
+            task=meta.get("task", ""),
+            color_space=meta.get("color_space", "rgb"),
+            scale=int(meta.get("scale", "1")),
+            input_channels=int(meta.get("input_channels", "3")),
+            output_channels=int(meta.get("output_channels", "3")),
+            tile_size=args.tile_size or int(meta.get("tile_size", "0")) or None,
+            fp16=args.fp16 or meta.get("precision") == "fp16",
+            opset=args.opset,
+            verify=not args.no_verify,
+            description=args.description or meta.get("description", ""),
+        )
+    except (ExportError, ValueError) as exc:
+        raise UsageError(f"{path} does not describe an exportable model: {exc}") from exc
+    keep = (
+        "arch",
+        "generator_config",
+        "training_config",
+        "metrics",
+        "training_data",
+        "training_step",
+        "direction",
+        "generator_name",
+        "source_checkpoint_sha256",
+    )
+    provenance = {k: meta[k] for k in keep if meta.get(k)}
+    provenance["source_format"] = f"pixforge.onnx (contract {meta.get('pixforge.contract', '?')})"
+    provenance["source_onnx_sha256"] = file_sha256(path)
+    return generator, cfg, provenance
+
+
 def load_parity_images(folder: str | None) -> list[np.ndarray]:
     """Decoded images (sorted, at most 8) from ``folder`` for the parity check."""
     if not folder:
@@ -221,7 +269,8 @@ def run(args) -> int:
     try:
         if not path.is_file():
             raise UsageError(f"checkpoint not found: {path}")
-        loader = load_junyanz_checkpoint if args.source == "junyanz" else load_pixforge_checkpoint
+        loaders = {"junyanz": load_junyanz_checkpoint, "onnx": load_onnx_model}
+        loader = loaders.get(args.source, load_pixforge_checkpoint)
         generator, cfg, provenance = loader(path, args)
         images = load_parity_images(getattr(args, "parity_images", None))
         torch.manual_seed(0)

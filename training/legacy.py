@@ -1,4 +1,10 @@
-"""The one place for foreign checkpoints: junyanz/pytorch-CycleGAN-and-pix2pix generators.
+"""The one place for foreign and legacy formats: junyanz generators, and contract-1 pixforge ONNX files.
+
+`load_pixforge_onnx` reads a pixforge ONNX model back into a `(GeneratorConfig, state_dict,
+metadata)` triple so it can be exported again under the current contract (e.g. contract 1 ->
+2, which adds the tiling statistics). It works because the exporter keeps the PyTorch parameter
+names as initializer names (``generator.<module path>``) and stores the generator config in the
+metadata.
 
 Converts `latest_net_G.pth` / `*_net_G_A.pth` state dicts (UnetGenerator or ResnetGenerator) into a
 `(GeneratorConfig, state_dict)` pair for our modules:
@@ -307,3 +313,63 @@ def junyanz_preset_config(
         out_channels=out_channels,
         dropout=dropout,
     )
+
+
+# --- pixforge ONNX files of an older contract --------------------------------------------------
+
+ONNX_PREFIX = "generator."
+
+
+def load_pixforge_onnx(path: str | Path) -> tuple[GeneratorConfig, dict[str, torch.Tensor], dict[str, str]]:
+    """A pixforge ONNX model -> (GeneratorConfig, float32 state dict, metadata).
+
+    Batch-norm running statistics are not in the file (the export uses per-image statistics);
+    they are filled with 0 / 1, which the export's inference semantics never read.
+
+    Raises:
+        LegacyCheckpointError: not a pixforge export with a generator_config and named weights.
+    """
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf decode errors of several types
+        raise LegacyCheckpointError(f"cannot read {path} as ONNX: {exc}") from exc
+    metadata = {p.key: p.value for p in model.metadata_props}
+    if "generator_config" not in metadata:
+        raise LegacyCheckpointError(f"{path} has no generator_config metadata (not a pixforge export)")
+    try:
+        cfg = GeneratorConfig.from_dict(json.loads(metadata["generator_config"]))
+    except (ValueError, TypeError) as exc:
+        raise LegacyCheckpointError(f"{path}: invalid generator_config metadata: {exc}") from exc
+    state = {
+        init.name[len(ONNX_PREFIX) :]: torch.from_numpy(numpy_helper.to_array(init).astype(np.float32))
+        for init in model.graph.initializer
+        if init.name.startswith(ONNX_PREFIX)
+    }
+    module = build_generator(cfg)
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state and k.rsplit(".", 1)[-1] not in _NORM_BUFFERS]
+    if missing:
+        # onnxruntime's offline optimisation shares identical constants (e.g. all-zero biases of an
+        # untrained layer) under one name; such a file cannot be mapped back to its modules.
+        raise LegacyCheckpointError(
+            f"{path}: {len(missing)} weight(s) of the generator are not named in the file "
+            f"(e.g. {', '.join(missing[:3])}); re-export it from its checkpoint instead"
+        )
+    for key, value in expected.items():
+        if key not in state and key.rsplit(".", 1)[-1] in _NORM_BUFFERS:
+            state[key] = (
+                torch.zeros_like(value) if not key.endswith("running_var") else torch.ones_like(value)
+            )
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise LegacyCheckpointError(
+            f"{path}: the weights do not fit its generator_config: {str(exc).splitlines()[0]}"
+        ) from exc
+    return cfg, state, metadata

@@ -30,6 +30,13 @@ def per_tile(fn, log=None):
     return infer
 
 
+def whole(fn, img, multiple):
+    """What whole-image inference gives: the image reflect-padded to the size multiple, cropped back."""
+    h, w = img.shape[:2]
+    padded = pad_to(img, -(-h // multiple) * multiple, -(-w // multiple) * multiple)
+    return fn(padded)[:h, :w]
+
+
 def image(h, w, c=3, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
 
@@ -58,11 +65,34 @@ def test_plan_small_image_is_one_padded_tile():
 
 def test_plan_large_image_covers_everything_with_overlap():
     p = plan_tiles(203, 517, tile=64, overlap=16, size_multiple=8)
-    assert (p.padded_height, p.padded_width) == (203, 517)  # tiled axes need no padding
-    for positions, length in ((p.ys, 203), (p.xs, 517)):
+    # tiled axes are padded to the size multiple, and every tile starts on that grid: a network
+    # that downsamples by 8 then samples each tile on the whole image's grid
+    assert (p.padded_height, p.padded_width) == (208, 520)
+    for positions, length in ((p.ys, 208), (p.xs, 520)):
         assert positions[0] == 0 and positions[-1] + 64 == length
+        assert all(y % 8 == 0 for y in positions)
         gaps = np.diff(positions)
         assert (gaps <= 64 - 16).all() and (gaps > 0).all()
+
+
+def test_plan_cores_partition_the_image_on_the_grid():
+    p = plan_tiles(203, 517, tile=64, overlap=16, size_multiple=8)
+    cores = p.cores()
+    assert len(cores) == p.n_tiles
+    covered = np.zeros((p.padded_height, p.padded_width), int)
+    for (y, x), (top, bottom, left, right) in zip([(y, x) for y in p.ys for x in p.xs], cores, strict=True):
+        r0, r1 = y + round(top * 64), y + round(bottom * 64)
+        c0, c1 = x + round(left * 64), x + round(right * 64)
+        assert r0 % 8 == 0 and c0 % 8 == 0 and y <= r0 < r1 <= y + 64 and x <= c0 < c1 <= x + 64
+        covered[r0:r1, c0:c1] += 1
+    assert (covered == 1).all()
+
+
+def test_plan_overlap_and_margin_follow_the_receptive_radius():
+    p = plan_tiles(500, 500, tile=128, overlap=8, size_multiple=4, radius=10)
+    assert p.margin == 12 and p.overlap >= 2 * 12 + 8  # room for the cross-fade beyond the margins
+    w = axis_weights(128, True, True, p.overlap, p.margin)
+    assert (w[:12] < 1e-3).all() and (w[-12:] < 1e-3).all()
 
 
 def test_weights_cross_fade_to_one():
@@ -80,7 +110,7 @@ def test_weights_cross_fade_to_one():
 def test_tiled_blur_equals_untiled_exactly(h, w, tile, overlap):
     img = image(h, w, seed=h)
     tiled = run_tiled(img, plan_tiles(h, w, tile=tile, overlap=overlap, size_multiple=8), per_tile(blur))
-    np.testing.assert_array_equal(tiled, blur(img))
+    np.testing.assert_array_equal(tiled, whole(blur, img, 8))
 
 
 def test_tiled_super_resolution_exact_size_and_values():
@@ -112,7 +142,7 @@ def test_working_memory_is_one_tile_row():
     out = run_tiled(img, plan, infer)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    np.testing.assert_array_equal(out, blur(img))
+    np.testing.assert_array_equal(out, whole(blur, img, 8))
     full_float = 600 * 90 * 4 * 2  # what accumulating the whole image in float would take
     assert peak < full_float
 

@@ -22,12 +22,14 @@ import torch
 from torch import nn
 
 from pixforge import __version__
-from pixforge.contract import TASKS, ModelContract, contract_from_session
+from pixforge.contract import INPUT_NAME, OUTPUT_NAME, TASKS, ModelContract, contract_from_session
 from pixforge.errors import ContractError
 
 from . import parity as parity_mod
+from .norm_stats import NormStatsError, add_norm_statistics_io
 from .onnx_build import export_onnx
 from .parity import ParityReport, round_up
+from .receptive_field import receptive_radius
 from .wrapper import COLOR_SPACES, INFERENCE_SEMANTICS, build_export_module
 from .writer import SIDECAR_FILE, check_name, choose_version, write_model_version
 
@@ -147,7 +149,9 @@ def _check_generator(generator: nn.Module, cfg: ExportConfig, size_multiple: int
         )
 
 
-def _metadata(cfg: ExportConfig, size_multiple: int, tile: int, provenance: dict[str, str]) -> ModelContract:
+def _metadata(
+    cfg: ExportConfig, size_multiple: int, tile: int, radius: int, provenance: dict[str, str]
+) -> ModelContract:
     meta = {k: str(v) for k, v in provenance.items() if v is not None and v != ""}
     meta.update(
         {
@@ -168,6 +172,7 @@ def _metadata(cfg: ExportConfig, size_multiple: int, tile: int, provenance: dict
         size_multiple=size_multiple,
         tile_size=tile,
         metadata=meta,
+        receptive_radius=radius,
     )
 
 
@@ -261,7 +266,9 @@ def export_generator(
         )
     wrapper, notes = build_export_module(generator, cfg.color_space)
     _check_generator(wrapper.generator, cfg, size_multiple)
-    contract = _metadata(cfg, size_multiple, tile, dict(provenance or {}))
+    radius = receptive_radius(wrapper.generator, cfg.generator_channels[0], size_multiple, cfg.scale)
+    log(f"receptive radius: {radius} input pixels (tiles overlap enough to make tiling exact)")
+    contract = _metadata(cfg, size_multiple, tile, radius, dict(provenance or {}))
     metadata = contract.to_metadata()
 
     h = round_up(max(32, size_multiple), size_multiple)
@@ -306,6 +313,7 @@ def export_generator(
             log(f"  fp16 vs fp32 PSNR: {psnr:.2f} dB (onnxruntime CPU)")
         model, optimized = model16, False
 
+    model, contract = make_tiling_invariant(model, contract, inputs, log)
     try:
         _contract_in_memory(model)
     except ContractError as exc:
@@ -314,6 +322,41 @@ def export_generator(
     path, written = write_model_version(repo, name, version, model, sidecar)
     log(f"wrote {path} (+ {SIDECAR_FILE})")
     return ExportResult(path, version, written, report, notes, optimized)
+
+
+def make_tiling_invariant(
+    model: onnx.ModelProto, contract: ModelContract, inputs: list[tuple[str, np.ndarray]], log=print
+) -> tuple[onnx.ModelProto, ModelContract]:
+    """Give every per-image norm layer the statistics I/O (norm_stats.py) and record the layers.
+
+    The rewritten graph must give the same pixels as before when only ``image`` is fed; that is
+    checked on the parity inputs (fp32: identical; fp16: within one grey level, onnxruntime may
+    fuse the fp16 casts differently inside the If branches).
+
+    Raises:
+        ExportError: the rewrite changed the default output.
+    """
+    try:
+        rewritten, channels = add_norm_statistics_io(model)
+    except NormStatsError as exc:
+        raise ExportError(f"cannot make the graph tiling-invariant: {exc}") from exc
+    contract = dataclasses.replace(contract, norm_channels=tuple(channels))
+    del rewritten.metadata_props[:]
+    onnx.helper.set_model_props(rewritten, contract.to_metadata())
+    if channels:
+        before, after = parity_mod.make_session(model), parity_mod.make_session(rewritten)
+        worst = 0
+        for _label, batch in inputs:
+            a = before.run([OUTPUT_NAME], {INPUT_NAME: batch})[0].astype(np.int16)
+            b = after.run([OUTPUT_NAME], {INPUT_NAME: batch})[0].astype(np.int16)
+            worst = max(worst, int(np.abs(a - b).max()))
+        if worst > 1:
+            raise ExportError(f"the tiling statistics rewrite changed the output by {worst} grey levels")
+        log(
+            f"tiling statistics: {len(channels)} norm layer(s) expose their statistics (default output "
+            f"{'unchanged' if worst == 0 else 'within 1 grey level'})"
+        )
+    return rewritten, contract
 
 
 def config_summary(config: dict | None) -> str:
