@@ -103,6 +103,15 @@ class Settings:
             workers=_workers(getattr(args, "workers", None)),
             max_call_seconds=max_call or 30.0,
             tag=tag,
+            extra={
+                k: v
+                for k, v in (
+                    ("repo", getattr(args, "repo", None)),
+                    ("image", getattr(args, "image", None)),
+                    ("invariance_size", getattr(args, "invariance_size", None)),
+                )
+                if v
+            },
         )
 
     def resolved_threads(self) -> int:

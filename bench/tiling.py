@@ -202,6 +202,10 @@ def run_suite(settings) -> SuiteRecord:
                 "detail": "fewer than two sizes measured",
             }
         )
+    if settings.extra.get("invariance", not settings.quick):  # 12 server starts: not a smoke run
+        from .tiling_invariance import run_invariance
+
+        run_invariance(record, settings, cfg["threads"], int(settings.extra.get("invariance_size", 1536)))
     if points:
         xs = [p[0] for p in points]
         record.plots.append(

@@ -245,6 +245,13 @@ def _add_bench(sub) -> None:
         "<suite>-<tag>.json with its own report section, instead of replacing it",
     )
     p.add_argument("--no-report", action="store_true", help="write the suite JSON only, not benchmarks.md")
+    p.add_argument(
+        "--repo", help="tiling suite: repository whose models are checked tiled vs whole (default models/)"
+    )
+    p.add_argument("--image", help="tiling suite: photo translated tiled and whole (default: synthetic)")
+    p.add_argument(
+        "--invariance-size", type=int, help="tiling suite: edge the photo is resized to (default 1536)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

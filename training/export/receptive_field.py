@@ -77,7 +77,9 @@ def receptive_radius(generator: nn.Module, in_channels: int, size_multiple: int,
     """
     if hasattr(generator, "receptive_radius"):
         return int(generator.receptive_radius())
-    probe = 64
+    # at least 4x the size multiple: a feature map of 1x1 at the deepest level has zero variance
+    # and (through ReLU at exactly 0) zero gradient, which would read as "sees nothing"
+    probe = max(64, 4 * size_multiple)
     while True:
         size = -(-probe // size_multiple) * size_multiple
         radius, reached_border = _probe(generator, in_channels, size, scale)
@@ -103,7 +105,7 @@ def _probe(generator: nn.Module, in_channels: int, size: int, scale: int) -> tup
     rows = torch.nonzero(support.any(dim=1)).flatten()
     cols = torch.nonzero(support.any(dim=0)).flatten()
     if rows.numel() == 0:
-        return 1, False
+        return 1, True  # nothing measurable at this size: try a larger probe
     radius = int(max(centre - rows.min(), rows.max() - centre, centre - cols.min(), cols.max() - centre))
     border = bool(rows.min() == 0 or cols.min() == 0 or rows.max() == size - 1 or cols.max() == size - 1)
     return radius, border
