@@ -79,8 +79,16 @@ class _Item:
         self.feed = feed
         self.future: Future = Future()
         self.enqueued = time.perf_counter()
-        # Statistics runs batch only with tiles of the same per-layer modes (one graph input).
-        self.key = (array.shape, array.dtype.str, None if feed is None else feed.modes.tobytes())
+        # Statistics runs batch only with tiles of the same per-layer modes (one graph input), and
+        # a run whose statistics are pooled over its batch (mode 2) only with itself: pooling two
+        # requests' images together would mix their statistics.
+        if feed is None:
+            group = None
+        elif bool((feed.modes > 1.5).any()):
+            group = ("pooled", id(self))
+        else:
+            group = feed.modes.tobytes()
+        self.key = (array.shape, array.dtype.str, group)
 
 
 @dataclass(frozen=True, eq=False)

@@ -268,3 +268,42 @@ def test_concurrent_clients_on_a_slow_engine_share_batches():
     assert not errors and not any(t.is_alive() for t in threads)
     assert sum(slow.sizes) == 24 and max(slow.sizes) > 1
     assert b.stats.items == 24 and max(b.stats.batch_sizes) > 1
+
+
+def test_statistics_runs_batch_by_mode_and_pooled_runs_never_share_a_call():
+    from pixforge.service.batcher import TileFeed
+
+    calls = []
+
+    def run_norm(batch, modes, stats, cores):
+        calls.append((len(batch), tuple(modes)))
+        return batch, np.zeros((len(batch), 3), np.float32)
+
+    gate = threading.Event()
+
+    def run(batch):
+        gate.wait(5)
+        return batch
+
+    b = Batcher(run, run_norm=run_norm, max_batch_size=8, max_queue_delay_ms=0)
+    try:
+        blocker = b.submit(np.zeros((4, 4, 3), np.uint8))  # keeps the engine busy while we queue
+        tile = np.zeros((4, 4, 3), np.uint8)
+        frozen = TileFeed(np.ones(2, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32))
+        pooled = TileFeed(np.full(2, 2.0, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32))
+        futures = b.submit_many([tile] * 3, [frozen] * 3)
+        futures += b.submit_many([tile], [pooled]) + b.submit_many([tile], [pooled])
+        gate.set()
+        blocker.result(5)
+        results = [f.result(5) for f in futures]
+        assert all(r.sums is not None and r.sums.shape == (3,) for r in results)
+        assert sorted(calls) == [(1, (2.0, 2.0)), (1, (2.0, 2.0)), (3, (1.0, 1.0))]
+        plain = Batcher(run)
+        try:
+            with pytest.raises(ValueError, match="no normalisation statistics"):
+                plain.submit_many([tile], [frozen])
+        finally:
+            plain.close()
+    finally:
+        gate.set()
+        b.close()
