@@ -140,7 +140,7 @@ def test_tiled_equals_whole_image_for_a_junyanz_import(repo, tmp_path):
     _check(repo, "jz", lambda tile: (3 * tile - 8, 3 * tile))
 
 
-def test_contract_1_files_re_export_to_tiling_invariant_ones(repo, tmp_path):
+def test_contract_1_files_re_export_to_tiling_invariant_ones(repo, tmp_path, capsys):
     import dataclasses
 
     import onnx
@@ -166,15 +166,20 @@ def test_contract_1_files_re_export_to_tiling_invariant_ones(repo, tmp_path):
     ).to_metadata()
     example = torch.zeros(2, 32, 36, 3, dtype=torch.uint8)
     model, _ = export_onnx(wrapper, example, opset=17, input_channels=3, output_channels=3, metadata=meta)
-    old_path = tmp_path / "old.onnx"
+    old_path = tmp_path / "v1" / "old" / "1" / "model.onnx"
+    old_path.parent.mkdir(parents=True)
     onnx.save(model, str(old_path))
     old = load_contract(old_path)
     assert old.version == "1" and not old.tiling_invariant and not old.norm_channels
+    assert main(["models", "show", "old", "--repo", str(tmp_path / "v1")]) == 0
+    assert "NOT tiling-invariant (contract 1" in capsys.readouterr().out
 
     assert main(["export", str(old_path), "--from", "onnx", "--name", "new", "--repo", str(repo)]) == 0
     new = load_contract(repo / "new" / "1" / "model.onnx")
     assert new.version == "2" and new.tiling_invariant and len(new.norm_channels) == 7
     assert new.metadata["source_format"] == "pixforge.onnx (contract 1)"
+    assert main(["models", "show", "new", "--repo", str(repo)]) == 0
+    assert "tiling-invariant (contract 2; receptive radius" in capsys.readouterr().out
     assert dataclasses.asdict(cfg) == dataclasses.asdict(legacy.load_pixforge_onnx(old_path)[0])
     # same weights, same pixels by default
     image = _photo(64, 72)[None]
