@@ -22,17 +22,13 @@ pixforge train training/configs/super_resolution_x4.yaml --data "$data/sr" --out
 pixforge export "$(tail -n 1 /tmp/sr_x4.log | sed 's/^checkpoint: //')" --name sr-x4 --repo "$repo" \
   --description "x4 super-resolution (LR-space residual net, L1), CPU-trained default model"
 
-# Colourisation (Lab, L -> ab, Huber, no norm layers): every colour training photo of the data
-# sets (sr/train, apple2orange/trainA + trainB) through one folder of links; validated on sr/test.
-mkdir -p runs/colour_data/train
-ln -sfn "$(cd "$data" && pwd)/sr/train" runs/colour_data/train/sr
-ln -sfn "$(cd "$data" && pwd)/apple2orange/trainA" runs/colour_data/train/apples
-ln -sfn "$(cd "$data" && pwd)/apple2orange/trainB" runs/colour_data/train/oranges
-ln -sfn "$(cd "$data" && pwd)/sr/test" runs/colour_data/test
-pixforge train training/configs/colorization.yaml --data runs/colour_data --out runs/colorization \
-  | tee /tmp/colorization.log
-pixforge export "$(tail -n 1 /tmp/colorization.log | sed 's/^checkpoint: //')" --name colorization --repo "$repo" \
-  --description "colourisation (U-Net, Lab L->ab, Huber, no norm layers), CPU-trained default model"
+# Colourisation (Lab, L -> ab), L1 phase only.
+pixforge train training/configs/colorization.yaml --data "$data/sr" --out runs/colorization \
+  --max-steps 4000 --set train.pretrain_steps=4000 --set train.steps=4000 --set train.num_workers=1 \
+  --set train.val_every=2000 --set train.checkpoint_every=1000 | tee /tmp/colorization.log
+pixforge export "$(tail -n 1 /tmp/colorization.log | sed 's/^checkpoint: //')" --name colorization --repo "$repo" --fp16 \
+  --description "colourisation (U-Net, Lab L->ab, L1), CPU-trained default model"
+
 
 # Super-resolution x4, GAN: the PSNR run's state continued with the adversarial phase (pix2pix:
 # L1 + PatchGAN; lambda_l1 20, a norm-free discriminator, a linear decay to 8000 steps), then
