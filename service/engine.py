@@ -301,12 +301,7 @@ class Engine:
         try:
             out = self._run_session(batch)
         except Exception as exc:  # onnxruntime's exception classes are not importable portably
-            if is_out_of_memory(exc):
-                raise OutOfMemoryError(
-                    f"model {self.name} ran out of memory on {self.provider} "
-                    f"for a batch of shape {batch.shape}"
-                ) from exc
-            raise InferenceError(f"model {self.name} failed: {_first_line(exc)}") from exc
+            raise self._run_error(exc, batch.shape) from exc
         n, h, w, _ = batch.shape
         expected = (n, h * c.scale, w * c.scale, c.output_channels)
         if out.dtype != np.uint8 or tuple(out.shape) != expected:
@@ -342,13 +337,16 @@ class Engine:
         try:
             out, sums = self._session.run([OUTPUT_NAME, NORM_SUMS_OUTPUT], inputs)
         except Exception as exc:  # onnxruntime's exception classes are not importable portably
-            if is_out_of_memory(exc):
-                raise OutOfMemoryError(
-                    f"model {self.name} ran out of memory on {self.provider} "
-                    f"for a batch of shape {batch.shape}"
-                ) from exc
-            raise InferenceError(f"model {self.name} failed: {_first_line(exc)}") from exc
+            raise self._run_error(exc, batch.shape) from exc
         return out, sums
+
+    def _run_error(self, exc: BaseException, shape: tuple) -> Exception:
+        """The domain error for an onnxruntime failure: out of memory (retried smaller) or not."""
+        if is_out_of_memory(exc):
+            return OutOfMemoryError(
+                f"model {self.name} ran out of memory on {self.provider} for a batch of shape {shape}"
+            )
+        return InferenceError(f"model {self.name} failed: {_first_line(exc)}")
 
     def _run_session(self, batch: np.ndarray) -> np.ndarray:
         if self.output_device is not None:

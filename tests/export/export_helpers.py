@@ -57,3 +57,15 @@ def ort_run(path, batch: np.ndarray) -> np.ndarray:
 
 def quiet(*_args, **_kwargs) -> None:
     """A `log` callback that drops export progress lines."""
+
+
+def to_junyanz(state: dict, cfg) -> dict:
+    """Our generator state dict renamed to a junyanz checkpoint's keys (the inverse key map)."""
+    from pixforge.training import legacy
+
+    ours_to_theirs = {v: k for k, v in legacy.junyanz_key_map(cfg).items()}
+    out = {}
+    for key, value in state.items():
+        module, _, name = key.rpartition(".")
+        out[f"{ours_to_theirs[module]}.{name}"] = value
+    return out

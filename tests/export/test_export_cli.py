@@ -9,8 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from export_helpers import ort_run, tiny_generator
-from pixforge.training import legacy
+from export_helpers import ort_run, tiny_generator, to_junyanz
 from pixforge.training.registry import GeneratorConfig
 
 from pixforge.cli import main
@@ -155,22 +154,13 @@ def test_export_cli_fp16_version_and_errors(tmp_path, capsys):
     assert "do not fit its generator_config" in capsys.readouterr().err
 
 
-def _to_junyanz(state: dict, cfg: GeneratorConfig) -> dict:
-    ours_to_theirs = {v: k for k, v in legacy.junyanz_key_map(cfg).items()}
-    out = {}
-    for key, value in state.items():
-        module, _, name = key.rpartition(".")
-        out[f"{ours_to_theirs[module]}.{name}"] = value
-    return out
-
-
 @pytest.mark.parametrize("task", ["paired_translation", "colorization"])
 def test_export_cli_junyanz_checkpoint(task, tmp_path, capsys):
     chans = {"in_channels": 1, "out_channels": 2} if task == "colorization" else {}
     g = tiny_generator(arch="unet", depth=7, norm="batch", **chans)  # unet_128 layout, ngf 4
     cfg = GeneratorConfig(arch="unet", depth=7, norm="batch", ngf=4, **chans)
     path = tmp_path / "latest_net_G.pth"
-    torch.save(_to_junyanz(g.state_dict(), cfg), path)
+    torch.save(to_junyanz(g.state_dict(), cfg), path)
     repo = str(tmp_path / "models")
     argv = ["export", str(path), "--from", "junyanz", "--arch", "unet_128", "--name", "jz", "--repo", repo]
     assert main([*argv, "--task", task]) == 0
@@ -191,7 +181,7 @@ def test_export_cli_junyanz_checkpoint(task, tmp_path, capsys):
 def test_export_cli_junyanz_super_resolution_runs_on_the_bicubic_input(tmp_path, capsys):
     g = tiny_generator(arch="resnet", n_blocks=6, norm="instance")
     path = tmp_path / "G_A.pth"
-    torch.save(_to_junyanz(g.state_dict(), GeneratorConfig(arch="resnet", n_blocks=6, ngf=4)), path)
+    torch.save(to_junyanz(g.state_dict(), GeneratorConfig(arch="resnet", n_blocks=6, ngf=4)), path)
     repo = tmp_path / "models"
     assert (
         main(

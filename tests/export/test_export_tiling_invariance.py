@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from export_helpers import quiet, tiny_generator
+from export_helpers import quiet, tiny_generator, to_junyanz
 from pixforge.service.config import build_config
 from pixforge.service.pipeline import Pipeline, TranslateJob, TranslateOptions
 from pixforge.service.repository import ModelRegistry
@@ -104,22 +104,13 @@ def test_tiled_equals_whole_image_for_each_generator_kind(kind, repo):
         assert per_tile_diff.mean() > 2 * max(diff.mean(), 0.05), (per_tile_diff.mean(), diff.mean())
 
 
-def _to_junyanz(state: dict, cfg: GeneratorConfig) -> dict:
-    ours_to_theirs = {v: k for k, v in legacy.junyanz_key_map(cfg).items()}
-    out = {}
-    for key, value in state.items():
-        module, _, name = key.rpartition(".")
-        out[f"{ours_to_theirs[module]}.{name}"] = value
-    return out
-
-
 def test_tiled_equals_whole_image_for_a_junyanz_import(repo, tmp_path):
     from pixforge.cli import main
 
     cfg = GeneratorConfig(arch="resnet", n_blocks=6, ngf=4, norm="instance")
     g = tiny_generator(arch="resnet", n_blocks=6, norm="instance")
     path = tmp_path / "latest_net_G.pth"
-    torch.save(_to_junyanz(g.state_dict(), cfg), path)
+    torch.save(to_junyanz(g.state_dict(), cfg), path)
     argv = [
         "export",
         str(path),
