@@ -94,7 +94,7 @@ class _Item:
 @dataclass(frozen=True, eq=False)
 class TileFeed:
     """A tile's tiling-statistics inputs: per-layer modes (shared by its batch), its frozen
-    statistics (S,) and its core (4,). See engine.NormFeed."""
+    statistics (S,) and its core (4,). See Engine.run_norm."""
 
     modes: np.ndarray
     stats: np.ndarray

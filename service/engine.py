@@ -211,22 +211,6 @@ def session_options(cfg: EngineConfig) -> ort.SessionOptions:
 # --------------------------------------------------------------------------- the engine
 
 
-@dataclass(frozen=True, eq=False)
-class NormFeed:
-    """The tiling-statistics inputs of one batch (docs/model-contract.md "Tiling-invariant models").
-
-    Attributes:
-        modes: float32 (L,), per norm layer: 1 = frozen statistics, 2 = pooled over the batch.
-        stats: float32 (N, S) or (S,): per tile, each layer's frozen mean then variance.
-        cores: float32 (N, 4) or (4,): per tile, (top, bottom, left, right) of its core as
-            fractions of the tile.
-    """
-
-    modes: np.ndarray
-    stats: np.ndarray
-    cores: np.ndarray
-
-
 class Engine:
     """One onnxruntime session for one model version.
 
@@ -311,12 +295,17 @@ class Engine:
             )
         return out
 
-    def run_norm(self, batch: np.ndarray, feed: NormFeed) -> tuple[np.ndarray, np.ndarray]:
-        """Run a batch with the tiling-statistics inputs of a contract-2 model with norm layers.
+    def run_norm(
+        self, batch: np.ndarray, modes: np.ndarray, stats: np.ndarray, cores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run a batch with the tiling-statistics inputs of a contract-2 model with norm layers
+        (docs/model-contract.md "Tiling-invariant models"; the batcher's ``run_norm``).
 
         Args:
             batch: uint8 (N, H, W, C) tiles.
-            feed: the per-layer modes and the per-tile frozen statistics and cores.
+            modes: float32 (L,), per norm layer: 1 = frozen statistics, 2 = pooled over the batch.
+            stats: float32 (N, S): per tile, each layer's frozen mean then variance.
+            cores: float32 (N, 4): per tile, (top, bottom, left, right) of its core as fractions.
 
         Returns:
             (uint8 outputs as :meth:`run`, float32 (N, T) ``norm_sums``).
@@ -327,12 +316,11 @@ class Engine:
         c = self.contract
         if not c.norm_channels:
             raise InferenceError(f"model {self.name} has no normalisation statistics inputs")
-        n = batch.shape[0]
         inputs = {
             INPUT_NAME: np.ascontiguousarray(batch),
-            NORM_MODE_INPUT: np.asarray(feed.modes, np.float32),
-            NORM_STATS_INPUT: np.ascontiguousarray(np.broadcast_to(feed.stats, (n, feed.stats.shape[-1]))),
-            TILE_CORE_INPUT: np.ascontiguousarray(np.broadcast_to(feed.cores, (n, 4)), np.float32),
+            NORM_MODE_INPUT: np.asarray(modes, np.float32),
+            NORM_STATS_INPUT: np.ascontiguousarray(stats, np.float32),
+            TILE_CORE_INPUT: np.ascontiguousarray(cores, np.float32),
         }
         try:
             out, sums = self._session.run([OUTPUT_NAME, NORM_SUMS_OUTPUT], inputs)

@@ -27,7 +27,7 @@ from pixforge.repository import ModelEntry, scan_repository
 
 from .batcher import Batcher, BatchObserver
 from .config import BatchingConfig, EngineConfig
-from .engine import Engine, NormFeed, trt_cache_dir
+from .engine import Engine, trt_cache_dir
 from .errors import ModelNotFoundError, ModelNotReadyError, QueueFullError
 
 log = logging.getLogger("pixforge.service.repository")
@@ -77,11 +77,7 @@ class ModelRuntime:
             capacity=batching.queue_size * batching.max_batch_size,
             name=f"{name}/{version}",
             on_batch=on_batch,
-            run_norm=(
-                (lambda batch, modes, stats, cores: engine.run_norm(batch, NormFeed(modes, stats, cores)))
-                if engine.contract.norm_channels
-                else None
-            ),
+            run_norm=engine.run_norm if engine.contract.norm_channels else None,
         )
         self._lock = threading.Lock()
         self._in_flight = 0
