@@ -61,10 +61,13 @@ RUN groupadd --gid 10001 pixforge \
         --shell /usr/sbin/nologin pixforge
 # The bundled default model repository; compose mounts the operator's repository over it.
 COPY models/ /models/
+# The metrics endpoint binds loopback unless told otherwise; inside a container it must listen on
+# every interface of the container's own network for a published port (or Prometheus) to reach it.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PIXFORGE_MODELS=/models
+    PIXFORGE_MODELS=/models \
+    PIXFORGE_METRICS_HOST=0.0.0.0
 WORKDIR /home/pixforge
 # gRPC (service/config.py `port`) and Prometheus metrics (`metrics_port`).
 EXPOSE 50051 9090

@@ -2,8 +2,9 @@
 
 Suites (one module each): ``engine`` (PyTorch eager / torch.compile / onnxruntime, GPU providers
 when present), ``serving`` (the real gRPC server under concurrent clients vs the raw session),
-``batching`` (dynamic batching on/off), ``tiling`` (time and peak memory vs image size) and
-``training`` (training steps per second). Each writes ``DIR/bench/<suite>.json``; the report is
+``batching`` (dynamic batching on/off), ``tiling`` (time and peak memory vs image size),
+``training`` (training steps per second) and ``overload`` (goodput, refusals, memory and wasted CPU
+past the server's capacity). Each writes ``DIR/bench/<suite>.json``; the report is
 rebuilt from every JSON present, so suites can be run separately. These are scripts, not tests:
 nothing here asserts a timing.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from .stats import parse_int_list, parse_name_list, progress
 
-SUITES = ("engine", "serving", "batching", "tiling", "training")
+SUITES = ("engine", "serving", "batching", "tiling", "training", "overload")
 
 
 class BenchError(RuntimeError):

@@ -148,10 +148,10 @@ class ServerProcess:
 
 
 def base_server_config(threads: int) -> dict:
-    """The server settings every suite shares: CPU provider order as shipped, fixed threads."""
+    """The server settings every suite shares: CPU provider order as shipped, fixed threads,
+    the shipped worker count and admission settings."""
     return {
         "engine": {"intra_op_threads": threads},
-        "max_workers": 32,
         "grace_seconds": 2,
     }
 

@@ -145,6 +145,10 @@ def _add_serve(sub) -> None:
     p.add_argument("--config", help="server YAML config (see docs/serving.md)")
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--metrics-port", type=int, help="Prometheus metrics HTTP port (0 disables; default 9090)")
+    p.add_argument(
+        "--metrics-host",
+        help="address of the metrics endpoint (default 127.0.0.1; 0.0.0.0 to scrape it remotely)",
+    )
     p.add_argument("--poll", type=float, metavar="SECONDS", help="re-scan the repository every N seconds")
     p.add_argument("--dry-run", action="store_true", help="print the resolved server config as JSON and exit")
 
@@ -211,7 +215,7 @@ def _add_bench(sub) -> None:
         description="Run a benchmark and print/write its figures.",
     )
     p.add_argument(
-        "suite", nargs="?", default="all", help="engine, serving, batching, tiling, training or all"
+        "suite", nargs="?", default="all", help="engine, serving, batching, tiling, training, overload or all"
     )
     p.add_argument("--out", default="docs", help="where to write tables and plots")
     p.add_argument(
@@ -245,9 +249,7 @@ def _add_bench(sub) -> None:
         "<suite>-<tag>.json with its own report section, instead of replacing it",
     )
     p.add_argument("--no-report", action="store_true", help="write the suite JSON only, not benchmarks.md")
-    p.add_argument(
-        "--repo", help="tiling suite: repository whose models are checked tiled vs whole (default models/)"
-    )
+    p.add_argument("--repo", help="tiling and overload suites: model repository (default models/)")
     p.add_argument("--image", help="tiling suite: photo translated tiled and whole (default: synthetic)")
     p.add_argument(
         "--invariance-size", type=int, help="tiling suite: edge the photo is resized to (default 1536)"

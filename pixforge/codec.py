@@ -1,18 +1,51 @@
 """The one image codec: encoded bytes <-> uint8 HWC arrays, shared by the server and the clients.
 
 Pure functions, no torch, no gRPC. Decoding sniffs the format from magic bytes (never from a file
-extension), reads the declared dimensions from the header and refuses decompression bombs *before*
-any pixel is decoded, applies the EXIF orientation, converts 16-bit to 8-bit, and keeps an alpha
-channel aside (Real-ESRGAN style) so models only ever see gray or RGB. Every failure is a typed
-error (`pixforge.errors`) with a human message.
+extension), reads the declared layout from the header (:func:`probe_image`) and refuses
+decompression bombs *before* any pixel is decoded, applies the EXIF orientation, converts 16-bit
+and float samples to 8 bits, and keeps an alpha channel aside (Real-ESRGAN style) so models only
+ever see gray or RGB. Every failure is a typed error (`pixforge.errors`) with a human message.
 
 Array convention: ``DecodedImage.pixels`` is uint8, shape (H, W, C) with C = 1 (gray) or 3 (RGB,
 in RGB order); ``alpha`` is uint8 (H, W) or None.
+
+Header = decoder. The header is read the way the decoding library reads it, so the size that is
+checked is the size that gets allocated: the TIFF parser takes the *first* of duplicated tags, as
+libtiff does, and refuses an IFD whose layout tags (ImageWidth, ImageLength, BitsPerSample, ...)
+appear twice with different values; only the first IFD (page) matters, since OpenCV decodes
+nothing else. After decoding, the array must have the declared size or the image is refused.
+
+Memory of one decode. For an image of W x H pixels whose decoder output (OpenCV's
+IMREAD_UNCHANGED array) has C channels of B bytes (B = 1 for 1- to 8-bit files, 2 for 10- to
+16-bit ones, 4 or 8 for 32/64-bit TIFF samples), :attr:`ImageInfo.peak_bytes` is::
+
+    peak = W*H*C*B + max(D, W*H*C*B)          (+ about 2 MiB of conversion strips)
+
+    W*H*C*B  the decoder's output array: 16-bit files stay 16-bit until converted here.
+    D        the decoding library's own full-size buffers, live while it decodes: 0 for PNG, BMP
+             and baseline JPEG; 3*W*H*C*B for an animated PNG (its frame buffers); 2 bytes per
+             coefficient (~2*W*H*components, less with chroma subsampling) for a progressive or
+             multi-scan JPEG; 4*W*H for lossless WebP, 5*W*H for lossy WebP with alpha, 12*W*H for
+             animated WebP; for TIFF its strip or tile buffer, sized from RowsPerStrip or
+             TileWidth x TileLength (not from the image: a tiny image can declare huge tiles), at
+             4 + SamplesPerPixel bytes per pixel for 8-bit files (libtiff reads them as RGBA).
+    second W*H*C*B: cv2.imdecode returns its array to Python as a copy, so for a moment it exists
+             twice. The uint8 result (W*H*C bytes; made in place for 8-bit gray/RGB) and the
+             EXIF rotation (one more result-sized array) come after the first copy is freed and
+             never need more than that.
+
+So an 8-bit gray image costs 2 bytes per pixel, 8-bit RGB 6, 8-bit RGBA 8, 16-bit RGB 12, 16-bit
+RGBA 16, float32 RGB TIFF 24, a progressive 4:4:4 JPEG 9. :func:`decode_image` refuses an image
+whose ``peak`` is over ``max_bytes``, by default ``max_pixels * DECODE_BYTES_PER_PIXEL`` (8: an
+8-bit RGBA PNG at the pixel limit), so every still 8-bit PNG up to ``max_pixels`` passes and
+costlier images get proportionally fewer pixels (16-bit RGB: 2/3 of ``max_pixels``). A server's
+decode memory is then at most (concurrent decodes) x ``max_bytes``, plus the encoded inputs.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -23,13 +56,57 @@ from pixforge.errors import ImageDecodeError, ImageEncodeError, ImageTooLargeErr
 DEFAULT_MAX_PIXELS = 64_000_000
 """Default decode limit (64 MP): a 24 MP camera photo passes, a 60000x60000 bomb does not."""
 
+DECODE_BYTES_PER_PIXEL = 8
+"""Decode memory allowed per pixel of ``max_pixels`` when no ``max_bytes`` is given: the peak of an
+8-bit RGBA PNG (its 4-byte decoder array, twice), so every still 8-bit PNG within the pixel limit
+fits."""
+
 INPUT_FORMATS = ("png", "jpeg", "webp", "bmp", "tiff")
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 DEFAULT_QUALITY = 95
 ENCODE_STRIP_ROWS = 256  # rows per strip when converting RGB to BGR(A) for the encoder
+DECODE_STRIP_BYTES = 1 << 20  # bytes of a 4-byte-per-sample temporary per decode conversion strip
 
 # cv2 would otherwise use every core per call; the server parallelises across requests instead.
 cv2.setNumThreads(1)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an encoded image's header declares, read without decoding a pixel (:func:`probe_image`).
+
+    Attributes:
+        format: the sniffed format, one of INPUT_FORMATS.
+        width, height: the stored size, before any EXIF rotation (rotation swaps them in the
+            decoded image, never changes their product).
+        channels: channels of the decoder's array: 1 (gray), 2 (gray + alpha), 3 or 4 (+ alpha).
+        bit_depth: bits per sample of the decoder's array: 8 (1- to 8-bit files), 16, 32 or 64.
+        orientation: the EXIF / TIFF orientation, 1..8 (1 = as stored).
+        decoder_bytes: the decoding library's own full-size buffers besides its output array
+            (``D`` in the module's memory formula).
+    """
+
+    format: str
+    width: int
+    height: int
+    channels: int
+    bit_depth: int
+    orientation: int = 1
+    decoder_bytes: int = 0
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of the decoder's output array: W * H * C * B."""
+        return self.pixels * self.channels * (self.bit_depth // 8)
+
+    @property
+    def peak_bytes(self) -> int:
+        """Estimated peak bytes of :func:`decode_image` for this image (the module's formula)."""
+        return self.decoded_bytes + max(self.decoder_bytes, self.decoded_bytes)
 
 
 @dataclass(frozen=True)
@@ -40,7 +117,7 @@ class DecodedImage:
         pixels: uint8 array (H, W, C), C = 1 (gray) or 3 (RGB order).
         alpha: uint8 array (H, W) when the file had an alpha channel, else None.
         format: the sniffed input format, one of INPUT_FORMATS.
-        bit_depth: 8 or 16, the file's sample depth before conversion to uint8.
+        bit_depth: 8, 16, 32 or 64, the decoder's sample depth before conversion to uint8.
     """
 
     pixels: np.ndarray
@@ -88,23 +165,60 @@ def sniff_format(data: bytes) -> str:
     )
 
 
+# --------------------------------------------------------------------------- header parsing
+#
+# Each reader returns (width, height, channels, bit_depth, decoder_bytes) as OpenCV's decoder for
+# that format will see them with IMREAD_UNCHANGED (see the module docstring).
+
+_Layout = tuple[int, int, int, int, int]
+_MAX_CHUNKS = 4096  # PNG / WebP chunks walked before the image data; real files have a few dozen
+
+
 def _need(data: bytes, end: int, fmt: str) -> None:
     if len(data) < end:
         raise ImageDecodeError(f"truncated {fmt.upper()} file: header ends after {len(data)} bytes")
 
 
-def _png_size(data: bytes) -> tuple[int, int]:
-    _need(data, 24, "png")
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}  # OpenCV turns gray + alpha into BGRA
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+
+
+def _png_layout(data: bytes) -> _Layout:
+    _need(data, 26, "png")
     if data[12:16] != b"IHDR":
         raise ImageDecodeError("corrupt PNG file: first chunk is not IHDR")
     w, h = struct.unpack(">II", data[16:24])
-    return w, h
+    depth, color = data[24], data[25]
+    if color not in _PNG_CHANNELS or depth not in _PNG_DEPTHS[color]:
+        raise ImageDecodeError(f"corrupt PNG header: bit depth {depth} with color type {color}")
+    channels = _PNG_CHANNELS[color]
+    frames = 1
+    i = 8
+    for _ in range(_MAX_CHUNKS):  # the chunks before the image data: tRNS and acTL change the layout
+        if i + 8 > len(data):
+            break
+        (length,) = struct.unpack(">I", data[i : i + 4])
+        ctype = data[i + 4 : i + 8]
+        if ctype in (b"IDAT", b"IEND"):
+            break
+        if ctype == b"tRNS" and color in (2, 3):
+            channels = 4  # OpenCV expands a transparent colour / palette entry into an alpha channel
+        elif ctype == b"acTL" and i + 12 <= len(data):
+            (frames,) = struct.unpack(">I", data[i + 8 : i + 12])
+        i += 12 + length
+    else:
+        raise ImageDecodeError(f"unsupported PNG file: over {_MAX_CHUNKS} chunks before the image data")
+    bits = 16 if depth == 16 else 8
+    # APNG: OpenCV composes the first frame through three more full-size buffers.
+    extra = 3 * w * h * channels * (bits // 8) if frames > 1 else 0
+    return w, h, channels, bits, extra
 
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEG_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int]:
+def _jpeg_layout(data: bytes) -> _Layout:
     i = 2
     n = len(data)
     while i + 4 <= n:
@@ -119,45 +233,141 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
             continue
         (seg_len,) = struct.unpack(">H", data[i + 2 : i + 4])
         if marker in _JPEG_SOF:
-            _need(data, i + 9, "jpeg")
+            _need(data, i + 10, "jpeg")
+            precision = data[i + 4]
             h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-            return w, h
+            ncomp = data[i + 9]
+            _need(data, i + 10 + 3 * ncomp, "jpeg")
+            if ncomp not in (1, 3, 4):
+                raise ImageDecodeError(f"unsupported JPEG file with {ncomp} components")
+            factors = [(data[i + 11 + 3 * k] >> 4, data[i + 11 + 3 * k] & 15) for k in range(ncomp)]
+            if any(not (1 <= fh <= 4 and 1 <= fv <= 4) for fh, fv in factors):
+                raise ImageDecodeError("corrupt JPEG file: bad sampling factors")
+            extra = 0
+            # Progressive and multi-scan files are decoded through whole-image coefficient buffers
+            # (2 bytes per coefficient). Neither SOS (FF DA) nor EOI (FF D9) can occur inside
+            # entropy-coded data, so this counts the frame's scans.
+            end = data.find(b"\xff\xd9", i)
+            scans = data.count(b"\xff\xda", i, end if end > 0 else len(data))
+            if marker in _JPEG_PROGRESSIVE or scans > 1:
+                hmax = max(fh for fh, _ in factors)
+                vmax = max(fv for _, fv in factors)
+                mcu_x = -(-w // (8 * hmax))
+                mcu_y = -(-h // (8 * vmax))
+                extra = sum(mcu_x * 8 * fh * mcu_y * 8 * fv * 2 for fh, fv in factors)
+            return w, h, (1 if ncomp == 1 else 3), (16 if precision > 8 else 8), extra
         if marker == 0xD9 or seg_len < 2:
             break
         i += 2 + seg_len
     raise ImageDecodeError("truncated or corrupt JPEG file: no frame header (SOF) found")
 
 
-def _webp_size(data: bytes) -> tuple[int, int]:
+def _webp_layout(data: bytes) -> _Layout:
     _need(data, 30, "webp")
     chunk = data[12:16]
     if chunk == b"VP8 ":
         w, h = struct.unpack("<HH", data[26:30])
-        return w & 0x3FFF, h & 0x3FFF
+        return w & 0x3FFF, h & 0x3FFF, 3, 8, 0
     if chunk == b"VP8L":
         b = data[21:25]
         w = 1 + (((b[1] & 0x3F) << 8) | b[0])
         h = 1 + (((b[3] & 0xF) << 10) | (b[2] << 2) | ((b[1] & 0xC0) >> 6))
-        return w, h
+        alpha = (b[3] >> 4) & 1
+        return w, h, (4 if alpha else 3), 8, 4 * w * h  # libwebp decodes lossless into ARGB
     if chunk == b"VP8X":
+        flags = data[20]
         w = 1 + int.from_bytes(data[24:27], "little")
         h = 1 + int.from_bytes(data[27:30], "little")
-        return w, h
+        if flags & 0x02:  # animation: canvas + previous canvas + a frame decoder
+            return w, h, 4, 8, 12 * w * h
+        kinds = set()
+        i = 30
+        for _ in range(_MAX_CHUNKS):
+            if i + 8 > len(data):
+                break
+            kinds.add(data[i : i + 4])
+            (length,) = struct.unpack("<I", data[i + 4 : i + 8])
+            i += 8 + length + (length & 1)
+        else:
+            raise ImageDecodeError(f"unsupported WebP file: over {_MAX_CHUNKS} chunks")
+        alpha = bool(flags & 0x10) or b"ALPH" in kinds or b"VP8L" in kinds
+        if b"VP8L" in kinds:
+            extra = 4 * w * h
+        elif alpha:
+            extra = 5 * w * h  # the alpha plane and its (lossless) decoder
+        else:
+            extra = 0
+        return w, h, (4 if alpha else 3), 8, extra
     raise ImageDecodeError(f"corrupt WebP file: unknown chunk {chunk!r}")
 
 
-def _bmp_size(data: bytes) -> tuple[int, int]:
+def _bmp_layout(data: bytes) -> _Layout:
     _need(data, 26, "bmp")
     (header_size,) = struct.unpack("<I", data[14:18])
     if header_size == 12:
-        w, h = struct.unpack("<HH", data[18:22])
-        return w, h
-    w, h = struct.unpack("<ii", data[18:26])
-    return abs(w), abs(h)
+        w, h, _, bpp = struct.unpack("<HHHH", data[18:26])
+    else:
+        _need(data, 30, "bmp")
+        w, h, _, bpp = struct.unpack("<iiHH", data[18:30])
+    # 32-bit files may carry alpha; palette files may be gray: count the larger layout.
+    return abs(w), abs(h), (4 if bpp == 32 else 3), 8, 0
+
+
+_TIFF_INT_TYPES = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "l", 13: "I", 16: "Q", 17: "q", 18: "Q"}
+_TIFF_TAG_NAMES = {
+    256: "ImageWidth",
+    257: "ImageLength",
+    258: "BitsPerSample",
+    262: "PhotometricInterpretation",
+    274: "Orientation",
+    277: "SamplesPerPixel",
+    278: "RowsPerStrip",
+    284: "PlanarConfiguration",
+    322: "TileWidth",
+    323: "TileLength",
+    339: "SampleFormat",
+}
+_TIFF_MAX_VALUES = 4  # values read per tag (BitsPerSample has one per sample; the first counts)
+
+
+def _tiff_entries(data: bytes, wanted: frozenset[int] | set[int]) -> dict[int, list[tuple[int, ...]]]:
+    """Parse the first IFD of a TIFF structure: {tag: [values of each entry, in file order]}.
+
+    Only integer-typed entries of the ``wanted`` tags are kept; each keeps its first few values.
+    """
+    endian = "<" if data[:2] == b"II" else ">"
+    _need(data, 8, "tiff")
+    (offset,) = struct.unpack(endian + "I", data[4:8])
+    _need(data, offset + 2, "tiff")
+    (count,) = struct.unpack(endian + "H", data[offset : offset + 2])
+    tags: dict[int, list[tuple[int, ...]]] = {}
+    for k in range(count):
+        e = offset + 2 + 12 * k
+        if e + 12 > len(data):
+            break
+        tag, typ, n = struct.unpack(endian + "HHI", data[e : e + 8])
+        if tag not in wanted:
+            continue
+        code = _TIFF_INT_TYPES.get(typ)
+        if code is None or n == 0:
+            raise ImageDecodeError(f"corrupt TIFF header: tag {_TIFF_TAG_NAMES.get(tag, tag)} has type {typ}")
+        size = struct.calcsize(code)
+        m = min(n, _TIFF_MAX_VALUES)
+        if size * n <= 4:
+            start = e + 8
+        else:
+            (start,) = struct.unpack(endian + "I", data[e + 8 : e + 12])
+            _need(data, start + size * m, "tiff")
+        values = struct.unpack(endian + code * m, data[start : start + size * m])
+        tags.setdefault(tag, []).append(values)
+    return tags
 
 
 def _tiff_ifd0(data: bytes) -> tuple[str, dict[int, int]]:
-    """Parse the first IFD of a TIFF structure into {tag: first value} (short/long tags only)."""
+    """Parse the first IFD of a TIFF structure into {tag: first value} (short/long tags only).
+
+    The first entry of a duplicated tag wins, as in libtiff.
+    """
     endian = "<" if data[:2] == b"II" else ">"
     _need(data, 8, "tiff")
     (offset,) = struct.unpack(endian + "I", data[4:8])
@@ -175,40 +385,140 @@ def _tiff_ifd0(data: bytes) -> tuple[str, dict[int, int]]:
             (val,) = struct.unpack(endian + "I", data[e + 8 : e + 12])
         else:
             continue
-        tags[tag] = val
+        tags.setdefault(tag, val)
     return endian, tags
 
 
-def _tiff_size(data: bytes) -> tuple[int, int]:
-    _, tags = _tiff_ifd0(data)
+def _tiff_layout(data: bytes) -> _Layout:
+    entries = _tiff_entries(data, frozenset(_TIFF_TAG_NAMES))
+    for tag, seen in entries.items():
+        if len(set(seen)) > 1:
+            listed = ", ".join("/".join(str(v) for v in values) for values in seen)
+            raise ImageDecodeError(
+                f"ambiguous TIFF header: {_TIFF_TAG_NAMES[tag]} (tag {tag}) is given {len(seen)} times "
+                f"with different values ({listed})"
+            )
+    tags = {tag: seen[0][0] for tag, seen in entries.items()}
     if 256 not in tags or 257 not in tags:
         raise ImageDecodeError("truncated or corrupt TIFF file: no ImageWidth/ImageLength tags")
-    return tags[256], tags[257]
+    w, h = tags[256], tags[257]
+    # The channels and depth OpenCV's TIFF decoder (readHeader) gives the image.
+    photometric = tags.get(262, 2)
+    gray = photometric in (0, 1)
+    bps = tags.get(258, 1)
+    spp = tags.get(277, 1 if gray else 3)
+    if not 1 <= spp <= 4:
+        raise ImageDecodeError(f"unsupported TIFF image with {spp} samples per pixel")
+    if photometric == 32845 and spp == 3:  # LogLuv: decoded to float XYZ
+        bits, channels = 32, 3
+    else:
+        if bps > 8 and (photometric > 2 or spp not in (1, 3, 4)):
+            bps = 8
+        if bps in (1, 4, 8):
+            bits = 8
+            channels = 3 if photometric == 3 else (1 if gray else spp)
+        elif bps in (10, 12, 14, 16):
+            bits, channels = 16, (1 if gray else spp)
+        elif bps in (32, 64):
+            bits, channels = bps, spp
+        else:
+            raise ImageDecodeError(f"unsupported TIFF image with {bps} bits per sample")
+    # The decoder's strip / tile buffer (OpenCV readData); 8-bit files are read as RGBA through a
+    # second, libtiff-owned buffer of the raw strip or tile.
+    tiled = 322 in tags
+    tile_w = (tags.get(322) if tiled else w) or w
+    tile_h = tags.get(323 if tiled else 278, 0)
+    if tile_h == 0 or (not tiled and tile_h == 0xFFFFFFFF):
+        tile_h = h
+    tile = tile_w * tile_h
+    sample_bytes = -(-bps // 8)
+    if bits == 8:
+        buffers = tile * (4 + spp * sample_bytes)
+    else:
+        buffers = tile * spp * sample_bytes * (2 if bps < bits else 1)
+    # (Orientations 5-8 also cost a transpose copy of the decoder's array: covered by the formula's
+    # second copy of that array.)
+    return w, h, channels, bits, buffers
 
 
-_SIZE_READERS = {
-    "png": _png_size,
-    "jpeg": _jpeg_size,
-    "webp": _webp_size,
-    "bmp": _bmp_size,
-    "tiff": _tiff_size,
+_LAYOUT_READERS = {
+    "png": _png_layout,
+    "jpeg": _jpeg_layout,
+    "webp": _webp_layout,
+    "bmp": _bmp_layout,
+    "tiff": _tiff_layout,
 }
+
+
+def probe_image(data: bytes) -> ImageInfo:
+    """Read an encoded image's layout from its header alone, without decoding pixels.
+
+    This is what :func:`decode_image` checks against its limits; callers can use it to check
+    derived sizes (say, a model's output, ``width * height * scale**2``) before paying for a decode.
+
+    Raises:
+        ImageDecodeError: unknown format, or a header that is truncated, corrupt, ambiguous
+            (a TIFF layout tag given twice with different values) or unsupported.
+    """
+    fmt = sniff_format(data)
+    try:
+        w, h, channels, bits, extra = _LAYOUT_READERS[fmt](data)
+    except struct.error as exc:
+        raise ImageDecodeError(f"truncated or corrupt {fmt.upper()} header") from exc
+    if w <= 0 or h <= 0:
+        raise ImageDecodeError(f"corrupt {fmt.upper()} header: {w}x{h} pixels")
+    return ImageInfo(fmt, w, h, channels, bits, exif_orientation(data, fmt), extra)
 
 
 def read_header(data: bytes) -> tuple[str, int, int]:
     """Return (format, width, height) from the header alone, without decoding pixels.
 
     Raises:
-        ImageDecodeError: unknown format or a header too short/corrupt to read.
+        ImageDecodeError: as :func:`probe_image`.
     """
-    fmt = sniff_format(data)
-    try:
-        w, h = _SIZE_READERS[fmt](data)
-    except struct.error as exc:
-        raise ImageDecodeError(f"truncated or corrupt {fmt.upper()} header") from exc
-    if w <= 0 or h <= 0:
-        raise ImageDecodeError(f"corrupt {fmt.upper()} header: {w}x{h} pixels")
-    return fmt, w, h
+    info = probe_image(data)
+    return info.format, info.width, info.height
+
+
+def decode_budget(max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int | None = None) -> int:
+    """The decode-memory limit in bytes (0 = none): ``max_bytes``, else ``max_pixels * 8``."""
+    if max_bytes is not None:
+        return max(0, int(max_bytes))
+    return max(0, int(max_pixels)) * DECODE_BYTES_PER_PIXEL
+
+
+def check_limits(info: ImageInfo, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int | None = None) -> None:
+    """Refuse an image whose header declares more pixels, or more decode memory, than allowed.
+
+    Args:
+        info: the header, from :func:`probe_image`.
+        max_pixels: the pixel limit (0 = none).
+        max_bytes: the limit on :attr:`ImageInfo.peak_bytes` (0 = none; None = ``max_pixels *
+            DECODE_BYTES_PER_PIXEL``).
+
+    Raises:
+        ImageTooLargeError: over either limit.
+    """
+    w, h = info.width, info.height
+    if max_pixels and w * h > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {w}x{h} = {w * h / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:.1f} MP"
+        )
+    budget = decode_budget(max_pixels, max_bytes)
+    if budget and info.peak_bytes > budget:
+        how = (
+            f"{max_pixels / 1e6:g} MP x {DECODE_BYTES_PER_PIXEL} bytes per pixel"
+            if max_bytes is None
+            else "the decode memory limit"
+        )
+        raise ImageTooLargeError(
+            f"image is {w}x{h} with {info.channels} channel(s) of {info.bit_depth} bits: decoding it "
+            f"needs about {_megabytes(info.peak_bytes)}, over the limit of {_megabytes(budget)} ({how})"
+        )
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} KB"
 
 
 # --------------------------------------------------------------------------- EXIF orientation
@@ -289,25 +599,123 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
 # --------------------------------------------------------------------------- decode / encode
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def _codec_orientation(info: ImageInfo) -> int:
+    """The rotation this module applies after decoding: OpenCV's TIFF decoder applies its own."""
+    return 1 if info.format == "tiff" else info.orientation
+
+
+def _strip_rows(row_bytes: int) -> int:
+    return max(1, DECODE_STRIP_BYTES // max(1, row_bytes))
+
+
+def _to_uint8(strip: np.ndarray) -> np.ndarray:
+    """One strip's samples as uint8 (16-bit: rounded /257; float and others: [0, 1] -> 0..255)."""
+    if strip.dtype == np.uint8:
+        return strip
+    if strip.dtype == np.uint16:
+        t = strip.astype(np.uint32)
+        t += 128
+        t //= 257
+        return t.astype(np.uint8)
+    # float TIFFs and the like: assume [0, 1] like most tools do.
+    t = strip.astype(np.float32)
+    np.nan_to_num(t, copy=False)
+    t *= 255.0
+    t += 0.5
+    np.clip(t, 0, 255, out=t)
+    return t.astype(np.uint8)
+
+
+def _convert(raw: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The decoder's (H, W[, C]) array -> uint8 RGB/gray pixels (H, W, 1|3) + alpha, strip by strip.
+
+    8-bit gray/RGB is converted in place; anything else into new uint8 arrays, a strip at a time,
+    so besides the decoder's array only the result and one small strip exist.
+    """
+    if raw.ndim == 2:
+        raw = raw[:, :, None]
+    h, w, c = raw.shape
+    if c not in (1, 2, 3, 4):
+        raise ImageDecodeError(f"unsupported {fmt.upper()} image with {c} channels")
+    if raw.dtype == np.uint8 and c in (1, 3) and raw.flags.c_contiguous and raw.flags.writeable:
+        if c == 3:
+            rows = _strip_rows(w * 3)
+            for r0 in range(0, h, rows):
+                strip = raw[r0 : r0 + rows]
+                strip[...] = cv2.cvtColor(strip, cv2.COLOR_BGR2RGB)
+        return raw, None
+    pixels = np.empty((h, w, 3 if c >= 3 else 1), np.uint8)
+    alpha = np.empty((h, w), np.uint8) if c in (2, 4) else None
+    rows = _strip_rows(w * c * 4)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        strip = _to_uint8(raw[r0:r1])
+        if c == 3:
+            pixels[r0:r1] = cv2.cvtColor(strip, cv2.COLOR_BGR2RGB)
+        elif c == 4:
+            pixels[r0:r1] = cv2.cvtColor(strip, cv2.COLOR_BGRA2RGB)
+        else:
+            pixels[r0:r1, :, 0] = strip[:, :, 0]
+        if alpha is not None:
+            alpha[r0:r1] = strip[:, :, c - 1]
+    return pixels, alpha
+
+
+def _rotate(img: np.ndarray, orientation: int) -> np.ndarray:
+    """:func:`apply_orientation` into one new contiguous array (OpenCV: fast, one allocation)."""
+    if orientation == 2:
+        return cv2.flip(img, 1)
+    if orientation == 3:
+        return cv2.rotate(img, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(img, 0)
+    if orientation == 5:
+        return cv2.transpose(img)
+    if orientation == 6:
+        return cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        out = cv2.transpose(img)
+        cv2.flip(out, -1, dst=out)  # in place
+        return out
+    if orientation == 8:
+        return cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return img
+
+
+def decode_image(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    max_bytes: int | None = None,
+    check: Callable[[ImageInfo], None] | None = None,
+) -> DecodedImage:
     """Decode an encoded image into uint8 pixels (+ alpha kept aside).
+
+    Nothing is decoded before the header (:func:`probe_image`) has passed ``max_pixels``,
+    ``max_bytes`` and ``check``.
 
     Args:
         data: the file's bytes (PNG, JPEG, WebP, BMP or TIFF).
         max_pixels: refuse images whose header declares more pixels than this (0 = no limit).
+        max_bytes: refuse images whose decode would need more memory than this, per the module's
+            formula (:attr:`ImageInfo.peak_bytes`). None: ``max_pixels * DECODE_BYTES_PER_PIXEL``;
+            0: no limit.
+        check: called with the header's ImageInfo after the limits pass and before decoding; it
+            refuses the image by raising (e.g. ImageTooLargeError for a model's output size).
 
     Returns:
         A DecodedImage with EXIF orientation applied and samples converted to 8 bits.
 
     Raises:
-        ImageDecodeError: empty, truncated, corrupt or unsupported data.
-        ImageTooLargeError: the header declares more than ``max_pixels`` pixels.
+        ImageDecodeError: empty, truncated, corrupt, ambiguous or unsupported data.
+        ImageTooLargeError: over ``max_pixels`` or ``max_bytes``.
+        Whatever ``check`` raises.
     """
-    fmt, w, h = read_header(data)
-    if max_pixels and w * h > max_pixels:
-        raise ImageTooLargeError(
-            f"image is {w}x{h} = {w * h / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:.1f} MP"
-        )
+    info = probe_image(data)
+    check_limits(info, max_pixels, max_bytes)
+    if check is not None:
+        check(info)
+    fmt = info.format
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
@@ -315,42 +723,22 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         raise ImageDecodeError(f"corrupt {fmt.upper()} file: {exc.msg.strip() or 'decoder error'}") from exc
     if img is None or img.size == 0:
         raise ImageDecodeError(f"truncated or corrupt {fmt.upper()} file: the decoder could not read it")
-
-    bit_depth = 16 if img.dtype == np.uint16 else 8
-    if img.dtype == np.uint16:
-        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        # float TIFFs and the like: assume [0, 1] like most tools do.
-        img = np.clip(np.nan_to_num(img.astype(np.float32)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-    if img.ndim == 2:
-        img = img[:, :, None]
-    alpha = None
-    c = img.shape[2]
-    if c == 4:
-        alpha = np.ascontiguousarray(img[:, :, 3])
-        img = cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2RGB)
-    elif c == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    elif c == 2:  # gray + alpha
-        alpha = np.ascontiguousarray(img[:, :, 1])
-        img = img[:, :, :1]
-    elif c != 1:
-        raise ImageDecodeError(f"unsupported {fmt.upper()} image with {c} channels")
-    if img.ndim == 2:
-        img = img[:, :, None]
-
-    orientation = exif_orientation(data, fmt)
+    if sorted(img.shape[:2]) != sorted((info.height, info.width)):
+        raise ImageDecodeError(
+            f"corrupt {fmt.upper()} file: the header declares {info.width}x{info.height} but the "
+            f"decoder produced {img.shape[1]}x{img.shape[0]}"
+        )
+    bit_depth = img.dtype.itemsize * 8
+    pixels, alpha = _convert(img, fmt)
+    del img  # (a no-op for 8-bit gray/RGB, converted in place)
+    orientation = _codec_orientation(info)
     if orientation != 1:
-        img = apply_orientation(img, orientation)
+        pixels = _rotate(pixels, orientation)
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
         if alpha is not None:
-            alpha = apply_orientation(alpha, orientation)
-    return DecodedImage(
-        pixels=np.ascontiguousarray(img),
-        alpha=None if alpha is None else np.ascontiguousarray(alpha),
-        format=fmt,
-        bit_depth=bit_depth,
-    )
+            alpha = _rotate(alpha, orientation)
+    return DecodedImage(pixels=pixels, alpha=alpha, format=fmt, bit_depth=bit_depth)
 
 
 def normalize_format(name: str) -> str:

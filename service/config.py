@@ -163,6 +163,19 @@ class ColorizationConfig:
 
 
 @dataclass(frozen=True)
+class AdmissionConfig:
+    """Admission control (service/admission.py): what may wait for a worker, and what is refused."""
+
+    max_queued: int = field(
+        default=64, metadata=_doc("most requests waiting for a worker; beyond: RESOURCE_EXHAUSTED at once")
+    )
+    max_queued_seconds: float = field(
+        default=30.0,
+        metadata=_doc("most estimated seconds of work waiting (cost = pixels x the model's measured speed)"),
+    )
+
+
+@dataclass(frozen=True)
 class StreamConfig:
     """TranslateStream settings."""
 
@@ -219,16 +232,30 @@ class ServiceConfig:
     metrics_port: int = field(
         default=9090, metadata=_doc("Prometheus HTTP port; 0 disables, -1 picks a free one")
     )
-    metrics_host: str = field(default="", metadata=_doc("address of the metrics endpoint; '' = host"))
+    metrics_host: str = field(
+        default="127.0.0.1",
+        metadata=_doc(
+            "address of the metrics endpoint: loopback only unless set (0.0.0.0 to be scraped from "
+            "another host or through a container's published port); '' = host. It follows auth "
+            "(Authorization: Bearer <token>) and tls (HTTPS, mTLS) like the gRPC port"
+        ),
+    )
     poll_seconds: float = field(
         default=0.0, metadata=_doc("re-scan the repository every N seconds; 0 = only on SIGHUP")
     )
     max_workers: int = field(
-        default=32, metadata=_doc("gRPC handler threads (each runs decode/encode of one RPC)")
+        default=0,
+        metadata=_doc(
+            "requests processed at once (decode, tiles through the batchers, encode), each on a worker "
+            "thread; more wait in the admission queue; 0 = max(8, 2 x CPUs)"
+        ),
     )
     max_concurrent_rpcs: int = field(
-        default=0,
-        metadata=_doc("most RPCs accepted at once, beyond: RESOURCE_EXHAUSTED; 0 = 4 x max_workers"),
+        default=4096,
+        metadata=_doc(
+            "most open RPCs (idle streams included; health and readiness probes exempt); beyond: "
+            "RESOURCE_EXHAUSTED. An open RPC holds no thread, only a little memory"
+        ),
     )
     codec_workers: int = field(
         default=0, metadata=_doc("threads decoding/encoding stream items; 0 = 4 x CPUs (max 32)")
@@ -256,6 +283,9 @@ class ServiceConfig:
         default_factory=ColorizationConfig, metadata=_doc("colourisation")
     )
     stream: StreamConfig = field(default_factory=StreamConfig, metadata=_doc("TranslateStream"))
+    admission: AdmissionConfig = field(
+        default_factory=AdmissionConfig, metadata=_doc("admission control of inference requests")
+    )
     auth: AuthConfig = field(default_factory=AuthConfig, metadata=_doc("bearer-token auth"))
     tls: TLSConfig = field(default_factory=TLSConfig, metadata=_doc("TLS / mTLS"))
 
@@ -471,9 +501,21 @@ def validate(cfg: ServiceConfig) -> None:
     )
     _check(bool(cfg.host), "host", "must not be empty")
     _check(cfg.poll_seconds >= 0, "poll_seconds", f"must be >= 0, got {cfg.poll_seconds}")
-    _check(cfg.max_workers >= 2, "max_workers", f"must be >= 2, got {cfg.max_workers}")
     _check(
-        cfg.max_concurrent_rpcs >= 0, "max_concurrent_rpcs", f"must be >= 0, got {cfg.max_concurrent_rpcs}"
+        cfg.max_workers == 0 or cfg.max_workers >= 2,
+        "max_workers",
+        f"must be 0 or >= 2, got {cfg.max_workers}",
+    )
+    _check(
+        cfg.max_concurrent_rpcs >= 1, "max_concurrent_rpcs", f"must be >= 1, got {cfg.max_concurrent_rpcs}"
+    )
+    _check(
+        cfg.admission.max_queued >= 0, "admission.max_queued", f"must be >= 0, got {cfg.admission.max_queued}"
+    )
+    _check(
+        cfg.admission.max_queued_seconds > 0,
+        "admission.max_queued_seconds",
+        f"must be > 0, got {cfg.admission.max_queued_seconds}",
     )
     _check(cfg.codec_workers >= 0, "codec_workers", f"must be >= 0, got {cfg.codec_workers}")
     _check(cfg.grace_seconds >= 0, "grace_seconds", f"must be >= 0, got {cfg.grace_seconds}")
@@ -594,7 +636,8 @@ def config_from_args(args, env: Mapping[str, str] | None = None) -> ServiceConfi
     """Build the config for `pixforge serve` from its parsed argparse namespace.
 
     Args:
-        args: namespace with ``config``, ``models``, ``port``, ``host``, ``metrics_port``, ``poll``.
+        args: namespace with ``config``, ``models``, ``port``, ``host``, ``metrics_port``,
+            ``metrics_host``, ``poll``.
         env: environment (default ``os.environ``).
     """
     overrides = {
@@ -602,6 +645,7 @@ def config_from_args(args, env: Mapping[str, str] | None = None) -> ServiceConfi
         "port": getattr(args, "port", None),
         "host": getattr(args, "host", None),
         "metrics_port": getattr(args, "metrics_port", None),
+        "metrics_host": getattr(args, "metrics_host", None),
         "poll_seconds": getattr(args, "poll", None),
     }
     return load_config(getattr(args, "config", None), overrides, env)

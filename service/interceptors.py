@@ -1,7 +1,8 @@
-"""gRPC server interceptors: cross-cutting checks kept out of the servicer.
+"""gRPC (grpc.aio) server interceptors: cross-cutting checks kept out of the servicer.
 
 * :class:`DrainInterceptor` answers UNAVAILABLE once shutdown has begun (health and the KServe
-  live/ready probes stay reachable so load balancers see "not ready" rather than a closed door).
+  live/ready probes stay reachable so load balancers see "not ready" rather than a closed door),
+  and RESOURCE_EXHAUSTED beyond ``max_concurrent_rpcs`` open calls (probes exempt).
 * :class:`AuthInterceptor` checks ``authorization: Bearer <token>`` against the configured tokens
   (constant-time compare); probes (:func:`is_probe`) are exempt so they work without secrets.
 * :class:`RequestContextInterceptor` tags log lines with the RPC method and the caller's
@@ -13,13 +14,16 @@ status and no stack trace.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import inspect
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
 from .logs import request_context
+from .text_limits import MAX_REQUEST_ID, quote
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # The KServe v2 liveness/readiness RPCs are probes too (KServe and Kubernetes call them without
@@ -42,30 +46,49 @@ def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
 def _rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     """A handler with ``handler``'s shape that aborts with (code, message)."""
 
-    def abort(_request, context):
-        context.abort(code, message)
+    async def abort(_request, context):
+        await context.abort(code, message)
 
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            abort, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            abort, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            abort, handler.request_deserializer, handler.response_serializer
-        )
-    return grpc.stream_stream_rpc_method_handler(
-        abort, handler.request_deserializer, handler.response_serializer
-    )
+    async def abort_stream(_request, context):
+        await context.abort(code, message)
+        yield  # pragma: no cover - makes this an async generator like the handler it replaces
 
-
-def _wrap(handler: grpc.RpcMethodHandler, unary, streaming) -> grpc.RpcMethodHandler:
-    """Rebuild ``handler`` with its behaviour wrapped: ``unary`` for single responses,
-    ``streaming`` for streamed ones (the wrapper must then be a generator)."""
     args = (handler.request_deserializer, handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(abort, *args)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(abort, *args)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(abort_stream, *args)
+    return grpc.stream_stream_rpc_method_handler(abort_stream, *args)
+
+
+def _wrap(handler: grpc.RpcMethodHandler, around: Callable[[], contextlib.AbstractContextManager]):
+    """Rebuild ``handler`` with its behaviour run inside ``around()`` (a fresh context manager per call).
+
+    Streaming behaviours may be async generators or coroutines that write with ``context.write``;
+    both shapes are kept.
+    """
+    args = (handler.request_deserializer, handler.response_serializer)
+
+    def unary(behavior):
+        async def wrapped(request, context):
+            with around():
+                return await behavior(request, context)
+
+        return wrapped
+
+    def streaming(behavior):
+        if not inspect.isasyncgenfunction(behavior):
+            return unary(behavior)
+
+        async def wrapped(request, context):
+            with around():
+                async for response in behavior(request, context):
+                    yield response
+
+        return wrapped
+
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), *args)
     if handler.stream_unary:
@@ -75,19 +98,31 @@ def _wrap(handler: grpc.RpcMethodHandler, unary, streaming) -> grpc.RpcMethodHan
     return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), *args)
 
 
-class DrainInterceptor(grpc.ServerInterceptor):
-    """Count calls in progress and answer UNAVAILABLE to every new non-health call once draining.
+class DrainInterceptor(grpc.aio.ServerInterceptor):
+    """Count open calls; refuse new non-probe calls once draining (UNAVAILABLE) or over the limit.
 
     Graceful shutdown first waits (:meth:`wait_idle`) for the counted calls while the server keeps
     accepting connections, so late callers get a clean UNAVAILABLE (retry elsewhere) instead of the
     CANCELLED that a stopped gRPC server gives.
 
+    The open-call limit replaces gRPC's own ``maximum_concurrent_rpcs``, which would also refuse
+    health probes (and then a probe restarts a healthy server) and whose refusals nobody can count.
+
     Args:
         draining: returns True once graceful shutdown has started.
+        max_open: most open non-probe calls (streams included).
+        on_reject: called with (method, status code name) for each refused call (metrics).
     """
 
-    def __init__(self, draining: Callable[[], bool]):
+    def __init__(
+        self,
+        draining: Callable[[], bool],
+        max_open: int = 1 << 30,
+        on_reject: Callable[[str, str], None] | None = None,
+    ):
         self._draining = draining
+        self._max_open = max_open
+        self._on_reject = on_reject
         self._active = 0
         self._idle = threading.Condition()
 
@@ -97,52 +132,50 @@ class DrainInterceptor(grpc.ServerInterceptor):
         return self._active
 
     def wait_idle(self, timeout: float) -> bool:
-        """Block until no call is running or ``timeout`` passed; True when idle."""
+        """Block (any thread but the event loop's) until no call is open or ``timeout`` passed."""
         with self._idle:
             return self._idle.wait_for(lambda: self._active == 0, timeout)
 
-    def _enter(self) -> None:
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
         with self._idle:
             self._active += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._active -= 1
+                if self._active == 0:
+                    self._idle.notify_all()
 
-    def _leave(self) -> None:
-        with self._idle:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.notify_all()
+    def _reject(self, handler, method: str, code: grpc.StatusCode, message: str):
+        if self._on_reject is not None:
+            self._on_reject(method, code.name)
+        return _rejecting(handler, code, message)
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None or is_probe(handler_call_details.method):
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or is_probe(method):
             return handler
         if self._draining():
-            return _rejecting(
-                handler, grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another replica"
+            return self._reject(
+                handler,
+                method,
+                grpc.StatusCode.UNAVAILABLE,
+                "server is shutting down; retry on another replica",
             )
-        return _wrap(handler, self._counted_unary, self._counted_stream)
-
-    def _counted_unary(self, behavior):
-        def wrapped(request, context):
-            self._enter()
-            try:
-                return behavior(request, context)
-            finally:
-                self._leave()
-
-        return wrapped
-
-    def _counted_stream(self, behavior):
-        def wrapped(request, context):
-            self._enter()
-            try:
-                yield from behavior(request, context)
-            finally:
-                self._leave()
-
-        return wrapped
+        if self._active >= self._max_open:
+            return self._reject(
+                handler,
+                method,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"server has {self._active} open calls (max_concurrent_rpcs); retry later",
+            )
+        return _wrap(handler, self._counted)
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Require a valid bearer token on every call except health checks.
 
     Args:
@@ -165,8 +198,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         matches = [hmac.compare_digest(candidate, t) for t in self._tokens]
         return any(matches)
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or is_probe(method):
             return handler
@@ -181,29 +214,24 @@ class AuthInterceptor(grpc.ServerInterceptor):
         )
 
 
-class RequestContextInterceptor(grpc.ServerInterceptor):
-    """Run each handler inside a log context carrying the method and the x-request-id header."""
+class RequestContextInterceptor(grpc.aio.ServerInterceptor):
+    """Run each handler inside a log context carrying the method and the x-request-id header.
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    A header longer than MAX_REQUEST_ID characters is refused (INVALID_ARGUMENT), since it would
+    be copied into every log line of the call.
+    """
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(HEALTH_PREFIX):
-            # Health's Watch is non-blocking (no thread held per watcher); wrapping would lose that.
             return handler
         request_id = _metadata(handler_call_details).get(REQUEST_ID_HEADER, "-")
-
-        def unary(behavior):
-            def wrapped(request, context):
-                with request_context(request_id, method):
-                    return behavior(request, context)
-
-            return wrapped
-
-        def streaming(behavior):
-            def wrapped(request, context):
-                with request_context(request_id, method):
-                    yield from behavior(request, context)
-
-            return wrapped
-
-        return _wrap(handler, unary, streaming)
+        if len(request_id) > MAX_REQUEST_ID:
+            return _rejecting(
+                handler,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{REQUEST_ID_HEADER} header is {len(request_id)} characters long, over the limit of "
+                f"{MAX_REQUEST_ID}: {quote(request_id)}",
+            )
+        return _wrap(handler, lambda: request_context(request_id, method))

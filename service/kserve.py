@@ -17,6 +17,7 @@ pixforge.v1 GetModel on the same port for it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -25,13 +26,11 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 import grpc
 
 import pixforge
-from pixforge.contract import ModelContract
-from pixforge.errors import ContractError, ImageEncodeError, ImageTooLargeError
 from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
 
 from .config import StreamConfig
-from .errors import InferenceError, InvalidRequestError, ModelNotFoundError, ModelNotReadyError
+from .errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
 from .kserve_tensors import (
     check_requested_outputs,
     input_images,
@@ -40,12 +39,14 @@ from .kserve_tensors import (
     request_options,
     tensor_metadata,
 )
-from .logs import request_context, request_id_var
+from .logs import request_context
 from .metrics import Metrics
-from .pipeline import ArrayJob, ArrayResult, CancelToken, Pipeline, new_request_id
+from .pipeline import ArrayJob, ArrayResult, CancelToken, Pipeline
 from .repository import ModelRegistry, ModelState
-from .servicer import status_for_error
+from .runner import RequestRunner, time_remaining
+from .servicer import log_failure, message_request_id, pushback_trailer, status_for_error
 from .streaming import ordered_responses
+from .text_limits import MAX_MODEL_NAME, check_text
 
 log = logging.getLogger("pixforge.service.kserve")
 
@@ -57,23 +58,19 @@ PLATFORM = "onnxruntime_onnx"
 # the ModelStreamInfer streaming RPC. Shared memory, statistics, repository control and model
 # configuration are Triton extensions pixforge does not offer.
 EXTENSIONS = ("parameters", "model_stream_infer")
-# Room for the response's protobuf fields beside the output tensor's bytes.
-RESPONSE_OVERHEAD_BYTES = 64 * 1024
-MIB = 1024 * 1024
 
 
 class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
-    """Thin KServe v2 front of the pipeline and the registry.
+    """Thin asyncio KServe v2 front of the pipeline and the registry.
 
     Args:
         pipeline: runs the images.
         registry: model versions and their state.
         metrics: request metrics (``method`` label ``ModelInfer`` / ``ModelStreamInfer``).
         stream: stream settings (``max_in_flight`` applies to ModelStreamInfer too).
-        stream_executor: pool that processes stream requests.
+        runner: admission + worker threads; a request's tensor batch is admitted once.
         image_executor: pool that runs the images of one request concurrently; its tasks only
-            wait on batchers, so it must be a pool of its own (not ``stream_executor``).
-        max_message_bytes: the server's message limit; larger responses are refused up front.
+            wait on batchers, so it must be a pool of its own (not the runner's).
         server_ready: whether the server is ready (models loaded, not shutting down).
         draining: whether shutdown has begun.
     """
@@ -85,9 +82,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         metrics: Metrics,
         *,
         stream: StreamConfig,
-        stream_executor: Executor,
+        runner: RequestRunner,
         image_executor: Executor,
-        max_message_bytes: int,
         server_ready: Callable[[], bool],
         draining: Callable[[], bool],
     ):
@@ -95,56 +91,57 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         self._registry = registry
         self._metrics = metrics
         self._stream = stream
-        self._stream_executor = stream_executor
+        self._runner = runner
         self._image_executor = image_executor
-        self._max_message_bytes = max_message_bytes
         self._server_ready = server_ready
         self._draining = draining
 
     # -- health and metadata
 
-    def ServerLive(self, request, context):
+    async def ServerLive(self, request, context):
         """Live while the process answers (also during shutdown, like grpc.health)."""
         return kpb.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request, context):
+    async def ServerReady(self, request, context):
         """Ready once the initial model load finished and until shutdown begins."""
         return kpb.ServerReadyResponse(ready=self._server_ready())
 
-    def ModelReady(self, request, context):
+    def _describe(self, name: str, version: str, rpc: str):
+        if not name:
+            raise InvalidRequestError(f"{rpc} needs a model name")
+        check_text("model name", name, MAX_MODEL_NAME)
+        return self._registry.describe(name, parse_version(version, "version"))
+
+    async def ModelReady(self, request, context):
         """Ready when the named version (or, without a version, any version) is READY.
 
         An unknown model is simply not ready (as in Triton); a malformed version is INVALID_ARGUMENT.
         """
         try:
-            if not request.name:
-                raise InvalidRequestError("ModelReady needs a model name")
-            row = self._registry.describe(request.name, parse_version(request.version, "version"))
+            row = self._describe(request.name, request.version, "ModelReady")
         except ModelNotFoundError:
             return kpb.ModelReadyResponse(ready=False)
         except Exception as exc:
-            context.abort(*status_for_error(exc))
+            await context.abort(*status_for_error(exc))
         return kpb.ModelReadyResponse(ready=row.state is ModelState.READY and not self._draining())
 
-    def ServerMetadata(self, request, context):
+    async def ServerMetadata(self, request, context):
         """Server name, pixforge version and the supported extensions."""
         return kpb.ServerMetadataResponse(
             name=SERVER_NAME, version=pixforge.__version__, extensions=list(EXTENSIONS)
         )
 
-    def ModelMetadata(self, request, context):
+    async def ModelMetadata(self, request, context):
         """A model's ready versions, platform and tensors (channels from its contract)."""
         try:
-            if not request.name:
-                raise InvalidRequestError("ModelMetadata needs a model name")
-            row = self._registry.describe(request.name, parse_version(request.version, "version"))
+            row = self._describe(request.name, request.version, "ModelMetadata")
             if row.contract is None:
                 reason = f": {row.error}" if row.error else ""
                 raise ModelNotReadyError(
                     f"model {row.name!r} version {row.version} is {row.state.value.lower()}{reason}"
                 )
         except Exception as exc:
-            context.abort(*status_for_error(exc))
+            await context.abort(*status_for_error(exc))
         versions = [
             str(r.version)
             for r in self._registry.versions()
@@ -161,29 +158,19 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         # Only known names become label values: clients must not be able to explode cardinality.
         return name if name in self._registry.names() else "_unknown"
 
-    def _check_response_size(self, contract: ModelContract, shape: tuple[int, ...]) -> None:
-        n, h, w, _ = shape
-        out_bytes = n * h * w * contract.scale * contract.scale * contract.output_channels
-        if out_bytes > self._max_message_bytes - RESPONSE_OVERHEAD_BYTES:
-            raise ImageTooLargeError(
-                f"output tensor would be {out_bytes / MIB:.1f} MiB, over the server's message limit of "
-                f"{self._max_message_bytes / MIB:.1f} MiB (limits.max_message_bytes): send fewer or "
-                "smaller images per request"
-            )
-
-    def _translate(
-        self, request: kpb.ModelInferRequest, request_id: str, cancel: CancelToken
-    ) -> tuple[ArrayResult, bool]:
-        """Validate and run one infer request; returns the result and whether it was batched."""
+    def _job(self, request: kpb.ModelInferRequest, request_id: str) -> tuple[ArrayJob, bool, int]:
+        """Validate a request before admission: returns the job, whether it was batched, its cost."""
         if not request.model_name:
             raise InvalidRequestError("model_name is empty: name the model to run")
+        check_text("model_name", request.model_name, MAX_MODEL_NAME)
         version = parse_version(request.model_version)
         row = self._registry.describe(request.model_name, version)  # unknown model: NOT_FOUND first
         check_requested_outputs(request)
         options = request_options(request)
         inputs = input_images(request)
+        pixels = 0
         if row.contract is not None:
-            self._check_response_size(row.contract, inputs.images.shape)
+            pixels = self._pipeline.check_array_response(row.contract, inputs.images.shape)
         job = ArrayJob(
             model=request.model_name,
             images=inputs.images,
@@ -191,31 +178,37 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             options=options,
             request_id=request_id,
         )
-        return self._pipeline.translate_arrays(job, cancel, self._image_executor), inputs.batched
+        return job, inputs.batched, pixels
 
-    def _infer(
-        self, request: kpb.ModelInferRequest, request_id: str, method: str, cancel: CancelToken
+    async def _infer(
+        self,
+        request: kpb.ModelInferRequest,
+        request_id: str,
+        method: str,
+        remaining: float | None,
+        cancel: CancelToken | None = None,
     ) -> kpb.ModelInferResponse:
-        """Run one request with metrics and logging; raises the domain error on failure."""
+        """Check, admit and run one request with metrics and logging; raises the domain error."""
         model = request.model_name
         label = self._model_label(model)
         self._metrics.request_started(label, method)
         start = time.perf_counter()
         code = "OK"
         try:
-            result, batched = self._translate(request, request_id, cancel)
-        except Exception as exc:
-            status, message = status_for_error(exc, request_id)
-            code = status.name
-            if status is grpc.StatusCode.INTERNAL and not isinstance(
-                exc, (InferenceError, ContractError, ImageEncodeError)
-            ):
-                log.exception("request %s on model %s failed unexpectedly", request_id, model)
-            else:
-                log.warning("request failed: %s %s", code, message, extra={"model": model, "code": code})
+            job, batched, pixels = self._job(request, request_id)
+            result, waited_ms = await self._runner.run(
+                model,
+                pixels,
+                remaining,
+                lambda token: self._pipeline.translate_arrays(job, token, self._image_executor),
+                cancel,
+            )
+        except BaseException as exc:
+            code = "CANCELLED" if not isinstance(exc, Exception) else log_failure(exc, request_id, model)
             raise
         finally:
             self._metrics.request_finished(label, time.perf_counter() - start, code)
+        result = _with_admission_wait(result, waited_ms, start)
         n, height, width, _ = result.images.shape
         log.info(
             "%s %s v%d -> %d x %dx%d in %.1f ms (%d tiles)",
@@ -250,74 +243,76 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             response.parameters["triton_final_response"].bool_param = True
         return response
 
-    @staticmethod
-    def _request_id(request: kpb.ModelInferRequest) -> str:
-        header = request_id_var.get()
-        return request.id or (header if header != "-" else "") or new_request_id()
-
-    def ModelInfer(self, request, context):
+    async def ModelInfer(self, request, context):
         """Run one inference request (unary); errors become a status via status_for_error."""
-        request_id = self._request_id(request)
-        cancel = CancelToken()
-        context.add_callback(cancel.cancel)  # fires when the RPC ends: client cancel, deadline, or done
+        try:
+            request_id = message_request_id(request.id)
+        except InvalidRequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         with request_context(request_id):
             try:
-                return self._infer(request, request_id, "ModelInfer", cancel)
+                return await self._infer(request, request_id, "ModelInfer", time_remaining(context))
             except Exception as exc:
-                code, message = status_for_error(exc, request_id)
-                if isinstance(exc, ImageTooLargeError):
-                    # Retrying the same request cannot help (see the v1 servicer).
-                    context.set_trailing_metadata((("grpc-retry-pushback-ms", "-1"),))
-                context.abort(code, message)
+                failure = exc
+            code, message = status_for_error(failure, request_id)
+            trailer = pushback_trailer(failure)
+            if trailer:
+                context.set_trailing_metadata(trailer)
+            await context.abort(code, message)
 
-    def ModelStreamInfer(self, request_iterator, context):
+    async def ModelStreamInfer(self, request_iterator, context):
         """Answer each streamed request in order; a failed one yields ``error_message`` ("CODE: why")."""
         cancel = CancelToken()
-        context.add_callback(cancel.cancel)
-        header_id = request_id_var.get()  # read here: worker threads do not inherit the log context
 
-        def process(request: kpb.ModelInferRequest, index: int) -> kpb.ModelStreamInferResponse:
-            rid = request.id or (f"{header_id}-{index}" if header_id != "-" else new_request_id())
-            with request_context(rid):
-                try:
-                    response = self._infer(request, rid, "ModelStreamInfer", cancel)
-                except Exception as exc:
-                    code, message = status_for_error(exc, rid)
-                    # The stream message has no status field: the code leads the text instead.
-                    return kpb.ModelStreamInferResponse(error_message=f"{code.name}: {message}")
-                return kpb.ModelStreamInferResponse(infer_response=response)
+        async def process(request: kpb.ModelInferRequest, index: int) -> kpb.ModelStreamInferResponse:
+            try:
+                rid = message_request_id(request.id, index)
+                with request_context(rid):
+                    response = await self._infer(
+                        request, rid, "ModelStreamInfer", time_remaining(context), cancel
+                    )
+            except Exception as exc:
+                code, message = status_for_error(exc)
+                # The stream message has no status field: the code leads the text instead.
+                return kpb.ModelStreamInferResponse(error_message=f"{code.name}: {message}")
+            return kpb.ModelStreamInferResponse(infer_response=response)
 
-        yield from ordered_responses(
-            request_iterator,
-            process,
-            executor=self._stream_executor,
-            max_in_flight=self._stream.max_in_flight,
-            cancel=cancel,
-        )
+        async for response in ordered_responses(
+            request_iterator, process, max_in_flight=self._stream.max_in_flight, cancel=cancel
+        ):
+            yield response
+
+
+def _with_admission_wait(result: ArrayResult, waited_ms: float, start: float) -> ArrayResult:
+    """The result with the admission wait counted as queue time and the total measured here."""
+    timing = dataclasses.replace(
+        result.timing,
+        queue_ms=result.timing.queue_ms + waited_ms,
+        total_ms=(time.perf_counter() - start) * 1000.0,
+    )
+    return dataclasses.replace(result, timing=timing)
 
 
 def add_kserve_service(
-    server: grpc.Server,
+    server: grpc.aio.Server,
     pipeline: Pipeline,
     registry: ModelRegistry,
     metrics: Metrics,
     *,
     stream: StreamConfig,
-    stream_executor: Executor,
+    runner: RequestRunner,
     workers: int,
-    max_message_bytes: int,
     server_ready: Callable[[], bool],
     draining: Callable[[], bool],
 ) -> ThreadPoolExecutor:
     """Register ``inference.GRPCInferenceService`` on a server.
 
     Args:
-        server: the gRPC server (not started yet).
+        server: the grpc.aio server (not started yet).
         pipeline, registry, metrics: the server's core objects (shared with pixforge.v1).
         stream: stream settings.
-        stream_executor: pool for ModelStreamInfer requests (the server's codec pool).
+        runner: the server's admission + worker threads.
         workers: threads of the new pool that runs the images of a request concurrently.
-        max_message_bytes: the server's message size limit.
         server_ready, draining: the server's state.
 
     Returns:
@@ -329,9 +324,8 @@ def add_kserve_service(
         registry,
         metrics,
         stream=stream,
-        stream_executor=stream_executor,
+        runner=runner,
         image_executor=image_pool,
-        max_message_bytes=max_message_bytes,
         server_ready=server_ready,
         draining=draining,
     )

@@ -30,7 +30,15 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from pixforge.codec import OUTPUT_FORMATS, decode_image, encode_image, normalize_format, to_channels
+from pixforge.codec import (
+    OUTPUT_FORMATS,
+    check_limits,
+    decode_image,
+    encode_image,
+    normalize_format,
+    probe_image,
+    to_channels,
+)
 from pixforge.contract import ModelContract
 from pixforge.errors import ImageEncodeError, ImageTooLargeError
 
@@ -39,11 +47,20 @@ from .config import BatchingConfig, ColorizationConfig, LimitsConfig, TilingConf
 from .errors import InvalidRequestError, RequestCancelledError
 from .norm_stats import FULL_CORE, MODE_FROZEN, image_statistics
 from .repository import ModelRegistry, ModelRuntime
+from .text_limits import MAX_MODEL_NAME, MAX_OUTPUT_FORMAT, MAX_REQUEST_ID, check_text, quote
 from .tiling import InferTiles, TilePlan, plan_tiles, run_with_oom_retry
 
 log = logging.getLogger("pixforge.service.pipeline")
 
 MAX_RENDER_SIZE = 8192
+# Room for a response's other protobuf fields beside the image or tensor bytes.
+RESPONSE_OVERHEAD_BYTES = 64 * 1024
+MIB = 1024 * 1024
+# The smallest an encoded output can be expected to get, as a fraction of its raw RGB(A) bytes,
+# for the size check made before any compute. Deliberately optimistic (photos compress to about
+# 0.3-0.6 of raw as PNG, 0.05-0.15 as JPEG at quality 95): a request refused before compute
+# cannot have fitted; one that passes is checked again, exactly, after encoding.
+MIN_COMPRESSION = {"png": 0.2, "webp": 0.02, "jpeg": 0.02}
 COLOR_STRIP_ROWS = 256  # rows per strip when joining chroma with full-resolution luminance
 
 
@@ -131,6 +148,11 @@ class ArrayResult:
     timing: Timing
     tiles: int = 1
     tile_size: int = 0
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes as MiB (or KiB below one MiB), for messages."""
+    return f"{n / MIB:.1f} MiB" if n >= MIB else f"{n / 1024:.0f} KiB"
 
 
 def new_request_id() -> str:
@@ -283,17 +305,20 @@ class Pipeline:
 
     def _check_options(self, job: TranslateJob) -> str:
         self._check_target(job)
+        check_text("output_format", job.output_format, MAX_OUTPUT_FORMAT)
         try:
             fmt = normalize_format(job.output_format)
         except ImageEncodeError:
             raise InvalidRequestError(
-                f"unknown output_format {job.output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}"
+                f"unknown output_format {quote(job.output_format)}: choose one of {', '.join(OUTPUT_FORMATS)}"
             ) from None
         self._check_translate_options(job.options)
         return fmt
 
     @staticmethod
     def _check_target(job: TranslateJob | ArrayJob) -> None:
+        check_text("model name", job.model, MAX_MODEL_NAME)
+        check_text("request_id", job.request_id, MAX_REQUEST_ID)
         if not job.model:
             raise InvalidRequestError("request names no model")
         if job.version < 0:
@@ -331,6 +356,70 @@ class Pipeline:
             )
         return tile, overlap
 
+    @property
+    def max_response_bytes(self) -> int:
+        """Largest image or tensor a response can carry under the server's message limit."""
+        return max(1, self.limits.max_message_bytes - RESPONSE_OVERHEAD_BYTES)
+
+    def _check_output(self, contract: ModelContract, width: int, height: int) -> int:
+        """Refuse (before any decode or compute) an output over the pixel limit; returns its pixels."""
+        scale = contract.scale
+        out_pixels = width * height * scale * scale
+        if out_pixels > self.limits.max_output_pixels:
+            raise ImageTooLargeError(
+                f"output would be {width * scale}x{height * scale} = {out_pixels / 1e6:.1f} MP, "
+                f"over the limit of {self.limits.max_output_pixels / 1e6:.1f} MP"
+            )
+        return out_pixels
+
+    def precheck(self, job: TranslateJob) -> int:
+        """Everything that can be refused from the request and the image header alone.
+
+        Run before admission, so a request that cannot succeed never takes a worker or memory: the
+        options, the model (unknown / not ready), the header's size against the input and output
+        limits, and the smallest encoded output that could be expected against the message limit.
+
+        Returns:
+            The request's cost for admission: input + output pixels.
+
+        Raises:
+            The errors of :meth:`translate` that need no pixels.
+        """
+        fmt = self._check_options(job)
+        row = self.registry.describe(job.model, job.version)
+        if row.contract is None:
+            return 0  # not ready: acquire() will say why
+        info = probe_image(job.image)  # header only: the decoder's own fields, bit depth counted
+        check_limits(info, self.limits.max_input_pixels)
+        width, height = info.width, info.height
+        out_pixels = self._check_output(row.contract, width, height)
+        raw = out_pixels * max(3, row.contract.output_channels)
+        least = int(raw * MIN_COMPRESSION.get(fmt, 0.0))
+        if least > self.max_response_bytes:
+            raise ImageTooLargeError(
+                f"the {fmt.upper()} output would be at least about {human_bytes(least)}, over the server's "
+                f"message limit of {human_bytes(self.limits.max_message_bytes)} (limits.max_message_bytes): "
+                "send a smaller image" + (" or ask for output_format jpeg" if fmt != "jpeg" else "")
+            )
+        return width * height + out_pixels
+
+    def check_array_response(self, contract: ModelContract, shape: tuple[int, ...]) -> int:
+        """Refuse, before compute, a tensor batch whose output cannot fit one response.
+
+        Returns:
+            The request's cost for admission: input + output pixels.
+        """
+        n, h, w, _ = shape
+        out_pixels = self._check_output(contract, w, h)
+        out_bytes = n * out_pixels * contract.output_channels
+        if out_bytes > self.max_response_bytes:
+            raise ImageTooLargeError(
+                f"output tensor would be {human_bytes(out_bytes)}, over the server's message limit of "
+                f"{human_bytes(self.limits.max_message_bytes)} (limits.max_message_bytes): send fewer or "
+                "smaller images per request"
+            )
+        return n * (h * w + out_pixels)
+
     # -- running
 
     def translate(self, job: TranslateJob, cancel: CancelToken | None = None) -> TranslateResult:
@@ -361,7 +450,12 @@ class Pipeline:
             cancel.check()
 
             t = time.perf_counter()
-            decoded = decode_image(job.image, max_pixels=self.limits.max_input_pixels)
+            decoded = decode_image(
+                job.image,
+                max_pixels=self.limits.max_input_pixels,
+                # The output limit is checked from the header too, before the decode spends memory.
+                check=lambda info: self._check_output(contract, info.width, info.height),
+            )
             decode_ms = (time.perf_counter() - t) * 1000.0
             stats = _Stats()
             out, used_tile = self._translate_pixels(
@@ -381,6 +475,14 @@ class Pipeline:
             data = encode_image(out, fmt, job.options.quality or 95, alpha=alpha, overwrite=True)
             del out, alpha
             encode_ms = (time.perf_counter() - t) * 1000.0
+            if len(data) > self.max_response_bytes:
+                # Sending it would fail in gRPC after the fact (and clients would retry the whole
+                # computation): refuse with the reason instead.
+                raise ImageTooLargeError(
+                    f"the encoded {fmt.upper()} output is {human_bytes(len(data))}, over the server's "
+                    f"message limit of {human_bytes(self.limits.max_message_bytes)} "
+                    "(limits.max_message_bytes): send a smaller image or ask for output_format jpeg"
+                )
             version = row.version
         total_ms = (time.perf_counter() - start) * 1000.0
         return TranslateResult(
@@ -505,12 +607,7 @@ class Pipeline:
         """
         contract = runtime.contract
         h, w = pixels.shape[:2]
-        out_pixels = h * w * contract.scale * contract.scale
-        if out_pixels > self.limits.max_output_pixels:
-            raise ImageTooLargeError(
-                f"output would be {w * contract.scale}x{h * contract.scale} = {out_pixels / 1e6:.1f} MP, "
-                f"over the limit of {self.limits.max_output_pixels / 1e6:.1f} MP"
-            )
+        self._check_output(contract, w, h)
         render = options.render_size or self.colorization.render_size
         if contract.task == "colorization" and contract.output_channels == 3 and max(h, w) > render:
             rh, rw = render_shape(h, w, render, contract.size_multiple)

@@ -9,6 +9,12 @@ Reloading (poll or SIGHUP) re-scans the folder, loads new or changed files *besi
 ones and swaps each in atomically; a request holds its runtime through a lease, so it finishes on
 the session it started with, and a retired runtime closes once its last lease ends. A broken new
 file never replaces a working one.
+
+A repository that cannot be read as a whole (folder missing, unreadable, a stale network mount) or
+that turns up empty while models are loaded (an unmounted or remounting volume shows an empty
+mount point) is *unavailable*, not emptied: the loaded versions keep serving, one warning is
+logged, and when it is back every file whose (mtime, size) is unchanged stays as it is. Only a
+model or version folder missing from a repository that still lists other entries is a removal.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -156,6 +163,8 @@ class ReloadSummary:
     kept: list[str] = field(default_factory=list)  # changed file refused, previous one still serving
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    # Why the repository could not be scanned ('' when it could); the table was left untouched.
+    unavailable: str = ""
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -203,8 +212,17 @@ class ModelRegistry:
         self._poll_stop = threading.Event()
         self._poll_thread: threading.Thread | None = None
         self._closed = False
+        self._unavailable = ""  # why the repository is unavailable now ('' = it is readable)
 
     # -- reading
+
+    @property
+    def unavailable(self) -> str:
+        """Why the last scan could not read the repository ('' when it could).
+
+        While it is unavailable the loaded versions keep serving (see :meth:`reload`).
+        """
+        return self._unavailable
 
     def versions(self) -> list[ModelVersion]:
         """Every known version, sorted by name then version (failed ones included)."""
@@ -377,24 +395,66 @@ class ModelRegistry:
             except Exception:
                 log.exception("state-change callback failed for %s", name)
 
+    def _scan(self) -> tuple[list[ModelEntry], str]:
+        """Scan the repository: (entries, '') or ([], why it is unavailable).
+
+        Unavailable: the scan fails (folder missing, not a directory, unreadable, stale network
+        handle, I/O error), or the folder lists nothing visible while versions are loaded: an
+        unmounted or remounting volume shows an empty mount point, and that must not unload
+        every model. A repository that still lists something (a README, an empty model folder)
+        is read as it is, so removing model folders from it unloads them.
+        """
+        try:
+            entries = scan_repository(self.repository)
+            if entries:
+                return entries, ""
+            with self._lock:
+                loaded = bool(self._rows)
+            if loaded and not any(not p.name.startswith(".") for p in self.repository.iterdir()):
+                return [], f"model repository {self.repository} is empty (an unmounted or remounting volume?)"
+            return entries, ""
+        except OSError as exc:
+            if exc.filename is None:  # scan_repository's own "is not a directory"
+                return [], str(exc)
+            why = exc.strerror or os.strerror(exc.errno or 0) or type(exc).__name__
+            return [], f"model repository {self.repository} cannot be read: {why} ({exc.filename})"
+
+    def _repository_unavailable(self, why: str) -> None:
+        """Log an outage once (not on every poll); the table stays as it is."""
+        if self._unavailable:
+            log.debug("%s; still unavailable", why)
+        else:
+            with self._lock:
+                ready = sum(1 for r in self._rows.values() if r.state is ModelState.READY)
+            if ready:
+                log.warning("%s; the %d loaded model version(s) keep serving until it is back", why, ready)
+            else:
+                log.warning("%s; no model is served until it is back", why)
+        self._unavailable = why
+
     def reload(self) -> ReloadSummary:
         """Scan the repository and bring the table in line with it (also the initial load).
 
         New and changed files are loaded (changed ones replace the serving session only if they
-        load); versions whose file disappeared are retired after their in-flight requests.
+        load); versions whose file disappeared are retired after their in-flight requests. An
+        unavailable repository (see :meth:`_scan`) changes nothing: the loaded versions keep
+        serving, and when it is back unchanged files stay loaded as they are.
 
         Returns:
-            A ReloadSummary.
+            A ReloadSummary (``unavailable`` says why the scan did not count).
         """
         with self._reload_lock:
             summary = ReloadSummary()
             if self._closed:
                 return summary
-            try:
-                entries = scan_repository(self.repository)
-            except FileNotFoundError as exc:
-                log.error("%s", exc)
-                entries = []
+            entries, unavailable = self._scan()
+            if unavailable:
+                summary.unavailable = unavailable
+                self._repository_unavailable(unavailable)
+                return summary
+            if self._unavailable:
+                log.info("model repository %s is available again", self.repository)
+                self._unavailable = ""
             present = {(e.name, e.version) for e in entries}
             # Register every new version as LOADING first, so callers see "loading", not "unknown".
             fresh = [e for e in entries if (e.name, e.version) not in self._rows]

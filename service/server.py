@@ -1,18 +1,20 @@
 """`pixforge serve`: wires the gRPC server and owns its lifecycle (no torch anywhere on this path).
 
 :func:`serve` builds everything once and passes it into constructors: metrics, the model registry,
-the pipeline, the thin servicer, the KServe v2 servicer (``kserve: true``), the standard
-``grpc.health.v1`` service (overall ``""``, ``pixforge.v1.ImageTranslation``,
-``inference.GRPCInferenceService`` and one entry per model name), server reflection, interceptors
-(drain -> auth -> request context), TLS/mTLS and message-size limits. It returns a
-:class:`ServerHandle` with ``.port`` and ``.stop(grace)`` for tests, clients' tests and the CLI.
+the pipeline, admission control and the worker threads (:class:`RequestRunner`), the thin
+servicer, the KServe v2 servicer (``kserve: true``), the standard ``grpc.health.v1`` service
+(overall ``""``, ``pixforge.v1.ImageTranslation``, ``inference.GRPCInferenceService`` and one entry
+per model name), server reflection, interceptors (drain -> auth -> request context), TLS/mTLS and
+message-size limits. It returns a :class:`ServerHandle` with ``.port`` and ``.stop(grace)`` for
+tests, clients' tests and the CLI.
 
-Why the synchronous gRPC server with a thread pool rather than grpc.aio: every expensive step
-releases the GIL (onnxruntime inference on the batcher threads, OpenCV decode/encode on the RPC
-threads), so threads give real parallelism; the batcher needs blocking waits on futures, which
-would have to be bridged into an event loop under aio; and graceful shutdown, deadlines and
-cancellation callbacks are simple and well-tested in the sync API. The price, one thread per
-in-flight RPC, is bounded by ``max_workers``/``max_concurrent_rpcs`` and by the per-model queue.
+Concurrency model: a grpc.aio server on one event loop thread. An RPC is a coroutine, so an idle or
+slow stream, a health probe or ListModels costs no thread and can never be starved by inference.
+Inference requests are refused at once when they cannot succeed (request and header checks), then
+pass :class:`~pixforge.service.admission.Admission` (a bounded, cost-aware FIFO) and run on exactly
+``max_workers`` threads (decode, tiles through the per-model batcher threads, encode; onnxruntime
+and OpenCV release the GIL, so threads give real parallelism). So the server's memory is bounded
+by ``max_workers`` x one request's bound (docs/serving.md), whatever the number of open calls.
 
 Shutdown (SIGTERM/SIGINT or ``stop()``): health goes NOT_SERVING, new calls get UNAVAILABLE,
 in-flight calls get ``grace_seconds`` to finish, then batchers drain and close.
@@ -20,9 +22,11 @@ in-flight calls get ``grace_seconds`` to finish, then batchers drain and close.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -30,12 +34,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer  # the asyncio health servicer (grpcio-health-checking)
 from grpc_reflection.v1alpha import reflection
 
 from pixforge.v1 import translation_pb2 as pb
 from pixforge.v1 import translation_pb2_grpc as pb_grpc
 
+from .admission import Admission
 from .config import ServiceConfig, available_cpus, config_from_args, config_to_dict
 from .engine import expected_provider, gpu_log_line
 from .errors import ConfigError
@@ -46,6 +52,7 @@ from .logs import configure_logging
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .repository import EngineFactory, ModelRegistry, ModelState, ReloadSummary
+from .runner import RequestRunner
 from .servicer import ImageTranslationServicer
 
 log = logging.getLogger("pixforge.service.server")
@@ -82,7 +89,8 @@ class ServerHandle:
         registry: ModelRegistry,
         pipeline: Pipeline,
         metrics: Metrics,
-        health_servicer: health.HealthServicer,
+        health_servicer: HealthServicer,
+        loop: asyncio.AbstractEventLoop,
     ):
         self.config = config
         self.registry = registry
@@ -91,7 +99,9 @@ class ServerHandle:
         self.port = 0
         self.metrics_port = 0
         self._health = health_servicer
-        self._server: grpc.Server | None = None
+        self._loop = loop
+        self._server: grpc.aio.Server | None = None
+        self.runner: RequestRunner | None = None
         self._drain: DrainInterceptor | None = None
         self._executors: list[ThreadPoolExecutor] = []
         self._draining = False
@@ -114,15 +124,32 @@ class ServerHandle:
 
     # -- model state -> health + metrics
 
+    def _on_loop(self, coro, wait: float | None = 5.0):
+        """Run a coroutine on the server's event loop from any thread (waits unless on the loop)."""
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            return asyncio.ensure_future(coro)
+        if self._loop.is_closed():
+            coro.close()
+            return None
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(wait) if wait is not None else future
+
+    def _set_health(self, service: str, status) -> None:
+        self._on_loop(self._health.set(service, status))
+
     def _model_changed(self, name: str) -> None:
         try:
             row = self.registry.describe(name)
         except Exception:  # removed from the repository
-            self._health.set(name, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+            self._set_health(name, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
             self.metrics.set_ready(name, None)
             return
         ready = row.state is ModelState.READY
-        self._health.set(
+        self._set_health(
             name,
             health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING,
         )
@@ -132,10 +159,10 @@ class ServerHandle:
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        self._health.set("", status)
-        self._health.set(SERVICE_NAME, status)
+        self._set_health("", status)
+        self._set_health(SERVICE_NAME, status)
         if self.config.kserve:
-            self._health.set(KSERVE_SERVICE_NAME, status)
+            self._set_health(KSERVE_SERVICE_NAME, status)
 
     def _initial_load(self) -> None:
         try:
@@ -172,11 +199,12 @@ class ServerHandle:
         """Re-scan the repository now (what SIGHUP does)."""
         summary = self.registry.reload()
         log.info(
-            "reload: loaded %s; failed %s; kept %s; removed %s",
+            "reload: loaded %s; failed %s; kept %s; removed %s%s",
             summary.loaded or "-",
             summary.failed or "-",
             summary.kept or "-",
             summary.removed or "-",
+            f"; repository unavailable ({summary.unavailable}), models kept" if summary.unavailable else "",
         )
         return summary
 
@@ -194,7 +222,7 @@ class ServerHandle:
             grace = self.config.grace_seconds if grace is None else grace
             deadline = time.monotonic() + grace
             self._draining = True
-            self._health.enter_graceful_shutdown()
+            self._on_loop(self._health.enter_graceful_shutdown())
             log.info("shutting down: refusing new requests, %.1f s grace for in-flight ones", grace)
             if self._server is not None:
                 # Keep the port open while in-flight calls finish so late callers get UNAVAILABLE
@@ -203,11 +231,15 @@ class ServerHandle:
                     log.warning(
                         "grace period over with %d calls still running; cancelling them", self._drain.active
                     )
-                self._server.stop(max(0.0, deadline - time.monotonic())).wait()
+                remaining = max(0.0, deadline - time.monotonic())
+                self._on_loop(self._server.stop(remaining), wait=remaining + 10.0)
             self.registry.close()
+            if self.runner is not None:
+                self.runner.close()
             for pool in self._executors:
                 pool.shutdown(wait=False, cancel_futures=True)
             self.metrics.close()
+            self._loop.call_soon_threadsafe(self._loop.stop)
             log.info("server stopped")
             self._stopped.set()
 
@@ -264,10 +296,10 @@ def serve(
         raise ConfigError(f"models: model repository {repository} is not a directory")
 
     metrics = Metrics()
-    health_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixforge-health")
-    health_servicer = health.HealthServicer(
-        experimental_non_blocking=True, experimental_thread_pool=health_pool
-    )
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="pixforge-grpc", daemon=True).start()
+    # The asyncio health servicer binds its conditions to the loop it is created on.
+    health_servicer = asyncio.run_coroutine_threadsafe(_make_health(), loop).result()
     handle_box: list[ServerHandle] = []
     registry = ModelRegistry(
         repository,
@@ -279,38 +311,99 @@ def serve(
         on_change=lambda name: handle_box[0]._model_changed(name) if handle_box else None,
     )
     pipeline = Pipeline(registry, config.tiling, config.limits, config.colorization, config.batching)
-    handle = ServerHandle(config, registry, pipeline, metrics, health_servicer)
+    handle = ServerHandle(config, registry, pipeline, metrics, health_servicer, loop)
     handle_box.append(handle)
+    try:
+        asyncio.run_coroutine_threadsafe(
+            _build_server(handle, config, metrics, pipeline, registry), loop
+        ).result()
+        port = asyncio.run_coroutine_threadsafe(_bind_and_start(handle, config), loop).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        raise
+    handle.port = port
+    log.info(
+        "listening on %s%s%s; %s",
+        _address(config.host, port),
+        " (TLS" if config.tls.enabled else "",
+        (", mTLS)" if config.tls.client_ca_file else ")") if config.tls.enabled else "",
+        gpu_log_line(config.engine),
+    )
+    try:
+        if config.metrics_port:
+            metrics_host = config.metrics_host or config.host
+            handle.metrics_port = metrics.serve_http(
+                metrics_host,
+                config.metrics_port,
+                tokens=config.auth.tokens,
+                cert_file=config.tls.cert_file,
+                key_file=config.tls.key_file,
+                client_ca_file=config.tls.client_ca_file,
+            )
+            log.info(
+                "metrics on %s://%s/metrics", metrics.http_scheme, _address(metrics_host, handle.metrics_port)
+            )
+    except ssl.SSLError as exc:
+        handle.stop(0)
+        raise ConfigError(f"tls.cert_file / tls.key_file: cannot serve metrics over TLS: {exc}") from None
+    except OSError as exc:
+        handle.stop(0)
+        raise ConfigError(f"metrics_port: cannot bind {config.metrics_port}: {exc.strerror or exc}") from None
+    if handle_signals:
+        handle.install_signal_handlers()
+    if wait_for_models:
+        handle._initial_load()
+    else:
+        threading.Thread(target=handle._initial_load, name="pixforge-load", daemon=True).start()
+    return handle
 
-    codec_workers = config.codec_workers or min(32, 4 * available_cpus())
-    codec_pool = ThreadPoolExecutor(max_workers=codec_workers, thread_name_prefix="pixforge-codec")
-    rpc_pool = ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="pixforge-rpc")
-    handle._executors = [codec_pool, rpc_pool, health_pool]
 
-    handle._drain = DrainInterceptor(lambda: handle.draining)
-    interceptors: list[grpc.ServerInterceptor] = [handle._drain]
+async def _make_health() -> HealthServicer:
+    return HealthServicer()
+
+
+def worker_count(config: ServiceConfig) -> int:
+    """Requests processed at once: ``max_workers``, or max(8, 2 x CPUs) when it is 0."""
+    return config.max_workers or max(8, 2 * available_cpus())
+
+
+async def _build_server(
+    handle: ServerHandle, config: ServiceConfig, metrics: Metrics, pipeline: Pipeline, registry: ModelRegistry
+) -> None:
+    """Create the grpc.aio server with its interceptors and services (on the event loop)."""
+    workers = worker_count(config)
+    admission = Admission(
+        workers,
+        config.admission.max_queued,
+        config.admission.max_queued_seconds,
+        observer=metrics.admission_observer,
+    )
+    runner = RequestRunner(admission, workers)
+    handle.runner = runner
+    handle._drain = DrainInterceptor(
+        lambda: handle.draining, max_open=config.max_concurrent_rpcs, on_reject=metrics.call_rejected
+    )
+    interceptors: list[grpc.aio.ServerInterceptor] = [handle._drain]
     if config.auth.enabled:
         interceptors.append(
             AuthInterceptor(
-                config.auth.tokens, on_reject=lambda method: metrics.failure("-", "UNAUTHENTICATED")
+                config.auth.tokens, on_reject=lambda method: metrics.call_rejected(method, "UNAUTHENTICATED")
             )
         )
     interceptors.append(RequestContextInterceptor())
 
     size = config.limits.max_message_bytes
-    server = grpc.server(
-        rpc_pool,
+    server = grpc.aio.server(
         interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
         ],
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs or 4 * config.max_workers,
     )
-    servicer = ImageTranslationServicer(pipeline, registry, metrics, config.stream, codec_pool)
+    servicer = ImageTranslationServicer(pipeline, registry, metrics, config.stream, runner)
     pb_grpc.add_ImageTranslationServicer_to_server(servicer, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(handle._health, server)
     services = [SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME]
     if config.kserve:
         # KServe v2 / Triton protocol on the same port, engine and registry (service/kserve.py).
@@ -320,16 +413,20 @@ def serve(
             registry,
             metrics,
             stream=config.stream,
-            stream_executor=codec_pool,
-            workers=codec_workers,
-            max_message_bytes=size,
+            runner=runner,
+            workers=config.codec_workers or min(32, 4 * available_cpus()),
             server_ready=lambda: handle.ready.is_set() and not handle.draining,
             draining=lambda: handle.draining,
         )
         handle._executors.append(kserve_pool)
         services.append(KSERVE_SERVICE_NAME)
     reflection.enable_server_reflection(services, server)
+    handle._server = server
 
+
+async def _bind_and_start(handle: ServerHandle, config: ServiceConfig) -> int:
+    """Bind the port (TLS when configured), set health NOT_SERVING and start serving."""
+    server = handle._server
     address = _address(config.host, config.port)
     try:
         if config.tls.enabled:
@@ -346,32 +443,10 @@ def serve(
         raise ConfigError(f"port: cannot bind {address}: {exc}") from None
     if not port:
         raise ConfigError(f"port: cannot bind {address}")
-    handle.port = port
-    handle._server = server
-    handle._set_overall(False)  # NOT_SERVING until the models are loaded
-    server.start()
-    log.info(
-        "listening on %s%s%s; %s",
-        _address(config.host, port),
-        " (TLS" if config.tls.enabled else "",
-        (", mTLS)" if config.tls.client_ca_file else ")") if config.tls.enabled else "",
-        gpu_log_line(config.engine),
-    )
-    try:
-        if config.metrics_port:
-            metrics_host = config.metrics_host or config.host
-            handle.metrics_port = metrics.serve_http(metrics_host, config.metrics_port)
-            log.info("metrics on http://%s/metrics", _address(metrics_host, handle.metrics_port))
-    except OSError as exc:
-        handle.stop(0)
-        raise ConfigError(f"metrics_port: cannot bind {config.metrics_port}: {exc.strerror or exc}") from None
-    if handle_signals:
-        handle.install_signal_handlers()
-    if wait_for_models:
-        handle._initial_load()
-    else:
-        threading.Thread(target=handle._initial_load, name="pixforge-load", daemon=True).start()
-    return handle
+    for name in ("", SERVICE_NAME) + ((KSERVE_SERVICE_NAME,) if config.kserve else ()):
+        await handle._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)  # until models load
+    await server.start()
+    return port
 
 
 def run(args) -> int:

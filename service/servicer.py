@@ -1,21 +1,23 @@
-"""The pixforge.v1.ImageTranslation servicer: proto <-> domain conversion and error mapping only.
+"""The pixforge.v1.ImageTranslation servicer (grpc.aio): proto <-> domain conversion and error mapping.
 
 All real work happens in :class:`~pixforge.service.pipeline.Pipeline` and the registry; this module
 turns requests into :class:`TranslateJob` s, results into responses, and every exception into a gRPC
 status in one place (:func:`status_for_error`). Clients never see a stack trace: unexpected
 exceptions are logged with their traceback and answered INTERNAL with the request id.
 
-TranslateStream applies back-pressure (:func:`~pixforge.service.streaming.ordered_responses`): a
-reader thread pulls the next request only while fewer than ``stream.max_in_flight`` items of that
-stream are being processed, so a fast sender is slowed by HTTP/2 flow control instead of filling
-server memory; responses go out in request order.
+The handlers are coroutines on the server's event loop: what can be refused from the request and
+the image header is refused there (:meth:`Pipeline.precheck`), then the request waits for
+admission and its blocking work runs on a worker thread (:class:`~pixforge.service.runner.RequestRunner`),
+bound to the caller's deadline. TranslateStream applies back-pressure
+(:func:`~pixforge.service.streaming.ordered_responses`): the next request is read only while fewer
+than ``stream.max_in_flight`` items of that stream are in flight; responses go out in request order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from concurrent.futures import Executor
 
 import grpc
 
@@ -23,6 +25,7 @@ from pixforge.errors import ContractError, ImageDecodeError, ImageEncodeError, I
 from pixforge.v1 import translation_pb2 as pb
 from pixforge.v1 import translation_pb2_grpc as pb_grpc
 
+from .admission import AdmissionRejected
 from .config import StreamConfig
 from .errors import (
     InferenceError,
@@ -38,7 +41,9 @@ from .logs import request_context, request_id_var
 from .metrics import Metrics
 from .pipeline import CancelToken, Pipeline, TranslateJob, TranslateOptions, TranslateResult, new_request_id
 from .repository import ModelRegistry, ModelState, ModelVersion
+from .runner import RequestRunner, time_remaining
 from .streaming import ordered_responses
+from .text_limits import MAX_MODEL_NAME, MAX_REQUEST_ID, check_text
 
 log = logging.getLogger("pixforge.service.servicer")
 
@@ -81,6 +86,47 @@ def status_for_error(exc: BaseException, request_id: str = "-") -> tuple[grpc.St
         if isinstance(exc, cls):
             return code, str(exc) or cls.__name__
     return grpc.StatusCode.INTERNAL, f"internal server error (request id {request_id}); see the server logs"
+
+
+def pushback_trailer(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """The ``grpc-retry-pushback-ms`` trailer for a refusal, telling gRPC's retry policy what to do.
+
+    A request over a size limit can never succeed: -1 stops retries. A request refused because the
+    server is busy carries the expected wait, so retries come when a place is likely to be free.
+    """
+    if isinstance(exc, ImageTooLargeError):
+        return (("grpc-retry-pushback-ms", "-1"),)
+    if isinstance(exc, AdmissionRejected):
+        return (("grpc-retry-pushback-ms", str(exc.pushback_ms)),)
+    return ()
+
+
+def log_failure(exc: BaseException, request_id: str, model: str) -> str:
+    """Log a failed request (traceback only for unexpected errors); returns its status code name."""
+    status, message = status_for_error(exc, request_id)
+    code = status.name
+    if status is grpc.StatusCode.INTERNAL and not isinstance(
+        exc, (InferenceError, ContractError, ImageEncodeError)
+    ):
+        log.exception("request %s on model %s failed unexpectedly", request_id, model, exc_info=exc)
+    else:
+        log.warning("request failed: %s %s", code, message, extra={"model": model, "code": code})
+    return code
+
+
+def message_request_id(message_id: str, stream_index: int = 0) -> str:
+    """The id a request is known by: its own field, else the x-request-id header, else a new one.
+
+    Raises:
+        InvalidRequestError: the id is over :data:`MAX_REQUEST_ID` characters.
+    """
+    check_text("request_id", message_id, MAX_REQUEST_ID)
+    header = request_id_var.get()  # x-request-id, length-checked by the interceptor
+    if message_id:
+        return message_id
+    if header != "-":
+        return f"{header}-{stream_index}" if stream_index else header
+    return new_request_id()
 
 
 # --------------------------------------------------------------------------- conversions
@@ -146,14 +192,14 @@ def model_info(row: ModelVersion) -> pb.ModelInfo:
 
 
 class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
-    """Thin gRPC front of the pipeline.
+    """Thin asyncio gRPC front of the pipeline.
 
     Args:
         pipeline: runs translations.
         registry: answers ListModels/GetModel.
         metrics: request metrics.
         stream: TranslateStream settings.
-        executor: worker pool that processes stream items (decode, queue, encode).
+        runner: admission + worker threads for the blocking work.
     """
 
     def __init__(
@@ -162,38 +208,48 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
         registry: ModelRegistry,
         metrics: Metrics,
         stream: StreamConfig,
-        executor: Executor,
+        runner: RequestRunner,
     ):
         self._pipeline = pipeline
         self._registry = registry
         self._metrics = metrics
         self._stream = stream
-        self._executor = executor
+        self._runner = runner
 
     def _model_label(self, name: str) -> str:
         # Only known names become label values: clients must not be able to explode cardinality.
         return name if name in self._registry.names() else "_unknown"
 
-    def _run(self, job: TranslateJob, method: str, cancel: CancelToken) -> TranslateResult:
-        """Run one job with metrics and logging; raises the domain error on failure."""
+    async def _run(
+        self, job: TranslateJob, method: str, remaining: float | None, cancel: CancelToken | None = None
+    ) -> TranslateResult:
+        """Check, admit and run one job with metrics and logging; raises the domain error on failure."""
         label = self._model_label(job.model)
         self._metrics.request_started(label, method)
         start = time.perf_counter()
         code = "OK"
         try:
-            result = self._pipeline.translate(job, cancel)
-        except Exception as exc:
-            status, message = status_for_error(exc, job.request_id)
-            code = status.name
-            if status is grpc.StatusCode.INTERNAL and not isinstance(
-                exc, (InferenceError, ContractError, ImageEncodeError)
-            ):
-                log.exception("request %s on model %s failed unexpectedly", job.request_id, job.model)
-            else:
-                log.warning("request failed: %s %s", code, message, extra={"model": job.model, "code": code})
+            pixels = self._pipeline.precheck(job)
+            result, waited_ms = await self._runner.run(
+                job.model, pixels, remaining, lambda token: self._pipeline.translate(job, token), cancel
+            )
+        except BaseException as exc:
+            code = (
+                "CANCELLED" if not isinstance(exc, Exception) else log_failure(exc, job.request_id, job.model)
+            )
             raise
         finally:
             self._metrics.request_finished(label, time.perf_counter() - start, code)
+        # The wait for admission is queueing like the batcher's: the caller sees it in queue_ms.
+        timing = result.timing
+        result = dataclasses.replace(
+            result,
+            timing=dataclasses.replace(
+                timing,
+                queue_ms=timing.queue_ms + waited_ms,
+                total_ms=(time.perf_counter() - start) * 1000.0,
+            ),
+        )
         log.info(
             "%s %s v%d -> %dx%d in %.1f ms (%d tiles)",
             method,
@@ -214,30 +270,35 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
         )
         return result
 
-    @staticmethod
-    def _request_id(request: pb.TranslateRequest) -> str:
-        header = request_id_var.get()
-        return request.request_id or (header if header != "-" else "") or new_request_id()
-
-    def Translate(self, request, context):
+    async def Translate(self, request, context):
         """Translate one image (unary); errors become a status via status_for_error."""
-        job = job_from_proto(request, self._request_id(request))
-        cancel = CancelToken()
-        context.add_callback(cancel.cancel)  # fires when the RPC ends: client cancel, deadline, or done
-        with request_context(job.request_id):
+        try:
+            request_id = message_request_id(request.request_id)
+        except InvalidRequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        with request_context(request_id):
             try:
-                return response_from_result(self._run(job, "Translate", cancel))
+                job = job_from_proto(request, request_id)
+                return response_from_result(await self._run(job, "Translate", time_remaining(context)))
             except Exception as exc:
-                code, message = status_for_error(exc, job.request_id)
-                if isinstance(exc, ImageTooLargeError):
-                    # RESOURCE_EXHAUSTED as the API promises, but retrying cannot help: a negative
-                    # pushback tells gRPC's client-side retry policy not to try again.
-                    context.set_trailing_metadata((("grpc-retry-pushback-ms", "-1"),))
-                context.abort(code, message)
+                failure = exc
+            code, message = status_for_error(failure, request_id)
+            trailer = pushback_trailer(failure)
+            if trailer:
+                context.set_trailing_metadata(trailer)
+            await context.abort(code, message)
 
-    def _stream_item(
-        self, item: pb.TranslateStreamRequest, request_id: str, cancel: CancelToken
+    async def _stream_item(
+        self, item: pb.TranslateStreamRequest, index: int, remaining: float | None, cancel: CancelToken
     ) -> pb.TranslateStreamResponse:
+        try:
+            request_id = message_request_id(
+                item.request.request_id if item.HasField("request") else "", index
+            )
+        except InvalidRequestError as exc:
+            return pb.TranslateStreamResponse(
+                error_code=grpc.StatusCode.INVALID_ARGUMENT.value[0], error_message=str(exc)
+            )
         with request_context(request_id):
             if not item.HasField("request"):
                 code, message = grpc.StatusCode.INVALID_ARGUMENT, "stream item has no request"
@@ -246,7 +307,7 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
                 )
             job = job_from_proto(item.request, request_id)
             try:
-                result = self._run(job, "TranslateStream", cancel)
+                result = await self._run(job, "TranslateStream", remaining, cancel)
             except Exception as exc:
                 code, message = status_for_error(exc, request_id)
                 return pb.TranslateStreamResponse(
@@ -254,39 +315,32 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
                 )
             return pb.TranslateStreamResponse(request_id=request_id, response=response_from_result(result))
 
-    def TranslateStream(self, request_iterator, context):
+    async def TranslateStream(self, request_iterator, context):
         """Translate a stream of images; responses in request order, per-item errors inline."""
         cancel = CancelToken()
-        context.add_callback(cancel.cancel)
-        header_id = request_id_var.get()  # read here: worker threads do not inherit the log context
 
-        def process(item: pb.TranslateStreamRequest, index: int) -> pb.TranslateStreamResponse:
-            rid = item.request.request_id if item.HasField("request") else ""
-            if not rid:
-                rid = f"{header_id}-{index}" if header_id != "-" else new_request_id()
-            return self._stream_item(item, rid, cancel)
+        async def process(item: pb.TranslateStreamRequest, index: int) -> pb.TranslateStreamResponse:
+            # The stream's deadline (if any) bounds every item; each item's admission sees what is left.
+            return await self._stream_item(item, index, time_remaining(context), cancel)
 
-        yield from ordered_responses(
-            request_iterator,
-            process,
-            executor=self._executor,
-            max_in_flight=self._stream.max_in_flight,
-            cancel=cancel,
-        )
+        async for response in ordered_responses(
+            request_iterator, process, max_in_flight=self._stream.max_in_flight, cancel=cancel
+        ):
+            yield response
 
-    def ListModels(self, request, context):
+    async def ListModels(self, request, context):
         """Every known model version, failed ones included."""
         return pb.ListModelsResponse(models=[model_info(r) for r in self._registry.versions()])
 
-    def GetModel(self, request, context):
+    async def GetModel(self, request, context):
         """Describe one model: the pinned version, else the served one."""
         try:
             if not request.name:
                 raise InvalidRequestError("GetModel needs a model name")
+            check_text("model name", request.name, MAX_MODEL_NAME)
             if request.version < 0:
                 raise InvalidRequestError(f"version must be >= 0, got {request.version}")
             row = self._registry.describe(request.name, int(request.version))
         except Exception as exc:
-            code, message = status_for_error(exc)
-            context.abort(code, message)
+            await context.abort(*status_for_error(exc))
         return pb.GetModelResponse(model=model_info(row))

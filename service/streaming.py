@@ -1,18 +1,17 @@
-"""Ordered, back-pressured processing of a gRPC request stream (no gRPC import here).
+"""Ordered, back-pressured processing of a gRPC request stream on the event loop (no gRPC import).
 
-Both streaming RPCs (pixforge.v1 TranslateStream and KServe v2 ModelStreamInfer) share it: a reader
-thread pulls the next request only while fewer than ``max_in_flight`` requests of the stream are
-being processed, so a fast sender is slowed by HTTP/2 flow control instead of filling server
-memory; the requests run concurrently on a worker pool and the responses go out in request order.
+Both streaming RPCs (pixforge.v1 TranslateStream and KServe v2 ModelStreamInfer) share it. The
+next request is read only while fewer than ``max_in_flight`` requests of the stream are being
+processed, so a fast sender is slowed by HTTP/2 flow control instead of filling server memory; the
+requests run concurrently as tasks and the responses go out in request order. An idle stream is a
+coroutine waiting on its reader: it holds no thread and no worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import queue
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from .pipeline import CancelToken
@@ -23,63 +22,66 @@ RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 
 
-def ordered_responses(
-    requests: Iterable[RequestT],
-    process: Callable[[RequestT, int], ResponseT],
+async def ordered_responses(
+    requests: AsyncIterable[RequestT],
+    process: Callable[[RequestT, int], Awaitable[ResponseT]],
     *,
-    executor: Executor,
     max_in_flight: int,
     cancel: CancelToken,
-) -> Iterator[ResponseT]:
+) -> AsyncIterator[ResponseT]:
     """Run ``process`` over a request stream concurrently and yield its results in request order.
 
     Args:
-        requests: the stream's request iterator (blocking; ends when the client half-closes).
-        process: ``(request, index) -> response`` with index counting from 1; runs on ``executor``
-            and must turn its own failures into responses (an exception ends the stream).
-        executor: worker pool for ``process``.
+        requests: the stream's requests (ends when the client half-closes).
+        process: ``async (request, index) -> response`` with index counting from 1; it must turn
+            its own failures into responses (an exception ends the stream).
         max_in_flight: most requests of this stream read but not yet answered.
-        cancel: the stream's token; reading stops once it is set, and it is set when the consumer
-            stops early (client gone), which drops the work still queued.
+        cancel: the stream's token; set when the consumer stops early (client gone), which
+            cancels the work of every request still in flight.
 
     Yields:
         One response per request, in request order.
     """
-    slots = threading.Semaphore(max_in_flight)
-    pending: queue.Queue = queue.Queue()
+    slots = asyncio.Semaphore(max_in_flight)
+    pending: asyncio.Queue = asyncio.Queue()
     end = object()
 
-    def reader() -> None:
+    async def reader() -> None:
         index = 0
-        items = iter(requests)
         try:
-            while True:
-                # Back-pressure: take a slot *before* reading the next item, so at most
-                # max_in_flight items of this stream are in the server at any time.
-                while not slots.acquire(timeout=0.2):
-                    if cancel.cancelled:
-                        return
-                if cancel.cancelled:
-                    return
-                item = next(items, None)
-                if item is None:
-                    return
+            async for item in requests:
                 index += 1
-                pending.put(executor.submit(process, item, index))
+                pending.put_nowait(asyncio.ensure_future(process(item, index)))
+                # Back-pressure: take the next slot *before* reading on, so at most
+                # max_in_flight items of this stream are in the server at any time.
+                await slots.acquire()
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # the client went away mid-stream
             if not cancel.cancelled:
                 log.info("stream reader stopped: %s", exc)
         finally:
-            pending.put(end)
+            pending.put_nowait(end)
 
-    threading.Thread(target=reader, name="pixforge-stream-reader", daemon=True).start()
+    await slots.acquire()  # the first item's slot
+    read = asyncio.ensure_future(reader())
+    in_flight: list[asyncio.Future] = []
     try:
         while True:
-            future = pending.get()
-            if future is end:
+            task = await pending.get()
+            if task is end:
                 return
-            response = future.result()
+            in_flight.append(task)
+            response = await task
+            in_flight.remove(task)
             slots.release()
             yield response
     finally:
-        cancel.cancel()  # generator closed early (client gone): drop what is still queued
+        cancel.cancel()  # consumer gone or done: drop the work still queued
+        read.cancel()
+        while not pending.empty():
+            task = pending.get_nowait()
+            if task is not end:
+                in_flight.append(task)
+        for task in in_flight:
+            task.cancel()

@@ -8,6 +8,7 @@ copies proves it rejects what docker-compose rejects.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import re
 import shutil
@@ -232,6 +233,9 @@ def test_server_config_resolves_inside_the_container(compose, dockerfile, servic
     assert models_mounts[0][2] == "ro", "the server only reads the model repository"
     container_ports = {port_parts(p)[1] for p in svc["ports"]}
     assert container_ports == {cfg.port, cfg.metrics_port}
+    # A published port reaches the metrics only if they listen beyond the container's loopback
+    # (the server's own default for metrics_host is 127.0.0.1).
+    assert ipaddress.ip_address(cfg.metrics_host or cfg.host).is_unspecified, cfg.metrics_host
     assert cfg.host == "0.0.0.0", "published ports need the server bound to every interface"
     assert parse_duration(svc["stop_grace_period"]) > cfg.grace_seconds, (
         "stop_grace_period must outlast the server's own grace period, or in-flight requests are killed"

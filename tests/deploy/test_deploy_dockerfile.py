@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 
@@ -148,6 +149,8 @@ def test_image_environment_and_ports_match_the_server(dockerfile, target):
     cfg = build_config(read_env(settings))
     exposed = {int(p) for i in dockerfile.chain(target) for e in i.all("EXPOSE") for p in e.args.split()}
     assert exposed == {cfg.port, cfg.metrics_port} == {ServiceConfig().port, ServiceConfig().metrics_port}
+    # `docker run -p 9090:9090` reaches the metrics only if they listen beyond the container's loopback.
+    assert ipaddress.ip_address(cfg.metrics_host or cfg.host).is_unspecified, cfg.metrics_host
 
 
 @pytest.mark.parametrize("target", SERVER_TARGETS)

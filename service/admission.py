@@ -1,0 +1,238 @@
+"""Admission control: how many requests run at once, how much work may wait, who is refused.
+
+Every inference request (pixforge.v1 Translate and stream items, KServe ModelInfer and stream
+items) passes through one :class:`Admission` before any worker thread touches it. It lives on the
+server's event loop, so it needs no locks: idle or slow RPCs hold nothing but a coroutine.
+
+* **Running**: at most ``max_running`` requests are being decoded, run through the batchers and
+  encoded at any time (the worker pool has exactly that many threads, so it never queues).
+* **Waiting**: a request that finds every worker busy waits in a FIFO queue, which is bounded twice:
+  by count (``max_queued``) and by *cost*, the estimated seconds of work already waiting
+  (``max_queued_seconds``). A request over either bound is refused at once with
+  :class:`QueueFullError` (RESOURCE_EXHAUSTED) carrying a retry pushback.
+* **Deadlines**: a request whose deadline will pass before its turn is expected is refused at once
+  instead of waiting to expire; one that waits and expires, or whose caller cancels, leaves the
+  queue without ever starting.
+
+Cost: a request's estimated seconds = its pixels (input + output) x the model's measured seconds
+per pixel. The estimate is learnt from finished requests as *CPU/GPU share*: a request's run time
+divided by how many requests ran alongside it on average (the integral of the running count over
+its run), so the figure does not grow with load. Until a model has finished a request its cost is
+the average of the known models (0 before any request finished: the count bound still holds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import QueueFullError
+
+EWMA_WEIGHT = 0.2  # weight of the newest measurement in a model's seconds-per-pixel estimate
+
+
+class AdmissionRejected(QueueFullError):
+    """Refused by admission control; ``pushback_ms`` is when a retry is worth trying."""
+
+    def __init__(self, message: str, pushback_ms: int):
+        super().__init__(message)
+        self.pushback_ms = pushback_ms
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One admitted (or waiting) request."""
+
+    model: str
+    pixels: int
+    cost_s: float
+    arrived: float
+    started: float = 0.0
+    running_integral: float = 0.0  # the admission's integral of the running count at start
+    _waiter: asyncio.Future | None = None
+
+    @property
+    def waited_ms(self) -> float:
+        """Time spent in the admission queue."""
+        return max(0.0, self.started - self.arrived) * 1000.0
+
+
+# observer(queued_requests, queued_seconds, running)
+QueueObserver = Callable[[int, float, int], None]
+
+
+class Admission:
+    """FIFO admission with a worker bound, a count bound and a cost bound (event-loop only).
+
+    Args:
+        max_running: requests processed at once (the worker pool's size).
+        max_queued: most requests waiting for a worker.
+        max_queued_seconds: most estimated seconds of work waiting.
+        observer: called after every change (metrics gauges).
+        clock: monotonic clock (tests).
+    """
+
+    def __init__(
+        self,
+        max_running: int,
+        max_queued: int,
+        max_queued_seconds: float,
+        observer: QueueObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if max_running < 1 or max_queued < 0 or max_queued_seconds <= 0:
+            raise ValueError("max_running >= 1, max_queued >= 0 and max_queued_seconds > 0 required")
+        self.max_running = max_running
+        self.max_queued = max_queued
+        self.max_queued_seconds = max_queued_seconds
+        self._observer = observer
+        self._clock = clock
+        self._queue: collections.deque[Ticket] = collections.deque()
+        self._running: set[Ticket] = set()
+        self._queued_cost = 0.0
+        self._seconds_per_pixel: dict[str, float] = {}
+        # Integral over time of the running count: a request's average concurrency is the
+        # integral's growth over its run divided by its duration.
+        self._integral = 0.0
+        self._integral_at = clock()
+        self.rejected = 0
+
+    # -- state
+
+    @property
+    def running(self) -> int:
+        """Requests holding a worker."""
+        return len(self._running)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a worker."""
+        return len(self._queue)
+
+    @property
+    def queued_seconds(self) -> float:
+        """Estimated seconds of work waiting."""
+        return self._queued_cost
+
+    def estimate(self, model: str, pixels: int) -> float:
+        """Estimated seconds of work for ``pixels`` (input + output) on ``model``."""
+        spp = self._seconds_per_pixel.get(model)
+        if spp is None:
+            known = self._seconds_per_pixel.values()
+            spp = sum(known) / len(known) if known else 0.0
+        return spp * pixels
+
+    def expected_wait(self) -> float:
+        """Seconds until a request arriving now would start (work waiting + half the running work)."""
+        running = sum(t.cost_s for t in self._running)
+        return self._queued_cost + running / 2.0
+
+    # -- acquire / release
+
+    async def acquire(self, model: str, pixels: int, time_remaining: float | None = None) -> Ticket:
+        """Wait for a worker; returns the ticket to :meth:`release` when the work has finished.
+
+        Args:
+            model: the model the work runs on (its cost estimate).
+            pixels: input + output pixels of the request.
+            time_remaining: seconds until the caller's deadline (None: no deadline).
+
+        Raises:
+            AdmissionRejected: too much is waiting, or the request could not start before its deadline.
+            asyncio.CancelledError: the caller went away while waiting (the ticket is dropped).
+        """
+        now = self._clock()
+        ticket = Ticket(model, pixels, self.estimate(model, pixels), now)
+        if not self._queue and len(self._running) < self.max_running:
+            self._start(ticket)
+            return ticket
+        wait = self.expected_wait()
+        pushback = int(1000 * max(0.05, wait))
+        if len(self._queue) >= self.max_queued:
+            self._reject(
+                f"server busy: {len(self._queue)} requests are waiting (admission.max_queued); "
+                f"retry in {pushback} ms",
+                pushback,
+            )
+        if self._queue and self._queued_cost + ticket.cost_s > self.max_queued_seconds:
+            self._reject(
+                f"server busy: {self._queued_cost:.1f} s of work is waiting, over "
+                f"admission.max_queued_seconds {self.max_queued_seconds:g}; retry in {pushback} ms",
+                pushback,
+            )
+        if time_remaining is not None and wait + ticket.cost_s > time_remaining:
+            self._reject(
+                f"server busy: the expected wait ({wait:.2f} s) and work ({ticket.cost_s:.2f} s) exceed "
+                f"the request's deadline ({max(0.0, time_remaining):.2f} s left)",
+                pushback,
+            )
+        ticket._waiter = asyncio.get_running_loop().create_future()
+        self._queue.append(ticket)
+        self._queued_cost += ticket.cost_s
+        self._notify()
+        try:
+            await ticket._waiter
+        except BaseException:
+            if ticket in self._running:  # woken and cancelled in the same loop turn
+                self.release(ticket, measure=False)
+            elif ticket in self._queue:
+                self._queue.remove(ticket)
+                self._queued_cost = max(0.0, self._queued_cost - ticket.cost_s)
+                self._notify()
+            raise
+        return ticket
+
+    def release(self, ticket: Ticket, measure: bool = True) -> None:
+        """Give the worker back (the work finished, failed or stopped); wakes the next waiter.
+
+        Args:
+            ticket: from :meth:`acquire`.
+            measure: learn the model's cost from this run (False for failed or cancelled work).
+        """
+        if ticket not in self._running:
+            return
+        now = self._clock()
+        self._advance(now)
+        self._running.discard(ticket)
+        duration = now - ticket.started
+        if measure and ticket.pixels > 0 and duration > 0:
+            concurrency = max(1.0, (self._integral - ticket.running_integral) / duration)
+            spp = duration / concurrency / ticket.pixels
+            old = self._seconds_per_pixel.get(ticket.model)
+            self._seconds_per_pixel[ticket.model] = (
+                spp if old is None else (1 - EWMA_WEIGHT) * old + EWMA_WEIGHT * spp
+            )
+        while self._queue and len(self._running) < self.max_running:
+            nxt = self._queue.popleft()
+            self._queued_cost = max(0.0, self._queued_cost - nxt.cost_s)
+            if nxt._waiter is not None and nxt._waiter.done():  # cancelled meanwhile
+                continue
+            self._start(nxt)
+            if nxt._waiter is not None:
+                nxt._waiter.set_result(None)
+        self._notify()
+
+    # -- internals
+
+    def _advance(self, now: float) -> None:
+        self._integral += len(self._running) * (now - self._integral_at)
+        self._integral_at = now
+
+    def _start(self, ticket: Ticket) -> None:
+        now = self._clock()
+        self._advance(now)
+        ticket.started = now
+        ticket.running_integral = self._integral
+        self._running.add(ticket)
+        self._notify()
+
+    def _reject(self, message: str, pushback_ms: int) -> None:
+        self.rejected += 1
+        raise AdmissionRejected(message, pushback_ms)
+
+    def _notify(self) -> None:
+        if self._observer is not None:
+            self._observer(len(self._queue), self._queued_cost, len(self._running))

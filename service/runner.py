@@ -1,0 +1,115 @@
+"""Run one admitted request's blocking work on a worker thread, bound to the caller's deadline.
+
+:class:`RequestRunner` is the bridge between the asyncio servicers and the blocking pipeline
+(decode, batchers, encode): it takes a place from :class:`~pixforge.service.admission.Admission`,
+runs the work on a pool of exactly ``max_running`` threads, and ties the work's
+:class:`~pixforge.service.pipeline.CancelToken` to the RPC:
+
+* the caller cancels or its deadline passes -> the token is cancelled: work that has not started is
+  never started (the worker checks the token first), queued tiles are dropped from the batchers and
+  running work stops at its next tile;
+* the worker is given back to admission only when the thread has really finished, so a cancelled
+  request whose thread is still finishing a tile keeps counting against ``max_running``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from .admission import Admission, Ticket
+from .pipeline import CancelToken
+
+T = TypeVar("T")
+
+
+class RequestRunner:
+    """Admission + worker pool + deadline for the servicers.
+
+    Args:
+        admission: the server's admission controller (same event loop as the callers).
+        workers: threads running admitted work; at least ``admission.max_running``.
+    """
+
+    def __init__(self, admission: Admission, workers: int):
+        self.admission = admission
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pixforge-worker")
+        self.expired_skipped = 0  # admitted requests dropped before starting (caller gone meanwhile)
+
+    async def run(
+        self,
+        model: str,
+        pixels: int,
+        time_remaining: float | None,
+        work: Callable[[CancelToken], T],
+        cancel: CancelToken | None = None,
+    ) -> tuple[T, float]:
+        """Admit, then run ``work(token)`` on a worker; returns (its result, ms waited for admission).
+
+        Args:
+            model: the model name (admission's cost estimate).
+            pixels: input + output pixels.
+            time_remaining: seconds until the caller's deadline; None without one.
+            work: the blocking work; it must check the token it is given.
+            cancel: a parent token (a stream's) whose cancellation also cancels this work.
+
+        Raises:
+            AdmissionRejected: refused by admission.
+            RequestCancelledError: the caller went away or the deadline passed before the work ran.
+            asyncio.CancelledError: the RPC was cancelled while waiting (the work was cancelled too).
+            Whatever ``work`` raises.
+        """
+        loop = asyncio.get_running_loop()
+        token = CancelToken()
+        unlink = cancel.add_callback(token.cancel) if cancel is not None else (lambda: None)
+        deadline_timer = None
+        if time_remaining is not None:
+            # Fires even when nothing polls the token, so tiles queued in a batcher are dropped.
+            deadline_timer = loop.call_later(max(0.0, time_remaining), token.cancel)
+        try:
+            ticket = await self.admission.acquire(model, pixels, time_remaining)
+            context = contextvars.copy_context()  # keeps the request id on the worker's log lines
+            future = self.pool.submit(context.run, self._guarded, work, token)
+            future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finished, ticket, f))
+            try:
+                result = await asyncio.wrap_future(future)
+            except asyncio.CancelledError:
+                token.cancel()
+                raise
+            return result, ticket.waited_ms
+        except asyncio.CancelledError:
+            token.cancel()
+            raise
+        finally:
+            if deadline_timer is not None:
+                deadline_timer.cancel()
+            unlink()
+
+    def _guarded(self, work: Callable[[CancelToken], T], token: CancelToken) -> T:
+        if token.cancelled:
+            self.expired_skipped += 1
+        token.check()  # never start work whose caller is gone
+        return work(token)
+
+    def _finished(self, ticket: Ticket, future) -> None:
+        ok = not future.cancelled() and future.exception() is None
+        self.admission.release(ticket, measure=ok)
+
+    def close(self) -> None:
+        """Stop the worker threads (running work finishes)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def time_remaining(context) -> float | None:
+    """Seconds until a grpc.aio context's deadline, None without one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.0, remaining)
+
+
+def monotonic_ms(start: float) -> float:
+    """Milliseconds since ``start`` (time.perf_counter)."""
+    return (time.perf_counter() - start) * 1000.0
