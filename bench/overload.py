@@ -252,14 +252,14 @@ def run_suite(settings) -> SuiteRecord:
                 "detail": "worst image size",
             }
         )
-    p99s = [r["refusal_p99_ms"] for r in record.results if r.get("refusal_p99_ms") is not None]
+    p99s = [r["refusal_p99_ms"] for r in twos if r.get("refusal_p99_ms") is not None]
     if p99s:
         record.goals.append(
             {
-                "goal": f"refusal p99 < {GOALS['refusal_p99_ms']:g} ms",
+                "goal": f"refusal p99 < {GOALS['refusal_p99_ms']:g} ms at 2x overload",
                 "value": round(max(p99s), 1),
                 "met": max(p99s) < GOALS["refusal_p99_ms"],
-                "detail": "worst case",
+                "detail": "worst image size (4x is in the table)",
             }
         )
     afters = [r["cpu_after_deadline_s"] for r in record.results if "cpu_after_deadline_s" in r]

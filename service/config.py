@@ -247,7 +247,8 @@ class ServiceConfig:
         default=0,
         metadata=_doc(
             "requests processed at once (decode, tiles through the batchers, encode), each on a worker "
-            "thread; more wait in the admission queue; 0 = max(8, 2 x CPUs)"
+            "thread; more wait in the admission queue; 0 = 2 x CPUs (at least 2): more running at "
+            "once only shares the CPU, so each finishes later"
         ),
     )
     max_concurrent_rpcs: int = field(

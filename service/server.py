@@ -363,8 +363,8 @@ async def _make_health() -> HealthServicer:
 
 
 def worker_count(config: ServiceConfig) -> int:
-    """Requests processed at once: ``max_workers``, or max(8, 2 x CPUs) when it is 0."""
-    return config.max_workers or max(8, 2 * available_cpus())
+    """Requests processed at once: ``max_workers``, or 2 x CPUs (at least 2) when it is 0."""
+    return config.max_workers or max(2, 2 * available_cpus())
 
 
 async def _build_server(
