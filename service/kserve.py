@@ -17,11 +17,8 @@ pixforge.v1 GetModel on the same port for it.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -30,30 +27,25 @@ from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
 
 from .config import StreamConfig
-from .errors import InvalidRequestError, ModelNotFoundError, ModelNotReadyError
+from .errors import InvalidRequestError, ModelNotFoundError
+from .kserve_core import PLATFORM, SERVER_NAME, KServeCore
 from .kserve_tensors import (
     check_requested_outputs,
     input_images,
     output_tensor,
-    parse_version,
     request_options,
     tensor_metadata,
 )
 from .logs import request_context
 from .metrics import Metrics
-from .pipeline import ArrayJob, ArrayResult, CancelToken, Pipeline
-from .repository import ModelRegistry, ModelState
+from .pipeline import CancelToken, Pipeline
+from .repository import ModelRegistry
 from .runner import RequestRunner, time_remaining
-from .servicer import log_failure, message_request_id, pushback_trailer, status_for_error
+from .servicer import message_request_id, pushback_trailer, status_for_error
 from .streaming import ordered_responses
-from .text_limits import MAX_MODEL_NAME, check_text
-
-log = logging.getLogger("pixforge.service.kserve")
 
 # "inference.GRPCInferenceService": the method paths tritonclient calls.
 SERVICE_NAME = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-SERVER_NAME = "pixforge"
-PLATFORM = "onnxruntime_onnx"
 # What ServerMetadata advertises: request `parameters` (tile_size, tile_overlap, render_size) and
 # the ModelStreamInfer streaming RPC. Shared memory, statistics, repository control and model
 # configuration are Triton extensions pixforge does not offer.
@@ -61,40 +53,16 @@ EXTENSIONS = ("parameters", "model_stream_infer")
 
 
 class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
-    """Thin asyncio KServe v2 front of the pipeline and the registry.
+    """Thin asyncio gRPC front of :class:`~pixforge.service.kserve_core.KServeCore`.
 
     Args:
-        pipeline: runs the images.
-        registry: model versions and their state.
-        metrics: request metrics (``method`` label ``ModelInfer`` / ``ModelStreamInfer``).
+        core: the protocol-neutral KServe operations.
         stream: stream settings (``max_in_flight`` applies to ModelStreamInfer too).
-        runner: admission + worker threads; a request's tensor batch is admitted once.
-        image_executor: pool that runs the images of one request concurrently; its tasks only
-            wait on batchers, so it must be a pool of its own (not the runner's).
-        server_ready: whether the server is ready (models loaded, not shutting down).
-        draining: whether shutdown has begun.
     """
 
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        registry: ModelRegistry,
-        metrics: Metrics,
-        *,
-        stream: StreamConfig,
-        runner: RequestRunner,
-        image_executor: Executor,
-        server_ready: Callable[[], bool],
-        draining: Callable[[], bool],
-    ):
-        self._pipeline = pipeline
-        self._registry = registry
-        self._metrics = metrics
+    def __init__(self, core: KServeCore, *, stream: StreamConfig):
+        self._core = core
         self._stream = stream
-        self._runner = runner
-        self._image_executor = image_executor
-        self._server_ready = server_ready
-        self._draining = draining
 
     # -- health and metadata
 
@@ -104,13 +72,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerReady(self, request, context):
         """Ready once the initial model load finished and until shutdown begins."""
-        return kpb.ServerReadyResponse(ready=self._server_ready())
-
-    def _describe(self, name: str, version: str, rpc: str):
-        if not name:
-            raise InvalidRequestError(f"{rpc} needs a model name")
-        check_text("model name", name, MAX_MODEL_NAME)
-        return self._registry.describe(name, parse_version(version, "version"))
+        return kpb.ServerReadyResponse(ready=self._core.server_ready())
 
     async def ModelReady(self, request, context):
         """Ready when the named version (or, without a version, any version) is READY.
@@ -118,12 +80,12 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         An unknown model is simply not ready (as in Triton); a malformed version is INVALID_ARGUMENT.
         """
         try:
-            row = self._describe(request.name, request.version, "ModelReady")
+            ready = self._core.model_ready(request.name, request.version)
         except ModelNotFoundError:
             return kpb.ModelReadyResponse(ready=False)
         except Exception as exc:
             await context.abort(*status_for_error(exc))
-        return kpb.ModelReadyResponse(ready=row.state is ModelState.READY and not self._draining())
+        return kpb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request, context):
         """Server name, pixforge version and the supported extensions."""
@@ -134,51 +96,19 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request, context):
         """A model's ready versions, platform and tensors (channels from its contract)."""
         try:
-            row = self._describe(request.name, request.version, "ModelMetadata")
-            if row.contract is None:
-                reason = f": {row.error}" if row.error else ""
-                raise ModelNotReadyError(
-                    f"model {row.name!r} version {row.version} is {row.state.value.lower()}{reason}"
-                )
+            described = self._core.model_metadata(request.name, request.version)
         except Exception as exc:
             await context.abort(*status_for_error(exc))
-        versions = [
-            str(r.version)
-            for r in self._registry.versions()
-            if r.name == row.name and r.state is ModelState.READY
-        ]
-        inputs, outputs = tensor_metadata(row.contract)
+        inputs, outputs = tensor_metadata(described.contract)
         return kpb.ModelMetadataResponse(
-            name=row.name, versions=versions, platform=PLATFORM, inputs=inputs, outputs=outputs
+            name=described.row.name,
+            versions=described.versions,
+            platform=PLATFORM,
+            inputs=inputs,
+            outputs=outputs,
         )
 
     # -- inference
-
-    def _model_label(self, name: str) -> str:
-        # Only known names become label values: clients must not be able to explode cardinality.
-        return name if name in self._registry.names() else "_unknown"
-
-    def _job(self, request: kpb.ModelInferRequest, request_id: str) -> tuple[ArrayJob, bool, int]:
-        """Validate a request before admission: returns the job, whether it was batched, its cost."""
-        if not request.model_name:
-            raise InvalidRequestError("model_name is empty: name the model to run")
-        check_text("model_name", request.model_name, MAX_MODEL_NAME)
-        version = parse_version(request.model_version)
-        row = self._registry.describe(request.model_name, version)  # unknown model: NOT_FOUND first
-        check_requested_outputs(request)
-        options = request_options(request)
-        inputs = input_images(request)
-        pixels = 0
-        if row.contract is not None:
-            pixels = self._pipeline.check_array_response(row.contract, inputs.images.shape)
-        job = ArrayJob(
-            model=request.model_name,
-            images=inputs.images,
-            version=version,
-            options=options,
-            request_id=request_id,
-        )
-        return job, inputs.batched, pixels
 
     async def _infer(
         self,
@@ -188,50 +118,22 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         remaining: float | None,
         cancel: CancelToken | None = None,
     ) -> kpb.ModelInferResponse:
-        """Check, admit and run one request with metrics and logging; raises the domain error."""
-        model = request.model_name
-        label = self._model_label(model)
-        self._metrics.request_started(label, method)
-        start = time.perf_counter()
-        code = "OK"
-        try:
-            job, batched, pixels = self._job(request, request_id)
-            result, waited_ms = await self._runner.run(
-                model,
-                pixels,
-                remaining,
-                lambda token: self._pipeline.translate_arrays(job, token, self._image_executor),
-                cancel,
-            )
-        except BaseException as exc:
-            code = "CANCELLED" if not isinstance(exc, Exception) else log_failure(exc, request_id, model)
-            raise
-        finally:
-            self._metrics.request_finished(label, time.perf_counter() - start, code)
-        result = _with_admission_wait(result, waited_ms, start)
-        n, height, width, _ = result.images.shape
-        log.info(
-            "%s %s v%d -> %d x %dx%d in %.1f ms (%d tiles)",
-            method,
-            model,
-            result.version,
-            n,
-            width,
-            height,
-            result.timing.total_ms,
-            result.tiles,
-            extra={
-                "model": model,
-                "version": result.version,
-                "width": width,
-                "height": height,
-                "total_ms": round(result.timing.total_ms, 2),
-                "tiles": result.tiles,
-            },
+        """Run one request through the core and build its response; raises the domain error."""
+        batched = []
+
+        def parse():
+            check_requested_outputs(request)
+            options = request_options(request)
+            inputs = input_images(request)
+            batched.append(inputs.batched)
+            return inputs.images, options
+
+        result = await self._core.infer(
+            request.model_name, request.model_version, parse, request_id, method, remaining, cancel
         )
-        tensor, raw = output_tensor(result.images, batched)
+        tensor, raw = output_tensor(result.images, batched[0])
         response = kpb.ModelInferResponse(
-            model_name=model,
+            model_name=request.model_name,
             model_version=str(result.version),
             id=request.id,
             outputs=[tensor],
@@ -268,9 +170,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             try:
                 rid = message_request_id(request.id, index)
                 with request_context(rid):
-                    response = await self._infer(
-                        request, rid, "ModelStreamInfer", time_remaining(context), cancel
-                    )
+                    remaining = time_remaining(context)
+                    response = await self._infer(request, rid, "ModelStreamInfer", remaining, cancel)
             except Exception as exc:
                 code, message = status_for_error(exc)
                 # The stream message has no status field: the code leads the text instead.
@@ -281,16 +182,6 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             request_iterator, process, max_in_flight=self._stream.max_in_flight, cancel=cancel
         ):
             yield response
-
-
-def _with_admission_wait(result: ArrayResult, waited_ms: float, start: float) -> ArrayResult:
-    """The result with the admission wait counted as queue time and the total measured here."""
-    timing = dataclasses.replace(
-        result.timing,
-        queue_ms=result.timing.queue_ms + waited_ms,
-        total_ms=(time.perf_counter() - start) * 1000.0,
-    )
-    return dataclasses.replace(result, timing=timing)
 
 
 def add_kserve_service(
@@ -304,7 +195,7 @@ def add_kserve_service(
     workers: int,
     server_ready: Callable[[], bool],
     draining: Callable[[], bool],
-) -> ThreadPoolExecutor:
+) -> tuple[KServeCore, ThreadPoolExecutor]:
     """Register ``inference.GRPCInferenceService`` on a server.
 
     Args:
@@ -316,18 +207,17 @@ def add_kserve_service(
         server_ready, draining: the server's state.
 
     Returns:
-        The image pool; the caller shuts it down with the server.
+        The core (the HTTP front shares it) and the image pool (the caller shuts it down).
     """
     image_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pixforge-kserve")
-    servicer = KServeServicer(
+    core = KServeCore(
         pipeline,
         registry,
         metrics,
-        stream=stream,
         runner=runner,
         image_executor=image_pool,
         server_ready=server_ready,
         draining=draining,
     )
-    kpb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    return image_pool
+    kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(core, stream=stream), server)
+    return core, image_pool

@@ -48,6 +48,7 @@ from .errors import ConfigError
 from .interceptors import AuthInterceptor, DrainInterceptor, RequestContextInterceptor
 from .kserve import SERVICE_NAME as KSERVE_SERVICE_NAME
 from .kserve import add_kserve_service
+from .kserve_core import KServeCore
 from .logs import configure_logging
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -102,6 +103,7 @@ class ServerHandle:
         self._loop = loop
         self._server: grpc.aio.Server | None = None
         self.runner: RequestRunner | None = None
+        self.kserve: KServeCore | None = None  # the KServe v2 operations (gRPC and HTTP fronts)
         self._drain: DrainInterceptor | None = None
         self._executors: list[ThreadPoolExecutor] = []
         self._draining = False
@@ -407,7 +409,7 @@ async def _build_server(
     services = [SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME]
     if config.kserve:
         # KServe v2 / Triton protocol on the same port, engine and registry (service/kserve.py).
-        kserve_pool = add_kserve_service(
+        handle.kserve, kserve_pool = add_kserve_service(
             server,
             pipeline,
             registry,
