@@ -42,12 +42,12 @@ COPY --from=wheel /wheels/ /wheels/
 COPY deploy/wheel_requirements.py deploy/check_gpu_libs.py /opt/pixforge-build/
 
 # ---------------------------------------------------------------- build-cpu: plain onnxruntime
-# pip cannot leave one dependency out, and pixforge depends on onnxruntime-gpu on x86-64 Linux:
-# install the wheel without dependencies and its other requirements (read from the wheel) beside
-# plain onnxruntime.
+# pip cannot leave one dependency out, and pixforge[server] depends on onnxruntime-gpu on x86-64
+# Linux: install the wheel without dependencies and its other requirements (base + the server
+# extra, read from the wheel) beside plain onnxruntime.
 FROM venv AS build-cpu
 ARG ORT_VERSION
-RUN python /opt/pixforge-build/wheel_requirements.py /wheels/pixforge-*.whl \
+RUN python /opt/pixforge-build/wheel_requirements.py /wheels/pixforge-*.whl --extra server \
         --drop onnxruntime --drop onnxruntime-gpu > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt "onnxruntime==${ORT_VERSION}" \
  && pip install --no-deps /wheels/pixforge-*.whl \
@@ -69,8 +69,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIXFORGE_MODELS=/models \
     PIXFORGE_METRICS_HOST=0.0.0.0
 WORKDIR /home/pixforge
-# gRPC (service/config.py `port`) and Prometheus metrics (`metrics_port`).
-EXPOSE 50051 9090
+# gRPC (service/config.py `port`), KServe v2 HTTP/REST (`http_port`) and Prometheus metrics
+# (`metrics_port`).
+EXPOSE 50051 8000 9090
 # SIGTERM: health NOT_SERVING, in-flight requests get grace_seconds; SIGHUP: re-scan the models.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["pixforge"]
@@ -90,7 +91,7 @@ FROM venv AS build-gpu
 ARG ORT_VERSION
 # The CUDA/cuDNN libraries live in site-packages/nvidia/*/lib; onnxruntime looks only beside
 # itself, so register those folders with the dynamic loader (no LD_LIBRARY_PATH to lose).
-RUN pip install /wheels/pixforge-*.whl "onnxruntime-gpu[cuda,cudnn]==${ORT_VERSION}" \
+RUN pip install "$(echo /wheels/pixforge-*.whl)[server]" "onnxruntime-gpu[cuda,cudnn]==${ORT_VERSION}" \
  && find /opt/venv -type d -path "*/site-packages/nvidia/*/lib" | sort > /etc/ld.so.conf.d/pixforge-nvidia.conf \
  && test -s /etc/ld.so.conf.d/pixforge-nvidia.conf \
  && ldconfig \

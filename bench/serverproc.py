@@ -88,6 +88,7 @@ class ServerProcess:
             "host": "127.0.0.1",
             "port": self.port,
             "metrics_port": 0,
+            "http_port": 0,
             "models": str(self.repo),
             "log_level": self.config.get("log_level", "WARNING"),
         }

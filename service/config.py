@@ -229,6 +229,13 @@ class ServiceConfig:
     port: int = field(
         default=50051, metadata=_doc("gRPC port; 0 = pick a free one (the log line says which)")
     )
+    http_port: int = field(
+        default=8000,
+        metadata=_doc(
+            "KServe v2 HTTP/REST port (on host, with auth and tls like the gRPC port; also serves "
+            "/metrics); 0 disables, -1 picks a free one"
+        ),
+    )
     metrics_port: int = field(
         default=9090, metadata=_doc("Prometheus HTTP port; 0 disables, -1 picks a free one")
     )
@@ -269,6 +276,14 @@ class ServiceConfig:
         metadata=_doc(
             "also serve the KServe v2 / Triton gRPC protocol (inference.GRPCInferenceService) on the "
             "same port"
+        ),
+    )
+    model_control: bool = field(
+        default=False,
+        metadata=_doc(
+            "allow explicit model control: the KServe RepositoryModelLoad/Unload calls (Triton's "
+            "--model-control-mode=explicit) load and unload the models of the read-only repository; "
+            "off: they answer FAILED_PRECONDITION"
         ),
     )
     log_level: str = field(default="INFO", metadata=_doc("DEBUG, INFO, WARNING or ERROR"))
@@ -500,6 +515,7 @@ def validate(cfg: ServiceConfig) -> None:
     _check(
         -1 <= cfg.metrics_port <= 65535, "metrics_port", f"must be within -1..65535, got {cfg.metrics_port}"
     )
+    _check(-1 <= cfg.http_port <= 65535, "http_port", f"must be within -1..65535, got {cfg.http_port}")
     _check(bool(cfg.host), "host", "must not be empty")
     _check(cfg.poll_seconds >= 0, "poll_seconds", f"must be >= 0, got {cfg.poll_seconds}")
     _check(
@@ -637,14 +653,15 @@ def config_from_args(args, env: Mapping[str, str] | None = None) -> ServiceConfi
     """Build the config for `pixforge serve` from its parsed argparse namespace.
 
     Args:
-        args: namespace with ``config``, ``models``, ``port``, ``host``, ``metrics_port``,
-            ``metrics_host``, ``poll``.
+        args: namespace with ``config``, ``models``, ``port``, ``host``, ``http_port``,
+            ``metrics_port``, ``metrics_host``, ``poll``.
         env: environment (default ``os.environ``).
     """
     overrides = {
         "models": getattr(args, "models", None),
         "port": getattr(args, "port", None),
         "host": getattr(args, "host", None),
+        "http_port": getattr(args, "http_port", None),
         "metrics_port": getattr(args, "metrics_port", None),
         "metrics_host": getattr(args, "metrics_host", None),
         "poll_seconds": getattr(args, "poll", None),

@@ -48,3 +48,15 @@ class RequestCancelledError(ServiceError):
 
 class InferenceError(ServiceError):
     """The model failed while running, or returned something that breaks its contract."""
+
+
+class RepositoryUnavailableError(ServiceError):
+    """The model repository cannot be read now (missing, unreadable, an unmounted volume)."""
+
+
+class ModelControlDisabledError(ServiceError):
+    """Explicit model load/unload was asked for, but the server's ``model_control`` setting is off."""
+
+
+class NotOfferedError(ServiceError):
+    """A protocol feature pixforge does not offer (Triton's shared memory, trace and log settings)."""

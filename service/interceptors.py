@@ -39,6 +39,20 @@ def is_probe(method: str) -> bool:
     return method.startswith(HEALTH_PREFIX) or method in KSERVE_PROBES
 
 
+def bearer_token_valid(header: str, tokens: Sequence[bytes]) -> bool:
+    """Whether an authorization header (gRPC metadata or HTTP) is ``Bearer <one of tokens>``.
+
+    Compares against every token in constant time, so timing does not reveal which one nearly
+    matched. Shared by the gRPC interceptor and the HTTP ports (service/http_server.py).
+    """
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    candidate = token.strip().encode()
+    matches = [hmac.compare_digest(candidate, t) for t in tokens]
+    return any(matches)
+
+
 def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
     return {k.lower(): v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
 
@@ -136,6 +150,15 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
         with self._idle:
             return self._idle.wait_for(lambda: self._active == 0, timeout)
 
+    def over_limit(self) -> bool:
+        """Whether ``max_concurrent_rpcs`` calls are open (a new one is refused)."""
+        return self._active >= self._max_open
+
+    def counted(self) -> contextlib.AbstractContextManager[None]:
+        """Count a request of another front (the HTTP port) as an open call for its duration: it
+        shares ``max_concurrent_rpcs`` and graceful shutdown (:meth:`wait_idle`) waits for it."""
+        return self._counted()
+
     @contextlib.contextmanager
     def _counted(self) -> Iterator[None]:
         with self._idle:
@@ -190,13 +213,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._on_reject = on_reject
 
     def _valid(self, header: str) -> bool:
-        scheme, _, token = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return False
-        candidate = token.strip().encode()
-        # Compare against every token so timing does not reveal which one nearly matched.
-        matches = [hmac.compare_digest(candidate, t) for t in self._tokens]
-        return any(matches)
+        return bearer_token_valid(header, self._tokens)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)

@@ -12,7 +12,12 @@ Each model appears with one input ``image`` (UINT8 [-1, -1, -1, C_in]) and one o
 ``image_out`` (UINT8 [-1, -1, -1, C_out]), platform ``onnxruntime_onnx``. Versions are decimal
 strings; an empty version means the one pixforge serves (the pinned, else the highest ready one).
 The pixforge contract (task, scale, size multiple, ...) is not part of this protocol: ask
-pixforge.v1 GetModel on the same port for it.
+pixforge.v1 GetModel on the same port for it (ModelConfig carries it as ``parameters`` too).
+
+Triton's management extensions: ModelConfig, ModelStatistics, RepositoryIndex and
+RepositoryModelLoad/Unload (the latter only with ``model_control: true``) convert the core's
+JSON-shaped answers into their messages with ``json_format.ParseDict``; shared memory, trace and log
+settings answer UNIMPLEMENTED with a message saying pixforge does not offer them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from google.protobuf.json_format import ParseDict
 
 import pixforge
 from pixforge.kserve.v2 import grpc_service_pb2 as kpb
@@ -28,7 +34,7 @@ from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
 
 from .config import StreamConfig
 from .errors import InvalidRequestError, ModelNotFoundError
-from .kserve_core import PLATFORM, SERVER_NAME, KServeCore
+from .kserve_core import PLATFORM, SERVER_NAME, KServeCore, not_offered
 from .kserve_tensors import (
     check_requested_outputs,
     input_images,
@@ -43,13 +49,18 @@ from .repository import ModelRegistry
 from .runner import RequestRunner, time_remaining
 from .servicer import message_request_id, pushback_trailer, status_for_error
 from .streaming import ordered_responses
+from .text_limits import check_text
+
+# Triton names a repository by its path; pixforge accepts any name for its one repository.
+MAX_REPOSITORY_NAME = 4096
 
 # "inference.GRPCInferenceService": the method paths tritonclient calls.
 SERVICE_NAME = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-# What ServerMetadata advertises: request `parameters` (tile_size, tile_overlap, render_size) and
-# the ModelStreamInfer streaming RPC. Shared memory, statistics, repository control and model
-# configuration are Triton extensions pixforge does not offer.
-EXTENSIONS = ("parameters", "model_stream_infer")
+# What ServerMetadata advertises, in Triton's names: request `parameters` (tile_size, tile_overlap,
+# render_size), the ModelStreamInfer streaming RPC, ModelConfig, the repository index with explicit
+# load/unload (allowed with model_control: true) and ModelStatistics. Shared memory, trace and
+# logging are Triton extensions pixforge does not offer.
+EXTENSIONS = ("parameters", "model_stream_infer", "model_configuration", "model_repository", "statistics")
 
 
 class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
@@ -183,6 +194,92 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         ):
             yield response
 
+    # -- Triton management extensions
+
+    async def ModelConfig(self, request, context):
+        """A model's configuration (Triton's ModelConfig; dims without the batch dimension)."""
+        try:
+            config = self._core.model_config(request.name, request.version)
+        except Exception as exc:
+            await context.abort(*status_for_error(exc))
+        return kpb.ModelConfigResponse(config=ParseDict(config, kpb.ModelConfigResponse().config))
+
+    async def ModelStatistics(self, request, context):
+        """Cumulative statistics of every ready model version, or of the named model (version)."""
+        try:
+            stats = self._core.statistics(request.name, request.version)
+        except Exception as exc:
+            await context.abort(*status_for_error(exc))
+        return ParseDict(stats, kpb.ModelStatisticsResponse())
+
+    async def RepositoryIndex(self, request, context):
+        """The model versions and their states (``ready``: only the ready ones)."""
+        try:
+            self._check_repository(request.repository_name)
+            index = self._core.repository_index(request.ready)
+        except Exception as exc:
+            await context.abort(*status_for_error(exc))
+        return ParseDict({"models": index}, kpb.RepositoryIndexResponse())
+
+    async def RepositoryModelLoad(self, request, context):
+        """Load or reload a model from the repository (needs ``model_control: true``)."""
+        try:
+            self._check_repository(request.repository_name)
+            await self._core.load_model(request.model_name, list(request.parameters))
+        except Exception as exc:
+            await context.abort(*status_for_error(exc))
+        return kpb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        """Take a model out of service until it is loaded again (needs ``model_control: true``)."""
+        try:
+            self._check_repository(request.repository_name)
+            await self._core.unload_model(request.model_name)
+        except Exception as exc:
+            await context.abort(*status_for_error(exc))
+        return kpb.RepositoryModelUnloadResponse()
+
+    @staticmethod
+    def _check_repository(name: str) -> None:
+        # pixforge serves one repository; Triton names repositories by their path, so any name is
+        # accepted for it, but it must be sane text.
+        check_text("repository_name", name, MAX_REPOSITORY_NAME)
+
+    async def _not_offered(self, context, feature: str):
+        await context.abort(*status_for_error(not_offered(feature)))
+
+    async def SystemSharedMemoryStatus(self, request, context):
+        """UNIMPLEMENTED: pixforge does not offer system shared memory."""
+        await self._not_offered(context, "system_shared_memory")
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        """UNIMPLEMENTED: pixforge does not offer system shared memory."""
+        await self._not_offered(context, "system_shared_memory")
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        """UNIMPLEMENTED: pixforge does not offer system shared memory."""
+        await self._not_offered(context, "system_shared_memory")
+
+    async def CudaSharedMemoryStatus(self, request, context):
+        """UNIMPLEMENTED: pixforge does not offer CUDA shared memory."""
+        await self._not_offered(context, "cuda_shared_memory")
+
+    async def CudaSharedMemoryRegister(self, request, context):
+        """UNIMPLEMENTED: pixforge does not offer CUDA shared memory."""
+        await self._not_offered(context, "cuda_shared_memory")
+
+    async def CudaSharedMemoryUnregister(self, request, context):
+        """UNIMPLEMENTED: pixforge does not offer CUDA shared memory."""
+        await self._not_offered(context, "cuda_shared_memory")
+
+    async def TraceSetting(self, request, context):
+        """UNIMPLEMENTED: pixforge does not offer trace settings."""
+        await self._not_offered(context, "trace")
+
+    async def LogSettings(self, request, context):
+        """UNIMPLEMENTED: pixforge does not offer log settings."""
+        await self._not_offered(context, "logging")
+
 
 def add_kserve_service(
     server: grpc.aio.Server,
@@ -195,6 +292,7 @@ def add_kserve_service(
     workers: int,
     server_ready: Callable[[], bool],
     draining: Callable[[], bool],
+    model_control: bool = False,
 ) -> tuple[KServeCore, ThreadPoolExecutor]:
     """Register ``inference.GRPCInferenceService`` on a server.
 
@@ -205,6 +303,7 @@ def add_kserve_service(
         runner: the server's admission + worker threads.
         workers: threads of the new pool that runs the images of a request concurrently.
         server_ready, draining: the server's state.
+        model_control: allow RepositoryModelLoad/Unload (the ``model_control`` setting).
 
     Returns:
         The core (the HTTP front shares it) and the image pool (the caller shuts it down).
@@ -218,6 +317,7 @@ def add_kserve_service(
         image_executor=image_pool,
         server_ready=server_ready,
         draining=draining,
+        model_control=model_control,
     )
     kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(core, stream=stream), server)
     return core, image_pool

@@ -4,16 +4,20 @@
 :mod:`~pixforge.service.kserve_http` (``/v2/...`` over HTTP) differ only in how requests and
 answers are encoded. Everything else lives here once: readiness, model descriptions, and
 inference (checks before admission, admission and the worker thread through the
-:class:`~pixforge.service.runner.RequestRunner`, metrics and the log line). Errors are the serving
-core's typed exceptions; each front maps them to its own status codes.
+:class:`~pixforge.service.runner.RequestRunner`, metrics, statistics and the log line), and
+Triton's management extensions as JSON-shaped dicts (model configuration, repository index,
+explicit load/unload, statistics) that the gRPC front converts to its messages and the HTTP front
+sends as they are. Errors are the serving core's typed exceptions; each front maps them to its own
+status codes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -21,19 +25,40 @@ import numpy as np
 
 from pixforge.contract import ModelContract
 
-from .errors import InvalidRequestError, ModelNotReadyError
+from .errors import (
+    InvalidRequestError,
+    ModelControlDisabledError,
+    ModelNotReadyError,
+    NotOfferedError,
+)
 from .kserve_tensors import DATATYPE, parse_version  # noqa: F401 - DATATYPE re-exported for the fronts
 from .metrics import Metrics
 from .pipeline import ArrayJob, ArrayResult, CancelToken, Pipeline, TranslateOptions
 from .repository import ModelRegistry, ModelState, ModelVersion
 from .runner import RequestRunner
 from .servicer import log_failure
+from .statistics import RequestRecorder
 from .text_limits import MAX_MODEL_NAME, MAX_VERSION_TEXT, check_text
 
 log = logging.getLogger("pixforge.service.kserve")
 
 SERVER_NAME = "pixforge"
 PLATFORM = "onnxruntime_onnx"
+BACKEND = "onnxruntime"
+# Triton's repository index states for the registry's.
+INDEX_STATE = {ModelState.READY: "READY", ModelState.LOADING: "LOADING", ModelState.FAILED: "UNAVAILABLE"}
+# What the Triton extensions pixforge does not offer answer (UNIMPLEMENTED).
+NOT_OFFERED = {
+    "system_shared_memory": "pixforge does not offer system shared memory: send tensors in the request",
+    "cuda_shared_memory": "pixforge does not offer CUDA shared memory: send tensors in the request",
+    "trace": "pixforge does not offer trace settings: use the request ids in its logs and its metrics",
+    "logging": "pixforge does not offer log settings: set log_level / log_format in its configuration",
+}
+
+
+def not_offered(feature: str) -> NotOfferedError:
+    """The error for a Triton extension pixforge does not offer (a key of :data:`NOT_OFFERED`)."""
+    return NotOfferedError(NOT_OFFERED[feature])
 
 
 @dataclass(frozen=True)
@@ -60,6 +85,8 @@ class KServeCore:
             wait on batchers, so it must be a pool of its own (not the runner's).
         server_ready: whether the server is ready (models loaded, not shutting down).
         draining: whether shutdown has begun.
+        model_control: whether :meth:`load_model` / :meth:`unload_model` are allowed (the
+            ``model_control`` setting; Triton's explicit model control mode).
     """
 
     def __init__(
@@ -72,6 +99,7 @@ class KServeCore:
         image_executor: Executor,
         server_ready: Callable[[], bool],
         draining: Callable[[], bool],
+        model_control: bool = False,
     ):
         self.pipeline = pipeline
         self.registry = registry
@@ -80,6 +108,7 @@ class KServeCore:
         self.image_executor = image_executor
         self.server_ready = server_ready
         self.draining = draining
+        self.model_control = model_control
 
     # -- health and metadata
 
@@ -156,6 +185,7 @@ class KServeCore:
         self.metrics.request_started(label, method)
         start = time.perf_counter()
         code = "OK"
+        stats = RequestRecorder(self.metrics.statistics)
         try:
             if not model:
                 raise InvalidRequestError("model_name is empty: name the model to run")
@@ -163,7 +193,10 @@ class KServeCore:
             check_text("model_version", version, MAX_VERSION_TEXT)
             number = parse_version(version)
             row = self.registry.describe(model, number)  # unknown model: NOT_FOUND first
+            stats.start(self.registry, model, number)
+            parse_start = time.perf_counter()
             images, options = parse()
+            parse_ms = (time.perf_counter() - parse_start) * 1000.0
             pixels = 0
             if row.contract is not None:
                 pixels = self.pipeline.check_array_response(row.contract, images.shape)
@@ -177,15 +210,26 @@ class KServeCore:
             )
         except BaseException as exc:
             code = "CANCELLED" if not isinstance(exc, Exception) else log_failure(exc, request_id, model)
+            stats.failed(code, exc)
             raise
         finally:
-            self.metrics.request_finished(label, time.perf_counter() - start, code)
+            self.metrics.request_finished(label, time.perf_counter() - start, code, method)
         timing = dataclasses.replace(
             result.timing,
+            decode_ms=result.timing.decode_ms + parse_ms,
             queue_ms=result.timing.queue_ms + waited_ms,
             total_ms=(time.perf_counter() - start) * 1000.0,
         )
         result = dataclasses.replace(result, timing=timing)
+        # The output tensor is built by the front after this: compute_output is not measured (0).
+        stats.succeeded(
+            result.version,
+            queue_ms=timing.queue_ms,
+            input_ms=timing.decode_ms,
+            infer_ms=timing.inference_ms,
+            output_ms=timing.encode_ms,
+            inferences=result.tiles,
+        )
         n, height, width, _ = result.images.shape
         log.info(
             "%s %s v%d -> %d x %dx%d in %.1f ms (%d tiles)",
@@ -207,3 +251,169 @@ class KServeCore:
             },
         )
         return result
+
+    # -- Triton management extensions (model configuration, repository, statistics)
+
+    def model_config(self, name: str, version: str) -> dict:
+        """Triton's model configuration of a model (version) as JSON (``ModelConfig`` field names).
+
+        ``max_batch_size`` is ``batching.max_batch_size`` and the tensors' ``dims`` leave out the
+        batch dimension, as in a Triton ``config.pbtxt``: ``image`` is UINT8 [-1, -1, C_in] and
+        ``image_out`` UINT8 [-1, -1, C_out], so with the batch dimension they match ModelMetadata's
+        [-1, -1, -1, C]. ``parameters`` carry the pixforge contract (task, scale, ...).
+
+        Raises:
+            InvalidRequestError, ModelNotFoundError: see :meth:`describe`.
+            ModelNotReadyError: the version is loading or failed (its tensors are not known).
+        """
+        row = self.describe(name, version, "ModelConfig")
+        contract = row.contract
+        if contract is None:
+            reason = f": {row.error}" if row.error else ""
+            raise ModelNotReadyError(
+                f"model {row.name!r} version {row.version} is {row.state.value.lower()}{reason}"
+            )
+        batching = self.registry.batching
+        gpu = row.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        group = {"name": row.name, "kind": "KIND_GPU" if gpu else "KIND_CPU", "count": 1}
+        if gpu:
+            group["gpus"] = [self.registry.engine_config.device_id]
+        parameters = {
+            "task": contract.task,
+            "scale": contract.scale,
+            "size_multiple": contract.size_multiple,
+            "tile_size": contract.tile_size,
+            "execution_provider": row.provider,
+        }
+        return {
+            "name": row.name,
+            "platform": PLATFORM,
+            "backend": BACKEND,
+            # Every version in the repository is loaded and can be named; "" means the pinned,
+            # else the highest ready one.
+            "version_policy": {"all": {}},
+            "max_batch_size": batching.max_batch_size,
+            "input": [
+                {
+                    "name": "image",
+                    "data_type": "TYPE_UINT8",
+                    "format": "FORMAT_NHWC",
+                    "dims": [-1, -1, contract.input_channels],
+                }
+            ],
+            "output": [
+                {"name": "image_out", "data_type": "TYPE_UINT8", "dims": [-1, -1, contract.output_channels]}
+            ],
+            "dynamic_batching": {
+                "max_queue_delay_microseconds": int(round(batching.max_queue_delay_ms * 1000)),
+                "preserve_ordering": True,
+            },
+            "instance_group": [group],
+            "default_model_filename": "model.onnx",
+            "parameters": {key: {"string_value": str(value)} for key, value in parameters.items()},
+        }
+
+    def repository_index(self, ready_only: bool) -> list[dict]:
+        """Triton's repository index: one ``{name, version, state[, reason]}`` per model version.
+
+        States: READY, LOADING, UNAVAILABLE (failed to load, with the error as reason, or unloaded
+        by :meth:`unload_model`, reason "unloaded"). ``ready_only``: READY versions only.
+        """
+        entries = []
+        for row in self.registry.versions():
+            if ready_only and row.state is not ModelState.READY:
+                continue
+            entry = {"name": row.name, "version": str(row.version), "state": INDEX_STATE[row.state]}
+            if row.error:
+                entry["reason"] = row.error
+            entries.append(entry)
+        if not ready_only:
+            for name, versions in self.registry.unloaded().items():
+                for number in versions:
+                    entries.append(
+                        {"name": name, "version": str(number), "state": "UNAVAILABLE", "reason": "unloaded"}
+                    )
+        entries.sort(key=lambda e: (e["name"], int(e["version"])))
+        return entries
+
+    def _check_model_control(self, name: str, what: str) -> None:
+        if not self.model_control:
+            raise ModelControlDisabledError(
+                f"{what} needs explicit model control, which is off on this server: set model_control: "
+                "true (PIXFORGE_MODEL_CONTROL=1) to allow it"
+            )
+        if not name:
+            raise InvalidRequestError(f"{what} needs a model name")
+        check_text("model name", name, MAX_MODEL_NAME)
+
+    async def load_model(self, name: str, parameters: Collection[str] = ()) -> None:
+        """Load (or reload) a model from the read-only repository (Triton's RepositoryModelLoad).
+
+        New, changed and failed versions load; unchanged ones keep serving; an unloaded model
+        comes back. The load runs on a thread, off the event loop.
+
+        Args:
+            name: the model (its folder in the repository).
+            parameters: names of the request's load parameters; Triton's ``config`` and ``file:*``
+                overrides are refused (pixforge never writes or overrides repository files).
+
+        Raises:
+            ModelControlDisabledError: ``model_control`` is off.
+            InvalidRequestError: no name, an over-long name or an override parameter.
+            ModelNotFoundError: no such model folder in the repository.
+            RepositoryUnavailableError: the repository cannot be read now.
+            ModelNotReadyError: a version failed to load.
+        """
+        self._check_model_control(name, "RepositoryModelLoad")
+        refused = sorted(p for p in parameters if p == "config" or p.startswith("file:"))
+        if refused:
+            raise InvalidRequestError(
+                f"load parameter(s) {', '.join(refused)} not supported: pixforge loads models only "
+                "from the files in its repository"
+            )
+        await asyncio.to_thread(self.registry.load, name)
+
+    async def unload_model(self, name: str) -> None:
+        """Take a model out of service until it is loaded again (Triton's RepositoryModelUnload).
+
+        Every version stops taking requests at once (they get NOT_FOUND, ModelReady is false);
+        in-flight ones finish. Repository polls leave it unloaded; nothing is written to the
+        repository. Unloading an unloaded model does nothing.
+
+        Raises:
+            ModelControlDisabledError: ``model_control`` is off.
+            InvalidRequestError: no name or an over-long name.
+            ModelNotFoundError: no model of that name.
+        """
+        self._check_model_control(name, "RepositoryModelUnload")
+        await asyncio.to_thread(self.registry.unload, name)
+
+    def statistics(self, name: str, version: str) -> dict:
+        """Triton's ``{"model_stats": [...]}``: every ready model version without a name, else the
+        named model's ready versions (or the one version asked for).
+
+        Raises:
+            InvalidRequestError: an over-long name or a malformed version.
+            ModelNotFoundError: unknown model or version.
+            ModelNotReadyError: the named model has no ready version (and none was asked for).
+        """
+        check_text("model name", name, MAX_MODEL_NAME)
+        check_text("model version", version, MAX_VERSION_TEXT)
+        number = parse_version(version, "version")
+        if name:
+            row = self.registry.describe(name, number)  # unknown model or version: NOT_FOUND
+            if number:
+                keys = [(row.name, row.version)]
+            else:
+                keys = [
+                    (r.name, r.version)
+                    for r in self.registry.versions()
+                    if r.name == name and r.state is ModelState.READY
+                ]
+                if not keys:
+                    raise ModelNotReadyError(f"model {name!r} has no ready version")
+        else:
+            if number:
+                raise InvalidRequestError("ModelStatistics: a version needs a model name")
+            keys = [(r.name, r.version) for r in self.registry.versions() if r.state is ModelState.READY]
+        return {"model_stats": self.metrics.statistics.model_stats(keys)}

@@ -2,6 +2,10 @@
 
 Pure conversion and validation with typed errors (no gRPC import): the servicer in
 :mod:`pixforge.service.kserve` maps them to status codes through the same table as pixforge.v1.
+The checks that do not depend on the encoding (input names, datatype, shape, element values,
+unsupported parameters, requested outputs, option parameters) are plain functions shared with
+the HTTP/REST front (:mod:`pixforge.service.kserve_http`), so both protocols accept and refuse
+the same requests with the same messages.
 
 Accepted input: one tensor named ``image``, datatype ``UINT8``, shape ``[N, H, W, C]`` (or
 ``[H, W, C]``, read as N = 1), its bytes either in ``raw_input_contents`` (what tritonclient sends)
@@ -31,6 +35,7 @@ _UNSUPPORTED_OUTPUT_PARAMETERS = {
     "shared_memory_region": "shared-memory outputs",
     "classification": "classification outputs",
 }
+EXPECTED_INPUT = f"one {DATATYPE} input named {INPUT_NAME!r} of shape [N, H, W, C]"
 _TYPED_FIELDS = (
     "bool_contents",
     "int_contents",
@@ -75,29 +80,48 @@ def parse_version(text: str, field_name: str = "model_version") -> int:
     return int(text)
 
 
-def tensor_metadata(contract: ModelContract) -> tuple[list, list]:
+def tensor_specs(contract: ModelContract) -> tuple[list[dict], list[dict]]:
     """ModelMetadata's (inputs, outputs) for a model contract: dynamic N, H, W, fixed channels.
 
     Args:
         contract: the model's contract.
 
     Returns:
-        Lists of ``ModelMetadataResponse.TensorMetadata`` for ``image`` and ``image_out``.
+        ``{"name", "datatype", "shape"}`` of ``image`` and of ``image_out`` (the HTTP front's JSON).
     """
-    tm = kpb.ModelMetadataResponse.TensorMetadata
-    inputs = [tm(name=INPUT_NAME, datatype=DATATYPE, shape=[-1, -1, -1, contract.input_channels])]
-    outputs = [tm(name=OUTPUT_NAME, datatype=DATATYPE, shape=[-1, -1, -1, contract.output_channels])]
+    inputs = [{"name": INPUT_NAME, "datatype": DATATYPE, "shape": [-1, -1, -1, contract.input_channels]}]
+    outputs = [{"name": OUTPUT_NAME, "datatype": DATATYPE, "shape": [-1, -1, -1, contract.output_channels]}]
     return inputs, outputs
+
+
+def tensor_metadata(contract: ModelContract) -> tuple[list, list]:
+    """:func:`tensor_specs` as lists of ``ModelMetadataResponse.TensorMetadata`` (the gRPC front)."""
+    tm = kpb.ModelMetadataResponse.TensorMetadata
+    inputs, outputs = tensor_specs(contract)
+    return [tm(**t) for t in inputs], [tm(**t) for t in outputs]
+
+
+def check_option(name: str, value: int) -> int:
+    """An option parameter's integer value, refused when negative."""
+    if value < 0:
+        raise InvalidRequestError(f"parameter {name!r} must be >= 0, got {value}")
+    return value
+
+
+def translate_options(values: dict[str, int]) -> TranslateOptions:
+    """TranslateOptions from the checked :data:`OPTION_PARAMETERS` a request set (0 = default)."""
+    return TranslateOptions(
+        tile_size=values.get("tile_size", 0),
+        tile_overlap=values.get("tile_overlap", 0),
+        render_size=values.get("render_size", 0),
+    )
 
 
 def _int_parameter(name: str, param: kpb.InferParameter) -> int:
     kind = param.WhichOneof("parameter_choice")
     if kind not in ("int64_param", "uint64_param"):
         raise InvalidRequestError(f"parameter {name!r} must be an integer, got {kind or 'no value'}")
-    value = int(getattr(param, kind))
-    if value < 0:
-        raise InvalidRequestError(f"parameter {name!r} must be >= 0, got {value}")
-    return value
+    return check_option(name, int(getattr(param, kind)))
 
 
 def request_options(request: kpb.ModelInferRequest) -> TranslateOptions:
@@ -112,11 +136,7 @@ def request_options(request: kpb.ModelInferRequest) -> TranslateOptions:
     values = {
         k: _int_parameter(k, request.parameters[k]) for k in OPTION_PARAMETERS if k in request.parameters
     }
-    return TranslateOptions(
-        tile_size=values.get("tile_size", 0),
-        tile_overlap=values.get("tile_overlap", 0),
-        render_size=values.get("render_size", 0),
-    )
+    return translate_options(values)
 
 
 def check_requested_outputs(request: kpb.ModelInferRequest) -> None:
@@ -126,13 +146,22 @@ def check_requested_outputs(request: kpb.ModelInferRequest) -> None:
         InvalidRequestError: an unknown output name or an unsupported output parameter.
     """
     for output in request.outputs:
-        if output.name != OUTPUT_NAME:
-            raise InvalidRequestError(
-                f"unknown output {output.name!r}: pixforge models have one output, {OUTPUT_NAME!r}"
-            )
-        for key, what in _UNSUPPORTED_OUTPUT_PARAMETERS.items():
-            if key in output.parameters:
-                raise InvalidRequestError(f"{what} are not supported by pixforge (output {output.name!r})")
+        check_requested_output(output.name, output.parameters)
+
+
+def check_requested_output(name: str, parameters) -> None:
+    """Refuse one requested output by name and parameter keys (both fronts).
+
+    Raises:
+        InvalidRequestError: a name other than ``image_out``, or shared-memory / classification.
+    """
+    if name != OUTPUT_NAME:
+        raise InvalidRequestError(
+            f"unknown output {name!r}: pixforge models have one output, {OUTPUT_NAME!r}"
+        )
+    for key, what in _UNSUPPORTED_OUTPUT_PARAMETERS.items():
+        if key in parameters:
+            raise InvalidRequestError(f"{what} are not supported by pixforge (output {name!r})")
 
 
 def _typed_elements(tensor: kpb.ModelInferRequest.InferInputTensor, count: int) -> np.ndarray:
@@ -149,11 +178,71 @@ def _typed_elements(tensor: kpb.ModelInferRequest.InferInputTensor, count: int) 
             f"its shape {list(tensor.shape)} needs {count}"
         )
     array = np.fromiter(values, dtype=np.uint32, count=count)
-    if count and int(array.max()) > 255:
-        raise InvalidRequestError(
-            f"input {tensor.name!r} has element value {int(array.max())}: UINT8 elements must be 0..255"
-        )
+    return uint8_elements(tensor.name, array)
+
+
+def uint8_elements(name: str, array: np.ndarray) -> np.ndarray:
+    """Integer elements as uint8, refused outside 0..255 (both fronts' typed/JSON data)."""
+    if array.size and (int(array.max()) > 255 or int(array.min()) < 0):
+        bad = int(array.max()) if int(array.max()) > 255 else int(array.min())
+        raise InvalidRequestError(f"input {name!r} has element value {bad}: UINT8 elements must be 0..255")
     return array.astype(np.uint8)
+
+
+def check_inputs(names: list[str]) -> None:
+    """One input, named ``image`` (both fronts).
+
+    Raises:
+        InvalidRequestError: no input, an unknown name, or ``image`` more than once.
+    """
+    if not names:
+        raise InvalidRequestError(f"request has no inputs: send {EXPECTED_INPUT}")
+    unknown = [n for n in names if n != INPUT_NAME]
+    if unknown:
+        raise InvalidRequestError(f"unknown input {unknown[0]!r}: pixforge models take {EXPECTED_INPUT}")
+    if len(names) > 1:
+        raise InvalidRequestError(f"input {INPUT_NAME!r} is given {len(names)} times: send it once")
+
+
+def check_input_parameters(parameters, data_field: str) -> None:
+    """Refuse input parameters asking for features pixforge lacks (shared memory).
+
+    Args:
+        parameters: the input tensor's parameter keys.
+        data_field: where the data should go instead (for the message).
+    """
+    for key, what in _UNSUPPORTED_INPUT_PARAMETERS.items():
+        if key in parameters:
+            raise InvalidRequestError(f"{what} are not supported by pixforge: send the data in {data_field}")
+
+
+def check_input_tensor(datatype: str, shape) -> tuple[list[int], int]:
+    """Check the input's datatype and shape (both fronts).
+
+    Returns:
+        (shape as ints, element count).
+
+    Raises:
+        InvalidRequestError: a datatype other than UINT8 or a shape that is not [N, H, W, C] /
+            [H, W, C] with positive sizes.
+    """
+    if datatype != DATATYPE:
+        raise InvalidRequestError(
+            f"input {INPUT_NAME!r} has datatype {datatype or '(none)'}: pixforge models take "
+            f"{DATATYPE} images (values 0..255)"
+        )
+    shape = [int(d) for d in shape]
+    if len(shape) not in (3, 4) or any(d < 1 for d in shape):
+        raise InvalidRequestError(
+            f"input {INPUT_NAME!r} has shape {shape}: expected [N, H, W, C] or [H, W, C] with positive sizes"
+        )
+    return shape, int(np.prod(shape, dtype=object))
+
+
+def images_from_flat(flat: np.ndarray, shape: list[int]) -> InputImages:
+    """The checked flat uint8 elements of ``shape`` as (N, H, W, C) images (N = 1 for [H, W, C])."""
+    batched = len(shape) == 4
+    return InputImages(flat.reshape(shape if batched else [1, *shape]), batched)
 
 
 def input_images(request: kpb.ModelInferRequest) -> InputImages:
@@ -172,15 +261,7 @@ def input_images(request: kpb.ModelInferRequest) -> InputImages:
             that is not [N, H, W, C] / [H, W, C] with positive sizes, data whose size does not
             match the shape, or data given both raw and typed.
     """
-    expected = f"one {DATATYPE} input named {INPUT_NAME!r} of shape [N, H, W, C]"
-    if not request.inputs:
-        raise InvalidRequestError(f"request has no inputs: send {expected}")
-    names = [t.name for t in request.inputs]
-    unknown = [n for n in names if n != INPUT_NAME]
-    if unknown:
-        raise InvalidRequestError(f"unknown input {unknown[0]!r}: pixforge models take {expected}")
-    if len(names) > 1:
-        raise InvalidRequestError(f"input {INPUT_NAME!r} is given {len(names)} times: send it once")
+    check_inputs([t.name for t in request.inputs])
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidRequestError(
@@ -188,22 +269,8 @@ def input_images(request: kpb.ModelInferRequest) -> InputImages:
             "the protocol needs exactly one per input"
         )
     tensor = request.inputs[0]
-    for key, what in _UNSUPPORTED_INPUT_PARAMETERS.items():
-        if key in tensor.parameters:
-            raise InvalidRequestError(
-                f"{what} are not supported by pixforge: send the data in raw_input_contents"
-            )
-    if tensor.datatype != DATATYPE:
-        raise InvalidRequestError(
-            f"input {INPUT_NAME!r} has datatype {tensor.datatype or '(none)'}: pixforge models take "
-            f"{DATATYPE} images (values 0..255)"
-        )
-    shape = [int(d) for d in tensor.shape]
-    if len(shape) not in (3, 4) or any(d < 1 for d in shape):
-        raise InvalidRequestError(
-            f"input {INPUT_NAME!r} has shape {shape}: expected [N, H, W, C] or [H, W, C] with positive sizes"
-        )
-    count = int(np.prod(shape, dtype=object))
+    check_input_parameters(tensor.parameters, "raw_input_contents")
+    shape, count = check_input_tensor(tensor.datatype, tensor.shape)
     if raw:
         if tensor.HasField("contents"):
             raise InvalidRequestError(
@@ -221,8 +288,7 @@ def input_images(request: kpb.ModelInferRequest) -> InputImages:
         raise InvalidRequestError(
             f"input {INPUT_NAME!r} carries no data: fill raw_input_contents or contents.uint_contents"
         )
-    batched = len(shape) == 4
-    return InputImages(flat.reshape(shape if batched else [1, *shape]), batched)
+    return images_from_flat(flat, shape)
 
 
 def output_tensor(

@@ -10,6 +10,10 @@ ones and swaps each in atomically; a request holds its runtime through a lease, 
 the session it started with, and a retired runtime closes once its last lease ends. A broken new
 file never replaces a working one.
 
+Explicit model control (:meth:`ModelRegistry.unload`, :meth:`ModelRegistry.load`; the KServe
+RepositoryModelUnload/Load RPCs) never writes to the repository: an unloaded model leaves the table
+and stays out of it, whatever a poll finds, until it is loaded again.
+
 A repository that cannot be read as a whole (folder missing, unreadable, a stale network mount) or
 that turns up empty while models are loaded (an unmounted or remounting volume shows an empty
 mount point) is *unavailable*, not emptied: the loaded versions keep serving, one warning is
@@ -35,7 +39,13 @@ from pixforge.repository import ModelEntry, scan_repository
 from .batcher import Batcher, BatchObserver
 from .config import BatchingConfig, EngineConfig
 from .engine import Engine, trt_cache_dir
-from .errors import ModelNotFoundError, ModelNotReadyError, QueueFullError
+from .errors import (
+    ModelNotFoundError,
+    ModelNotReadyError,
+    QueueFullError,
+    RepositoryUnavailableError,
+    ShuttingDownError,
+)
 
 log = logging.getLogger("pixforge.service.repository")
 
@@ -184,7 +194,7 @@ class ModelRegistry:
         batching: batching settings for every runtime.
         pins: model name -> version to serve instead of the highest ready one.
         engine_factory: builds an Engine (tests inject wrappers); default :class:`Engine`.
-        batch_observer: model name -> batch observer (metrics), or None.
+        batch_observer: (model name, version) -> batch observer (metrics), or None.
         on_change: called with the model name after its served state may have changed (health).
     """
 
@@ -196,7 +206,7 @@ class ModelRegistry:
         *,
         pins: dict[str, int] | None = None,
         engine_factory: EngineFactory | None = None,
-        batch_observer: Callable[[str], BatchObserver | None] | None = None,
+        batch_observer: Callable[[str, int], BatchObserver | None] | None = None,
         on_change: Callable[[str], None] | None = None,
     ):
         self.repository = Path(repository)
@@ -213,6 +223,8 @@ class ModelRegistry:
         self._poll_thread: threading.Thread | None = None
         self._closed = False
         self._unavailable = ""  # why the repository is unavailable now ('' = it is readable)
+        # Models taken out of service by unload(): name -> the versions they had. Polls skip them.
+        self._unloaded: dict[str, tuple[int, ...]] = {}
 
     # -- reading
 
@@ -234,9 +246,18 @@ class ModelRegistry:
         """Model names present in the registry."""
         return sorted({r.name for r in self.versions()})
 
+    def unloaded(self) -> dict[str, tuple[int, ...]]:
+        """Models unloaded by :meth:`unload` (name -> the versions they had), until loaded again."""
+        with self._lock:
+            return dict(self._unloaded)
+
     def _served_row(self, name: str, version: int) -> ModelVersion:
         """Pick the row a request for (name, version) goes to; caller holds the lock."""
         rows = [r for (n, _), r in self._rows.items() if n == name]
+        if not rows and name in self._unloaded:
+            raise ModelNotFoundError(
+                f"model {name!r} is unloaded (RepositoryModelUnload); RepositoryModelLoad loads it again"
+            )
         if not rows:
             known = ", ".join(sorted({n for n, _ in self._rows})) or "none"
             raise ModelNotFoundError(f"unknown model {name!r} (available: {known})")
@@ -317,7 +338,7 @@ class ModelRegistry:
             engine = self._factory(entry.path, self.engine_config, name=entry.name, cache_dir=cache)
             if self.engine_config.warmup:
                 engine.warmup(self.engine_config.warmup_size)
-            observer = self._observer(entry.name) if self._observer else None
+            observer = self._observer(entry.name, entry.version) if self._observer else None
             runtime = ModelRuntime(entry.name, entry.version, engine, self.batching, observer)
             return runtime, "", engine
         except Exception as exc:  # any load failure marks the version FAILED; the others serve
@@ -326,12 +347,17 @@ class ModelRegistry:
                 engine.close()
             return None, message, None
 
-    def _load_entry(self, entry: ModelEntry, summary: ReloadSummary) -> None:
+    def _load_entry(self, entry: ModelEntry, summary: ReloadSummary, retry_failed: bool = False) -> None:
         key = f"{entry.name}/{entry.version}"
         stamp = _stamp(entry.path)
         with self._lock:
             current = self._rows.get((entry.name, entry.version))
-        if current is not None and current.stamp == stamp and current.state is not ModelState.LOADING:
+        if (
+            current is not None
+            and current.stamp == stamp
+            and current.state is not ModelState.LOADING
+            and not (retry_failed and current.state is ModelState.FAILED)
+        ):
             summary.unchanged.append(key)
             return
         serving = current if current is not None and current.state is ModelState.READY else None
@@ -455,23 +481,122 @@ class ModelRegistry:
             if self._unavailable:
                 log.info("model repository %s is available again", self.repository)
                 self._unavailable = ""
-            present = {(e.name, e.version) for e in entries}
-            # Register every new version as LOADING first, so callers see "loading", not "unknown".
-            fresh = [e for e in entries if (e.name, e.version) not in self._rows]
-            for entry in fresh:
-                self._set(ModelVersion(entry.name, entry.version, entry.path, ModelState.LOADING))
-            for name in sorted({e.name for e in fresh}):
-                self._changed(name)
-            for entry in entries:
-                self._load_entry(entry, summary)
             with self._lock:
-                gone = [self._rows.pop(k) for k in list(self._rows) if k not in present]
-            for row in gone:
+                unloaded = set(self._unloaded)
+            self._apply([e for e in entries if e.name not in unloaded], summary)
+            return summary
+
+    def _apply(
+        self, entries: list[ModelEntry], summary: ReloadSummary, only: str = "", retry_failed: bool = False
+    ) -> None:
+        """Bring the table in line with scanned entries (all models, or only the model ``only``)."""
+        present = {(e.name, e.version) for e in entries}
+        # Register every new version as LOADING first, so callers see "loading", not "unknown".
+        fresh = [e for e in entries if (e.name, e.version) not in self._rows]
+        for entry in fresh:
+            self._set(ModelVersion(entry.name, entry.version, entry.path, ModelState.LOADING))
+        for name in sorted({e.name for e in fresh}):
+            self._changed(name)
+        for entry in entries:
+            self._load_entry(entry, summary, retry_failed)
+        with self._lock:
+            gone = [
+                self._rows.pop(k) for k in list(self._rows) if k not in present and (not only or k[0] == only)
+            ]
+        for row in gone:
+            if row.runtime is not None:
+                row.runtime.retire()
+            summary.removed.append(f"{row.name}/{row.version}")
+            log.info("model %s/%d removed from the repository", row.name, row.version)
+            self._changed(row.name)
+
+    # -- explicit model control
+
+    def unload(self, name: str) -> list[str]:
+        """Take every version of a model out of service until :meth:`load` (polls skip it).
+
+        In-flight requests finish on their runtimes, which close afterwards; new requests get
+        ModelNotFoundError. Nothing is written to the repository. Unloading an unloaded model is
+        a no-op. Blocking (a retired runtime may drain its batcher): call it off the event loop.
+
+        Returns:
+            The "name/version" keys taken out of service.
+
+        Raises:
+            ModelNotFoundError: the registry has no model of that name.
+        """
+        with self._reload_lock:
+            with self._lock:
+                rows = [r for (n, _), r in self._rows.items() if n == name]
+                if not rows:
+                    if name in self._unloaded:
+                        return []
+                    known = ", ".join(sorted({n for n, _ in self._rows})) or "none"
+                    raise ModelNotFoundError(f"unknown model {name!r} (available: {known})")
+                for row in rows:
+                    del self._rows[(row.name, row.version)]
+                self._unloaded[name] = tuple(sorted(r.version for r in rows))
+            for row in rows:
                 if row.runtime is not None:
                     row.runtime.retire()
-                summary.removed.append(f"{row.name}/{row.version}")
-                log.info("model %s/%d removed from the repository", row.name, row.version)
-                self._changed(row.name)
+            keys = [f"{r.name}/{r.version}" for r in sorted(rows, key=lambda r: r.version)]
+            log.info("model %s unloaded on request (%s)", name, ", ".join(keys))
+            self._changed(name)
+            return keys
+
+    def load(self, name: str) -> ReloadSummary:
+        """(Re)load one model from the repository files (new, changed and failed versions load).
+
+        Loads an unloaded model again. Versions whose file is unchanged keep serving as they are;
+        versions gone from the folder are retired. Nothing is written to the repository. Blocking
+        (loads and warms up sessions): call it off the event loop.
+
+        Returns:
+            What was done (a ReloadSummary for that model).
+
+        Raises:
+            ModelNotFoundError: the repository has no ``<name>/<version>/model.onnx``.
+            RepositoryUnavailableError: the repository cannot be read now.
+            ModelNotReadyError: a version failed to load (the message says why; versions that
+                loaded serve).
+            ShuttingDownError: the registry is closed.
+        """
+        with self._reload_lock:
+            if self._closed:
+                raise ShuttingDownError("the server is shutting down")
+            entries, unavailable = self._scan()
+            if unavailable:
+                raise RepositoryUnavailableError(f"{unavailable}; retry when it is back")
+            mine = [e for e in entries if e.name == name]
+            if not mine:
+                raise ModelNotFoundError(
+                    f"model {name!r} is not in the repository {self.repository} "
+                    f"(no {name}/<version>/model.onnx)"
+                )
+            with self._lock:
+                self._unloaded.pop(name, None)
+            summary = ReloadSummary()
+            self._apply(mine, summary, only=name, retry_failed=True)
+            log.info(
+                "model %s loaded on request: loaded %s; failed %s; kept %s; unchanged %s; removed %s",
+                name,
+                summary.loaded or "-",
+                summary.failed or "-",
+                summary.kept or "-",
+                summary.unchanged or "-",
+                summary.removed or "-",
+            )
+            bad = [r for r in self.versions() if r.name == name and r.error]
+            if bad:
+                raise ModelNotReadyError(
+                    f"model {name!r}: "
+                    + "; ".join(
+                        f"version {r.version} failed to load: {r.error}"
+                        if r.state is ModelState.FAILED
+                        else f"version {r.version}: {r.error}"
+                        for r in bad
+                    )
+                )
             return summary
 
     def start_polling(self, interval: float) -> None:

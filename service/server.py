@@ -5,8 +5,9 @@ the pipeline, admission control and the worker threads (:class:`RequestRunner`),
 servicer, the KServe v2 servicer (``kserve: true``), the standard ``grpc.health.v1`` service
 (overall ``""``, ``pixforge.v1.ImageTranslation``, ``inference.GRPCInferenceService`` and one entry
 per model name), server reflection, interceptors (drain -> auth -> request context), TLS/mTLS and
-message-size limits. It returns a :class:`ServerHandle` with ``.port`` and ``.stop(grace)`` for
-tests, clients' tests and the CLI.
+message-size limits, and on the same event loop the KServe v2 HTTP/REST port (``http_port``,
+service/kserve_http.py) and the metrics port (service/http_server.py). It returns a
+:class:`ServerHandle` with ``.port`` and ``.stop(grace)`` for tests, clients' tests and the CLI.
 
 Concurrency model: a grpc.aio server on one event loop thread. An RPC is a coroutine, so an idle or
 slow stream, a health probe or ListModels costs no thread and can never be starved by inference.
@@ -36,7 +37,6 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # the asyncio health servicer (grpcio-health-checking)
-from grpc_reflection.v1alpha import reflection
 
 from pixforge.v1 import translation_pb2 as pb
 from pixforge.v1 import translation_pb2_grpc as pb_grpc
@@ -45,13 +45,16 @@ from .admission import Admission
 from .config import ServiceConfig, available_cpus, config_from_args, config_to_dict
 from .engine import expected_provider, gpu_log_line
 from .errors import ConfigError
+from .http_server import HttpEndpoint, metrics_app, tls_context
 from .interceptors import AuthInterceptor, DrainInterceptor, RequestContextInterceptor
 from .kserve import SERVICE_NAME as KSERVE_SERVICE_NAME
 from .kserve import add_kserve_service
 from .kserve_core import KServeCore
+from .kserve_http import kserve_app
 from .logs import configure_logging
 from .metrics import Metrics
 from .pipeline import Pipeline
+from .reflection import V1ALPHA_SERVICE_NAME, enable_reflection
 from .repository import EngineFactory, ModelRegistry, ModelState, ReloadSummary
 from .runner import RequestRunner
 from .servicer import ImageTranslationServicer
@@ -79,6 +82,8 @@ class ServerHandle:
     Attributes:
         port: the bound gRPC port (useful with ``port: 0``).
         metrics_port: the bound Prometheus port (0 when disabled).
+        http_port: the bound KServe v2 HTTP/REST port (0 when disabled).
+        http_endpoint, metrics_endpoint: the two HTTP endpoints (None when disabled).
         address: ``host:port`` clients should dial (loopback when bound to all interfaces).
         config: the ServiceConfig it runs with.
         registry, pipeline, metrics: the core objects (tests and benchmarks inspect them).
@@ -99,6 +104,9 @@ class ServerHandle:
         self.metrics = metrics
         self.port = 0
         self.metrics_port = 0
+        self.http_port = 0
+        self.http_endpoint: HttpEndpoint | None = None
+        self.metrics_endpoint: HttpEndpoint | None = None
         self._health = health_servicer
         self._loop = loop
         self._server: grpc.aio.Server | None = None
@@ -235,15 +243,24 @@ class ServerHandle:
                     )
                 remaining = max(0.0, deadline - time.monotonic())
                 self._on_loop(self._server.stop(remaining), wait=remaining + 10.0)
+            self._stop_http()
             self.registry.close()
             if self.runner is not None:
                 self.runner.close()
             for pool in self._executors:
                 pool.shutdown(wait=False, cancel_futures=True)
-            self.metrics.close()
             self._loop.call_soon_threadsafe(self._loop.stop)
             log.info("server stopped")
             self._stopped.set()
+
+    def _stop_http(self) -> None:
+        """Close the HTTP ports (their in-flight requests were counted by the drain wait)."""
+        for endpoint in (self.http_endpoint, self.metrics_endpoint):
+            if endpoint is not None:
+                try:
+                    self._on_loop(endpoint.stop(), wait=15.0)
+                except Exception:
+                    log.exception("closing the %s endpoint failed", endpoint.name)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server stopped (signals are handled meanwhile); False on timeout."""
@@ -332,25 +349,10 @@ def serve(
         gpu_log_line(config.engine),
     )
     try:
-        if config.metrics_port:
-            metrics_host = config.metrics_host or config.host
-            handle.metrics_port = metrics.serve_http(
-                metrics_host,
-                config.metrics_port,
-                tokens=config.auth.tokens,
-                cert_file=config.tls.cert_file,
-                key_file=config.tls.key_file,
-                client_ca_file=config.tls.client_ca_file,
-            )
-            log.info(
-                "metrics on %s://%s/metrics", metrics.http_scheme, _address(metrics_host, handle.metrics_port)
-            )
-    except ssl.SSLError as exc:
+        _start_http(handle, config)
+    except ConfigError:
         handle.stop(0)
-        raise ConfigError(f"tls.cert_file / tls.key_file: cannot serve metrics over TLS: {exc}") from None
-    except OSError as exc:
-        handle.stop(0)
-        raise ConfigError(f"metrics_port: cannot bind {config.metrics_port}: {exc.strerror or exc}") from None
+        raise
     if handle_signals:
         handle.install_signal_handlers()
     if wait_for_models:
@@ -358,6 +360,57 @@ def serve(
     else:
         threading.Thread(target=handle._initial_load, name="pixforge-load", daemon=True).start()
     return handle
+
+
+def _start_http(handle: ServerHandle, config: ServiceConfig) -> None:
+    """Start the KServe v2 HTTP/REST port and the metrics port on the server's event loop.
+
+    Both follow the gRPC port's ``auth.*`` tokens and ``tls.*`` files (HTTPS, mTLS).
+
+    Raises:
+        ConfigError: a port cannot be bound or the TLS files cannot be loaded.
+    """
+    tls = config.tls
+    context = None
+    if (config.http_port or config.metrics_port) and tls.enabled:
+        try:
+            context = tls_context(tls.cert_file, tls.key_file, tls.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"tls.cert_file / tls.key_file: cannot serve HTTPS: {exc}") from None
+    if config.http_port and handle.kserve is None:
+        log.info("http_port %d not opened: kserve is false (that port speaks KServe v2)", config.http_port)
+    elif config.http_port:
+        app = kserve_app(
+            handle.kserve,
+            handle.metrics,
+            tokens=tuple(config.auth.tokens),
+            max_body_bytes=config.limits.max_message_bytes,
+            open_calls=handle._drain,
+            draining=lambda: handle.draining,
+        )
+        endpoint = HttpEndpoint(app, config.host, config.http_port, context, name="KServe HTTP")
+        handle.http_port = _start_endpoint(handle, endpoint, "http_port", config.http_port)
+        handle.http_endpoint = endpoint
+        log.info("KServe v2 HTTP/REST on %s://%s/v2", endpoint.scheme, _address(config.host, endpoint.port))
+    if config.metrics_port:
+        metrics_host = config.metrics_host or config.host
+        endpoint = HttpEndpoint(
+            metrics_app(handle.metrics.registry, tuple(config.auth.tokens)),
+            metrics_host,
+            config.metrics_port,
+            context,
+            name="metrics",
+        )
+        handle.metrics_port = _start_endpoint(handle, endpoint, "metrics_port", config.metrics_port)
+        handle.metrics_endpoint = endpoint
+        log.info("metrics on %s://%s/metrics", endpoint.scheme, _address(metrics_host, endpoint.port))
+
+
+def _start_endpoint(handle: ServerHandle, endpoint: HttpEndpoint, key: str, port: int) -> int:
+    try:
+        return handle._on_loop(endpoint.start(), wait=30.0)
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot bind {endpoint.host}:{port}: {exc.strerror or exc}") from None
 
 
 async def _make_health() -> HealthServicer:
@@ -406,7 +459,7 @@ async def _build_server(
     servicer = ImageTranslationServicer(pipeline, registry, metrics, config.stream, runner)
     pb_grpc.add_ImageTranslationServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(handle._health, server)
-    services = [SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME]
+    services = [SERVICE_NAME, HEALTH_SERVICE_NAME, V1ALPHA_SERVICE_NAME]
     if config.kserve:
         # KServe v2 / Triton protocol on the same port, engine and registry (service/kserve.py).
         handle.kserve, kserve_pool = add_kserve_service(
@@ -419,10 +472,11 @@ async def _build_server(
             workers=config.codec_workers or min(32, 4 * available_cpus()),
             server_ready=lambda: handle.ready.is_set() and not handle.draining,
             draining=lambda: handle.draining,
+            model_control=config.model_control,
         )
         handle._executors.append(kserve_pool)
         services.append(KSERVE_SERVICE_NAME)
-    reflection.enable_server_reflection(services, server)
+    enable_reflection(services, server)  # grpc.reflection.v1alpha, and v1 beside it
     handle._server = server
 
 

@@ -30,10 +30,13 @@ from .config import StreamConfig
 from .errors import (
     InferenceError,
     InvalidRequestError,
+    ModelControlDisabledError,
     ModelNotFoundError,
     ModelNotReadyError,
+    NotOfferedError,
     OutOfMemoryError,
     QueueFullError,
+    RepositoryUnavailableError,
     RequestCancelledError,
     ShuttingDownError,
 )
@@ -42,6 +45,7 @@ from .metrics import Metrics
 from .pipeline import CancelToken, Pipeline, TranslateJob, TranslateOptions, TranslateResult, new_request_id
 from .repository import ModelRegistry, ModelState, ModelVersion
 from .runner import RequestRunner, time_remaining
+from .statistics import RequestRecorder
 from .streaming import ordered_responses
 from .text_limits import MAX_MODEL_NAME, MAX_REQUEST_ID, check_text
 
@@ -68,7 +72,10 @@ ERROR_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (ModelNotReadyError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ModelControlDisabledError, grpc.StatusCode.FAILED_PRECONDITION),
     (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
+    (RepositoryUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (NotOfferedError, grpc.StatusCode.UNIMPLEMENTED),
     (RequestCancelledError, grpc.StatusCode.CANCELLED),
     (InferenceError, grpc.StatusCode.INTERNAL),
     (ContractError, grpc.StatusCode.INTERNAL),
@@ -88,17 +95,24 @@ def status_for_error(exc: BaseException, request_id: str = "-") -> tuple[grpc.St
     return grpc.StatusCode.INTERNAL, f"internal server error (request id {request_id}); see the server logs"
 
 
-def pushback_trailer(exc: BaseException) -> tuple[tuple[str, str], ...]:
-    """The ``grpc-retry-pushback-ms`` trailer for a refusal, telling gRPC's retry policy what to do.
+def pushback_ms(exc: BaseException) -> int:
+    """The retry advice for a failure, in gRPC's grpc-retry-pushback-ms terms.
 
-    A request over a size limit can never succeed: -1 stops retries. A request refused because the
-    server is busy carries the expected wait, so retries come when a place is likely to be free.
+    A request over a size limit can never succeed: -1 (never retry). A request refused because the
+    server is busy: the expected wait, so retries come when a place is likely to be free. Anything
+    else: 0 (no advice).
     """
     if isinstance(exc, ImageTooLargeError):
-        return (("grpc-retry-pushback-ms", "-1"),)
+        return -1
     if isinstance(exc, AdmissionRejected):
-        return (("grpc-retry-pushback-ms", str(exc.pushback_ms)),)
-    return ()
+        return max(1, exc.pushback_ms)
+    return 0
+
+
+def pushback_trailer(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """The ``grpc-retry-pushback-ms`` trailer for a refusal (none without advice)."""
+    ms = pushback_ms(exc)
+    return (("grpc-retry-pushback-ms", str(ms)),) if ms else ()
 
 
 def log_failure(exc: BaseException, request_id: str, model: str) -> str:
@@ -228,7 +242,9 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
         self._metrics.request_started(label, method)
         start = time.perf_counter()
         code = "OK"
+        stats = RequestRecorder(self._metrics.statistics)
         try:
+            stats.start(self._registry, job.model, job.version)
             pixels = self._pipeline.precheck(job)
             result, waited_ms = await self._runner.run(
                 job.model, pixels, remaining, lambda token: self._pipeline.translate(job, token), cancel
@@ -237,9 +253,10 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
             code = (
                 "CANCELLED" if not isinstance(exc, Exception) else log_failure(exc, job.request_id, job.model)
             )
+            stats.failed(code, exc)
             raise
         finally:
-            self._metrics.request_finished(label, time.perf_counter() - start, code)
+            self._metrics.request_finished(label, time.perf_counter() - start, code, method)
         # The wait for admission is queueing like the batcher's: the caller sees it in queue_ms.
         timing = result.timing
         result = dataclasses.replace(
@@ -249,6 +266,15 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
                 queue_ms=timing.queue_ms + waited_ms,
                 total_ms=(time.perf_counter() - start) * 1000.0,
             ),
+        )
+        timing = result.timing
+        stats.succeeded(
+            result.version,
+            queue_ms=timing.queue_ms,
+            input_ms=timing.decode_ms,
+            infer_ms=timing.inference_ms,
+            output_ms=timing.encode_ms,
+            inferences=result.tiles,
         )
         log.info(
             "%s %s v%d -> %dx%d in %.1f ms (%d tiles)",
@@ -311,7 +337,10 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
             except Exception as exc:
                 code, message = status_for_error(exc, request_id)
                 return pb.TranslateStreamResponse(
-                    request_id=request_id, error_code=code.value[0], error_message=message
+                    request_id=request_id,
+                    error_code=code.value[0],
+                    error_message=message,
+                    retry_pushback_ms=pushback_ms(exc),
                 )
             return pb.TranslateStreamResponse(request_id=request_id, response=response_from_result(result))
 

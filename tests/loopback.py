@@ -20,6 +20,7 @@ def loopback_values(repo: Path, **overrides) -> dict:
         "host": "127.0.0.1",
         "port": 0,
         "metrics_port": 0,
+        "http_port": 0,  # the KServe HTTP endpoint is off unless a test turns it on (-1)
         "max_workers": 16,
         "engine.providers": ["cpu"],
         "engine.intra_op_threads": 1,

@@ -232,7 +232,7 @@ def test_server_config_resolves_inside_the_container(compose, dockerfile, servic
     assert models_mounts, f"the model repository {cfg.models} is not a mounted folder"
     assert models_mounts[0][2] == "ro", "the server only reads the model repository"
     container_ports = {port_parts(p)[1] for p in svc["ports"]}
-    assert container_ports == {cfg.port, cfg.metrics_port}
+    assert container_ports == {cfg.port, cfg.http_port, cfg.metrics_port}
     # A published port reaches the metrics only if they listen beyond the container's loopback
     # (the server's own default for metrics_host is 127.0.0.1).
     assert ipaddress.ip_address(cfg.metrics_host or cfg.host).is_unspecified, cfg.metrics_host

@@ -59,11 +59,16 @@ def test_documented_metrics_exist():
     families = {}
     for family in Metrics().registry.collect():
         families[family.name] = family.type
-    exposed = {name + ("_total" if kind == "counter" else "") for name, kind in families.items()}
-    table = set(re.findall(r"^\| `(pixforge_\w+)", DOCS, re.MULTILINE))
+    # pixforge's families and Triton's (nv_*); the process/runtime collectors are named in prose.
+    ours = {name: kind for name, kind in families.items() if name.startswith(("pixforge_", "nv_"))}
+    exposed = {name + ("_total" if kind == "counter" else "") for name, kind in ours.items()}
+    table = set(re.findall(r"^\| `((?:pixforge|nv)_\w+)", DOCS, re.MULTILINE))
     assert table == exposed, f"undocumented: {exposed - table}; not served: {table - exposed}"
+    assert {"process_cpu_seconds", "python_info"} <= set(families)
     (promql,) = re.findall(r"```promql\n(.*?)```", DOCS, re.DOTALL)
-    queried = {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in re.findall(r"\bpixforge_\w+", promql)}
+    names = re.findall(r"\b(?:pixforge|nv|process)_\w+", promql)
+    # A sample name is its family's, or the family's plus a suffix (nv_inference_count is a family).
+    queried = {n if n in families else re.sub(r"_(bucket|sum|count|total)$", "", n) for n in names}
     assert queried and queried <= set(families), (
         f"example queries use unknown metrics {queried - set(families)}"
     )

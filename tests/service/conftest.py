@@ -4,6 +4,7 @@ factory that starts real in-process servers on 127.0.0.1 (ephemeral ports) and a
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -49,3 +50,27 @@ def start_server():
 @pytest.fixture
 def make_config():
     return test_config
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Path:
+    """A throw-away CA (ca.pem), a server cert for 127.0.0.1/localhost and a client cert (EC keys:
+    fast): server.pem/.key, client.pem/.key."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    d = tmp_path_factory.mktemp("pki")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca = ["-subj", "/CN=test CA", "-keyout", "ca.key", "-out", "ca.pem"]
+    _openssl("req", "-x509", *ec, "-days", "2", *ca, cwd=d)
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        _openssl("req", *ec, "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
+        _openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.ext", "-out", f"{name}.pem", cwd=d,
+        )  # fmt: skip
+    return d

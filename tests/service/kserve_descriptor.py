@@ -4,7 +4,11 @@ the KServe descriptor-compatibility test; imports neither pixforge's nor tritonc
 from __future__ import annotations
 
 
-def _message(desc, prefix: str, out: dict) -> None:
+def _enum(desc, prefix: str, out: dict) -> None:
+    out[prefix + desc.name] = sorted([v.name, v.number] for v in desc.values)
+
+
+def _message(desc, prefix: str, out: dict, enums: dict) -> None:
     name = prefix + desc.name
     out[name] = sorted(
         [
@@ -12,21 +16,27 @@ def _message(desc, prefix: str, out: dict) -> None:
             f.number,
             f.type,
             f.is_repeated,
-            f.message_type.full_name if f.message_type else "",
+            (f.message_type or f.enum_type).full_name if (f.message_type or f.enum_type) else "",
             f.containing_oneof.name if f.containing_oneof else "",
         ]
         for f in desc.fields
     )
     for nested in desc.nested_types:
-        _message(nested, name + ".", out)
+        _message(nested, name + ".", out, enums)
+    for nested in desc.enum_types:
+        _enum(nested, name + ".", enums)
 
 
 def describe(file_descriptor) -> dict:
-    """{"package", "messages": {name: [[field, number, type, repeated, message type, oneof], ...]},
+    """{"package", "messages": {name: [[field, number, type, repeated, message/enum type, oneof], ...]},
+    "enums": {name: [[value, number], ...]},
     "methods": {"/pkg.Service/Method": [input, output, client streaming, server streaming]}}."""
     messages: dict = {}
+    enums: dict = {}
     for desc in file_descriptor.message_types_by_name.values():
-        _message(desc, "", messages)
+        _message(desc, "", messages, enums)
+    for desc in file_descriptor.enum_types_by_name.values():
+        _enum(desc, "", enums)
     methods = {
         f"/{service.full_name}/{m.name}": [
             m.input_type.full_name,
@@ -37,4 +47,4 @@ def describe(file_descriptor) -> dict:
         for service in file_descriptor.services_by_name.values()
         for m in service.methods
     }
-    return {"package": file_descriptor.package, "messages": messages, "methods": methods}
+    return {"package": file_descriptor.package, "messages": messages, "enums": enums, "methods": methods}

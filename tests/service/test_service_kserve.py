@@ -75,7 +75,13 @@ def test_tritonclient_metadata(triton):
     results, _ = triton
     server = results["server_metadata"]
     assert server["name"] == "pixforge" and server["version"] == pixforge.__version__
-    assert set(server["extensions"]) == {"parameters", "model_stream_infer"}
+    assert set(server["extensions"]) == {
+        "parameters",
+        "model_stream_infer",
+        "model_configuration",
+        "model_repository",
+        "statistics",
+    }
     sr2 = results["model_metadata"]["sr2"]
     assert sr2["name"] == "sr2" and sr2["versions"] == ["1"] and sr2["platform"] == "onnxruntime_onnx"
 
@@ -127,6 +133,10 @@ def test_tritonclient_errors(triton):
     assert "3-channel" in errors["channels"]["message"]
     assert errors["unknown_output"]["status"] == "StatusCode.INVALID_ARGUMENT"
     assert "'logits'" in errors["unknown_output"]["message"]
+    # model_control is off by default: explicit load/unload are refused, naming the setting.
+    for key in ("load_disabled", "unload_disabled"):
+        assert errors[key]["status"] == "StatusCode.FAILED_PRECONDITION", key
+        assert "model_control" in errors[key]["message"], key
     assert all("Traceback" not in e["message"] for e in errors.values())
 
 

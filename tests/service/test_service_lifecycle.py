@@ -310,6 +310,9 @@ def _clean_env(**extra) -> dict[str, str]:
     return env
 
 
+NO_HTTP_PORTS = ("--metrics-port", "0", "--http-port", "0")
+
+
 def _cli(*args) -> list[str]:
     return [sys.executable, "-m", "pixforge.cli", "serve", *args]
 
@@ -345,7 +348,7 @@ def test_cli_process_sighup_reload_json_logs_and_sigterm(tmp_path):
         PIXFORGE_LOG_FORMAT="json", PIXFORGE_ENGINE_PROVIDERS="cpu", PIXFORGE_ENGINE_INTRA_OP_THREADS="1"
     )
     proc = subprocess.Popen(
-        _cli("--models", str(repo), "--port", "0", "--host", "127.0.0.1", "--metrics-port", "0"),
+        _cli("--models", str(repo), "--port", "0", "--host", "127.0.0.1", *NO_HTTP_PORTS),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,

@@ -1,12 +1,13 @@
 """The Prometheus endpoint: loopback by default, only /metrics (404 elsewhere), the gRPC port's
-bearer tokens and TLS / mTLS settings, and a silent client cannot block it."""
+bearer tokens and TLS / mTLS settings, and a silent client cannot block it. It is an aiohttp
+endpoint on an event loop (service/http_server.py), as in the server."""
 
 from __future__ import annotations
 
-import shutil
+import asyncio
 import socket
 import ssl
-import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 from pixforge.service.config import ServiceConfig, config_from_args, load_config
-from pixforge.service.metrics import HTTP_TIMEOUT_S, Metrics
+from pixforge.service.http_server import HTTP_TIMEOUT_S, HttpEndpoint, metrics_app, tls_context
+from pixforge.service.metrics import Metrics
 from service_helpers import build_invert, test_config
 
 from pixforge.cli import build_parser
@@ -32,11 +34,29 @@ def get(url: str, token: str | None = None, context: ssl.SSLContext | None = Non
 
 
 @pytest.fixture
-def metrics():
-    m = Metrics()
-    m.set_ready("invert", True)
-    yield m
-    m.close()
+def serve_metrics():
+    """serve_metrics(tokens=(), cert_file=..., ...) -> the started metrics endpoint on 127.0.0.1
+    (the server's HttpEndpoint + metrics_app on a private event loop); all stopped afterwards."""
+    metrics = Metrics()
+    metrics.set_ready("invert", True)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    endpoints = []
+
+    def start(tokens=(), cert_file="", key_file="", client_ca_file="") -> HttpEndpoint:
+        context = tls_context(cert_file, key_file, client_ca_file) if cert_file else None
+        endpoint = HttpEndpoint(metrics_app(metrics.registry, tokens), "127.0.0.1", -1, context)
+        asyncio.run_coroutine_threadsafe(endpoint.start(), loop).result(10)
+        endpoints.append(endpoint)
+        return endpoint
+
+    yield start
+    for endpoint in endpoints:
+        asyncio.run_coroutine_threadsafe(endpoint.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
 
 
 # --------------------------------------------------------------------------- bind address
@@ -46,7 +66,7 @@ def test_metrics_bind_loopback_by_default(start_server, tmp_path):
     build_invert(tmp_path / "invert" / "1" / "model.onnx")
     config = test_config(tmp_path, host="0.0.0.0", metrics_port=-1)  # gRPC on every interface
     handle, _ = start_server(config)
-    assert handle.metrics._http.server_address[0] == "127.0.0.1"  # metrics on loopback only
+    assert handle.metrics_endpoint.bound_host == "127.0.0.1"  # metrics on loopback only
     status, text = get(f"http://127.0.0.1:{handle.metrics_port}/metrics")
     assert status == 200 and 'pixforge_model_ready{model="invert"} 1.0' in text
 
@@ -60,8 +80,9 @@ def test_metrics_bind_loopback_by_default(start_server, tmp_path):
 # --------------------------------------------------------------------------- paths
 
 
-def test_unknown_paths_are_404(metrics):
-    port = metrics.serve_http("127.0.0.1", -1)
+def test_unknown_paths_are_404(serve_metrics):
+    endpoint = serve_metrics()
+    port = endpoint.port
     status, text = get(f"http://127.0.0.1:{port}/metrics")
     assert status == 200 and 'pixforge_model_ready{model="invert"} 1.0' in text
     # Triton / KServe clients probing the wrong port must not read a "ready" there.
@@ -69,14 +90,16 @@ def test_unknown_paths_are_404(metrics):
         status, text = get(f"http://127.0.0.1:{port}{path}")
         assert status == 404, path
         assert "pixforge_" not in text
-    assert metrics.http_scheme == "http"
+    status, _ = get(f"http://127.0.0.1:{port}/v2/models/invert/infer")  # no KServe routes here
+    assert status == 404
+    assert endpoint.scheme == "http"
 
 
 # --------------------------------------------------------------------------- auth
 
 
-def test_bearer_token_auth(metrics):
-    port = metrics.serve_http("127.0.0.1", -1, tokens=("first-token", "second-token"))
+def test_bearer_token_auth(serve_metrics):
+    port = serve_metrics(tokens=("first-token", "second-token")).port
     url = f"http://127.0.0.1:{port}/metrics"
     assert get(url)[0] == 401
     assert get(url, "wrong")[0] == 401
@@ -96,41 +119,6 @@ def test_bearer_token_auth(metrics):
 # --------------------------------------------------------------------------- TLS
 
 
-def _openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Path:
-    """A throw-away CA, a server cert for 127.0.0.1 and a client cert (EC keys: fast)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
-    d = tmp_path_factory.mktemp("metrics-pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl(
-        "req",
-        "-x509",
-        *ec,
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        cwd=d,
-    )
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name in ("server", "client"):
-        _openssl("req", *ec, "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
-        _openssl(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", "san.ext", "-out", f"{name}.pem", cwd=d,
-        )  # fmt: skip
-    return d
-
-
 def _client_context(pki: Path, with_cert: bool = False) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
     if with_cert:
@@ -138,11 +126,10 @@ def _client_context(pki: Path, with_cert: bool = False) -> ssl.SSLContext:
     return context
 
 
-def test_https_with_the_server_certificate(metrics, pki):
-    port = metrics.serve_http(
-        "127.0.0.1", -1, cert_file=str(pki / "server.pem"), key_file=str(pki / "server.key")
-    )
-    assert metrics.http_scheme == "https"
+def test_https_with_the_server_certificate(serve_metrics, pki):
+    endpoint = serve_metrics(cert_file=str(pki / "server.pem"), key_file=str(pki / "server.key"))
+    port = endpoint.port
+    assert endpoint.scheme == "https"
     status, text = get(f"https://127.0.0.1:{port}/metrics", context=_client_context(pki))
     assert status == 200 and "pixforge_model_ready" in text
     assert get(f"https://127.0.0.1:{port}/v2/health/ready", context=_client_context(pki))[0] == 404
@@ -150,15 +137,13 @@ def test_https_with_the_server_certificate(metrics, pki):
         get(f"http://127.0.0.1:{port}/metrics")  # plaintext to a TLS port gets no metrics
 
 
-def test_https_with_auth_and_client_certificates(metrics, pki):
-    port = metrics.serve_http(
-        "127.0.0.1",
-        -1,
+def test_https_with_auth_and_client_certificates(serve_metrics, pki):
+    port = serve_metrics(
         tokens=("t0ken",),
         cert_file=str(pki / "server.pem"),
         key_file=str(pki / "server.key"),
         client_ca_file=str(pki / "ca.pem"),
-    )
+    ).port
     url = f"https://127.0.0.1:{port}/metrics"
     with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
         get(url, "t0ken", context=_client_context(pki))  # no client certificate
@@ -167,10 +152,8 @@ def test_https_with_auth_and_client_certificates(metrics, pki):
     assert status == 200 and "pixforge_model_ready" in text
 
 
-def test_a_silent_client_does_not_block_the_tls_endpoint(metrics, pki):
-    port = metrics.serve_http(
-        "127.0.0.1", -1, cert_file=str(pki / "server.pem"), key_file=str(pki / "server.key")
-    )
+def test_a_silent_client_does_not_block_the_tls_endpoint(serve_metrics, pki):
+    port = serve_metrics(cert_file=str(pki / "server.pem"), key_file=str(pki / "server.key")).port
     silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]  # never say hello
     try:
         start = time.monotonic()

@@ -490,6 +490,36 @@ def test_reflection_lists_services(handle):
         assert {m.name for m in service.methods} == {"Translate", "TranslateStream", "ListModels", "GetModel"}
 
 
+def test_reflection_v1_beside_v1alpha(handle):
+    """grpc.reflection.v1 (what grpcurl asks first) answers like v1alpha: same messages on the wire."""
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2 as rpb
+
+    with grpc.insecure_channel(handle.address) as channel:
+        answers = {}
+        for version in ("v1", "v1alpha"):
+            call = channel.stream_stream(
+                f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                request_serializer=rpb.ServerReflectionRequest.SerializeToString,
+                response_deserializer=rpb.ServerReflectionResponse.FromString,
+            )
+            requests = [
+                rpb.ServerReflectionRequest(list_services=""),
+                rpb.ServerReflectionRequest(file_containing_symbol="inference.GRPCInferenceService"),
+            ]
+            answers[version] = list(call(iter(requests), timeout=10))
+    assert answers["v1"] == answers["v1alpha"]
+    listing, found = answers["v1"]
+    services = {s.name for s in listing.list_services_response.service}
+    assert {"pixforge.v1.ImageTranslation", "inference.GRPCInferenceService"} <= services
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(b)
+        for b in found.file_descriptor_response.file_descriptor_proto
+    ]
+    (service,) = [s for f in files for s in f.service if s.name == "GRPCInferenceService"]
+    assert {"ModelConfig", "ModelStatistics", "RepositoryIndex"} <= {m.name for m in service.method}
+
+
 def test_metrics_endpoint(stub, handle):
     translate(stub, "invert", rgb_image(8, 8))
     expect_code(grpc.StatusCode.NOT_FOUND, translate, stub, "no-such-model", rgb_image(8, 8))
@@ -503,13 +533,18 @@ def test_metrics_endpoint(stub, handle):
         "pixforge_inference_seconds_bucket",
         "pixforge_batch_size_bucket",
         "pixforge_images_total",
-        "pixforge_images_per_second",
+        "pixforge_responses_total",
+        "nv_inference_request_success",
+        "process_cpu_seconds_total",
         "pixforge_in_flight",
         "pixforge_request_seconds_bucket",
         "pixforge_model_ready",
     ):
         assert name in text, name
     assert 'pixforge_request_failures_total{code="NOT_FOUND",model="_unknown"}' in text
+    assert "pixforge_images_per_second" not in text  # rate(pixforge_images_total[1m]) instead
+    assert 'pixforge_responses_total{code="OK",method="Translate",model="invert"}' in text
+    assert 'nv_inference_request_success{model="invert",version="1"}' in text
     assert 'pixforge_model_ready{model="floatin"} 0.0' in text
     assert 'pixforge_model_ready{model="invert"} 1.0' in text
 
