@@ -1,7 +1,8 @@
 # pixforge developer entry points. The README's quickstart uses exactly two of them:
-#   make serve   - set up a virtualenv (serving deps only, no torch) and start the server
+#   make serve   - set up a virtualenv with pixforge[server] (no torch) and start the server
 #                  on the bundled default model repository (models/)
-#   make test    - set up a virtualenv with the training + dev extras and run the full test suite
+#   make test    - set up a virtualenv with torch + pixforge[dev] (server, train, bench and the
+#                  test tools) and run the full test suite
 # .ci/run calls `make test`.
 
 PYTHON ?= python3
@@ -9,7 +10,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Installed first and explicitly: a bare `torch` requirement would pull several GB of CUDA wheels
 # on a machine where the CPU build is what we want. Any torch>=2.4 works; CI pins this one.
+# TORCH_INDEX, when set, is the only index torch (and its dependencies) come from. PyPI's Linux
+# x86-64 torch is the CUDA build with several GB of nvidia-* wheels; for the CPU build anywhere:
+#   make clean && make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# (clean first: an existing .venv keeps the torch it has).
+# Empty (the default) leaves the choice to pip's configuration: on CI that finds the CPU wheel.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
@@ -23,12 +30,12 @@ $(BIN)/python:
 
 # Serving needs no torch: the server only runs ONNX models.
 $(VENV)/.serve-installed: $(BIN)/python pyproject.toml setup.py
-	$(PIP) install -e .
+	$(PIP) install -e ".[server]"
 	touch $@
 
 $(VENV)/.dev-installed: $(BIN)/python pyproject.toml setup.py
-	$(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install -e ".[train,dev]"
+	$(PIP) install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
+	$(PIP) install -e ".[dev]"
 	touch $@ $(VENV)/.serve-installed
 
 setup: $(VENV)/.serve-installed

@@ -39,8 +39,16 @@ from .client import HEALTH_STATUS_NAMES
 from .config import ClientConfig, make_config
 from .errors import ClientError, InternalError, InvalidArgumentError, UnavailableError, error_from_rpc
 from .images import ImageInput, ImageInputError, decode_output, image_bytes
-from .retry import RETRYABLE_CODES, RetryPolicy
-from .stream import BatchItem, _Stream, input_error, make_batch, result_for_error, result_for_response
+from .retry import RetryPolicy
+from .stream import (
+    BatchItem,
+    _Stream,
+    input_error,
+    make_batch,
+    result_for_error,
+    result_for_response,
+    retry_at,
+)
 from .types import ModelInfo, TranslateParams, TranslateResult
 
 
@@ -493,8 +501,9 @@ class AsyncStreamBatch:
 
     def _fail_or_retry(self, item: BatchItem, error: ClientError | None) -> None:
         assert error is not None
-        if error.code in RETRYABLE_CODES and item.attempts < self._retry.max_attempts and not self._stop:
-            item.not_before = time.monotonic() + self._retry.backoff(item.attempts)
+        when = retry_at(item, error, self._retry, self._stop)
+        if when is not None:
+            item.not_before = when
             self._retry_queue.append(item)
             self._notify()
             return

@@ -1,4 +1,8 @@
-"""`pixforge convert`: convert files and folder trees of images through a pixforge server.
+"""`pixforge convert`: convert files and folder trees of images, through a server or in-process.
+
+``--server HOST:PORT`` sends the images to a running pixforge server; ``--models DIR`` runs the
+same server pipeline inside this process on a model repository (pixforge.service.local: the real
+server, private, serving only that model), so the outputs are byte-identical either way.
 
 Safe to kill and re-run: each output is written to a hidden temp file beside it and renamed into
 place (os.replace is atomic), so an output either exists complete or not at all, and a re-run
@@ -10,12 +14,18 @@ Throughput: inputs are walked lazily and streamed to the server over TranslateSt
 bounded window of --concurrency items (see pixforge.clients.stream), so a small client keeps a GPU
 server busy while its memory stays flat over any number of files.
 
-Exit codes: 0 every input converted or skipped; 1 some inputs failed; 2 usage error, or the
-server could not be reached / refused us (a clear one-line message, no traceback).
+Failures of the run rather than of a file stop it with one line and exit 2: the server cannot be
+reached (after riding out a restart for ``--retry-seconds``), refuses the token, or the output disk
+is full (the failure report stays valid JSON Lines). Progress: a bar on a terminal, else a line on
+stderr every few seconds (count, rate, ETA).
+
+Exit codes: 0 every input converted or skipped; 1 some inputs failed; 2 usage error, or the run
+could not go on (a clear one-line message, no traceback).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -42,8 +52,21 @@ FATAL_CODES = (
     grpc.StatusCode.NOT_FOUND,
 )
 
-# Batch runs ride out a server restart: waits of up to 0.5, 1, 2, 4, 8 s (full jitter).
-CONVERT_RETRY = RetryPolicy(max_attempts=6, initial_backoff=0.5, max_backoff=8.0)
+# Batch runs ride out a server restart or reload: waits of up to 0.5, 1, 2, 4, 8, 8, ... s (full
+# jitter) for --retry-seconds after an item's first failure.
+DEFAULT_RETRY_SECONDS = 120.0
+PROGRESS_EVERY_S = 5.0  # progress line interval when stderr is not a terminal
+# A write that fails with one of these cannot succeed for the next file either: stop the run.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def convert_retry(retry_seconds: float) -> RetryPolicy:
+    """The retry policy of a conversion: backoff capped at 8 s, for ``retry_seconds`` per item."""
+    return RetryPolicy(max_attempts=6, initial_backoff=0.5, max_backoff=8.0, retry_seconds=retry_seconds)
+
+
+class RunStopped(Exception):
+    """A failure of the run, not of one file (e.g. the output disk is full): one line, exit 2."""
 
 
 class UsageError(Exception):
@@ -57,6 +80,7 @@ class ConvertOptions:
     inputs: tuple[str, ...]
     server: str
     model: str
+    models_dir: str | None
     walk: WalkOptions
     quality: int
     concurrency: int
@@ -66,6 +90,10 @@ class ConvertOptions:
     tls: bool | str
     timeout: float
     progress: bool
+    progress_lines: bool
+    tile: int
+    tile_overlap: int
+    retry_seconds: float
 
     @classmethod
     def from_args(cls, args) -> ConvertOptions:
@@ -85,6 +113,22 @@ class ConvertOptions:
             raise UsageError(f"--timeout must be > 0 seconds, got {timeout}")
         if not args.model.strip():
             raise UsageError("--model must not be empty")
+        models_dir = getattr(args, "models", None)
+        server = getattr(args, "server", None)
+        if models_dir and server:
+            raise UsageError(
+                "--models and --server exclude each other: convert in-process or through a server"
+            )
+        if models_dir and not os.path.isdir(models_dir):
+            raise UsageError(f"--models folder not found: {models_dir}")
+        tile = getattr(args, "tile", None) or 0
+        tile_overlap = getattr(args, "tile_overlap", None) or 0
+        if tile < 0 or tile_overlap < 0:
+            raise UsageError("--tile and --tile-overlap must be >= 0 (0 = the model's default)")
+        retry_seconds = getattr(args, "retry_seconds", None)
+        retry_seconds = DEFAULT_RETRY_SECONDS if retry_seconds is None else retry_seconds
+        if retry_seconds < 0:
+            raise UsageError(f"--retry-seconds must be >= 0, got {retry_seconds}")
         for path in args.inputs:
             if not os.path.exists(path):
                 raise UsageError(f"input not found: {path}")
@@ -99,11 +143,13 @@ class ConvertOptions:
         if root_cert and not os.path.isfile(root_cert):
             raise UsageError(f"--root-cert file not found: {root_cert}")
         tls: bool | str = root_cert or bool(getattr(args, "tls", False))
-        progress = getattr(args, "progress", False) or sys.stderr.isatty()
+        tty = sys.stderr.isatty()
+        progress = getattr(args, "progress", False) or tty
         return cls(
             inputs=tuple(args.inputs),
-            server=args.server,
+            server=server or ("" if models_dir else "localhost:50051"),
             model=args.model.strip(),
+            models_dir=models_dir or None,
             walk=WalkOptions(
                 output=args.output,
                 recursive=args.recursive,
@@ -119,6 +165,10 @@ class ConvertOptions:
             tls=tls,
             timeout=timeout,
             progress=progress,
+            progress_lines=not progress,
+            tile=tile,
+            tile_overlap=tile_overlap,
+            retry_seconds=retry_seconds,
         )
 
 
@@ -131,8 +181,11 @@ class Tally:
         write_report: write failures to the report file (not in dry runs).
     """
 
-    def __init__(self, output: str, progress: bool, write_report: bool = True):
+    def __init__(self, output: str, progress: bool, write_report: bool = True, progress_lines: bool = False):
         self.converted = self.skipped = self.failed = self.ignored = 0
+        self.total: int | None = None
+        self._progress_lines = progress_lines
+        self._next_line = time.monotonic() + PROGRESS_EVERY_S
         self.report_path = os.path.join(output, REPORT_NAME)
         self._write_report = write_report
         self._report: IO[str] | None = None
@@ -152,9 +205,28 @@ class Tally:
     def _tick(self) -> None:
         self.bar.set_postfix_str(f"ok={self.converted} skip={self.skipped} fail={self.failed}", refresh=False)
         self.bar.update(1)
+        if self._progress_lines and time.monotonic() >= self._next_line:
+            self._next_line = time.monotonic() + PROGRESS_EVERY_S
+            print(self.progress_line(), file=sys.stderr, flush=True)
+
+    def progress_line(self) -> str:
+        """One line for logs (stderr not a terminal): counts, rate and, once the total is known, ETA."""
+        done = self.converted + self.skipped + self.failed
+        elapsed = max(1e-9, time.monotonic() - self.started)
+        rate = self.converted / elapsed
+        text = f"progress: {done}"
+        if self.total:
+            text += f"/{self.total} ({100.0 * done / self.total:.0f}%)"
+        text += (
+            f" converted {self.converted}, skipped {self.skipped}, failed {self.failed}; {rate:.1f} images/s"
+        )
+        if self.total and rate > 0:
+            text += f", ETA {_duration((self.total - done) / (done / elapsed))}"
+        return text
 
     def set_total(self, total: int) -> None:
         with self._lock:
+            self.total = total
             self.bar.total = total
             self.bar.refresh()
 
@@ -178,19 +250,47 @@ class Tally:
         with self._lock:
             self.failed += 1
             self._tick()
-            if self._report is None and self._write_report:
+            self.bar.write(f"FAILED {src}: {code}: {message}", file=sys.stderr)
+            if self._write_report:
+                self._append_report(line)
+
+    def _append_report(self, line: str) -> None:
+        """Append one JSON line; on a write error cut the file back to its last whole line.
+
+        Raises:
+            RunStopped: the report cannot be written (e.g. the disk is full).
+        """
+        try:
+            if self._report is None:
                 os.makedirs(os.path.dirname(self.report_path) or ".", exist_ok=True)
                 self._report = open(self.report_path, "w", encoding="utf-8")  # noqa: SIM115
-            if self._report is not None:
-                self._report.write(line + "\n")
-                self._report.flush()  # a killed run still leaves the failures seen so far
-            self.bar.write(f"FAILED {src}: {code}: {message}", file=sys.stderr)
+            good = self._report.tell()
+        except OSError as exc:
+            self._write_report = False
+            raise RunStopped(f"cannot write the report {self.report_path}: {exc.strerror or exc}") from None
+        try:
+            self._report.write(line + "\n")
+            self._report.flush()  # a killed run still leaves the failures seen so far
+        except OSError as exc:
+            self._write_report = False
+            try:  # drop the partial line so the report stays valid JSON Lines
+                self._report.seek(good)
+                self._report.truncate()
+                self._report.close()
+            except OSError:
+                pass
+            self._report = None
+            raise RunStopped(f"cannot write the report {self.report_path}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         with self._lock:
             self.bar.close()
             if self._report is not None:
-                self._report.close()
+                try:
+                    self._report.close()
+                except OSError:
+                    pass
+                self._report = None
 
     def summary(self) -> str:
         elapsed = time.monotonic() - self.started
@@ -202,6 +302,13 @@ class Tally:
         if self.failed:
             text += f"; failures listed in {self.report_path}"
         return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0.0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def plan(opts: ConvertOptions, tally: Tally) -> Iterator[Job]:
@@ -343,9 +450,8 @@ def convert(client: Client, opts: ConvertOptions) -> int:
         return _error(f"cannot create --output {opts.walk.output}: {exc.strerror}")
     # The report describes the latest run only; a stale one would list fixed failures.
     _remove_quietly(os.path.join(opts.walk.output, REPORT_NAME))
-    tally = Tally(opts.walk.output, opts.progress)
-    if opts.progress:
-        _start_counter(opts, tally)
+    tally = Tally(opts.walk.output, opts.progress, progress_lines=opts.progress_lines)
+    _start_counter(opts, tally)
     fatal: ClientError | None = None
     results = client.translate_many(
         plan(opts, tally),
@@ -354,8 +460,11 @@ def convert(client: Client, opts: ConvertOptions) -> int:
         concurrency=opts.concurrency,
         ordered=False,
         quality=opts.quality,
+        tile_size=opts.tile,
+        tile_overlap=opts.tile_overlap,
         timeout=opts.timeout,
     )
+    stopped: str | None = None
     try:
         for result in results:
             job: Job = result.source
@@ -363,9 +472,11 @@ def convert(client: Client, opts: ConvertOptions) -> int:
                 try:
                     write_atomically(job, result.image)  # type: ignore[arg-type]
                 except OSError as exc:
-                    tally.failed_one(
-                        job.src, job.dst, "WRITE_ERROR", f"cannot write the output: {exc.strerror or exc}"
-                    )
+                    reason = f"cannot write the output: {exc.strerror or exc}"
+                    tally.failed_one(job.src, job.dst, "WRITE_ERROR", reason)
+                    if exc.errno in DISK_FULL_ERRNOS:
+                        stopped = f"stopped: {reason} ({job.dst}); free space and re-run to resume"
+                        break
                     continue
                 tally.converted_one()
                 continue
@@ -375,6 +486,8 @@ def convert(client: Client, opts: ConvertOptions) -> int:
             if error.code in FATAL_CODES:
                 fatal = error
                 break
+    except RunStopped as exc:
+        stopped = f"stopped: {exc}; re-run to resume"
     except KeyboardInterrupt:
         tally.close()
         print("interrupted: " + tally.summary() + " (re-run to resume)", file=sys.stderr)
@@ -383,9 +496,11 @@ def convert(client: Client, opts: ConvertOptions) -> int:
         results.close()  # type: ignore[attr-defined]  (cancels in-flight work on break)
     tally.close()
     print(tally.summary())
+    if stopped is not None:
+        return _error(stopped)
     if fatal is not None:
         return _error(
-            f"stopped: server {opts.server} answered {fatal.code_name}: {fatal.message} "
+            f"stopped: {_where(opts)} answered {fatal.code_name}: {fatal.message} "
             "(finished outputs are kept; re-run to resume)"
         )
     return 1 if tally.failed else 0
@@ -406,9 +521,15 @@ def run(args) -> int:
         return _error(str(exc))
     if opts.dry_run:
         return dry_run(opts)
+    if opts.models_dir:
+        return _run_in_process(opts)
     try:
         client = Client(
-            opts.server, token=opts.token, tls=opts.tls, timeout=opts.timeout, retry=CONVERT_RETRY
+            opts.server,
+            token=opts.token,
+            tls=opts.tls,
+            timeout=opts.timeout,
+            retry=convert_retry(opts.retry_seconds),
         )
     except ClientConfigError as exc:
         return _error(str(exc))
@@ -417,3 +538,26 @@ def run(args) -> int:
         if problem:
             return _error(problem)
         return convert(client, opts)
+
+
+def _where(opts: ConvertOptions) -> str:
+    return f"the in-process server ({opts.models_dir})" if opts.models_dir else f"server {opts.server}"
+
+
+def _run_in_process(opts: ConvertOptions) -> int:
+    """``--models DIR``: the server's pipeline in this process (needs the server extra)."""
+    try:
+        from pixforge.service.errors import ConfigError
+        from pixforge.service.local import start_local_server
+    except ModuleNotFoundError as exc:
+        return _error(
+            f"--models needs the server extra ({exc.name} is missing): pip install 'pixforge[server]'"
+        )
+    try:
+        local = start_local_server(opts.models_dir, opts.model)
+    except ConfigError as exc:
+        return _error(str(exc))
+    with local:
+        client = Client(local.address, token=local.token, timeout=opts.timeout, retry=convert_retry(0.0))
+        with client:
+            return convert(client, opts)

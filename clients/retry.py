@@ -36,18 +36,24 @@ class RetryPolicy:
         initial_backoff: seconds before the first retry.
         max_backoff: ceiling on any single wait, in seconds.
         multiplier: backoff growth per attempt.
+        retry_seconds: streamed items only: keep retrying past ``max_attempts`` while less than
+            this many seconds have passed since the item first failed (rides out a server
+            restart or model reload); 0 = attempts only. gRPC's own unary retries ignore it.
     """
 
     max_attempts: int = 5
     initial_backoff: float = 0.2
     max_backoff: float = 5.0
     multiplier: float = 2.0
+    retry_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.initial_backoff <= 0 or self.max_backoff <= 0 or self.multiplier < 1:
             raise ValueError("backoff times must be > 0 and multiplier >= 1")
+        if self.retry_seconds < 0:
+            raise ValueError(f"retry_seconds must be >= 0, got {self.retry_seconds}")
 
     def backoff(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (1-based): full jitter, as gRPC does.

@@ -44,6 +44,27 @@ class BatchItem:
     data: bytes
     attempts: int = 0
     not_before: float = 0.0
+    first_failure: float = 0.0  # monotonic time of its first retryable failure (0: none yet)
+    pushback_ms: int = 0  # the server's advice on its last failure (-1: never retry)
+
+
+def retry_at(item: BatchItem, error: ClientError, retry: RetryPolicy, stopping: bool) -> float | None:
+    """When to send a failed item again (a monotonic time), or None to deliver the failure.
+
+    An item is retried when its error is retryable, the server did not say "never" (pushback -1:
+    over a limit, it would fail again) and the policy allows another try: fewer than
+    ``max_attempts`` tries, or still within ``retry_seconds`` of its first failure (a server
+    restart or reload). The wait is the policy's backoff, at least the server's pushback.
+    """
+    if stopping or error.code not in RETRYABLE_CODES or item.pushback_ms < 0:
+        return None
+    now = time.monotonic()
+    if not item.first_failure:
+        item.first_failure = now
+    within_time = retry.retry_seconds > 0 and now - item.first_failure < retry.retry_seconds
+    if item.attempts >= retry.max_attempts and not within_time:
+        return None
+    return now + max(retry.backoff(item.attempts), item.pushback_ms / 1000.0)
 
 
 @dataclass
@@ -68,7 +89,9 @@ def result_for_response(
     """Turn a stream response into (result, retryable): retryable failures go back in the queue."""
     if response.error_code:
         error = error_from_code(response.error_code, response.error_message, target)
-        return result_for_error(item, error), error.code in RETRYABLE_CODES
+        item.pushback_ms = int(response.retry_pushback_ms)
+        retryable = error.code in RETRYABLE_CODES and item.pushback_ms >= 0
+        return result_for_error(item, error), retryable
     result = TranslateResult(
         index=item.index, source=item.source, request_id=item.request_id, attempts=item.attempts
     )
@@ -368,8 +391,9 @@ class StreamBatch:
     def _fail_or_retry(self, item: BatchItem, error: ClientError | None) -> None:
         assert error is not None
         with self._cond:
-            if error.code in RETRYABLE_CODES and item.attempts < self._retry.max_attempts and not self._stop:
-                item.not_before = time.monotonic() + self._retry.backoff(item.attempts)
+            when = retry_at(item, error, self._retry, self._stop)
+            if when is not None:
+                item.not_before = when
                 self._retry_queue.append(item)
                 self._cond.notify_all()
                 return

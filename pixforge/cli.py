@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import select
 import sys
 
 from pixforge import __version__
@@ -24,6 +26,27 @@ COMMANDS = {
     "models": "pixforge.models_cli:run",
     "health": "pixforge.clients.health:run",
     "bench": "pixforge.bench:run",
+}
+
+# `pip install pixforge` is the client library and the client commands (convert through a server,
+# health); the rest needs an extra. Top-level module -> the extra that installs it, and the extra
+# each command asks for (train and bench include the server extra, so their own name is enough).
+MODULE_EXTRAS = {
+    "onnxruntime": "server",
+    "yaml": "server",
+    "prometheus_client": "server",
+    "grpc_reflection": "server",
+    "aiohttp": "server",
+    "torch": "train",
+    "onnx": "train",
+    "tensorboard": "train",
+    "matplotlib": "bench",
+}
+COMMAND_EXTRAS = {"train": "train", "export": "train", "eval": "train", "bench": "bench"}
+_EXTRA_MODULES = {
+    "server": {m for m, e in MODULE_EXTRAS.items() if e == "server"},
+    "train": {m for m, e in MODULE_EXTRAS.items() if e in ("server", "train")},
+    "bench": {m for m, e in MODULE_EXTRAS.items() if e != "train"} | {"torch", "onnx"},
 }
 
 
@@ -144,6 +167,11 @@ def _add_serve(sub) -> None:
     p.add_argument("--port", type=int, help="gRPC port (default 50051)")
     p.add_argument("--config", help="server YAML config (see docs/serving.md)")
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        help="KServe v2 HTTP/REST port (0 disables, -1 picks a free one; default 8000)",
+    )
     p.add_argument("--metrics-port", type=int, help="Prometheus metrics HTTP port (0 disables; default 9090)")
     p.add_argument(
         "--metrics-host",
@@ -156,11 +184,19 @@ def _add_serve(sub) -> None:
 def _add_convert(sub) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert files and folders of images through a server",
-        description="Send images to a pixforge server and write the results, mirroring the input tree.",
+        help="convert files and folders of images (through a server, or in-process with --models)",
+        description="Translate images with a model and write the results, mirroring the input tree: "
+        "through a pixforge server (--server) or in this process (--models DIR).",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    p.add_argument("--server", default="localhost:50051", help="server HOST:PORT (default localhost:50051)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--server", help="server HOST:PORT (default localhost:50051)")
+    where.add_argument(
+        "--models",
+        metavar="DIR",
+        help="convert in this process with a model repository folder instead of a server "
+        "(needs the server extra; e.g. --models models)",
+    )
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
@@ -175,6 +211,16 @@ def _add_convert(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="list what would be converted and exit")
     p.add_argument("--token", help="bearer token (default: $PIXFORGE_TOKEN)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per image (default 300)")
+    p.add_argument("--tile", type=int, default=0, help="tile size in input pixels (default: the model's)")
+    p.add_argument(
+        "--tile-overlap", type=int, default=0, help="overlap between tiles (default: from the model)"
+    )
+    p.add_argument(
+        "--retry-seconds",
+        type=float,
+        default=120.0,
+        help="keep retrying an image for this long while the server is restarting or busy (default 120)",
+    )
     p.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
     p.add_argument("--root-cert", help="PEM root certificate(s) to trust for TLS (implies --tls)")
     p.add_argument(
@@ -278,26 +324,77 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def missing_extra(command: str, exc: ModuleNotFoundError) -> str | None:
+    """The one-line message for a command whose optional dependency is not installed, else None."""
+    top = (exc.name or "").split(".")[0]
+    if top not in MODULE_EXTRAS:
+        return None
+    own = COMMAND_EXTRAS.get(command)
+    extra = own if own and top in _EXTRA_MODULES[own] else MODULE_EXTRAS[top]
+    hint = " (torch first, for the CPU build: see the README)" if extra in ("train", "bench") else ""
+    return (
+        f"pixforge {command}: needs the {extra} extra (no module named {top!r}): "
+        f"pip install 'pixforge[{extra}]'{hint}"
+    )
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout went away (`pixforge models show NAME | head`): stop quietly.
+
+    Python ignores SIGPIPE, so a write to a closed pipe raises BrokenPipeError; point stdout at
+    /dev/null so the interpreter's final flush cannot raise again, and exit as a command killed by
+    SIGPIPE does (128 + 13), which is what shells expect from the left side of a cut-short pipe.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (replaced in-process)
+        pass
+    finally:
+        os.close(devnull)
+    return 141
+
+
+def _stdout_is_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on the write end)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced in-process by an object without one
+        return False
+    if not hasattr(select, "poll"):  # Windows: no way to ask; a broken pipe there is stdout's
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poller.poll(0))
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        if not _stdout_is_closed():
+            raise  # some other pipe or socket broke: a real error
+        return _stdout_gone()
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     module_name, func_name = COMMANDS[args.command].split(":")
     try:
         module = importlib.import_module(module_name)
+        code = int(getattr(module, func_name)(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not in the final flush
+        return code
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in ("torch", "onnx"):
-            print(
-                f"pixforge {args.command}: needs the training extra: pip install torch==2.13.0 "
-                f"'pixforge[train]' ({exc})",
-                file=sys.stderr,
-            )
+        message = missing_extra(args.command, exc)
+        if message is not None:
+            print(message, file=sys.stderr)
             return 2
         if exc.name == module_name:
             # The subcommand is part of the CLI surface, but this release does not ship it yet.
             print(f"pixforge {args.command}: not available in pixforge {__version__} yet", file=sys.stderr)
             return 2
         raise
-    try:
-        return int(getattr(module, func_name)(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -2,9 +2,11 @@
 
 Pure functions, no torch, no gRPC. Decoding sniffs the format from magic bytes (never from a file
 extension), reads the declared layout from the header (:func:`probe_image`) and refuses
-decompression bombs *before* any pixel is decoded, applies the EXIF orientation, converts 16-bit
-and float samples to 8 bits, and keeps an alpha channel aside (Real-ESRGAN style) so models only
-ever see gray or RGB. Every failure is a typed error (`pixforge.errors`) with a human message.
+decompression bombs *before* any pixel is decoded, applies the EXIF orientation (exactly once, as
+Pillow's ``ImageOps.exif_transpose`` does, for every format), converts 16-bit and float samples to
+8 bits, and keeps an alpha channel aside (Real-ESRGAN style) so models only ever see gray or RGB;
+straight (unassociated) TIFF alpha comes back straight, not premultiplied by libtiff. Every
+failure is a typed error (`pixforge.errors`) with a human message.
 
 Array convention: ``DecodedImage.pixels`` is uint8, shape (H, W, C) with C = 1 (gray) or 3 (RGB,
 in RGB order); ``alpha`` is uint8 (H, W) or None.
@@ -327,6 +329,7 @@ _TIFF_TAG_NAMES = {
     323: "TileLength",
     339: "SampleFormat",
 }
+_TIFF_EXTRA_SAMPLES = 338  # 1 = associated (premultiplied) alpha, 2 = unassociated alpha
 _TIFF_MAX_VALUES = 4  # values read per tag (BitsPerSample has one per sample; the first counts)
 
 
@@ -661,6 +664,35 @@ def _convert(raw: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray | None]:
     return pixels, alpha
 
 
+def _tiff_unassociated_alpha(data: bytes) -> bool:
+    """Whether a TIFF's first extra sample is unassociated (straight, not premultiplied) alpha."""
+    try:
+        extra = _tiff_entries(data, {_TIFF_EXTRA_SAMPLES}).get(_TIFF_EXTRA_SAMPLES)
+    except ImageDecodeError:
+        return False
+    return bool(extra) and extra[0][0] == 2
+
+
+def _unpremultiply(pixels: np.ndarray, alpha: np.ndarray) -> None:
+    """Undo libtiff's premultiplication in place: colour = round(colour * 255 / alpha), strip by strip.
+
+    OpenCV reads 8-bit TIFFs through libtiff's RGBA interface, which multiplies colour by
+    unassociated alpha (round(c * a / 255)); this is its nearest inverse (exact where a = 255, within
+    255 / (2a) elsewhere). Fully transparent pixels stay black: their colour is gone.
+    """
+    h, w, c = pixels.shape
+    rows = _strip_rows(w * c * 4)
+    for r0 in range(0, h, rows):
+        a = alpha[r0 : r0 + rows, :, None].astype(np.uint32)
+        t = pixels[r0 : r0 + rows].astype(np.uint32)
+        t *= 255
+        t += a // 2
+        np.floor_divide(t, a, out=t, where=a > 0)
+        t[np.broadcast_to(a == 0, t.shape)] = 0
+        np.minimum(t, 255, out=t)
+        pixels[r0 : r0 + rows] = t
+
+
 def _rotate(img: np.ndarray, orientation: int) -> np.ndarray:
     """:func:`apply_orientation` into one new contiguous array (OpenCV: fast, one allocation)."""
     if orientation == 2:
@@ -731,6 +763,8 @@ def decode_image(
     bit_depth = img.dtype.itemsize * 8
     pixels, alpha = _convert(img, fmt)
     del img  # (a no-op for 8-bit gray/RGB, converted in place)
+    if fmt == "tiff" and alpha is not None and bit_depth == 8 and _tiff_unassociated_alpha(data):
+        _unpremultiply(pixels, alpha)
     orientation = _codec_orientation(info)
     if orientation != 1:
         pixels = _rotate(pixels, orientation)

@@ -3,7 +3,8 @@
 Every file is machine-readable (conventions #9): tools and benchmarks read the JSONL files, never
 scraped stdout. `stats.jsonl` is append-only, one JSON object per logged step. Each
 `metric-<name>.jsonl` line is {"step", "value", "num_images", "time"}. TensorBoard events are
-written only when `torch.utils.tensorboard` imports (it is never required).
+written only when `torch.utils.tensorboard` imports (the train extra installs tensorboard; it is
+never required).
 """
 
 from __future__ import annotations
@@ -35,10 +36,19 @@ class RunLog:
         self.enabled = enabled
         self.tb = None
         self.tb_note = "off"
+        self.tb_missing = False  # the tensorboard package is not installed (not an error)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # optional dependency
-            except Exception as exc:  # ImportError (no tensorboard package) or a broken install
+            except ModuleNotFoundError as exc:
+                if (exc.name or "").split(".")[0] != "tensorboard":
+                    raise
+                self.tb_missing = True
+                self.tb_note = (
+                    "not installed, no event files written "
+                    "(pip install tensorboard, or pip install 'pixforge[train]')"
+                )
+            except Exception as exc:  # a broken install
                 self.tb_note = f"unavailable ({exc.__class__.__name__}: {exc})"
             else:
                 self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))

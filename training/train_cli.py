@@ -38,6 +38,19 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _asked_for_tensorboard(args) -> bool:
+    """Whether `train.tensorboard` was set explicitly (in the YAML file or by --set), not defaulted."""
+    if any(text.split("=", 1)[0].strip() == "train.tensorboard" for text in args.set):
+        return True
+    from pixforge.training.config import load_yaml
+
+    try:
+        train = load_yaml(args.config).get("train")
+    except PixforgeError:
+        return False
+    return isinstance(train, dict) and "tensorboard" in train
+
+
 def _resolve(args):
     """(config, run_dir or None, run_name) from the CLI arguments; ConfigError/DataError on bad input."""
     from pixforge.training.config import config_to_dict, load_config, load_config_json
@@ -65,7 +78,7 @@ def _resolve(args):
 
 def run(args) -> int:
     """Entry point of `pixforge train` (argparse namespace from pixforge.cli)."""
-    import torch  # noqa: F401  (fail early with the CLI's "needs the training extra" message)
+    import torch  # noqa: F401  (fail early with the CLI's "needs the train extra" message)
     from pixforge.training.config import config_to_dict
     from pixforge.training.data import DataError, build_datasets
     from pixforge.training.loop import train
@@ -92,7 +105,11 @@ def run(args) -> int:
         def announce(ctx) -> None:
             if ctx.rt.is_main:
                 print(f"run directory: {ctx.run_dir}", file=sys.stderr)
-                if ctx.cfg.train.tensorboard:
+                # A missing tensorboard package under the default `tensorboard: true` is said once,
+                # when the run starts, not again on every --resume unless the user asked for it.
+                if ctx.cfg.train.tensorboard and (
+                    not ctx.log.tb_missing or not args.resume or _asked_for_tensorboard(args)
+                ):
                     print(f"tensorboard: {ctx.log.tb_note}", file=sys.stderr)
 
         result = train(

@@ -100,16 +100,18 @@ class TranslateStreamRequest(_message.Message):
     def __init__(self, request: _Optional[_Union[TranslateRequest, _Mapping]] = ...) -> None: ...
 
 class TranslateStreamResponse(_message.Message):
-    __slots__ = ("request_id", "response", "error_code", "error_message")
+    __slots__ = ("request_id", "response", "error_code", "error_message", "retry_pushback_ms")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_PUSHBACK_MS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     response: TranslateResponse
     error_code: int
     error_message: str
-    def __init__(self, request_id: _Optional[str] = ..., response: _Optional[_Union[TranslateResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+    retry_pushback_ms: int
+    def __init__(self, request_id: _Optional[str] = ..., response: _Optional[_Union[TranslateResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., retry_pushback_ms: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "task", "scale", "input_channels", "output_channels", "description", "size_multiple", "tile_size", "state", "error", "provider", "metadata")

@@ -319,3 +319,197 @@ def test_killed_run_resumes_with_every_file_exactly_once(capsys, slow_server, re
     for rel in names:
         expected = 255 - decode_image((src / rel).read_bytes()).pixels
         assert (decode_image((out_dir / rel).read_bytes()).pixels == expected).all()
+
+
+# --------------------------------------------------------------------------- issue 21
+
+
+def flat_inputs(root: Path, n: int, size: int = 24) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"img{i:03d}.png").write_bytes(encode_image(make_image(i, h=size, w=size)))
+    return root
+
+
+def test_in_process_convert_equals_the_served_output_byte_for_byte(capsys, real_server, model_repo, tmp_path):
+    src = flat_inputs(tmp_path / "in", 5)
+    served, local = tmp_path / "served", tmp_path / "local"
+    assert convert(capsys, real_server.address, str(src), "--output", str(served))[0] == 0
+    code = main(
+        ["convert", "--models", str(model_repo), "--model", "invert", str(src), "--output", str(local)]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "converted 5" in out
+    assert files_under(local) == files_under(served)
+    for name in files_under(served):
+        assert (local / name).read_bytes() == (served / name).read_bytes()
+
+
+def test_in_process_convert_names_missing_models_and_excludes_server(capsys, model_repo, tmp_path):
+    src = flat_inputs(tmp_path / "in", 1)
+    code = main(
+        ["convert", "--models", str(model_repo), "--model", "nope", str(src), "--output", str(tmp_path / "o")]
+    )
+    _, err = capsys.readouterr()
+    assert code == 2 and "'nope' is not in" in err and "invert" in err
+    with pytest.raises(SystemExit) as info:  # argparse: --server and --models exclude each other
+        main(
+            [
+                "convert",
+                "--models",
+                str(model_repo),
+                "--server",
+                "x:1",
+                "--model",
+                "invert",
+                str(src),
+                "--output",
+                "o",
+            ]
+        )
+    assert info.value.code == 2
+
+
+def test_tile_flag_reaches_the_server(capsys, model_repo, tmp_path, monkeypatch):
+    from pixforge.clients.client import Client
+
+    seen = []
+    real = Client.translate_many
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs.get("tile_size"), kwargs.get("tile_overlap")))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Client, "translate_many", spy)
+    src = flat_inputs(tmp_path / "in", 2, size=160)
+    out = tmp_path / "out"
+    args = ["--models", str(model_repo), "--model", "invert", str(src), "--output", str(out)]
+    assert main(["convert", *args, "--tile", "64", "--tile-overlap", "8"]) == 0
+    assert seen == [(64, 8)]
+    expected = 255 - make_image(0, h=160, w=160)
+    assert (decode_image((out / "img000.png").read_bytes()).pixels == expected).all()
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(capsys, real_server, tmp_path, monkeypatch):
+    import pixforge.clients.convert as convert_module
+
+    monkeypatch.setattr(convert_module, "PROGRESS_EVERY_S", 0.0)
+    src = flat_inputs(tmp_path / "in", 4)
+    code, _, err = convert(capsys, real_server.address, str(src), "--output", str(tmp_path / "out"))
+    assert code == 0
+    lines = [line for line in err.splitlines() if line.startswith("progress: ")]
+    assert lines and "images/s" in lines[-1]
+
+
+def test_full_disk_stops_with_one_line_exit_2_and_a_valid_report(capsys, real_server, tmp_path, monkeypatch):
+    import errno
+
+    import pixforge.clients.convert as convert_module
+
+    real_write = convert_module.write_atomically
+    calls = []
+
+    def full_after_two(job, data):
+        calls.append(job.dst)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(job, data)
+
+    monkeypatch.setattr(convert_module, "write_atomically", full_after_two)
+    src = flat_inputs(tmp_path / "in", 8)
+    out_dir = tmp_path / "out"
+    code, out, err = convert(
+        capsys, real_server.address, str(src), "--output", str(out_dir), "--concurrency", "1"
+    )
+    assert code == 2
+    assert "Traceback" not in err
+    stop_lines = [line for line in err.splitlines() if line.startswith("pixforge convert: stopped:")]
+    assert len(stop_lines) == 1 and "No space left" in stop_lines[0]
+    rows = report_rows(out_dir)  # every line parses: valid JSON Lines
+    assert [r["code"] for r in rows] == ["WRITE_ERROR"]
+    assert len(calls) == 3  # nothing more was attempted after the disk filled up
+
+
+def test_report_stays_valid_jsonl_when_its_own_write_fails(tmp_path):
+    from pixforge.clients.convert import RunStopped, Tally
+
+    tally = Tally(str(tmp_path), progress=False)
+    tally.failed_one("a.png", "a.out.png", "INVALID_ARGUMENT", "bad")
+
+    class Full:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def write(self, text):
+            self.inner.write(text[: len(text) // 2])  # a partial line reaches the file
+            raise OSError(28, "No space left on device")
+
+    tally._report = Full(tally._report)
+    with pytest.raises(RunStopped):
+        tally.failed_one("b.png", "b.out.png", "INVALID_ARGUMENT", "bad again")
+    tally.close()
+    assert [r["input"] for r in report_rows(tmp_path)] == ["a.png"]
+
+
+def test_item_over_a_limit_is_sent_once_not_retried(model_repo):
+    from clients_helpers import start_server as start
+    from pixforge.clients.client import Client
+    from pixforge.clients.retry import RetryPolicy
+
+    handle = start(model_repo, limits__max_message_bytes=128 * 1024)
+    try:
+        noise = np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8)
+        retry = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.02, retry_seconds=30)
+        with Client(handle.address, retry=retry) as client:
+            (result,) = list(client.translate_many([encode_image(noise)], "invert"))
+        assert result.error is not None and result.error.code_name == "RESOURCE_EXHAUSTED"
+        assert "limits.max_message_bytes" in result.error.message
+        assert result.attempts == 1
+    finally:
+        handle.stop(0)
+
+
+def test_convert_rides_out_a_server_restart(model_repo, tmp_path):
+    from clients_helpers import start_server as start
+
+    port = free_port()
+    src = flat_inputs(tmp_path / "in", 30)
+    out_dir = tmp_path / "out"
+    first = start(model_repo, port=port, batching__max_queue_delay_ms=60.0)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pixforge.cli",
+        "convert",
+        "--server",
+        f"127.0.0.1:{port}",
+        "--model",
+        "invert",
+    ]
+    proc = subprocess.Popen(
+        [*cmd, str(src), "--output", str(out_dir), "--concurrency", "1", "--retry-seconds", "60"],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list(out_dir.glob("*.png"))) < 5:
+            time.sleep(0.05)
+        first.stop(0)  # the server goes away mid-run ...
+        time.sleep(4.0)
+        second = start(model_repo, port=port)  # ... and comes back on the same port
+        try:
+            out, err = proc.communicate(timeout=120)
+        finally:
+            second.stop(0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "converted" in out and len(list(out_dir.glob("*.png"))) == 30

@@ -148,7 +148,8 @@ def test_image_environment_and_ports_match_the_server(dockerfile, target):
     assert set(settings) <= known
     cfg = build_config(read_env(settings))
     exposed = {int(p) for i in dockerfile.chain(target) for e in i.all("EXPOSE") for p in e.args.split()}
-    assert exposed == {cfg.port, cfg.metrics_port} == {ServiceConfig().port, ServiceConfig().metrics_port}
+    ports = {cfg.port, cfg.http_port, cfg.metrics_port}
+    assert exposed == ports == {ServiceConfig().port, ServiceConfig().http_port, ServiceConfig().metrics_port}
     # `docker run -p 9090:9090` reaches the metrics only if they listen beyond the container's loopback.
     assert ipaddress.ip_address(cfg.metrics_host or cfg.host).is_unspecified, cfg.metrics_host
 
@@ -163,11 +164,15 @@ def test_no_torch_in_the_serving_images(dockerfile, target):
 
 def test_onnxruntime_versions(dockerfile):
     version = Version(dockerfile.global_args["ORT_VERSION"])
-    gpu_req = _pyproject_requirement("onnxruntime-gpu")
+    gpu_req = _pyproject_requirement("onnxruntime-gpu", "server")
     assert version in gpu_req.specifier, f"ORT_VERSION {version} is outside pyproject's {gpu_req}"
     gpu = _pip_install_words(dockerfile.stage("build-gpu").all("RUN")[0].args)
     cpu = _pip_install_words(dockerfile.stage("build-cpu").all("RUN")[0].args)
     assert "onnxruntime-gpu[cuda,cudnn]==${ORT_VERSION}" in gpu
+    assert "$(echo /wheels/pixforge-*.whl)[server]" in gpu, "the GPU server installs the server extra"
+    assert "wheel_requirements.py /wheels/pixforge-*.whl --extra server" in " ".join(
+        dockerfile.stage("build-cpu").all("RUN")[0].args.split()
+    ), "the CPU server installs the server extra's requirements"
     assert "onnxruntime==${ORT_VERSION}" in cpu and not any("onnxruntime-gpu" in w for w in cpu)
     assert "python /opt/pixforge-build/check_gpu_libs.py" in dockerfile.stage("build-gpu").all("RUN")[0].args
 

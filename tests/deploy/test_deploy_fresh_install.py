@@ -106,8 +106,9 @@ def _container(compose_raw, dockerfile, models: Path, venv_dir: Path, home: Path
     env["PATH"] = env["PATH"].replace("/opt/venv", str(venv_dir)).replace("$PATH", os.defpath)
     env.update(HOME=str(home), OMP_NUM_THREADS="1", LANG="C.UTF-8")
     # Docker maps the container ports to published ones; here the server takes free ports itself.
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, http_port = free_port(), free_port(), free_port()
     env["PIXFORGE_PORT"], env["PIXFORGE_METRICS_PORT"] = str(port), str(metrics_port)
+    env["PIXFORGE_HTTP_PORT"] = str(http_port)
 
     argv = dockerfile.last(target, "ENTRYPOINT").exec_form + svc["command"]
     argv = [str(to_host_path(a, mounts) or a) if a.startswith("/") else a for a in argv]
@@ -118,13 +119,13 @@ def _container(compose_raw, dockerfile, models: Path, venv_dir: Path, home: Path
 
     health = [a.replace(":50051", f":{port}") for a in svc["healthcheck"]["test"][1:]]
     health[0] = shutil.which(health[0], path=env["PATH"])
-    return argv, env, health, svc, port, metrics_port
+    return argv, env, health, svc, port, metrics_port, http_port
 
 
 def _serve_and_probe(compose_raw, dockerfile, tiny_models: Path, venv_dir: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    argv, env, health, svc, port, metrics_port = _container(
+    argv, env, health, svc, port, metrics_port, http_port = _container(
         compose_raw, dockerfile, tiny_models, venv_dir, home
     )
 
@@ -189,6 +190,10 @@ def _serve_and_probe(compose_raw, dockerfile, tiny_models: Path, venv_dir: Path,
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}{path}", timeout=10) as response:
             text = response.read().decode()
         assert 'pixforge_model_ready{model="tiny"} 1.0' in text
+        # The KServe v2 HTTP/REST port (aiohttp comes with the wheel's dependencies).
+        ready = f"http://127.0.0.1:{http_port}/v2/models/tiny/ready"
+        with urllib.request.urlopen(ready, timeout=10) as response:
+            assert response.status == 200
 
         # `docker compose stop`: STOPSIGNAL SIGTERM, SIGKILL after stop_grace_period.
         proc.send_signal(signal.SIGTERM)

@@ -47,6 +47,46 @@ def test_base_requirements_keep_markers():
     assert len(lines) == 3
 
 
+EXTRAS_METADATA = """Metadata-Version: 2.4
+Name: pixforge
+Version: 0.1.0
+Requires-Dist: grpcio<2,>=1.85
+Provides-Extra: server
+Requires-Dist: onnxruntime-gpu<2; (platform_system == "Linux" and python_version >= "3") and extra == "server"
+Requires-Dist: PyYAML<7,>=6; extra == "server"
+Provides-Extra: train
+Requires-Dist: pixforge[server]; extra == "train"
+Requires-Dist: torch<3,>=2.4; extra == 'train'
+Provides-Extra: dev
+Requires-Dist: pixforge[Train]; extra == "dev"
+Requires-Dist: pytest<10,>=8; extra == "dev"
+
+"""
+
+
+def test_requirements_of_an_extra_lose_the_extra_clause_and_keep_their_markers():
+    lines = wheel_requirements.requirements(EXTRAS_METADATA, {"server"}, {"grpcio"})
+    assert lines == [
+        'onnxruntime-gpu<2; platform_system == "Linux" and python_version >= "3"',
+        "PyYAML<7,>=6",
+    ]
+    assert wheel_requirements.requirements(EXTRAS_METADATA) == ["grpcio<2,>=1.85"]
+
+
+def test_an_extra_that_names_the_project_brings_that_extra():
+    lines = wheel_requirements.requirements(EXTRAS_METADATA, {"dev"}, {"onnxruntime-gpu"})
+    assert lines == ["grpcio<2,>=1.85", "PyYAML<7,>=6", "torch<3,>=2.4", "pytest<10,>=8"]
+
+
+def test_an_unknown_extra_or_marker_is_an_error():
+    with pytest.raises(ValueError, match="no extra gpu"):
+        wheel_requirements.requirements(EXTRAS_METADATA, {"gpu"})
+    odd_line = 'Requires-Dist: x; extra == "server" or os_name == "nt"\n'
+    odd = EXTRAS_METADATA.replace("Provides-Extra: dev\n", odd_line)
+    with pytest.raises(ValueError, match="cannot read the extra"):
+        wheel_requirements.requirements(odd, {"server"})
+
+
 def test_cli_reads_a_wheel(tmp_path):
     wheel = tmp_path / "pixforge-0.1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
@@ -84,19 +124,24 @@ def test_cli_rejects_a_non_wheel(tmp_path):
 
 
 def test_pyproject_dependencies_all_reach_the_cpu_image():
-    """Every runtime dependency of pyproject.toml except onnxruntime(-gpu) is printed for build-cpu."""
+    """Every base and server dependency of pyproject.toml but onnxruntime(-gpu) is printed for build-cpu."""
     import tomllib
     from packaging.requirements import Requirement
 
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
-    metadata = "Metadata-Version: 2.1\nName: pixforge\nVersion: 0\n" + "".join(
-        f"Requires-Dist: {d}\n" for d in deps
-    )
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    deps, server = project["dependencies"], project["optional-dependencies"]["server"]
+    lines = [f"Requires-Dist: {d}" for d in deps]
+    for d in server:  # the way setuptools writes an extra's requirements into METADATA
+        spec, _, env = d.partition(";")
+        marker = f"({env.strip()}) and extra == 'server'" if env else "extra == 'server'"
+        lines.append(f"Requires-Dist: {spec}; {marker}")
+    metadata = "Metadata-Version: 2.1\nName: pixforge\nVersion: 0\nProvides-Extra: server\n"
+    metadata += "\n".join(lines) + "\n"
     printed = {
         Requirement(line).name
-        for line in wheel_requirements.base_requirements(metadata, {"onnxruntime", "onnxruntime-gpu"})
+        for line in wheel_requirements.requirements(metadata, {"server"}, {"onnxruntime", "onnxruntime-gpu"})
     }
-    expected = {Requirement(d).name for d in deps} - {"onnxruntime", "onnxruntime-gpu"}
+    expected = {Requirement(d).name for d in deps + server} - {"onnxruntime", "onnxruntime-gpu"}
     assert printed == expected
 
 

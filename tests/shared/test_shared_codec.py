@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
@@ -388,3 +389,67 @@ def test_every_exif_orientation_is_exact_for_each_conversion_path(orientation):
         np.testing.assert_array_equal(dec.pixels, codec.apply_orientation(img, orientation))
         if dec.alpha is not None:
             np.testing.assert_array_equal(dec.alpha, codec.apply_orientation(alpha, orientation))
+
+
+# Pillow writes each format's orientation the way cameras and editors do (JPEG APP1, PNG eXIf, WebP
+# EXIF chunk, TIFF Orientation tag) and ImageOps.exif_transpose is the reference reading of it.
+_PIL_FORMATS = {
+    "png": ("PNG", {}),
+    "webp": ("WEBP", {"lossless": True, "exact": True}),
+    "tiff": ("TIFF", {}),
+    "jpeg": ("JPEG", {"quality": 95, "subsampling": 0}),
+}
+
+
+_PIL_MODES = [
+    (fmt, mode)
+    for fmt in _PIL_FORMATS
+    for mode in ("RGB", "RGBA", "L")
+    if not (fmt == "jpeg" and mode == "RGBA") and not (fmt == "webp" and mode == "L")  # no such files
+]
+
+
+@pytest.mark.parametrize("fmt,mode", _PIL_MODES)
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_matches_pillow_exif_transpose(orientation, fmt, mode):
+    """Every format, every orientation: applied exactly once, as Pillow's exif_transpose applies it."""
+    image_mod = pytest.importorskip("PIL.Image")
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(orientation)
+    # 6x10, every pixel different: any flip, transpose or rotation (once or twice) changes it.
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    stored = rng.integers(0, 256, (6, 10, channels), dtype=np.uint8)
+    stored[:3, :5] = 255  # a bright top-left quarter: the lossy JPEG case still shows the geometry
+    if mode == "RGBA":
+        stored[..., 3] |= 1  # no fully transparent pixel: its colour is not stored by every format
+    pil_name, options = _PIL_FORMATS[fmt]
+    exif = image_mod.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    image_mod.fromarray(stored[..., 0] if mode == "L" else stored, mode).save(
+        buf, pil_name, exif=exif, **options
+    )
+    data = buf.getvalue()
+    opened = image_mod.open(io.BytesIO(data))
+    assert opened.getexif().get(0x0112) == orientation, "Pillow did not store the orientation"
+    ref = np.asarray(ImageOps.exif_transpose(opened).convert(mode))
+    ref = ref[..., None] if mode == "L" else ref
+
+    dec = codec.decode_image(data)
+    assert dec.format == fmt
+    assert codec.probe_image(data).orientation == orientation
+    got = dec.pixels if dec.alpha is None else np.dstack([dec.pixels, dec.alpha])
+    assert got.shape == ref.shape, f"{fmt} orientation {orientation}: {got.shape} != {ref.shape}"
+    if fmt == "jpeg":  # lossy, and libjpeg versions may differ: close, with the geometry unmistakable
+        assert np.abs(got.astype(int) - ref.astype(int)).mean() < 3
+    elif fmt == "tiff" and mode == "RGBA":
+        # libtiff hands 8-bit straight alpha over premultiplied (round(c * a / 255)); the codec
+        # divides it back out, which is exact where a = 255 and within 255 / (2a) + 1 elsewhere.
+        np.testing.assert_array_equal(got[..., 3], ref[..., 3])
+        a = ref[..., 3:].astype(float)
+        err = np.abs(got[..., :3].astype(int) - ref[..., :3].astype(int))
+        assert (err <= np.where(a > 0, 255 / (2 * np.maximum(a, 1)) + 1, 255)).all(), err.max()
+        assert (err[(a == 255)[..., 0]] == 0).all()
+    else:
+        np.testing.assert_array_equal(got, ref)

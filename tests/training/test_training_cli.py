@@ -179,3 +179,45 @@ def test_ctrl_c_stops_after_a_whole_step_and_resumes(workdir):
         main(["train", "long.yaml", "--data", "data", "--out", "r", "--resume", "--max-steps", str(step + 2)])
         == 0
     )
+
+
+def _without_tensorboard(monkeypatch):
+    """Make `torch.utils.tensorboard` fail the way it does when the tensorboard package is missing."""
+    import sys
+
+    for name in [n for n in sys.modules if n == "tensorboard" or n.startswith("tensorboard.")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in [n for n in sys.modules if n.startswith("torch.utils.tensorboard")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+
+
+def test_missing_tensorboard_is_one_hint_per_run_not_a_warning_on_every_resume(workdir, capsys, monkeypatch):
+    # The default `tensorboard: true` (the key is not in the file) and no tensorboard package.
+    config = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    del config["train"]["tensorboard"]
+    (workdir / "default.yaml").write_text(yaml.safe_dump(config))
+    _without_tensorboard(monkeypatch)
+    assert main(["train", "default.yaml", "--data", "data", "--out", "r", "--max-steps", "1"]) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("tensorboard:")]
+    assert len(lines) == 1 and "unavailable" not in lines[0], lines
+    assert "pip install tensorboard" in lines[0] and "pixforge[train]" in lines[0]
+    assert not (workdir / "r" / "tensorboard").exists()
+
+    assert (
+        main(["train", "default.yaml", "--data", "data", "--out", "r", "--resume", "--max-steps", "2"]) == 0
+    )
+    assert "tensorboard:" not in capsys.readouterr().err  # said once, when the run started
+
+    # Asked for explicitly: the hint each time.
+    resume = ["train", "default.yaml", "--data", "data", "--out", "r", "--resume", "--max-steps", "3"]
+    assert main([*resume, "--set", "train.tensorboard=true"]) == 0
+    assert "tensorboard: not installed" in capsys.readouterr().err
+
+
+def test_tensorboard_events_are_written_when_the_package_is_installed(workdir, capsys):
+    pytest.importorskip("tensorboard")  # the train extra installs it
+    args = ["train", "tiny.yaml", "--data", "data", "--out", "r", "--max-steps", "1"]
+    assert main([*args, "--set", "train.tensorboard=true"]) == 0
+    assert "tensorboard: r/tensorboard" in capsys.readouterr().err
+    assert any((workdir / "r" / "tensorboard").glob("events.out.tfevents.*"))

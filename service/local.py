@@ -1,0 +1,108 @@
+"""A private in-process server for `pixforge convert --models DIR` (no server to start by hand).
+
+It is the real server (:func:`~pixforge.service.server.serve`: the same pipeline, limits, tiling,
+batching and encoder), serving only the one model the conversion asks for, bound to 127.0.0.1 on
+an ephemeral port with a random bearer token, so nothing else on the machine can use it, and with
+no metrics or HTTP endpoints. The conversion talks to it with the ordinary client, so converting
+in-process and through a served model give byte-identical files, and resume, the report and the
+exit codes are the same code.
+
+Only the named model is loaded (a temporary repository of links), so converting with one model of
+a large repository does not load the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixforge.repository import latest_versions, scan_repository
+
+from .config import build_config, config_keys
+from .errors import ConfigError
+from .server import ServerHandle, serve
+
+
+@dataclass
+class LocalServer:
+    """A running private server; ``address`` and ``token`` are for the client. Close it when done."""
+
+    handle: ServerHandle
+    token: str
+    workdir: Path
+
+    @property
+    def address(self) -> str:
+        return self.handle.address
+
+    def close(self) -> None:
+        """Stop the server (in-flight work is cancelled) and remove the temporary repository."""
+        try:
+            self.handle.stop(0)
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def available_models(repository: Path) -> list[str]:
+    """Names of the models in a repository folder (any version present)."""
+    return sorted(latest_versions(scan_repository(repository)))
+
+
+def start_local_server(repository: str | Path, model: str, *, log_level: str = "ERROR") -> LocalServer:
+    """Load ``model`` from ``repository`` into a private server and wait until it is ready.
+
+    Args:
+        repository: a model repository folder (``<name>/<version>/model.onnx``).
+        model: the model to serve.
+        log_level: level of the server's own log lines (to stderr); the conversion reports each
+            failed file itself, so the default keeps the server's per-request warnings out.
+
+    Raises:
+        ConfigError: the folder is not a repository or has no such model (the message lists the
+            models it has), or the model failed to load (the message says why).
+    """
+    repo = Path(repository)
+    if not repo.is_dir():
+        raise ConfigError(f"--models {repo} is not a folder")
+    names = available_models(repo)
+    if model not in names:
+        have = ", ".join(names) if names else "none"
+        raise ConfigError(f"model {model!r} is not in {repo} (it has: {have})")
+    logging.getLogger("pixforge.service").setLevel(log_level)
+    workdir = Path(tempfile.mkdtemp(prefix="pixforge-convert-"))
+    try:
+        private = workdir / "models"
+        private.mkdir()
+        (private / model).symlink_to((repo / model).resolve(), target_is_directory=True)
+        token = secrets.token_urlsafe(24)
+        values = {
+            "models": str(private),
+            "host": "127.0.0.1",
+            "port": 0,
+            "metrics_port": 0,
+            "auth.token": token,
+            "log_level": log_level,
+            "grace_seconds": 0,
+        }
+        if "http_port" in config_keys():
+            values["http_port"] = 0
+        handle = serve(build_config(values, source="convert --models"))
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    local = LocalServer(handle, token, workdir)
+    row = handle.registry.describe(model)
+    if row.contract is None:
+        local.close()
+        raise ConfigError(f"model {model!r} in {repo} failed to load: {row.error or row.state.value}")
+    return local
