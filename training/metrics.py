@@ -130,6 +130,45 @@ def colorfulness(img: np.ndarray) -> float:
     return float(math.sqrt(rg.std() ** 2 + yb.std() ** 2) + 0.3 * math.sqrt(rg.mean() ** 2 + yb.mean() ** 2))
 
 
+CHECKERBOARD_PERIODS = (2, 4)  # pixels: the grids a stride-2 (and two stacked) transposed convolution leaves
+
+
+def checkerboard_db(img: np.ndarray, periods: tuple[int, ...] = CHECKERBOARD_PERIODS) -> float:
+    """Spectral energy at the 2- and 4-pixel periods of the luma, against its neighbourhood, in dB.
+
+    Transposed convolutions with stride 2 print a faint grid on their outputs: sharp peaks in the
+    power spectrum at the frequencies 1/2 and 1/4 cycles per pixel (horizontally, vertically and
+    diagonally). For each such peak the energy of its bin is compared with the mean energy of the
+    bins two steps around it (a photo's spectrum is smooth there), and the mean ratio is returned
+    in dB: about 0 dB for real photos, several dB for a visible checkerboard. The image is
+    cropped to a multiple of 4 and Hann-windowed so its borders do not leak into the peaks.
+
+    Raises:
+        MetricError: not an (H, W, 3) image of at least 16x16 pixels.
+    """
+    y = rgb_to_y(img)
+    h, w = (y.shape[0] // 4) * 4, (y.shape[1] // 4) * 4
+    if h < 16 or w < 16:
+        raise MetricError(f"checkerboard_db needs at least 16x16 pixels, got {img.shape}")
+    y = y[:h, :w] - y[:h, :w].mean()
+    y = y * np.outer(np.hanning(h), np.hanning(w))
+    power = np.abs(np.fft.fft2(y)) ** 2 + 1e-12
+    ratios = []
+    for p in periods:
+        fy, fx = h // p, w // p
+        for ky, kx in ((0, fx), (fy, 0), (fy, fx)):
+            ring = [
+                power[(ky + dy) % h, (kx + dx) % w]
+                for dy in (-2, 0, 2)
+                for dx in (-2, 0, 2)
+                if (dy, dx) != (0, 0)
+            ]
+            ratios.append(power[ky % h, kx % w] / float(np.mean(ring)))
+    # Averaged before the log: one periodogram bin of noise is exponentially distributed, so the
+    # mean ratio is 1 (0 dB) for a smooth spectrum, while the mean of log ratios would sit at -2.5 dB.
+    return float(10.0 * math.log10(np.mean(ratios)))
+
+
 def color_histogram(images: list[np.ndarray], bins: int = 32) -> np.ndarray:
     """Pooled, normalised per-channel histograms of uint8 RGB images: shape (3, bins), rows sum to 1."""
     if not images:

@@ -101,3 +101,22 @@ def test_fid_without_torchvision_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision.models", None)
     with pytest.raises(M.MetricError, match="torchvision"):
         M.FIDScorer(weights)
+
+
+def test_checkerboard_db_is_near_zero_for_smooth_images_and_high_for_a_grid():
+    from pixforge.training.metrics import checkerboard_db
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:128, 0:128].astype(np.float64)
+    photo = 120 + 60 * np.sin(x / 9.0) * np.cos(y / 13.0) + rng.normal(0, 4, (128, 128))
+    photo = np.clip(np.dstack([photo, photo * 0.9, photo * 0.8]), 0, 255)
+    clean = checkerboard_db(photo)
+    # the grid a stride-2 transposed convolution leaves: +-3 grey levels every other pixel
+    grid = ((x.astype(int) % 2) ^ (y.astype(int) % 2)) * 6.0 - 3.0
+    gridded = checkerboard_db(np.clip(photo + grid[..., None], 0, 255))
+    assert abs(clean) < 3.0
+    assert gridded > clean + 10.0
+    from pixforge.training.metrics import MetricError
+
+    with pytest.raises(MetricError):
+        checkerboard_db(np.zeros((8, 8, 3)))

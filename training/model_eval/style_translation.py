@@ -9,6 +9,9 @@ high. On the held-out source images:
 - transfer rate: share of translated images the classifier assigns to the target domain, next to
   the untranslated baseline (share of the raw source images it already assigns there);
 - content PSNR: output vs input (RGB); a low value means the image was destroyed, not restyled;
+- checkerboard: spectral energy at the 2- and 4-pixel periods of the output's luma against its
+  neighbourhood (dB; `pixforge.training.metrics.checkerboard_db`), next to the same figure for the
+  real input photos: the grid transposed convolutions leave shows as a gap between the two;
 - with `--reverse-model`: cycle PSNR (source -> target -> source vs source) and the reverse
   direction's transfer rate, content PSNR and cycle PSNR on the held-out target images.
 
@@ -23,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from pixforge.training.data.files import evenly_spaced
-from pixforge.training.metrics import psnr
+from pixforge.training.metrics import checkerboard_db, psnr
 
 from .domain_classifier import SIZE, DomainClassifier
 from .errors import EvalError
@@ -33,12 +36,22 @@ from .runner import Runner
 
 MAX_CLASSIFIER_IMAGES = 400  # per domain, for training and for measuring accuracy
 MIN_ACCURACY = 0.75  # below this balanced accuracy the transfer rates get a warning
-KEYS = ("transfer_rate", "baseline_rate", "content_psnr", "cycle_psnr")
+KEYS = (
+    "transfer_rate",
+    "baseline_rate",
+    "content_psnr",
+    "cycle_psnr",
+    "checkerboard_db",
+    "checkerboard_db_input",
+)
 COLUMNS = [
     Column("transfer rate", ("transfer_rate",), "{:.1%}"),
     Column("untranslated baseline", ("baseline_rate",), "{:.1%}"),
     Column("content PSNR (dB)", ("content_psnr",), "{:.2f}"),
     Column("cycle PSNR (dB)", ("cycle_psnr",), "{:.2f}"),
+    Column(
+        "checkerboard output / input (dB)", ("checkerboard_db", "checkerboard_db_input"), "{:.2f} / {:.2f}"
+    ),
 ]
 
 
@@ -128,6 +141,10 @@ def _direction(
         }
         if fake.shape == real.shape:
             record["content_psnr"] = psnr(fake, real)
+        if min(real.shape[:2]) >= 16 and real.ndim == 3 and real.shape[2] == 3:
+            record["checkerboard_db_input"] = checkerboard_db(real)
+        if min(fake.shape[:2]) >= 16 and fake.ndim == 3 and fake.shape[2] == 3:
+            record["checkerboard_db"] = checkerboard_db(fake)
         row = [real, fake]
         if backward is not None:
             rec = backward(fake)
