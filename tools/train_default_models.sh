@@ -22,13 +22,15 @@ pixforge train training/configs/super_resolution_x4.yaml --data "$data/sr" --out
 pixforge export "$(tail -n 1 /tmp/sr_x4.log | sed 's/^checkpoint: //')" --name sr-x4 --repo "$repo" --tile-size 512 \
   --description "x4 super-resolution (LR-space residual net, L1), CPU-trained default model"
 
-# Colourisation (Lab, L -> ab), L1 phase only.
+# Colourisation (Lab, L -> ab): no-norm U-Net, Huber, native-resolution crops, sr/train only.
+# The shipped run went in two phases (1200 steps, then resumed to 5000; the cosine schedule
+# restarts from its value at step 1200 of 5000), reproduced here.
 pixforge train training/configs/colorization.yaml --data "$data/sr" --out runs/colorization \
-  --max-steps 4000 --set train.pretrain_steps=4000 --set train.steps=4000 --set train.num_workers=1 \
-  --set train.val_every=2000 --set train.checkpoint_every=1000 | tee /tmp/colorization.log
+  --set train.steps=1200 --set train.pretrain_steps=1200 --set train.val_every=600 | tee /tmp/colorization.log
+pixforge train training/configs/colorization.yaml --data "$data/sr" --out runs/colorization --resume \
+  --set train.steps=5000 --set train.pretrain_steps=5000 | tee /tmp/colorization.log
 pixforge export "$(tail -n 1 /tmp/colorization.log | sed 's/^checkpoint: //')" --name colorization --repo "$repo" --fp16 \
-  --description "colourisation (U-Net, Lab L->ab, L1), CPU-trained default model"
-
+  --description "colourisation (U-Net without normalisation, Lab L->ab, Huber, native-resolution crops), CPU-trained default model"
 
 # Super-resolution x4, GAN (NoGAN style): the sr_x4 run's state at step 10000 continued for 2000
 # adversarial steps (L1 + 0.1 LSGAN, PatchGAN, lr 1e-4, 16x16 LR crops), then blended 0.8 toward
