@@ -1,4 +1,4 @@
-"""Package layout: the design card's top-level folders are installed under `pixforge.*`.
+"""Package layout: the repository's top-level folders are installed under `pixforge.*`.
 
 `service/` -> `pixforge.service`, `training/` -> `pixforge.training`, `clients/` -> `pixforge.clients`,
 `bench/` -> `pixforge.bench`,

@@ -7,6 +7,9 @@ when present), ``serving`` (the real gRPC server under concurrent clients vs the
 past the server's capacity). Each writes ``DIR/bench/<suite>.json``; the report is
 rebuilt from every JSON present, so suites can be run separately. These are scripts, not tests:
 nothing here asserts a timing.
+
+Folder -> import name: `bench/` is installed as `pixforge.bench` (setup.py); its modules import
+each other relatively and everything else as `pixforge.x` (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pixforge.errors import PixforgeError
+
 from .stats import parse_int_list, parse_name_list, progress
 
 SUITES = ("engine", "serving", "batching", "tiling", "training", "overload")
 
 
-class BenchError(RuntimeError):
+class BenchError(PixforgeError, RuntimeError):
     """A benchmark cannot run (missing dependency, bad flag); the message says what to do."""
 
 

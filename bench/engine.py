@@ -82,6 +82,7 @@ def _resolve(settings) -> dict:
 def _gpu_state() -> tuple[bool, bool, bool, str]:
     """(torch CUDA usable, ORT CUDA usable, ORT TensorRT usable, note)."""
     import torch
+
     from pixforge.service.engine import probe_gpu
 
     gpu = probe_gpu()

@@ -147,6 +147,7 @@ def torch_threads() -> dict:
 def providers() -> dict:
     """onnxruntime's compiled-in providers and which GPU ones can really run here."""
     import onnxruntime as ort
+
     from pixforge.service.engine import probe_gpu
 
     gpu = probe_gpu()
@@ -179,12 +180,3 @@ def environment() -> dict:
             **torch_threads(),
         },
     }
-
-
-def has_module(name: str) -> bool:
-    """Whether ``name`` imports (without keeping a failed half-import around)."""
-    try:
-        importlib.import_module(name)
-    except ImportError:
-        return False
-    return True

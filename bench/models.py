@@ -22,16 +22,16 @@ from pathlib import Path
 
 import onnx
 import torch
+from torch import nn
+
 from pixforge.training.config import load_config
 from pixforge.training.export import (
     ExportConfig,
-    build_export_module,
     export_generator,
     to_inference_semantics,
 )
 from pixforge.training.export.onnx_build import optimize_offline
 from pixforge.training.registry import GeneratorConfig, build_generator, generator_preset
-from torch import nn
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "training" / "configs"
 OPSET = 17
@@ -138,12 +138,6 @@ def build(spec: ModelSpec, seed: int = 0) -> nn.Module:
 def inference_module(generator: nn.Module) -> nn.Module:
     """The float NCHW network in pixforge's inference semantics (what the served graph contains)."""
     module, _ = to_inference_semantics(generator)
-    return module
-
-
-def uint8_module(generator: nn.Module) -> nn.Module:
-    """The exact module the exporter turns into the served graph (uint8 NHWC in and out)."""
-    module, _ = build_export_module(generator, "rgb")
     return module
 
 

@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pixforge.errors import PixforgeError
+
 FORMAT = "pixforge.bench/1"
 SUITE_ORDER = ("engine", "serving", "batching", "tiling", "training")
 REPORT_FILE = "benchmarks.md"
@@ -25,7 +27,7 @@ QUIET_FOREIGN_FRACTION = 0.05  # other processes may use 5 % of the CPUs and the
 QUICK_FLAG = ", **quick smoke run: tiny models and iterations, not representative**"
 
 
-class ReportError(RuntimeError):
+class ReportError(PixforgeError, RuntimeError):
     """The report cannot be written (e.g. matplotlib is missing); the message says what to do."""
 
 

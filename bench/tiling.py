@@ -49,9 +49,8 @@ def run_suite(settings) -> SuiteRecord:
     Returns:
         The suite record: time and memory per size, the flatness goal and two plots.
     """
-    from pixforge.service.tiling import plan_tiles
-
     from pixforge.contract import load_contract
+    from pixforge.service.tiling import plan_tiles
 
     cfg = _resolve(settings)
     record = SuiteRecord(

@@ -3,7 +3,7 @@
 Each case runs :func:`pixforge.training.loop.train` (the same function `pixforge train` calls)
 for a few steps on a synthetic dataset written to a temporary folder, with validation, samples
 and intermediate checkpoints switched off, and reads the per-step ``img_per_s`` the loop writes to
-``stats.jsonl`` (conventions: benchmarks read the JSONL files, not stdout). The first steps are
+``stats.jsonl`` (benchmarks read the JSONL files, not stdout, whose wording may change). The first steps are
 warm-up and left out. Data loading runs in the main process (``num_workers`` 0), so the figure
 includes decoding and augmentation, as a 1-process run does.
 

@@ -1,58 +1,32 @@
-"""Python client library and the batch-conversion CLI (torch-free).
+"""The client library's implementation and the batch-conversion CLI (torch-free).
 
-Public API (also importable as `pixforge.client`):
+Folder -> import name: `clients/` is installed as `pixforge.clients` (setup.py); its modules import
+each other relatively and everything else as `pixforge.x` (docs/architecture.md).
 
-* `Client` (sync) and `AsyncClient` (asyncio): translate, translate_many, list_models,
-  get_model, health.
-* `ClientConfig`, `RetryPolicy`: connection, deadline, retry and load-balancing settings.
-* `TranslateResult`, `ModelInfo`: what the calls return.
-* `ClientError` and its subclasses: typed failures carrying the gRPC status code and the
-  server's message.
+Users import the library from `pixforge.client` (Client, AsyncClient, ClientConfig, the errors):
+that is its one public path. The CLI commands live in `convert` (`pixforge convert`) and `health`
+(`pixforge health`).
 
-The CLI commands live in `convert` (`pixforge convert`) and `health` (`pixforge health`).
+`from pixforge.clients import Client` (the public names straight from this package) still works
+but is deprecated: it warns and forwards to `pixforge.client`.
 """
 
-from .aio import AsyncClient
-from .client import Client
-from .config import ClientConfig, ClientConfigError
-from .errors import (
-    CancelledError,
-    ClientError,
-    DeadlineExceededError,
-    FailedPreconditionError,
-    InternalError,
-    InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
-    UnauthenticatedError,
-    UnavailableError,
-)
-from .images import ImageInputError
-from .retry import NO_RETRY, RetryPolicy
-from .targets import TargetError
-from .types import ModelInfo, TranslateResult
+from __future__ import annotations
 
-__all__ = [
-    "Client",
-    "AsyncClient",
-    "ClientConfig",
-    "ClientConfigError",
-    "RetryPolicy",
-    "NO_RETRY",
-    "ModelInfo",
-    "TranslateResult",
-    "ClientError",
-    "CancelledError",
-    "DeadlineExceededError",
-    "FailedPreconditionError",
-    "InternalError",
-    "InvalidArgumentError",
-    "NotFoundError",
-    "PermissionDeniedError",
-    "ResourceExhaustedError",
-    "UnauthenticatedError",
-    "UnavailableError",
-    "ImageInputError",
-    "TargetError",
-]
+import warnings
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    # Only the public names of pixforge.client are forwarded: anything else (a submodule such as
+    # `convert` during `from pixforge.clients import convert`) must raise AttributeError.
+    from pixforge import client
+
+    if name not in client.__all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"pixforge.clients.{name} is deprecated: import it from pixforge.client",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(client, name)

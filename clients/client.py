@@ -16,7 +16,7 @@ generated stubs and the shared codec are used: no torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 
 import grpc
 import numpy as np
@@ -63,14 +63,6 @@ class Client:
         self._stub = pb_grpc.ImageTranslationStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = self.config.metadata()
-
-    @classmethod
-    def from_config(cls, config: ClientConfig) -> Client:
-        """Build a client from a ready ClientConfig."""
-        fields = {
-            k: getattr(config, k) for k in config.__dataclass_fields__ if k not in ("target", "token", "tls")
-        }
-        return cls(config.target, config.token, config.tls, **fields)
 
     @property
     def target(self) -> str:
@@ -182,7 +174,7 @@ class Client:
         tile_overlap: int = 0,
         render_size: int = 0,
         timeout: float | None = None,
-    ) -> Iterator[TranslateResult]:
+    ) -> Generator[TranslateResult, None, None]:
         """Translate many images over TranslateStream calls, lazily, with a bounded window.
 
         Failures do not stop the batch: each item yields a TranslateResult whose `.error` says
@@ -202,8 +194,8 @@ class Client:
             timeout: per-item deadline budget in seconds (default config.timeout).
 
         Returns:
-            An iterator of TranslateResult, one per input item. Breaking out of the loop
-            cancels the remaining work.
+            A generator of TranslateResult, one per input item. Breaking out of the loop (or
+            calling its close()) cancels the remaining work.
 
         Raises:
             InvalidArgumentError: bad options (before any traffic). Exceptions raised by the

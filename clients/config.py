@@ -103,7 +103,7 @@ class ClientConfig:
 def make_config(
     target: str | Sequence[str],
     token: str | None = None,
-    tls: bool | str | os.PathLike = False,
+    tls: bool | str | os.PathLike[str] = False,
     **kwargs,
 ) -> ClientConfig:
     """Build a ClientConfig from the constructor arguments of Client / AsyncClient.
@@ -111,11 +111,10 @@ def make_config(
     Raises:
         ClientConfigError: an invalid setting (the message names it).
     """
-    if isinstance(tls, os.PathLike):
-        tls = os.fspath(tls)
+    tls_setting = os.fspath(tls) if isinstance(tls, os.PathLike) else tls
     if not isinstance(target, str):
         target = tuple(target)
     try:
-        return ClientConfig(target=target, token=token, tls=tls, **kwargs)
+        return ClientConfig(target=target, token=token, tls=tls_setting, **kwargs)
     except TypeError as exc:
         raise ClientConfigError(str(exc)) from None

@@ -38,6 +38,8 @@ from typing import IO
 import grpc
 from tqdm import tqdm
 
+from pixforge.errors import PixforgeError, UsageError
+
 from .client import Client
 from .config import ClientConfigError
 from .errors import ClientError
@@ -65,12 +67,8 @@ def convert_retry(retry_seconds: float) -> RetryPolicy:
     return RetryPolicy(max_attempts=6, initial_backoff=0.5, max_backoff=8.0, retry_seconds=retry_seconds)
 
 
-class RunStopped(Exception):
+class RunStopped(PixforgeError):
     """A failure of the run, not of one file (e.g. the output disk is full): one line, exit 2."""
-
-
-class UsageError(Exception):
-    """Bad command-line input: printed as one line, exit 2."""
 
 
 @dataclass(frozen=True)
@@ -493,7 +491,7 @@ def convert(client: Client, opts: ConvertOptions) -> int:
         print("interrupted: " + tally.summary() + " (re-run to resume)", file=sys.stderr)
         raise
     finally:
-        results.close()  # type: ignore[attr-defined]  (cancels in-flight work on break)
+        results.close()  # cancels in-flight work on break
     tally.close()
     print(tally.summary())
     if stopped is not None:
@@ -522,7 +520,7 @@ def run(args) -> int:
     if opts.dry_run:
         return dry_run(opts)
     if opts.models_dir:
-        return _run_in_process(opts)
+        return _run_in_process(opts, opts.models_dir)
     try:
         client = Client(
             opts.server,
@@ -544,18 +542,18 @@ def _where(opts: ConvertOptions) -> str:
     return f"the in-process server ({opts.models_dir})" if opts.models_dir else f"server {opts.server}"
 
 
-def _run_in_process(opts: ConvertOptions) -> int:
+def _run_in_process(opts: ConvertOptions, models_dir: str) -> int:
     """``--models DIR``: the server's pipeline in this process (needs the server extra)."""
     try:
-        from pixforge.service.errors import ConfigError
+        from pixforge.service.errors import ServerConfigError
         from pixforge.service.local import start_local_server
     except ModuleNotFoundError as exc:
         return _error(
             f"--models needs the server extra ({exc.name} is missing): pip install 'pixforge[server]'"
         )
     try:
-        local = start_local_server(opts.models_dir, opts.model)
-    except ConfigError as exc:
+        local = start_local_server(models_dir, opts.model)
+    except ServerConfigError as exc:
         return _error(str(exc))
     with local:
         client = Client(local.address, token=local.token, timeout=opts.timeout, retry=convert_retry(0.0))

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,7 +174,7 @@ class StreamBatch:
 
     # ------------------------------------------------------------------ caller side
 
-    def __iter__(self) -> Iterator[TranslateResult]:
+    def __iter__(self) -> Generator[TranslateResult, None, None]:
         workers = [
             threading.Thread(target=self._worker, name=f"pixforge-stream-{i}", daemon=True)
             for i in range(self._streams)

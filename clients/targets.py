@@ -62,13 +62,14 @@ def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise TargetError(f"cannot resolve server host {host!r}: {exc.strerror}") from None
-    addrs = []
+    addrs: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     for _family, _type, _proto, _name, sockaddr in infos:
-        addr = ipaddress.ip_address(sockaddr[0].split("%")[0])
+        # IPv4/IPv6 socket addresses start with the host string (IPv6 may carry a "%scope").
+        addr = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
         if addr not in addrs:
             addrs.append(addr)
     # A name with both families (localhost): prefer IPv4 so a list stays single-family.
-    v4 = [a for a in addrs if a.version == 4]
+    v4: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [a for a in addrs if a.version == 4]
     return v4[:1] or addrs[:1]
 
 

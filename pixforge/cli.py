@@ -2,7 +2,7 @@
 
 Argument parsing lives here so `pixforge --help` is fast and imports nothing heavy; each
 subcommand's implementation is imported only when it runs (training and export import torch,
-serving and converting never do). Flag names given in the issues are fixed: scripts outside this
+serving and converting never do). Flag names are a public interface: scripts outside this
 repository call them.
 """
 
@@ -389,10 +389,6 @@ def _main(argv: list[str] | None) -> int:
         message = missing_extra(args.command, exc)
         if message is not None:
             print(message, file=sys.stderr)
-            return 2
-        if exc.name == module_name:
-            # The subcommand is part of the CLI surface, but this release does not ship it yet.
-            print(f"pixforge {args.command}: not available in pixforge {__version__} yet", file=sys.stderr)
             return 2
         raise
     except KeyboardInterrupt:

@@ -621,12 +621,12 @@ def _to_uint8(strip: np.ndarray) -> np.ndarray:
         t //= 257
         return t.astype(np.uint8)
     # float TIFFs and the like: assume [0, 1] like most tools do.
-    t = strip.astype(np.float32)
-    np.nan_to_num(t, copy=False)
-    t *= 255.0
-    t += 0.5
-    np.clip(t, 0, 255, out=t)
-    return t.astype(np.uint8)
+    f = strip.astype(np.float32)
+    np.nan_to_num(f, copy=False)
+    f *= 255.0
+    f += 0.5
+    np.clip(f, 0, 255, out=f)
+    return f.astype(np.uint8)
 
 
 def _convert(raw: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -670,7 +670,7 @@ def _tiff_unassociated_alpha(data: bytes) -> bool:
         extra = _tiff_entries(data, {_TIFF_EXTRA_SAMPLES}).get(_TIFF_EXTRA_SAMPLES)
     except ImageDecodeError:
         return False
-    return bool(extra) and extra[0][0] == 2
+    return bool(extra and extra[0][0] == 2)
 
 
 def _unpremultiply(pixels: np.ndarray, alpha: np.ndarray) -> None:
@@ -719,7 +719,7 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     *,
     max_bytes: int | None = None,
-    check: Callable[[ImageInfo], None] | None = None,
+    check: Callable[[ImageInfo], object] | None = None,
 ) -> DecodedImage:
     """Decode an encoded image into uint8 pixels (+ alpha kept aside).
 
@@ -826,6 +826,7 @@ def encode_image(
     quality = int(quality or DEFAULT_QUALITY)
     if not 1 <= quality <= 100:
         raise ImageEncodeError(f"quality must be within 1..100, got {quality}")
+    bgr: np.ndarray
     if alpha is not None and fmt != "jpeg":
         if alpha.shape != pixels.shape[:2]:
             raise ImageEncodeError(f"alpha shape {alpha.shape} does not match image {pixels.shape[:2]}")

@@ -1,6 +1,12 @@
-"""Typed errors shared by the codec, the model contract, the server and the clients.
+"""Typed errors shared by the codec, the model contract, the settings, the server and the clients.
 
 Each carries a human message; the server maps them to gRPC status codes in one place.
+
+Every exception pixforge raises on purpose derives from :class:`PixforgeError` (the serving core's
+from ``pixforge.service.errors.ServiceError``, the clients' from ``pixforge.clients.ClientError``,
+training's and the benchmarks' directly), so ``except PixforgeError`` catches exactly the failures
+pixforge describes itself; a class that also means "bad value" or "failed operation" additionally
+derives from ValueError or RuntimeError. tests/shared/test_shared_errors.py checks every module.
 """
 
 
@@ -22,3 +28,24 @@ class ImageEncodeError(PixforgeError):
 
 class ContractError(PixforgeError):
     """An ONNX model breaks docs/model-contract.md."""
+
+
+class SettingsError(PixforgeError, ValueError):
+    """A setting is unknown, has the wrong type or an invalid value (raised by pixforge.settings).
+
+    Also a ValueError, so code that validates plain data with ``except ValueError`` still sees it.
+
+    Attributes:
+        key: the dotted setting at fault (``train.lr_g``, ``batching.max_batch_size``); the message
+            starts with it.
+        reason: the message without the key.
+    """
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}" if key else reason)
+        self.key = key
+        self.reason = reason
+
+
+class UsageError(PixforgeError):
+    """A command was called wrongly (a bad flag value, a missing input); the CLI prints it and exits 2."""

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -65,10 +65,8 @@ class BatcherStats:
     items: int = 0  # arrays processed
     cancelled: int = 0  # queued arrays dropped because their future was cancelled
     oom_splits: int = 0  # batches split in two after an out-of-memory error
-    batch_sizes: collections.Counter = None  # batch size -> number of calls
-
-    def __post_init__(self):
-        self.batch_sizes = collections.Counter()
+    # batch size -> number of calls
+    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
 class _Item:
@@ -82,6 +80,7 @@ class _Item:
         # Statistics runs batch only with tiles of the same per-layer modes (one graph input), and
         # a run whose statistics are pooled over its batch (mode 2) only with itself: pooling two
         # requests' images together would mix their statistics.
+        group: tuple[str, int] | bytes | None
         if feed is None:
             group = None
         elif bool((feed.modes > 1.5).any()):
@@ -196,8 +195,8 @@ class Batcher:
         """
         if feeds is not None and self._run_norm is None:
             raise ValueError(f"model {self.name} takes no normalisation statistics")
-        feeds = list(feeds) if feeds is not None else [None] * len(arrays)
-        items = [_Item(np.ascontiguousarray(a), f) for a, f in zip(arrays, feeds, strict=True)]
+        item_feeds: list[TileFeed | None] = list(feeds) if feeds is not None else [None] * len(arrays)
+        items = [_Item(np.ascontiguousarray(a), f) for a, f in zip(arrays, item_feeds, strict=True)]
         with self._cond:
             if self._closed:
                 raise ShuttingDownError(f"model {self.name} is shutting down")
@@ -243,7 +242,8 @@ class Batcher:
                 if same >= self.max_batch_size or remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            batch, rest = [], collections.deque()
+            batch: list[_Item] = []
+            rest: collections.deque[_Item] = collections.deque()
             for it in self._queue:
                 if it.key == first.key and len(batch) < self.max_batch_size:
                     batch.append(it)
@@ -278,8 +278,12 @@ class Batcher:
                 if feed is None:
                     out = self._run(batch)
                 else:
-                    stats = np.stack([it.feed.stats for it in items])
-                    cores = np.stack([it.feed.core for it in items])
+                    # submit() queues feeds only with run_norm, and a batch shares one key (feed
+                    # modes included), so every item of this batch has a feed.
+                    feeds = [it.feed for it in items if it.feed is not None]
+                    assert self._run_norm is not None and len(feeds) == len(items)
+                    stats = np.stack([f.stats for f in feeds])
+                    cores = np.stack([f.core for f in feeds])
                     out, sums = self._run_norm(batch, feed.modes, stats, cores)
             finally:
                 self._last_run_end = time.perf_counter()

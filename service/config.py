@@ -9,6 +9,10 @@ Keys are addressed by dotted paths (``batching.max_batch_size``). Environment va
 ``PIXFORGE_PORT``); ``PIXFORGE_TOKEN`` and ``PIXFORGE_TOKEN_FILE`` are short aliases of
 ``auth.token`` / ``auth.token_file``. Unknown ``PIXFORGE_*`` variables are ignored (other pixforge
 tools use their own); unknown YAML keys are an error.
+
+Values are converted to each field's type by :mod:`pixforge.settings`, the same rules as the
+training config's: booleans accept ``true/false``, ``yes/no``, ``on/off`` and ``1/0`` (any case),
+lists and ``pins`` may be comma-separated text (``cuda,cpu``, ``sr=2,colorize=1``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from pixforge.errors import SettingsError
+from pixforge.settings import build, suggest
+
+from .errors import ServerConfigError
 
 PROVIDERS = ("tensorrt", "cuda", "cpu")
 CUDNN_SEARCH = ("HEURISTIC", "EXHAUSTIVE")
@@ -322,7 +329,7 @@ _RESOLVED_ONLY = {"auth.tokens"}  # computed, never set by the user
 
 def _section_classes() -> dict[str, type]:
     hints = typing.get_type_hints(ServiceConfig)
-    return {name: t for name, t in hints.items() if dataclasses.is_dataclass(t)}
+    return {name: t for name, t in hints.items() if isinstance(t, type) and dataclasses.is_dataclass(t)}
 
 
 def config_keys() -> dict[str, str]:
@@ -352,62 +359,6 @@ def env_name(key: str) -> str:
     return "PIXFORGE_" + key.replace(".", "_").upper()
 
 
-def _field_type(key: str) -> Any:
-    sections = _section_classes()
-    if "." in key:
-        section, name = key.split(".", 1)
-        return typing.get_type_hints(sections[section])[name]
-    return typing.get_type_hints(ServiceConfig)[key]
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Convert a YAML/env/flag value to the field's type, or raise ConfigError naming the key."""
-    typ = _field_type(key)
-    origin = typing.get_origin(typ)
-    try:
-        if typ is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in _TRUE:
-                return True
-            if text in _FALSE:
-                return False
-            raise ValueError(f"expected true/false, got {value!r}")
-        if typ is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(f"expected an integer, got {value!r}")
-            return int(value)
-        if typ is float:
-            if isinstance(value, bool):
-                raise ValueError(f"expected a number, got {value!r}")
-            return float(value)
-        if typ is str:
-            if isinstance(value, (dict, list)):
-                raise ValueError(f"expected a string, got {type(value).__name__}")
-            return "" if value is None else str(value)
-        if origin is tuple:
-            if isinstance(value, str):
-                value = [v for v in (p.strip() for p in value.split(",")) if v]
-            if not isinstance(value, (list, tuple)):
-                raise ValueError(f"expected a list, got {value!r}")
-            return tuple(str(v).strip().lower() if key == "engine.providers" else str(v) for v in value)
-        if origin in (Mapping, dict) or typ is Mapping:
-            if isinstance(value, str):
-                pairs = [p.strip() for p in value.split(",") if p.strip()]
-                value = dict(p.split("=", 1) for p in pairs)
-            if not isinstance(value, Mapping):
-                raise ValueError(f"expected a mapping name: version, got {value!r}")
-            return {str(k): int(v) for k, v in value.items()}
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: bad value for {key!r}: {exc}") from None
-    raise ConfigError(f"{source}: cannot set {key!r}")  # a section name given a scalar
-
-
 def _flatten_yaml(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     sections = _section_classes()
     valid = config_keys()
@@ -417,17 +368,23 @@ def _flatten_yaml(data: Mapping[str, Any], source: str) -> dict[str, Any]:
             if value is None:
                 continue
             if not isinstance(value, Mapping):
-                raise ConfigError(f"{source}: {name!r} must be a mapping of its keys, got {value!r}")
+                raise ServerConfigError(f"{source}: {name!r} must be a mapping of its keys, got {value!r}")
             for sub, sub_value in value.items():
                 key = f"{name}.{sub}"
                 if key not in valid:
-                    options = ", ".join(k.split(".", 1)[1] for k in valid if k.startswith(name + "."))
-                    raise ConfigError(f"{source}: unknown key {key!r} (valid {name} keys: {options})")
+                    options = [k.split(".", 1)[1] for k in valid if k.startswith(name + ".")]
+                    raise ServerConfigError(
+                        f"{source}: unknown key {key!r}{suggest(sub, options)} "
+                        f"(valid {name} keys: {', '.join(options)})"
+                    )
                 flat[key] = sub_value
         elif name in valid:
             flat[name] = value
         else:
-            raise ConfigError(f"{source}: unknown key {name!r} (valid top-level keys: {', '.join(SECTIONS)})")
+            raise ServerConfigError(
+                f"{source}: unknown key {name!r}{suggest(name, SECTIONS)} "
+                f"(valid top-level keys: {', '.join(SECTIONS)})"
+            )
     return flat
 
 
@@ -435,19 +392,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a server YAML file into flat ``{dotted key: raw value}``.
 
     Raises:
-        ConfigError: missing/unreadable file, bad YAML or an unknown key.
+        ServerConfigError: missing/unreadable file, bad YAML or an unknown key.
     """
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot read server config {path}: {exc.strerror or exc}") from None
+        raise ServerConfigError(f"cannot read server config {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"server config {path} is not valid YAML: {exc}") from None
+        raise ServerConfigError(f"server config {path} is not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"server config {path} must be a mapping of keys, got {type(data).__name__}")
+        raise ServerConfigError(f"server config {path} must be a mapping of keys, got {type(data).__name__}")
     return _flatten_yaml(data, str(path))
 
 
@@ -464,10 +421,12 @@ def _read_tokens(token: str, token_file: str) -> tuple[str, ...]:
         try:
             lines = Path(token_file).read_text(encoding="utf-8").splitlines()
         except OSError as exc:
-            raise ConfigError(f"auth.token_file: cannot read {token_file}: {exc.strerror or exc}") from None
+            raise ServerConfigError(
+                f"auth.token_file: cannot read {token_file}: {exc.strerror or exc}"
+            ) from None
         file_tokens = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
         if not file_tokens:
-            raise ConfigError(f"auth.token_file: {token_file} holds no token")
+            raise ServerConfigError(f"auth.token_file: {token_file} holds no token")
         tokens += file_tokens
     return tuple(dict.fromkeys(tokens))
 
@@ -476,40 +435,39 @@ def build_config(values: Mapping[str, Any], source: str = "config") -> ServiceCo
     """Build and validate a ServiceConfig from flat ``{dotted key: value}`` (unset keys keep defaults).
 
     Raises:
-        ConfigError: an unknown key, a badly typed value or a failed check; the message names the key.
+        ServerConfigError: an unknown key, a badly typed value or a failed check; the message names the key.
     """
     valid = config_keys()
-    sections = _section_classes()
-    top: dict[str, Any] = {}
-    per_section: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    nested: dict[str, Any] = {}
     for key, raw in values.items():
         if key not in valid:
-            raise ConfigError(f"{source}: unknown key {key!r}")
-        value = _coerce(key, raw, source)
+            raise ServerConfigError(f"{source}: unknown key {key!r}{suggest(key, valid)}")
         if "." in key:
             section, name = key.split(".", 1)
-            per_section[section][name] = value
+            nested.setdefault(section, {})[name] = raw
         else:
-            top[key] = value
-    auth = per_section["auth"]
-    auth["tokens"] = _read_tokens(auth.get("token", ""), auth.get("token_file", ""))
-    for name, cls in sections.items():
-        top[name] = cls(**per_section[name])
-    cfg = ServiceConfig(**top)
+            nested[key] = raw
+    try:
+        cfg = build(ServiceConfig, nested)
+    except SettingsError as exc:
+        raise ServerConfigError(f"{source}: bad value for {exc.key!r}: {exc.reason}") from None
+    engine = dataclasses.replace(cfg.engine, providers=tuple(p.strip().lower() for p in cfg.engine.providers))
+    auth = dataclasses.replace(cfg.auth, tokens=_read_tokens(cfg.auth.token, cfg.auth.token_file))
+    cfg = dataclasses.replace(cfg, engine=engine, auth=auth)
     validate(cfg)
     return cfg
 
 
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}: {message}")
+        raise ServerConfigError(f"{key}: {message}")
 
 
 def validate(cfg: ServiceConfig) -> None:
     """Check every value range and cross-key rule.
 
     Raises:
-        ConfigError: naming the first offending key.
+        ServerConfigError: naming the first offending key.
     """
     _check(0 <= cfg.port <= 65535, "port", f"must be within 0..65535, got {cfg.port}")
     _check(
@@ -638,7 +596,7 @@ def load_config(
         The validated, frozen ServiceConfig.
 
     Raises:
-        ConfigError: with a message naming the file/variable and key at fault.
+        ServerConfigError: with a message naming the file/variable and key at fault.
     """
     values: dict[str, Any] = {}
     if path:

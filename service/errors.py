@@ -14,8 +14,17 @@ class ServiceError(PixforgeError):
     """Base class for errors raised by the serving core."""
 
 
-class ConfigError(ServiceError):
-    """The server configuration (YAML, env or flags) is invalid; the message names the key."""
+class ServerConfigError(ServiceError):
+    """The server cannot start as configured: a bad setting (YAML, env or flags), a missing model
+    repository or TLS file, a port it cannot bind. Raised with one message that names the key.
+
+    (Training's config has its own error, ``pixforge.training.config.ExperimentConfigError``,
+    raised as ``(key, message)``.)
+    """
+
+
+# The name this error had before it got a distinct one (scripts and tests import it).
+ConfigError = ServerConfigError
 
 
 class InvalidRequestError(ServiceError):

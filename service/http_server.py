@@ -126,7 +126,7 @@ class _Site(web.BaseSite):
         super().__init__(runner, ssl_context=ssl_context)
         self._host = host
         self._port = port
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.Server | None = None
 
     @property
     def name(self) -> str:
@@ -136,16 +136,19 @@ class _Site(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()
-        kwargs = {"ssl_handshake_timeout": HTTP_TIMEOUT_S} if self._ssl_context is not None else {}
+        server = self._runner.server
+        if server is None:  # BaseSite.start() has already refused a runner that is not set up
+            raise RuntimeError("the AppRunner is not set up")
         self.server = self._server = await loop.create_server(
-            self._runner.server,
+            server,
             self._host,
             self._port,
             ssl=self._ssl_context,
             backlog=128,
             reuse_address=True,
             reuse_port=False,
-            **kwargs,
+            # Only meaningful (and only accepted) with TLS; None is asyncio's default.
+            ssl_handshake_timeout=HTTP_TIMEOUT_S if self._ssl_context is not None else None,
         )
 
 
@@ -184,11 +187,13 @@ class HttpEndpoint:
     @web.middleware
     async def _track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         task = asyncio.current_task()
-        self._handlers.add(task)
+        if task is not None:  # aiohttp runs every handler in a task
+            self._handlers.add(task)
         try:
             return await handler(request)
         finally:
-            self._handlers.discard(task)
+            if task is not None:
+                self._handlers.discard(task)
 
     @property
     def scheme(self) -> str:
@@ -218,6 +223,7 @@ class HttpEndpoint:
             await runner.cleanup()
             raise
         self._runner = runner
+        assert site.server is not None  # set by a successful start()
         sockname = site.server.sockets[0].getsockname()
         self.bound_host, self.port = sockname[0], int(sockname[1])
         return self.port

@@ -63,14 +63,11 @@ def not_offered(feature: str) -> NotOfferedError:
 
 @dataclass(frozen=True)
 class ModelDescription:
-    """What ModelMetadata answers: the row, its ready versions and its tensors' channel counts."""
+    """What ModelMetadata answers: the row, its ready versions and its contract (tensor channels)."""
 
     row: ModelVersion
     versions: list[str]
-
-    @property
-    def contract(self) -> ModelContract:
-        return self.row.contract
+    contract: ModelContract
 
 
 class KServeCore:
@@ -141,7 +138,8 @@ class KServeCore:
             ModelNotReadyError: the version is loading or failed (nothing to describe yet).
         """
         row = self.describe(name, version, "ModelMetadata")
-        if row.contract is None:
+        contract = row.contract
+        if contract is None:
             reason = f": {row.error}" if row.error else ""
             raise ModelNotReadyError(
                 f"model {row.name!r} version {row.version} is {row.state.value.lower()}{reason}"
@@ -151,7 +149,7 @@ class KServeCore:
             for r in self.registry.versions()
             if r.name == row.name and r.state is ModelState.READY
         ]
-        return ModelDescription(row, versions)
+        return ModelDescription(row, versions, contract)
 
     # -- inference
 
@@ -275,7 +273,7 @@ class KServeCore:
             )
         batching = self.registry.batching
         gpu = row.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-        group = {"name": row.name, "kind": "KIND_GPU" if gpu else "KIND_CPU", "count": 1}
+        group: dict[str, object] = {"name": row.name, "kind": "KIND_GPU" if gpu else "KIND_CPU", "count": 1}
         if gpu:
             group["gpus"] = [self.registry.engine_config.device_id]
         parameters = {

@@ -362,6 +362,12 @@ class PreparedInfer:
     parsed: ParsedInfer | None
     failure: Exception | None
 
+    def checked(self) -> ParsedInfer:
+        """The validated tensors; raises the refusal kept in ``failure`` if they were refused."""
+        if self.parsed is None:
+            raise self.failure or InvalidRequestError("the request was not parsed")
+        return self.parsed
+
 
 def prepare_infer(body: bytes, header_length: str | None) -> PreparedInfer:
     """Decode and validate a request body (pure, any thread: the front runs large ones off the loop).
@@ -610,11 +616,10 @@ class KServeHTTP:
         def parse():
             # Called by the core after it found the model: an unknown model is 404 whatever the
             # tensors, as on the gRPC port.
-            if prepared.failure is not None:
-                raise prepared.failure
-            if not prepared.parsed.binary_output:
-                self._check_json_output(name, version, prepared.parsed.inputs.images.shape)
-            return prepared.parsed.inputs.images, prepared.parsed.options
+            parsed = prepared.checked()
+            if not parsed.binary_output:
+                self._check_json_output(name, version, parsed.inputs.images.shape)
+            return parsed.inputs.images, parsed.options
 
         remaining = None if deadline is None else max(0.0, deadline - loop.time())
         call = self.core.infer(name, version, parse, request_id, METHOD, remaining)
@@ -625,12 +630,13 @@ class KServeHTTP:
         except Exception as exc:
             status, code, message, headers = http_status(exc, request_id)
             expired = deadline is not None and loop.time() >= deadline
-            if expired and (isinstance(exc, asyncio.TimeoutError) or code is grpc.StatusCode.CANCELLED):
+            timed_out = isinstance(exc, asyncio.TimeoutError) or code is grpc.StatusCode.CANCELLED
+            if timeout_s is not None and expired and timed_out:
                 status = HTTP_STATUS[grpc.StatusCode.DEADLINE_EXCEEDED]
                 message = f"the request's timeout ({timeout_s * 1e6:.0f} us) passed before it finished"
             headers[REQUEST_ID_HEADER] = request_id
             return error_response(status, message, headers)
-        parsed = prepared.parsed
+        parsed = prepared.checked()  # parse() returned: the request's tensors are valid
         images = result.images if parsed.inputs.batched else result.images[0]
         envelope: dict[str, Any] = {"model_name": name, "model_version": str(result.version)}
         if prepared.request.id:
@@ -639,7 +645,7 @@ class KServeHTTP:
         envelope["outputs"] = [output]
         headers = {REQUEST_ID_HEADER: request_id}
         if parsed.binary_output:
-            raw = memoryview(np.ascontiguousarray(images)).cast("B")
+            raw = np.ascontiguousarray(images).data.cast("B")
             output["parameters"] = {"binary_data_size": raw.nbytes}
             head = json.dumps(envelope).encode()
             headers[HEADER_LENGTH] = str(len(head))

@@ -23,7 +23,7 @@ from pathlib import Path
 from pixforge.repository import latest_versions, scan_repository
 
 from .config import build_config, config_keys
-from .errors import ConfigError
+from .errors import ServerConfigError
 from .server import ServerHandle, serve
 
 
@@ -68,16 +68,16 @@ def start_local_server(repository: str | Path, model: str, *, log_level: str = "
             failed file itself, so the default keeps the server's per-request warnings out.
 
     Raises:
-        ConfigError: the folder is not a repository or has no such model (the message lists the
+        ServerConfigError: the folder is not a repository or has no such model (the message lists the
             models it has), or the model failed to load (the message says why).
     """
     repo = Path(repository)
     if not repo.is_dir():
-        raise ConfigError(f"--models {repo} is not a folder")
+        raise ServerConfigError(f"--models {repo} is not a folder")
     names = available_models(repo)
     if model not in names:
         have = ", ".join(names) if names else "none"
-        raise ConfigError(f"model {model!r} is not in {repo} (it has: {have})")
+        raise ServerConfigError(f"model {model!r} is not in {repo} (it has: {have})")
     logging.getLogger("pixforge.service").setLevel(log_level)
     workdir = Path(tempfile.mkdtemp(prefix="pixforge-convert-"))
     try:
@@ -104,5 +104,5 @@ def start_local_server(repository: str | Path, model: str, *, log_level: str = "
     row = handle.registry.describe(model)
     if row.contract is None:
         local.close()
-        raise ConfigError(f"model {model!r} in {repo} failed to load: {row.error or row.state.value}")
+        raise ServerConfigError(f"model {model!r} in {repo} failed to load: {row.error or row.state.value}")
     return local

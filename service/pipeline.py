@@ -19,12 +19,13 @@ they only split and join the model's finished RGB output with the original's lum
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
 import cv2
@@ -153,6 +154,11 @@ class ArrayResult:
 def human_bytes(n: float) -> str:
     """``n`` bytes as MiB (or KiB below one MiB), for messages."""
     return f"{n / MIB:.1f} MiB" if n >= MIB else f"{n / 1024:.0f} KiB"
+
+
+def _cancel_all(futures: list[Future]) -> None:
+    for f in futures:
+        f.cancel()
 
 
 def new_request_id() -> str:
@@ -443,8 +449,7 @@ class Pipeline:
         cancel = cancel or CancelToken()
         request_id = job.request_id or new_request_id()
         fmt = self._check_options(job)
-        with self.registry.acquire(job.model, job.version) as row:
-            runtime = row.runtime
+        with self.registry.acquire(job.model, job.version) as runtime:
             contract = runtime.contract
             tile, overlap = self._tile_settings(job, contract)
             cancel.check()
@@ -483,7 +488,7 @@ class Pipeline:
                     f"message limit of {human_bytes(self.limits.max_message_bytes)} "
                     "(limits.max_message_bytes): send a smaller image or ask for output_format jpeg"
                 )
-            version = row.version
+            version = runtime.version
         total_ms = (time.perf_counter() - start) * 1000.0
         return TranslateResult(
             image=data,
@@ -534,8 +539,7 @@ class Pipeline:
                 f"image is {w}x{h} = {w * h / 1e6:.1f} MP, over the limit of "
                 f"{self.limits.max_input_pixels / 1e6:.1f} MP"
             )
-        with self.registry.acquire(job.model, job.version) as row:
-            runtime = row.runtime
+        with self.registry.acquire(job.model, job.version) as runtime:
             contract = runtime.contract
             if c != contract.input_channels:
                 raise InvalidRequestError(
@@ -559,18 +563,18 @@ class Pipeline:
                 else:
                     futures = [executor.submit(one, i) for i in range(n)]
                     concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
-                    failed = [f for f in futures if f.done() and f.exception() is not None]
-                    if failed:
+                    errors = [e for f in futures if f.done() and (e := f.exception()) is not None]
+                    if errors:
                         local.cancel()
                         # Let the siblings stop before the lease on the runtime is released, then
                         # report the error that started it (not a sibling's "cancelled").
                         concurrent.futures.wait(futures)
-                        raise failed[0].exception()
+                        raise errors[0]
                     results = [f.result() for f in futures]
             finally:
                 unregister()
             cancel.check()
-            version = row.version
+            version = runtime.version
         out = np.stack([r[0] for r in results])
         total_ms = (time.perf_counter() - start) * 1000.0
         timing = Timing(
@@ -696,7 +700,7 @@ class Pipeline:
             cancel.check()
             part = None if feeds is None else feeds[i : i + window]
             futures = runtime.batcher.submit_many(tiles[i : i + window], part)
-            unregister = cancel.add_callback(lambda fs=futures: [f.cancel() for f in fs])
+            unregister = cancel.add_callback(functools.partial(_cancel_all, futures))
             try:
                 # Future.result() (unlike futures.wait()) wakes up when a pending future is cancelled.
                 results = [f.result() for f in futures]

@@ -284,7 +284,7 @@ class ModelRegistry:
             return self._served_row(name, version)
 
     @contextlib.contextmanager
-    def acquire(self, name: str, version: int = 0) -> Iterator[ModelVersion]:
+    def acquire(self, name: str, version: int = 0) -> Iterator[ModelRuntime]:
         """Admit one request to a model and hold its runtime until the block ends.
 
         Args:
@@ -292,8 +292,8 @@ class ModelRegistry:
             version: pinned version, 0 for the served one.
 
         Yields:
-            The READY ModelVersion (its ``runtime`` stays usable inside the block even if a reload
-            swaps in a new version meanwhile).
+            The READY version's ModelRuntime (usable inside the block even if a reload swaps in a
+            new version meanwhile).
 
         Raises:
             ModelNotFoundError: unknown model/version.
@@ -309,9 +309,11 @@ class ModelRegistry:
             if row.state is ModelState.FAILED:
                 raise ModelNotReadyError(f"model {name!r} version {row.version} failed to load: {row.error}")
             runtime = row.runtime
+            if runtime is None:  # only READY rows carry a runtime
+                raise ModelNotReadyError(f"model {name!r} version {row.version} is not ready")
             runtime._admit()  # under the registry lock, so a concurrent swap cannot retire it first
         try:
-            yield row
+            yield runtime
         finally:
             runtime._release()
 
@@ -330,8 +332,8 @@ class ModelRegistry:
             self._rows[(row.name, row.version)] = row
         return old
 
-    def _load(self, entry: ModelEntry) -> tuple[ModelRuntime | None, str, Engine | None]:
-        """Build a runtime for a file; returns (runtime, error, engine)."""
+    def _load(self, entry: ModelEntry) -> tuple[ModelRuntime | None, str]:
+        """Build a runtime for a file; returns (runtime, "") or (None, error)."""
         engine = None
         try:
             cache = trt_cache_dir(self.engine_config, self.repository) / entry.name / str(entry.version)
@@ -340,12 +342,12 @@ class ModelRegistry:
                 engine.warmup(self.engine_config.warmup_size)
             observer = self._observer(entry.name, entry.version) if self._observer else None
             runtime = ModelRuntime(entry.name, entry.version, engine, self.batching, observer)
-            return runtime, "", engine
+            return runtime, ""
         except Exception as exc:  # any load failure marks the version FAILED; the others serve
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if engine is not None:
                 engine.close()
-            return None, message, None
+            return None, message
 
     def _load_entry(self, entry: ModelEntry, summary: ReloadSummary, retry_failed: bool = False) -> None:
         key = f"{entry.name}/{entry.version}"
@@ -365,7 +367,7 @@ class ModelRegistry:
             self._set(ModelVersion(entry.name, entry.version, entry.path, ModelState.LOADING, stamp=stamp))
             self._changed(entry.name)
         start = time.perf_counter()
-        runtime, error, engine = self._load(entry)
+        runtime, error = self._load(entry)
         if runtime is None:
             if serving is not None:
                 # A broken replacement never takes down a working version.
@@ -388,6 +390,7 @@ class ModelRegistry:
                 log.error("model %s FAILED: %s", key, error)
             self._changed(entry.name)
             return
+        engine = runtime.engine
         row = ModelVersion(
             entry.name,
             entry.version,

@@ -44,7 +44,7 @@ from pixforge.v1 import translation_pb2_grpc as pb_grpc
 from .admission import Admission
 from .config import ServiceConfig, available_cpus, config_from_args, config_to_dict
 from .engine import expected_provider, gpu_log_line
-from .errors import ConfigError
+from .errors import ServerConfigError
 from .http_server import HttpEndpoint, metrics_app, tls_context
 from .interceptors import AuthInterceptor, DrainInterceptor, RequestContextInterceptor
 from .kserve import SERVICE_NAME as KSERVE_SERVICE_NAME
@@ -73,7 +73,7 @@ def _read(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ServerConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 class ServerHandle:
@@ -308,11 +308,11 @@ def serve(
         A ServerHandle (``.port``, ``.address``, ``.stop(grace)``, ``.wait()``, ``.reload()``).
 
     Raises:
-        ConfigError: the repository is missing, TLS files are unreadable or the port cannot be bound.
+        ServerConfigError: the repository is missing, TLS files are unreadable or the port cannot be bound.
     """
     repository = config.repository
     if not repository.is_dir():
-        raise ConfigError(f"models: model repository {repository} is not a directory")
+        raise ServerConfigError(f"models: model repository {repository} is not a directory")
 
     metrics = Metrics()
     loop = asyncio.new_event_loop()
@@ -350,7 +350,7 @@ def serve(
     )
     try:
         _start_http(handle, config)
-    except ConfigError:
+    except ServerConfigError:
         handle.stop(0)
         raise
     if handle_signals:
@@ -368,7 +368,7 @@ def _start_http(handle: ServerHandle, config: ServiceConfig) -> None:
     Both follow the gRPC port's ``auth.*`` tokens and ``tls.*`` files (HTTPS, mTLS).
 
     Raises:
-        ConfigError: a port cannot be bound or the TLS files cannot be loaded.
+        ServerConfigError: a port cannot be bound or the TLS files cannot be loaded.
     """
     tls = config.tls
     context = None
@@ -376,12 +376,13 @@ def _start_http(handle: ServerHandle, config: ServiceConfig) -> None:
         try:
             context = tls_context(tls.cert_file, tls.key_file, tls.client_ca_file)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"tls.cert_file / tls.key_file: cannot serve HTTPS: {exc}") from None
-    if config.http_port and handle.kserve is None:
+            raise ServerConfigError(f"tls.cert_file / tls.key_file: cannot serve HTTPS: {exc}") from None
+    kserve = handle.kserve
+    if config.http_port and kserve is None:
         log.info("http_port %d not opened: kserve is false (that port speaks KServe v2)", config.http_port)
-    elif config.http_port:
+    elif config.http_port and kserve is not None:
         app = kserve_app(
-            handle.kserve,
+            kserve,
             handle.metrics,
             tokens=tuple(config.auth.tokens),
             max_body_bytes=config.limits.max_message_bytes,
@@ -410,7 +411,7 @@ def _start_endpoint(handle: ServerHandle, endpoint: HttpEndpoint, key: str, port
     try:
         return handle._on_loop(endpoint.start(), wait=30.0)
     except OSError as exc:
-        raise ConfigError(f"{key}: cannot bind {endpoint.host}:{port}: {exc.strerror or exc}") from None
+        raise ServerConfigError(f"{key}: cannot bind {endpoint.host}:{port}: {exc.strerror or exc}") from None
 
 
 async def _make_health() -> HealthServicer:
@@ -483,6 +484,8 @@ async def _build_server(
 async def _bind_and_start(handle: ServerHandle, config: ServiceConfig) -> int:
     """Bind the port (TLS when configured), set health NOT_SERVING and start serving."""
     server = handle._server
+    if server is None:
+        raise RuntimeError("_build_server() has not run")
     address = _address(config.host, config.port)
     try:
         if config.tls.enabled:
@@ -496,9 +499,9 @@ async def _bind_and_start(handle: ServerHandle, config: ServiceConfig) -> int:
         else:
             port = server.add_insecure_port(address)
     except RuntimeError as exc:
-        raise ConfigError(f"port: cannot bind {address}: {exc}") from None
+        raise ServerConfigError(f"port: cannot bind {address}: {exc}") from None
     if not port:
-        raise ConfigError(f"port: cannot bind {address}")
+        raise ServerConfigError(f"port: cannot bind {address}")
     for name in ("", SERVICE_NAME) + ((KSERVE_SERVICE_NAME,) if config.kserve else ()):
         await handle._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)  # until models load
     await server.start()
@@ -513,7 +516,7 @@ def run(args) -> int:
     """
     try:
         config = config_from_args(args)
-    except ConfigError as exc:
+    except ServerConfigError as exc:
         print(f"pixforge serve: {exc}", file=sys.stderr)
         return 2
     if getattr(args, "dry_run", False):
@@ -522,7 +525,7 @@ def run(args) -> int:
     configure_logging(config.log_level, config.log_format)
     try:
         handle = serve(config, wait_for_models=False, handle_signals=True)
-    except ConfigError as exc:
+    except ServerConfigError as exc:
         print(f"pixforge serve: {exc}", file=sys.stderr)
         return 2
     handle.wait()

@@ -67,7 +67,7 @@ class _Duration:
         self.count = 0
         self.ns = 0
 
-    def add(self, ns: int, count: int = 1) -> None:
+    def add(self, ns: float, count: int = 1) -> None:
         self.count += count
         self.ns += max(0, int(ns))
 

@@ -269,6 +269,7 @@ def run_tiled(image: np.ndarray, plan: TilePlan, infer: InferTiles) -> np.ndarra
             if y0 + len(wy) > done
         ]
         base = done
+    assert result is not None  # n_tiles > 1: at least one tile row ran
     return result
 
 

@@ -15,6 +15,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="record the shipped models' outputs again (tests/service/test_service_golden.py) "
+        "instead of comparing them",
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("RUN_SLOW") == "1":
         return

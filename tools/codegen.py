@@ -1,10 +1,13 @@
 """Generate the Python gRPC stubs from protos/ into the `pixforge/` package (the only codegen entry).
 
-    python tools/codegen.py            # write pixforge/v1/*_pb2*.py(i)
+    python tools/codegen.py            # write pixforge/v1/*_pb2*.py(i) and pixforge/kserve/v2/*_pb2*.py(i)
     python tools/codegen.py --check    # exit 1 if the committed stubs are stale
 
+Each proto lands in the package its path names: protos/pixforge/v1/ (pixforge's own API) ->
+pixforge/v1/, protos/pixforge/kserve/v2/ (the KServe v2 / Triton protocol) -> pixforge/kserve/v2/.
 The stubs are committed (so a plain `pip install` needs no grpcio-tools) and never hand-edited;
-tests/test_codegen.py regenerates them into a temp dir and fails on any difference.
+tests/shared/test_shared_layout.py runs `--check`, which regenerates them into a temp dir and
+fails on any difference.
 """
 
 from __future__ import annotations

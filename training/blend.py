@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 
 import torch
-from pixforge.training.checkpoint import atomic_torch_save, load_generator_checkpoint
+
+from .checkpoint import atomic_torch_save, load_generator_checkpoint
 
 # Fields that must agree for the blend to mean anything (same network, same served contract).
 _SAME = ("generator_config", "task", "scale", "input_channels", "output_channels", "color_space")

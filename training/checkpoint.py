@@ -1,12 +1,14 @@
 """Checkpoints: deployable generator files, a separate resume-state file, `latest` pointers.
 
-- Generator checkpoint (`pixforge.generator/1`): exactly the dict of plain types the brief fixes
-  (architecture config, task, channels, colour space, weights, resolved config, metrics, step,
-  versions). `pixforge export` takes it; it loads with `torch.load(..., weights_only=True)`.
+- Generator checkpoint (`pixforge.generator/1`, docs/training.md "Checkpoints and resume"): a
+  dict of plain types only (architecture config, task, channels, colour space, weights, resolved
+  config, metrics, step, versions). `pixforge export` takes it; it loads with
+  `torch.load(..., weights_only=True)`.
 - Resume state (`pixforge.resume/1`, `checkpoints/resume-state.pt`): every network (raw and EMA
   weights), optimizers, schedulers, GradScaler, image pools, data position, counters and RNG states
   (python, numpy, torch, cuda). RNG states are stored as tensors/plain types, so it also loads
-  with weights_only=True. Deployable weights never carry it (conventions #5).
+  with weights_only=True. Deployable weights never carry it: a shipped generator file holds no
+  optimizer or RNG state, so it stays small and reveals nothing of the training run.
 - `checkpoints/latest.json` names the newest files; it is written last, so it never points at a
   half-written file. `<name>-latest.pt` is a hard link to the newest generator checkpoint, a stable
   path for scripts; the step-numbered files never change once written. Every write is atomic:
@@ -93,7 +95,7 @@ def generator_checkpoint(
     name: str,
     direction: str | None = None,
 ) -> dict:
-    """The deployable generator checkpoint dict (brief: "Generator checkpoint")."""
+    """The deployable generator checkpoint dict (docs/training.md "Checkpoints and resume")."""
     ckpt = {
         "format": GENERATOR_FORMAT,
         "generator_config": dict(generator_config),
@@ -189,14 +191,6 @@ def load_resume_state(path: str | os.PathLike) -> dict:
 def write_latest(ckpt_dir: str | os.PathLike, pointers: dict) -> None:
     """Point `latest.json` at the newest files (names relative to the checkpoint folder)."""
     atomic_write_json(pointers, Path(ckpt_dir) / LATEST_FILE)
-
-
-def read_latest(ckpt_dir: str | os.PathLike) -> dict | None:
-    """The `latest.json` pointers of a checkpoint folder, or None when there is none."""
-    p = Path(ckpt_dir) / LATEST_FILE
-    if not p.is_file():
-        return None
-    return json.loads(p.read_text(encoding="utf-8"))
 
 
 def prune_checkpoints(ckpt_dir: str | os.PathLike, prefix: str, keep: int) -> list[Path]:

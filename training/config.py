@@ -2,33 +2,34 @@
 
 One `ExperimentConfig` holds the model kind, the task and one dataclass per concern:
 `GeneratorConfig` / `DiscriminatorConfig` (owned by the registry), `DataConfig` and `TrainConfig`.
-Each component later receives only its own dataclass (conventions #7).
+Each component later receives only its own dataclass, never the whole config, so what a component
+depends on is visible in its signature and tests can build just that part.
 
 Loading is: YAML (`yaml.safe_load`) -> apply `--set a.b=value` overrides (each value parsed with
 `yaml.safe_load`, never `exec`/`eval`) -> fill task-derived defaults (channels, scale, discriminator
-input) -> type-check and validate. Every failure is a `ConfigError` whose message starts with the
-dotted key that is wrong, so the CLI can print one line and exit 2.
+input) -> type-check and validate. Values are converted by the shared rules of `pixforge.settings`
+(the same as the server's config: booleans accept true/false, yes/no, on/off, 1/0). Every failure
+is an `ExperimentConfigError` whose message starts with the dotted key that is wrong, so the CLI
+can print one line and exit 2. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pixforge.training.losses import GAN_MODES
-from pixforge.training.registry import DiscriminatorConfig, GeneratorConfig, generator_preset
 
 from pixforge.contract import TASKS
-from pixforge.errors import PixforgeError
+from pixforge.errors import SettingsError
+from pixforge.settings import build, check_choice, unknown_key
+
+from .registry import DiscriminatorConfig, GeneratorConfig, generator_preset
+from .vocab import GAN_MODES
 
 MODELS = ("pix2pix", "cyclegan")
 DATA_MODES = ("aligned", "unaligned", "super_resolution", "colorization")
@@ -60,16 +61,19 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-class ConfigError(PixforgeError):
-    """A config value is missing, unknown, of the wrong type or out of range.
+class ExperimentConfigError(SettingsError):
+    """A training config value is missing, unknown, of the wrong type or out of range.
+
+    Raised as ``ExperimentConfigError(key, message)``; the message starts with the key.
 
     Attributes:
         key: the dotted config key at fault (e.g. "train.lr_g").
+        reason: the message without the key.
     """
 
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key = key
+
+# The name this error had before the server's config error got its own (ServerConfigError).
+ConfigError = ExperimentConfigError
 
 
 @dataclass(frozen=True)
@@ -196,18 +200,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """Split one `--set a.b=value` into (["a", "b"], value); the value goes through yaml.safe_load.
 
     Raises:
-        ConfigError: no '=' or an empty key.
+        ExperimentConfigError: no '=' or an empty key.
     """
     if "=" not in text:
-        raise ConfigError(text or "--set", "an override must look like key=value (e.g. train.lr_g=1e-4)")
+        raise ExperimentConfigError(
+            text or "--set", "an override must look like key=value (e.g. train.lr_g=1e-4)"
+        )
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(text, "empty key in override")
+        raise ExperimentConfigError(text, "empty key in override")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(key, f"cannot parse value {raw!r}: {exc}") from None
+        raise ExperimentConfigError(key, f"cannot parse value {raw!r}: {exc}") from None
     # yaml reads '1e-4' as a string (YAML 1.1 wants a dot); users mean a float.
     if isinstance(value, str):
         try:
@@ -236,25 +242,27 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             if nxt is None:
                 nxt = node[part] = {}
             if not isinstance(nxt, dict):
-                raise ConfigError(".".join(path[: i + 1]), "is a value, not a section")
+                raise ExperimentConfigError(".".join(path[: i + 1]), "is a value, not a section")
             node = nxt
         node[path[-1]] = value
     return out
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
-    """Read a YAML config file into a dict (ConfigError on a missing file or bad YAML)."""
+    """Read a YAML config file into a dict (ExperimentConfigError on a missing file or bad YAML)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError("config", f"file not found: {p}")
+        raise ExperimentConfigError("config", f"file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{p} is not valid YAML: {exc}") from None
+        raise ExperimentConfigError("config", f"{p} is not valid YAML: {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError("config", f"{p} must hold a mapping of sections, got {type(data).__name__}")
+        raise ExperimentConfigError(
+            "config", f"{p} must hold a mapping of sections, got {type(data).__name__}"
+        )
     return data
 
 
@@ -262,7 +270,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     """YAML file + `--set` overrides -> a validated ExperimentConfig.
 
     Raises:
-        ConfigError: naming the offending key.
+        ExperimentConfigError: naming the offending key.
     """
     return config_from_dict(apply_overrides(load_yaml(path), list(overrides)))
 
@@ -273,12 +281,12 @@ def config_from_dict(raw: dict) -> ExperimentConfig:
     known = set(SECTIONS) | set(TOP_LEVEL_SCALARS)
     for key in raw:
         if key not in known:
-            raise ConfigError(key, f"unknown top-level key{_suggest(key, known)}")
+            raise ExperimentConfigError(key, unknown_key(key, known, "top-level key"))
     for name in SECTIONS:
         if raw.get(name) is None:
             raw[name] = {}
         if not isinstance(raw[name], dict):
-            raise ConfigError(name, f"must be a mapping of keys, got {raw[name]!r}")
+            raise ExperimentConfigError(name, f"must be a mapping of keys, got {raw[name]!r}")
     data = _build(DataConfig, raw["data"], "data")
     train = _build(TrainConfig, raw["train"], "train")
     task = raw.get("task") or TASK_FOR_MODE.get(data.mode)
@@ -293,7 +301,7 @@ def config_from_dict(raw: dict) -> ExperimentConfig:
         try:
             base = dataclasses.asdict(generator_preset(str(preset)))
         except ValueError as exc:
-            raise ConfigError("generator.preset", str(exc)) from None
+            raise ExperimentConfigError("generator.preset", str(exc)) from None
         gen_raw = {**base, **gen_raw}
     gen_raw.setdefault("in_channels", 1 if task == "colorization" else 3)
     gen_raw.setdefault("out_channels", 2 if task == "colorization" else 3)
@@ -321,72 +329,13 @@ def _discriminator_channels(model: str, g: GeneratorConfig, train: TrainConfig) 
     return g.out_channels
 
 
-def _suggest(key: str, valid) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"{hint}; valid keys: {', '.join(sorted(valid))}"
-
-
 def _check_choice(key: str, value: Any) -> None:
-    choices = CHOICES.get(key)
-    if choices is not None and value not in choices:
-        raise ConfigError(key, f"must be one of {', '.join(choices)}; got {value!r}")
+    check_choice(key, value, CHOICES, ExperimentConfigError)
 
 
 def _build(cls: type, values: dict, section: str):
-    """Instantiate dataclass `cls` from `values`, type-checking each field; unknown keys are errors."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        dotted = f"{section}.{key}"
-        if key not in names:
-            raise ConfigError(dotted, f"unknown key{_suggest(key, names)}")
-        kwargs[key] = _coerce(dotted, value, hints[key])
-        _check_choice(dotted, kwargs[key])
-    missing = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.name not in kwargs
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"{section}.{missing[0]}", "is required")
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:  # the registry's dataclasses validate their own fields
-        message = str(exc)
-        token = message.replace("=", " ").split(" ", 1)[0]
-        key = f"{section}.{token}" if token in names else section
-        raise ConfigError(key, message) from None
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check `value` against a scalar type hint (int, float, bool, str, X | None)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(key, value, args[0])
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(key, f"must be true or false; got {value!r}")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ConfigError(key, f"must be an integer; got {value!r}")
-        return int(value)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(key, f"must be a number; got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, f"must be a string; got {value!r}")
-        return value
-    return value
+    """Instantiate dataclass `cls` from `values` by the rules of pixforge.settings."""
+    return build(cls, values, section=section, choices=CHOICES, error=ExperimentConfigError)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -394,11 +343,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 def _require(cond: bool, key: str, message: str) -> None:
     if not cond:
-        raise ConfigError(key, message)
+        raise ExperimentConfigError(key, message)
 
 
 def validate(cfg: ExperimentConfig) -> None:
-    """Cross-field checks that need the whole config. Raises ConfigError naming the key."""
+    """Cross-field checks that need the whole config. Raises ExperimentConfigError naming the key."""
     g, d, data, t = cfg.generator, cfg.discriminator, cfg.data, cfg.train
     # --- model / task / data mode agree
     if cfg.model == "cyclegan":
@@ -565,5 +514,5 @@ def load_config_json(
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConfigError("config", f"cannot read {path}: {exc}") from None
+        raise ExperimentConfigError("config", f"cannot read {path}: {exc}") from None
     return config_from_dict(apply_overrides(raw, list(overrides)))

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from pixforge.training import metrics as M
-from pixforge.training.image_ops import float01_to_uint8, lab_output_to_rgb, unit_to_uint8
-from pixforge.training.networks.common import bicubic_upsample
+
+from . import metrics as M
+from .image_ops import float01_to_uint8, lab_output_to_rgb, unit_to_uint8
+from .networks.common import bicubic_upsample
 
 
 @dataclass

@@ -19,10 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pixforge.training import legacy
-from pixforge.training.checkpoint import GENERATOR_FORMAT as CHECKPOINT_FORMAT
-from pixforge.training.checkpoint import load_generator_checkpoint
-from pixforge.training.export import (
+from torch.torch_version import TorchVersion
+
+from pixforge.contract import TASKS
+from pixforge.errors import PixforgeError, UsageError
+
+from . import legacy
+from .checkpoint import GENERATOR_FORMAT as CHECKPOINT_FORMAT
+from .checkpoint import load_generator_checkpoint
+from .export import (
     ExportConfig,
     ExportError,
     OnnxExportError,
@@ -30,19 +35,11 @@ from pixforge.training.export import (
     RepositoryWriteError,
     export_generator,
 )
-from pixforge.training.export.pipeline import config_summary, generator_config_json
-from pixforge.training.export.wrapper import PreUpsampled
-from pixforge.training.registry import GeneratorConfig, build_generator, generator_preset, list_generators
-from torch.torch_version import TorchVersion
-
-from pixforge.contract import TASKS
-from pixforge.errors import PixforgeError
+from .export.pipeline import config_summary, generator_config_json
+from .export.wrapper import PreUpsampled
+from .registry import GeneratorConfig, build_generator, generator_preset, list_generators
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-class UsageError(Exception):
-    """Bad command-line input: printed as one line, exit code 2."""
 
 
 def file_sha256(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""Pixel conventions: the ONE owner of every pixel conversion (conventions.md #4).
+"""Pixel conventions: the ONE owner of every pixel conversion (docs/model-contract.md "Pixel semantics").
 
 Pure torch functions of tensors (no module state, no options) used by BOTH the datasets and the
 ONNX export wrapper, so training and serving cannot drift. Every op here is exportable by the
@@ -55,7 +55,7 @@ _KAPPA = 903.3  # CIE kappa (L of the linear segment)
 _F_SLOPE = 7.787  # 1 / (3 * (6/29)^2)
 _F_OFFSET = 16.0 / 116.0
 
-# Colourisation generator scaling (brief: L/50 - 1 in, ab/110 out).
+# Colourisation generator scaling: L/50 - 1 in, ab/110 out (docs/model-contract.md "Pixel semantics").
 L_SCALE = 50.0
 AB_SCALE = 110.0
 

@@ -24,14 +24,15 @@ export runs the converted generator in eval mode, which is the deterministic beh
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from .registry import GeneratorConfig, build_generator, generator_preset
+from pixforge.errors import PixforgeError
+
+from .registry import GeneratorConfig, build_generator
 
 JUNYANZ_ARCHS = ("unet_128", "unet_256", "resnet_6blocks", "resnet_9blocks")
 JUNYANZ_NORMS = ("batch", "instance", "none")
@@ -39,7 +40,7 @@ _PREFIXES = ("module.", "_orig_mod.")
 _NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-class LegacyCheckpointError(ValueError):
+class LegacyCheckpointError(PixforgeError, ValueError):
     """A junyanz checkpoint cannot be read or does not match the requested architecture."""
 
 
@@ -292,27 +293,6 @@ def load_junyanz_generator(
     except RuntimeError as exc:
         raise LegacyCheckpointError(f"converted weights do not fit {found} ({cfg}): {exc}") from exc
     return cfg, converted
-
-
-def junyanz_preset_config(
-    arch: str,
-    norm: str = "batch",
-    ngf: int = 64,
-    in_channels: int = 3,
-    out_channels: int = 3,
-    dropout: bool = False,
-) -> GeneratorConfig:
-    """Our GeneratorConfig for a junyanz `--netG arch --norm norm` generator (no weights needed)."""
-    if arch not in JUNYANZ_ARCHS:
-        raise LegacyCheckpointError(f"unknown junyanz arch {arch!r}; valid: {', '.join(JUNYANZ_ARCHS)}")
-    return dataclasses.replace(
-        generator_preset(arch),
-        norm=norm,
-        ngf=ngf,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        dropout=dropout,
-    )
 
 
 # --- pixforge ONNX files of an older contract --------------------------------------------------

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pixforge.training.config import ExperimentConfig
-from pixforge.training.loop_common import RunContext, StopRequest, TrainResult, open_run_dir
-from pixforge.training.loop_cyclegan import train_cyclegan
-from pixforge.training.loop_pix2pix import train_pix2pix
-from pixforge.training.run_log import RunLog
-from pixforge.training.runtime import setup_runtime, teardown_runtime
+from .config import ExperimentConfig
+from .loop_common import RunContext, StopRequest, TrainResult, open_run_dir
+from .loop_cyclegan import train_cyclegan
+from .loop_pix2pix import train_pix2pix
+from .run_log import RunLog
+from .runtime import setup_runtime, teardown_runtime
 
 LOOPS = {"pix2pix": train_pix2pix, "cyclegan": train_cyclegan}
 
@@ -46,7 +46,7 @@ def train(
         TrainResult (checkpoint paths, final metrics, step counts).
 
     Raises:
-        ConfigError / DataError: bad settings or data (nothing is trained).
+        ExperimentConfigError / DataError: bad settings or data (nothing is trained).
     """
     t = cfg.train
     rt = setup_runtime(t.device, t.amp, t.channels_last, t.cudnn_benchmark, t.deterministic, t.seed)

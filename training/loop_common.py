@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from pixforge.training import checkpoint as ckpt
-from pixforge.training.config import ExperimentConfig, config_to_dict, save_config_json
-from pixforge.training.data import (
+
+from . import checkpoint as ckpt
+from .config import ExperimentConfig, config_to_dict, save_config_json
+from .data import (
     DataError,
     EpochSampler,
     SkipTracker,
@@ -28,10 +29,10 @@ from pixforge.training.data import (
     load_eval_items,
     make_train_loader,
 )
-from pixforge.training.metrics import FIDScorer
-from pixforge.training.run_log import RunLog
-from pixforge.training.runtime import Runtime, barrier, broadcast_object
-from pixforge.training.schedules import step_plateau
+from .metrics import FIDScorer
+from .run_log import RunLog
+from .runtime import Runtime, barrier, broadcast_object
+from .schedules import step_plateau
 
 
 @dataclass
@@ -272,7 +273,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 def generator_meta(cfg: ExperimentConfig) -> dict:
-    """Task fields of the generator checkpoint (brief: "Generator checkpoint")."""
+    """Task fields of the generator checkpoint (docs/training.md "Checkpoints and resume")."""
     return {
         "task": cfg.task,
         "scale": cfg.generator.scale,

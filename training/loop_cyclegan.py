@@ -13,16 +13,12 @@ from __future__ import annotations
 import itertools
 
 import torch
-from pixforge.training.data import DataError
-from pixforge.training.ema import EMA
-from pixforge.training.evaluation import evaluate_cyclegan
-from pixforge.training.image_pool import ImagePool
-from pixforge.training.losses import GANLoss, cycle_loss, gradient_penalty, identity_loss
-from pixforge.training.registry import build_discriminator, build_generator
-from pixforge.training.runtime import allreduce_grads, set_requires_grad
-from pixforge.training.schedules import load_scheduler_states, make_scheduler, step_schedulers
 
 from . import checkpoint as ckpt
+from .data import DataError
+from .ema import EMA
+from .evaluation import evaluate_cyclegan
+from .image_pool import ImagePool
 from .loop_common import (
     LossMeter,
     RunContext,
@@ -37,6 +33,10 @@ from .loop_common import (
     progress_bar,
     save_snapshot,
 )
+from .losses import GANLoss, cycle_loss, gradient_penalty, identity_loss
+from .registry import build_discriminator, build_generator
+from .runtime import allreduce_grads, set_requires_grad
+from .schedules import load_scheduler_states, make_scheduler, step_schedulers
 
 
 def train_cyclegan(ctx: RunContext, max_steps: int | None = None, resume: bool = False) -> TrainResult:

@@ -15,24 +15,11 @@ from __future__ import annotations
 import functools
 
 import torch
-from pixforge.training.data import DataError
-from pixforge.training.ema import EMA
-from pixforge.training.evaluation import evaluate_paired
-from pixforge.training.losses import (
-    GANLoss,
-    VGGPerceptualLoss,
-    feature_matching_loss,
-    gradient_penalty,
-    huber_loss,
-    l1_loss,
-    l2_loss,
-)
-from pixforge.training.networks.common import bicubic_upsample
-from pixforge.training.registry import build_discriminator, build_generator
-from pixforge.training.runtime import allreduce_grads, set_requires_grad
-from pixforge.training.schedules import load_scheduler_states, make_scheduler, step_schedulers
 
 from . import checkpoint as ckpt
+from .data import DataError
+from .ema import EMA
+from .evaluation import evaluate_paired
 from .loop_common import (
     LossMeter,
     RunContext,
@@ -47,6 +34,19 @@ from .loop_common import (
     progress_bar,
     save_snapshot,
 )
+from .losses import (
+    GANLoss,
+    VGGPerceptualLoss,
+    feature_matching_loss,
+    gradient_penalty,
+    huber_loss,
+    l1_loss,
+    l2_loss,
+)
+from .networks.common import bicubic_upsample
+from .registry import build_discriminator, build_generator
+from .runtime import allreduce_grads, set_requires_grad
+from .schedules import load_scheduler_states, make_scheduler, step_schedulers
 
 
 def _d_input(cond: torch.Tensor | None, image: torch.Tensor) -> torch.Tensor:

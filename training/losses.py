@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GAN_MODES = ("vanilla", "lsgan", "wgangp", "hinge")
+from pixforge.errors import PixforgeError
+
+from .vocab import GAN_MODES
 
 DPreds = Sequence[Sequence[torch.Tensor]]
 
@@ -165,7 +167,7 @@ def identity_loss(same: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 # --- VGG perceptual / style loss --------------------------------------------------------------
 
 
-class PerceptualLossUnavailable(RuntimeError):
+class PerceptualLossUnavailable(PixforgeError, RuntimeError):
     """The VGG perceptual loss cannot be built (no weights file or no torchvision)."""
 
 

@@ -4,6 +4,9 @@ Builders are registered with `@_register_generator` / `@_register_discriminator`
 (no file scanning, no import side effects elsewhere). The exporter and the junyanz importer resolve
 names here too.
 
+torch is imported only when a network is built: the configs, presets and name lists need nothing
+but `training/vocab.py`, so an experiment config loads and validates without torch.
+
 Example:
     cfg = dataclasses.replace(generator_preset("unet_256"), norm="batch", dropout=True)
     net = build_generator(cfg)
@@ -11,26 +14,25 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from pixforge.settings import build
 
-from .networks.common import FINAL_ACTIVATIONS, UPSAMPLE_CONVS, UPSAMPLE_MODES
-from .networks.discriminators import (
-    MultiScaleDiscriminator,
-    PatchGANDiscriminator,
-    PixelDiscriminator,
+from .vocab import (
+    DISCRIMINATOR_ARCHS,
+    FINAL_ACTIVATIONS,
+    GENERATOR_ARCHS,
+    INIT_TYPES,
+    NORMS,
+    SKIP_MODES,
+    UPSAMPLE_CONVS,
+    UPSAMPLE_MODES,
 )
-from .networks.edsr import SKIP_MODES, EDSRGenerator
-from .networks.init import INIT_TYPES, init_weights
-from .networks.norm import NORMS
-from .networks.resnet import ResNetGenerator
-from .networks.unet import UNetGenerator
 
-_C = TypeVar("_C")
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def _check_choice(field: str, value: object, valid: tuple[str, ...] | list[str]) -> None:
@@ -41,16 +43,6 @@ def _check_choice(field: str, value: object, valid: tuple[str, ...] | list[str])
 def _check_positive(field: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{field} must be a positive integer, got {value!r}")
-
-
-def _from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(
-            f"unknown {cls.__name__} field(s): {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
-        )
-    return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -112,8 +104,15 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GeneratorConfig:
-        """Rebuild from `dataclasses.asdict` output; unknown keys raise ValueError."""
-        return _from_dict(cls, data)
+        """Rebuild from `dataclasses.asdict` output (a checkpoint's or an ONNX file's record).
+
+        Values are converted by the rules of :mod:`pixforge.settings`.
+
+        Raises:
+            pixforge.errors.SettingsError (a ValueError): an unknown key (with the closest valid
+            one), a badly typed value or a failed check; the message starts with the field.
+        """
+        return build(cls, data)
 
 
 @dataclass(frozen=True)
@@ -149,8 +148,15 @@ class DiscriminatorConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DiscriminatorConfig:
-        """Rebuild from `dataclasses.asdict` output; unknown keys raise ValueError."""
-        return _from_dict(cls, data)
+        """Rebuild from `dataclasses.asdict` output (a checkpoint's or an ONNX file's record).
+
+        Values are converted by the rules of :mod:`pixforge.settings`.
+
+        Raises:
+            pixforge.errors.SettingsError (a ValueError): an unknown key (with the closest valid
+            one), a badly typed value or a failed check; the message starts with the field.
+        """
+        return build(cls, data)
 
 
 # --- builders ---------------------------------------------------------------------------------
@@ -177,6 +183,8 @@ def _register_discriminator(arch: str):
 
 @_register_generator("unet")
 def _build_unet(cfg: GeneratorConfig) -> nn.Module:
+    from .networks.unet import UNetGenerator
+
     return UNetGenerator(
         cfg.in_channels,
         cfg.out_channels,
@@ -193,6 +201,8 @@ def _build_unet(cfg: GeneratorConfig) -> nn.Module:
 
 @_register_generator("resnet")
 def _build_resnet(cfg: GeneratorConfig) -> nn.Module:
+    from .networks.resnet import ResNetGenerator
+
     return ResNetGenerator(
         cfg.in_channels,
         cfg.out_channels,
@@ -209,6 +219,8 @@ def _build_resnet(cfg: GeneratorConfig) -> nn.Module:
 
 @_register_generator("edsr")
 def _build_edsr(cfg: GeneratorConfig) -> nn.Module:
+    from .networks.edsr import EDSRGenerator
+
     return EDSRGenerator(
         cfg.in_channels, cfg.out_channels, cfg.ngf, cfg.n_blocks, cfg.scale, cfg.skip, cfg.res_scale
     )
@@ -216,27 +228,38 @@ def _build_edsr(cfg: GeneratorConfig) -> nn.Module:
 
 @_register_discriminator("patchgan")
 def _build_patchgan(cfg: DiscriminatorConfig) -> nn.Module:
+    from .networks.discriminators import PatchGANDiscriminator
+
     return PatchGANDiscriminator(cfg.in_channels, cfg.ndf, cfg.n_layers, cfg.norm)
 
 
 @_register_discriminator("pixel")
 def _build_pixel(cfg: DiscriminatorConfig) -> nn.Module:
+    from .networks.discriminators import PixelDiscriminator
+
     return PixelDiscriminator(cfg.in_channels, cfg.ndf, cfg.norm)
 
 
 @_register_discriminator("multiscale")
 def _build_multiscale(cfg: DiscriminatorConfig) -> nn.Module:
+    from .networks.discriminators import MultiScaleDiscriminator
+
     return MultiScaleDiscriminator(cfg.in_channels, cfg.ndf, cfg.n_layers, cfg.norm, cfg.num_scales)
+
+
+# The configs check names against training/vocab.py (torch-free); the tables must cover exactly those.
+assert sorted(_GENERATOR_BUILDERS) == sorted(GENERATOR_ARCHS), "update vocab.GENERATOR_ARCHS"
+assert sorted(_DISCRIMINATOR_BUILDERS) == sorted(DISCRIMINATOR_ARCHS), "update vocab.DISCRIMINATOR_ARCHS"
 
 
 def list_generator_archs() -> list[str]:
     """Architecture names accepted by `GeneratorConfig.arch`."""
-    return sorted(_GENERATOR_BUILDERS)
+    return sorted(GENERATOR_ARCHS)
 
 
 def list_discriminator_archs() -> list[str]:
     """Architecture names accepted by `DiscriminatorConfig.arch`."""
-    return sorted(_DISCRIMINATOR_BUILDERS)
+    return sorted(DISCRIMINATOR_ARCHS)
 
 
 def build_generator(cfg: GeneratorConfig) -> nn.Module:
@@ -252,6 +275,8 @@ def build_generator(cfg: GeneratorConfig) -> nn.Module:
     builder = _GENERATOR_BUILDERS.get(cfg.arch)
     if builder is None:
         raise ValueError(f"unknown generator arch {cfg.arch!r}; valid: {', '.join(list_generator_archs())}")
+    from .networks.init import init_weights
+
     return init_weights(builder(cfg), cfg.init_type, cfg.init_gain)
 
 
@@ -269,6 +294,8 @@ def build_discriminator(cfg: DiscriminatorConfig) -> nn.Module:
         raise ValueError(
             f"unknown discriminator arch {cfg.arch!r}; valid: {', '.join(list_discriminator_archs())}"
         )
+    from .networks.init import init_weights
+
     return init_weights(builder(cfg), cfg.init_type, cfg.init_gain)
 
 

@@ -1,7 +1,7 @@
 """Run-directory outputs written by rank 0: stats.jsonl, metric-<name>.jsonl, sample grids, TensorBoard.
 
-Every file is machine-readable (conventions #9): tools and benchmarks read the JSONL files, never
-scraped stdout. `stats.jsonl` is append-only, one JSON object per logged step. Each
+Every file is machine-readable: tools and benchmarks read the JSONL files, never scraped stdout
+(whose wording may change). `stats.jsonl` is append-only, one JSON object per logged step. Each
 `metric-<name>.jsonl` line is {"step", "value", "num_images", "time"}. TensorBoard events are
 written only when `torch.utils.tensorboard` imports (the train extra installs tensorboard; it is
 never required).

@@ -1,6 +1,7 @@
 """Process-level runtime for a training run: device, DDP, seeds, precision, memory format.
 
-`Runtime` is runtime state, kept out of the config (conventions #7: no `opt['rank']`).
+`Runtime` is runtime state, kept out of the config (no `opt['rank']`): the config stays what the user
+wrote, identical on every rank and in every checkpoint.
 
 DDP. Under `torchrun`, the env vars RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT are
 set and `init_process_group` reads them ("env://"): nccl on CUDA, gloo on CPU. Networks are NOT

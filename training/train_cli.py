@@ -42,7 +42,7 @@ def _asked_for_tensorboard(args) -> bool:
     """Whether `train.tensorboard` was set explicitly (in the YAML file or by --set), not defaulted."""
     if any(text.split("=", 1)[0].strip() == "train.tensorboard" for text in args.set):
         return True
-    from pixforge.training.config import load_yaml
+    from .config import load_yaml
 
     try:
         train = load_yaml(args.config).get("train")
@@ -52,10 +52,10 @@ def _asked_for_tensorboard(args) -> bool:
 
 
 def _resolve(args):
-    """(config, run_dir or None, run_name) from the CLI arguments; ConfigError/DataError on bad input."""
-    from pixforge.training.config import config_to_dict, load_config, load_config_json
-    from pixforge.training.data import DataError
-    from pixforge.training.loop_common import latest_run_dir
+    """(config, run_dir or None, run_name) from the CLI arguments; ExperimentConfigError/DataError if bad."""
+    from .config import config_to_dict, load_config, load_config_json
+    from .data import DataError
+    from .loop_common import latest_run_dir
 
     stem = Path(args.config).stem
     run_dir = Path(args.out) if args.out else None
@@ -79,11 +79,11 @@ def _resolve(args):
 def run(args) -> int:
     """Entry point of `pixforge train` (argparse namespace from pixforge.cli)."""
     import torch  # noqa: F401  (fail early with the CLI's "needs the train extra" message)
-    from pixforge.training.config import config_to_dict
-    from pixforge.training.data import DataError, build_datasets
-    from pixforge.training.loop import train
-    from pixforge.training.loop_common import format_metrics
-    from pixforge.training.losses import PerceptualLossUnavailable
+
+    from .config import config_to_dict
+    from .data import DataError, build_datasets
+    from .loop import train
+    from .loop_common import format_metrics
 
     if args.max_steps is not None and args.max_steps < 1:
         return _err("--max-steps must be >= 1")
@@ -92,7 +92,7 @@ def run(args) -> int:
         if not Path(args.data).is_dir():
             raise DataError(f"--data: folder not found: {args.data}")
         if args.dry_run:
-            from pixforge.training.registry import build_generator
+            from .registry import build_generator
 
             multiple = build_generator(cfg.generator).size_multiple
             bundle = build_datasets(cfg.data, args.data, size_multiple=multiple, seed=cfg.train.seed)
@@ -122,8 +122,9 @@ def run(args) -> int:
             resume=args.resume,
             on_start=announce,
         )
-    # ConfigError, DataError, MetricError (all PixforgeError); PerceptualLossUnavailable = no torchvision.
-    except (PixforgeError, PerceptualLossUnavailable) as exc:
+    # ExperimentConfigError, DataError, MetricError, PerceptualLossUnavailable (no torchvision): all
+    # PixforgeError, printed as one line.
+    except PixforgeError as exc:
         return _err(str(exc))
 
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports

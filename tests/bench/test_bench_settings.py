@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from pixforge.bench import Settings
 
+from pixforge.bench import Settings
 from pixforge.cli import build_parser, main
 
 

@@ -234,6 +234,7 @@ def start_server(repo: Path, **overrides):
         The ServerHandle (`.address`, `.port`, `.stop(grace)`).
     """
     from loopback import loopback_values
+
     from pixforge.service.config import load_config
     from pixforge.service.server import serve
 

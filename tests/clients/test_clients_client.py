@@ -28,11 +28,17 @@ def client(real_server):
         yield c
 
 
-def test_public_import_path_reexports_the_library():
+def test_pixforge_client_is_the_one_public_path_and_the_package_names_are_deprecated():
     from pixforge import clients
 
-    for name in ("Client", "AsyncClient", "ClientError", "NotFoundError", "RetryPolicy", "TranslateResult"):
-        assert getattr(public, name) is getattr(clients, name)
+    assert {"Client", "AsyncClient", "ClientError", "NotFoundError", "RetryPolicy"} <= set(public.__all__)
+    for name in public.__all__:
+        with pytest.warns(DeprecationWarning, match=rf"clients\.{name} is deprecated.*pixforge\.client"):
+            assert getattr(clients, name) is getattr(public, name)
+    assert not hasattr(clients, "no_such_name")
+    from pixforge.clients import convert  # the submodules import as before
+
+    assert callable(convert.run)
 
 
 def test_translate_accepts_bytes_paths_and_arrays(client, tmp_path):

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clients_helpers import cli_env, free_port, make_image
-from pixforge.clients.convert import REPORT_NAME
-from pixforge.clients.walk import TMP_SUFFIX
 
 from pixforge.cli import main
+from pixforge.clients.convert import REPORT_NAME
+from pixforge.clients.walk import TMP_SUFFIX
 from pixforge.codec import decode_image, encode_image
 
 
@@ -321,7 +321,7 @@ def test_killed_run_resumes_with_every_file_exactly_once(capsys, slow_server, re
         assert (decode_image((out_dir / rel).read_bytes()).pixels == expected).all()
 
 
-# --------------------------------------------------------------------------- issue 21
+# ---------------------------------------- in-process --models, tiles, progress, full disk, restarts
 
 
 def flat_inputs(root: Path, n: int, size: int = 24) -> Path:
@@ -457,6 +457,7 @@ def test_report_stays_valid_jsonl_when_its_own_write_fails(tmp_path):
 
 def test_item_over_a_limit_is_sent_once_not_retried(model_repo):
     from clients_helpers import start_server as start
+
     from pixforge.clients.client import Client
     from pixforge.clients.retry import RetryPolicy
 

@@ -7,7 +7,6 @@ import json
 import grpc
 import pytest
 from clients_helpers import make_image, png
-from pixforge.clients.retry import channel_options, service_config
 
 from pixforge.client import (
     NO_RETRY,
@@ -17,6 +16,7 @@ from pixforge.client import (
     RetryPolicy,
     UnavailableError,
 )
+from pixforge.clients.retry import channel_options, service_config
 from pixforge.codec import decode_image
 
 FAST = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
@@ -116,9 +116,9 @@ def test_over_limit_image_is_not_retried(model_repo):
     """RESOURCE_EXHAUSTED for an over-limit image carries a negative retry pushback: one attempt only."""
     import numpy as np
     from clients_helpers import start_server
-    from pixforge.clients.errors import ResourceExhaustedError
 
     from pixforge.client import Client
+    from pixforge.clients.errors import ResourceExhaustedError
     from pixforge.codec import encode_image
 
     handle = start_server(model_repo, limits__max_input_pixels=100)

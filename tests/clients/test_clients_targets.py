@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pixforge.clients.targets import TargetError, resolve_target, split_host_port, static_target
 
 

@@ -6,6 +6,7 @@ import os
 from types import SimpleNamespace
 
 import pytest
+
 from pixforge.clients import convert as convert_mod
 from pixforge.clients.walk import TMP_SUFFIX, Job, WalkOptions, count_inputs, walk
 

@@ -27,9 +27,9 @@ from deploy_helpers import (
     service_environment,
     to_host_path,
 )
-from pixforge.service.config import ENV_ALIASES, config_from_args, config_keys, env_name
 
 from pixforge.cli import build_parser
+from pixforge.service.config import ENV_ALIASES, config_from_args, config_keys, env_name
 
 DOCKER_COMPOSE = shutil.which("docker-compose")
 SERVERS = ("server", "server-cpu")

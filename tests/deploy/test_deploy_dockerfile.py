@@ -10,9 +10,9 @@ import pytest
 from deploy_helpers import REPO, DockerIgnore, expand_args, pyproject_project, setup_folders
 from packaging.requirements import Requirement
 from packaging.version import Version
-from pixforge.service.config import ENV_ALIASES, ServiceConfig, build_config, config_keys, env_name, read_env
 
 from pixforge.cli import COMMANDS, build_parser
+from pixforge.service.config import ENV_ALIASES, ServiceConfig, build_config, config_keys, env_name, read_env
 
 SERVER_TARGETS = ("server-gpu", "server-cpu")
 

@@ -77,6 +77,7 @@ def test_documented_metrics_exist():
 def test_documented_cpu_fallback_line_is_what_the_server_logs(monkeypatch):
     """The troubleshooting table quotes the start-up line of a GPU image that sees no driver."""
     import onnxruntime
+
     from pixforge.service import engine
     from pixforge.service.config import EngineConfig
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from pixforge.training.registry import GeneratorConfig, build_generator
 
 TINY = {"ngf": 4, "init_type": "xavier", "init_gain": 1.0}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from export_helpers import ort_run, quiet, tiny_generator
+from torch import nn
+
 from pixforge.training.export import ExportConfig, export_generator, to_inference_semantics
 from pixforge.training.export.parity import parity_batch
 from pixforge.training.image_ops import uint8_to_unit
-from torch import nn
 
 
 def _bn_unet() -> nn.Module:

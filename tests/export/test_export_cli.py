@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from export_helpers import ort_run, tiny_generator, to_junyanz
-from pixforge.training.registry import GeneratorConfig
 
 from pixforge.cli import main
 from pixforge.codec import encode_image
 from pixforge.contract import load_contract
+from pixforge.training.registry import GeneratorConfig
 
 SR_CFG = GeneratorConfig(
     arch="resnet", ngf=4, n_blocks=1, scale=2, upsample="pixelshuffle", init_type="xavier", init_gain=1.0

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from export_helpers import KINDS, ort_run, quiet, tiny_generator
+
+from pixforge.contract import load_contract
 from pixforge.training import image_ops
 from pixforge.training.export import ExportConfig, export_generator
 from pixforge.training.export.parity import parity_batch
-
-from pixforge.contract import load_contract
 
 
 def _lab(batch: np.ndarray) -> np.ndarray:

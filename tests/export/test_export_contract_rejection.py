@@ -6,11 +6,11 @@ import onnx
 import pytest
 from export_helpers import quiet, tiny_generator
 from onnx import TensorProto, helper
-from pixforge.training.export import ExportConfig, ExportError, export_generator
 
 from pixforge.cli import main
 from pixforge.contract import ModelContract, load_contract
 from pixforge.errors import ContractError
+from pixforge.training.export import ExportConfig, ExportError, export_generator
 
 GOOD_META = ModelContract(
     task="paired_translation", scale=1, input_channels=3, output_channels=3, size_multiple=1, tile_size=64

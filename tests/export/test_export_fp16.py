@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 from export_helpers import KINDS, ort_run, quiet, tiny_generator
-from pixforge.training.export import ExportConfig, ParityError, export_generator
-from pixforge.training.export.parity import fp16_psnr, parity_batch, psnr
 
 from pixforge.contract import load_contract
+from pixforge.training.export import ExportConfig, ParityError, export_generator
+from pixforge.training.export.parity import fp16_psnr, parity_batch, psnr
 
 
 @pytest.mark.parametrize("kind", ["sr_pixelshuffle", "colorization"])

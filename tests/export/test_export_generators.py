@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from export_helpers import KINDS, ort_run, quiet, tiny_generator
-from pixforge.training.export import ExportConfig, build_export_module, export_generator
-from pixforge.training.export.parity import parity_batch
 
 from pixforge.contract import load_contract
+from pixforge.training.export import ExportConfig, build_export_module, export_generator
+from pixforge.training.export.parity import parity_batch
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

@@ -1,12 +1,14 @@
 """training/image_ops: the pixel conventions shared by datasets and the export graph.
 
-Lab numbers are checked against OpenCV's float32 conversions (the reference the brief names).
+Lab numbers are checked against OpenCV's float32 conversions, the reference docs/model-contract.md
+("Pixel semantics") promises to match.
 """
 
 import cv2
 import numpy as np
 import pytest
 import torch
+
 from pixforge.training import image_ops
 
 

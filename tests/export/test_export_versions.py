@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from export_helpers import quiet, tiny_generator
-from pixforge.training.export import ExportConfig, RepositoryWriteError, choose_version, export_generator
 
 from pixforge.repository import scan_repository
+from pixforge.training.export import ExportConfig, RepositoryWriteError, choose_version, export_generator
 
 CFG = ExportConfig(task="paired_translation", verify=False)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from pixforge.service.server import serve
 from service_helpers import EngineControl, build_repo, test_config
 
+from pixforge.service.server import serve
 from pixforge.v1 import translation_pb2_grpc as pb_grpc
 
 

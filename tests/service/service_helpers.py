@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from loopback import loopback_values
 from onnx import TensorProto, helper
+
 from pixforge.service.config import build_config
 from pixforge.service.engine import Engine
 

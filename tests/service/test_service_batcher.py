@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+
 from pixforge.service.batcher import Batcher
 from pixforge.service.errors import InferenceError, OutOfMemoryError, QueueFullError, ShuttingDownError
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import pytest
+
 from pixforge.service.config import (
     ServiceConfig,
     available_cpus,
@@ -21,7 +22,7 @@ from pixforge.service.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_defaults_match_the_issue():
+def test_defaults():
     cfg = load_config(env={})
     assert cfg.port == 50051 and cfg.host == "0.0.0.0"
     assert cfg.limits.max_message_bytes == 64 * 1024 * 1024

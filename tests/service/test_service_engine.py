@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from service_helpers import (
+    build_float_input,
+    build_invert,
+    build_no_metadata,
+    build_sr2,
+    rgb_image,
+    write_garbage,
+)
+
+from pixforge.errors import ContractError
 from pixforge.service.config import EngineConfig, available_cpus
 from pixforge.service.engine import (
     Engine,
@@ -17,16 +27,6 @@ from pixforge.service.engine import (
     session_options,
 )
 from pixforge.service.errors import InferenceError, OutOfMemoryError
-from service_helpers import (
-    build_float_input,
-    build_invert,
-    build_no_metadata,
-    build_sr2,
-    rgb_image,
-    write_garbage,
-)
-
-from pixforge.errors import ContractError
 
 CPU_ONLY = EngineConfig(providers=("cpu",), intra_op_threads=1)
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from kserve_descriptor import describe
-from pixforge.service.kserve import KServeServicer
 
 from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.kserve.v2 import model_config_pb2
+from pixforge.service.kserve import KServeServicer
 
 SCRIPT = Path(__file__).resolve().parent / "kserve_triton_client.py"
 RPCS = {

@@ -24,11 +24,6 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from pixforge.service.config import config_from_args, load_config
-from pixforge.service.errors import ConfigError
-from pixforge.service.kserve_core import KServeCore
-from pixforge.service.kserve_http import HTTP_STATUS, uint8_json_list
-from pixforge.service.server import serve
 from service_helpers import EngineControl, build_invert, decode, png, rgb_image, smooth_image, test_config
 from tritonclient.utils import InferenceServerException
 
@@ -36,6 +31,11 @@ import pixforge
 from pixforge.cli import build_parser
 from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
+from pixforge.service.config import config_from_args, load_config
+from pixforge.service.errors import ConfigError
+from pixforge.service.kserve_core import KServeCore
+from pixforge.service.kserve_http import HTTP_STATUS, uint8_json_list
+from pixforge.service.server import serve
 from pixforge.v1 import translation_pb2 as pb
 
 needs_management = pytest.mark.skipif(

@@ -21,14 +21,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from pixforge.service.admission import AdmissionRejected
-from pixforge.service.errors import InferenceError, OutOfMemoryError, QueueFullError
-from pixforge.service.metrics import Metrics
-from pixforge.service.statistics import RequestRecorder, Statistics, failure_reason
 from service_helpers import EngineControl, png, rgb_image, test_config
 
 from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
+from pixforge.service.admission import AdmissionRejected
+from pixforge.service.errors import InferenceError, OutOfMemoryError, QueueFullError
+from pixforge.service.metrics import Metrics
+from pixforge.service.statistics import RequestRecorder, Statistics, failure_reason
 from pixforge.v1 import translation_pb2 as pb
 
 SCRIPT = Path(__file__).resolve().parent / "kserve_triton_client.py"

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from pixforge.service.pipeline import ArrayJob
 from service_helpers import EngineControl, build_invert, decode, png, rgb_image, smooth_image, test_config
 
 from pixforge.errors import ImageTooLargeError
 from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
+from pixforge.service.pipeline import ArrayJob
 from pixforge.v1 import translation_pb2 as pb
 from pixforge.v1 import translation_pb2_grpc as pb_grpc
 

@@ -14,12 +14,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from pixforge.service.config import ServiceConfig, config_from_args, load_config
-from pixforge.service.http_server import HTTP_TIMEOUT_S, HttpEndpoint, metrics_app, tls_context
-from pixforge.service.metrics import Metrics
 from service_helpers import build_invert, test_config
 
 from pixforge.cli import build_parser
+from pixforge.service.config import ServiceConfig, config_from_args, load_config
+from pixforge.service.http_server import HTTP_TIMEOUT_S, HttpEndpoint, metrics_app, tls_context
+from pixforge.service.metrics import Metrics
 
 
 def get(url: str, token: str | None = None, context: ssl.SSLContext | None = None) -> tuple[int, str]:

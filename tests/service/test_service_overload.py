@@ -1,4 +1,4 @@
-"""The serving core under hostile load (issue 19): idle streams, expired work, admission by cost,
+"""The serving core under hostile load: idle streams, expired work, admission by cost,
 oversized responses, unbounded client strings, the open-call limit. Real in-process servers with
 tiny models; a gate in the engine holds inference so the tests decide who is running."""
 

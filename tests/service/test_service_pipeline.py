@@ -5,6 +5,18 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from service_helpers import (
+    build_color,
+    build_invert,
+    color_reference,
+    decode,
+    png,
+    rgb_image,
+    smooth_image,
+    test_config,
+    write_garbage,
+)
+
 from pixforge.service.engine import Engine
 from pixforge.service.errors import (
     InvalidRequestError,
@@ -23,17 +35,6 @@ from pixforge.service.pipeline import (
     render_shape,
 )
 from pixforge.service.repository import ModelRegistry, ModelState
-from service_helpers import (
-    build_color,
-    build_invert,
-    color_reference,
-    decode,
-    png,
-    rgb_image,
-    smooth_image,
-    test_config,
-    write_garbage,
-)
 
 
 def make_registry(repo, factory=None, **overrides) -> tuple[ModelRegistry, Pipeline]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+
 from pixforge.service.errors import OutOfMemoryError
 from pixforge.service.tiling import axis_weights, pad_to, plan_tiles, run_tiled, run_with_oom_retry
 

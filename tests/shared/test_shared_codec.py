@@ -242,7 +242,7 @@ def test_tiff_size_is_read_from_the_first_tag_and_conflicting_duplicates_are_ref
     assert codec.read_header(agreeing) == ("tiff", 64, 48)
     assert codec.decode_image(agreeing).pixels.shape == (48, 64, 1)
 
-    # The file: 12000 x 12000 first, 64 x 64 last, 64 x 64 pixels of data.
+    # A decompression bomb seen in the wild: 12000 x 12000 first, 64 x 64 last, 64 x 64 pixels of data.
     bomb = _gray_tiff([(12000, 12000), (64, 64)], pixels=np.zeros((64, 64), np.uint8))
     monkeypatch.setattr(codec.cv2, "imdecode", _must_not_decode)
     for data in (first_wins, bomb):
@@ -262,7 +262,7 @@ def test_16bit_png_is_refused_before_decoding_when_its_decode_is_over_the_limit(
     monkeypatch.setattr(codec.cv2, "imdecode", _must_not_decode)
     with pytest.raises(ImageTooLargeError, match="3 channel.*16 bits.* 120.0 KB, over the limit of 80.0 KB"):
         codec.decode_image(rgb16, max_pixels=10_000)
-    # The file: 7999 x 7999 16-bit RGB is under the default 64 MP but needs 768 MB (1.8 GB
+    # A reported file: 7999 x 7999 16-bit RGB is under the default 64 MP but needs 768 MB (1.8 GB
     # before this check existed); the default allows 64 MP x 8 bytes = 512 MB.
     with pytest.raises(ImageTooLargeError, match="767.8 MB, over the limit of 512.0 MB"):
         codec.decode_image(_png_header_only(7999, 7999, depth=16))

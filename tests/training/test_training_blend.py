@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+
 from pixforge.training.blend import blend_generators, save_blend
 from pixforge.training.checkpoint import generator_checkpoint, load_generator_checkpoint
 from pixforge.training.registry import GeneratorConfig, build_generator

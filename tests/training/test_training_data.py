@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_aligned, make_photos, make_unaligned, smooth_image, write_rgb
+
 from pixforge.training.config import DataConfig
 from pixforge.training.data import (
     BadFileWarning,

@@ -15,6 +15,7 @@ import sys
 import torch
 import yaml
 from conftest import TINY
+
 from pixforge.training.checkpoint import load_generator_checkpoint
 from pixforge.training.config import config_from_dict
 from pixforge.training.loop import train

@@ -21,6 +21,9 @@ import pytest
 import torch
 from conftest import smooth_image, write_rgb
 from onnx import TensorProto, helper
+
+from pixforge.cli import main
+from pixforge.contract import ModelContract
 from pixforge.training.data.files import read_rgb
 from pixforge.training.data.super_resolution import downscale, resize_bicubic_aa
 from pixforge.training.export import ExportConfig, export_generator
@@ -28,9 +31,6 @@ from pixforge.training.metrics import psnr_y
 from pixforge.training.model_eval.files import image_groups
 from pixforge.training.model_eval.super_resolution import gradient_energy, sharpness_ratio
 from pixforge.training.registry import GeneratorConfig, build_generator
-
-from pixforge.cli import main
-from pixforge.contract import ModelContract
 
 TINY = {"ngf": 4, "init_type": "xavier", "init_gain": 1.0}
 
@@ -314,6 +314,7 @@ def test_eval_bad_input_is_one_line_and_exit_2(tmp_path, repo, capsys):
 
 def test_eval_through_a_server_matches_local(tmp_path, repo, capsys):
     from loopback import loopback_values
+
     from pixforge.service.config import load_config
     from pixforge.service.server import serve
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
 from pixforge.training.metrics import MetricError
 from pixforge.training.model_eval.groups import measure_groups
 

@@ -4,6 +4,7 @@ import io
 
 import pytest
 import torch
+
 from pixforge.training.image_pool import ImagePool
 
 

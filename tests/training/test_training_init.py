@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
-from pixforge.training.networks.init import init_weights
 from torch import nn
+
+from pixforge.training.networks.init import init_weights
 
 
 def _net():

@@ -9,6 +9,8 @@ import functools
 
 import pytest
 import torch
+from torch import nn
+
 from pixforge.training.legacy import (
     LegacyCheckpointError,
     junyanz_key_map,
@@ -16,7 +18,6 @@ from pixforge.training.legacy import (
     strip_prefixes,
 )
 from pixforge.training.registry import build_generator
-from torch import nn
 
 
 class _Identity(nn.Module):

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from conftest import tiny_config
+
 from pixforge.training.checkpoint import load_generator_checkpoint
 from pixforge.training.config import DataConfig, config_from_dict, config_to_dict
 from pixforge.training.data import build_datasets, load_eval_items

@@ -6,6 +6,8 @@ import types
 
 import pytest
 import torch
+from torch import nn
+
 from pixforge.training.losses import (
     GANLoss,
     PerceptualLossUnavailable,
@@ -15,7 +17,6 @@ from pixforge.training.losses import (
     gradient_penalty,
     l1_loss,
 )
-from torch import nn
 
 
 def _p(*values):

@@ -4,6 +4,8 @@ import dataclasses
 
 import pytest
 import torch
+from torch import nn
+
 from pixforge.training.networks.common import InputSizeError, bicubic_upsample
 from pixforge.training.registry import (
     DiscriminatorConfig,
@@ -15,7 +17,6 @@ from pixforge.training.registry import (
     list_discriminators,
     list_generators,
 )
-from torch import nn
 
 
 def _gen(**kw) -> nn.Module:

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
 from pixforge.training.registry import GeneratorConfig, build_generator
 
 ort = pytest.importorskip("onnxruntime")

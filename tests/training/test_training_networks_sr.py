@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from pixforge.training.networks.common import ResizeConv
 from pixforge.training.networks.edsr import BicubicPhases
 from pixforge.training.registry import GeneratorConfig, build_generator
-from torch import nn
 
 
 def _gen(**kw) -> nn.Module:

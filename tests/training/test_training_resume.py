@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_config
+
 from pixforge.training.checkpoint import load_generator_checkpoint, load_resume_state
 from pixforge.training.config import config_from_dict, config_to_dict
 from pixforge.training.data import DataError

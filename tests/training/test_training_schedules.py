@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from pixforge.training.config import TrainConfig
 from pixforge.training.schedules import load_scheduler_states, make_scheduler, step_schedulers
 

@@ -72,7 +72,7 @@ class KeyedDataset(Dataset):
     @staticmethod
     def to_unit_tensor(img: np.ndarray) -> torch.Tensor:
         """uint8 HWC -> float CHW in [-1, 1] (the image_ops convention)."""
-        from pixforge.training.image_ops import hwc_uint8_to_unit_tensor
+        from ..image_ops import hwc_uint8_to_unit_tensor
 
         return hwc_uint8_to_unit_tensor(np.ascontiguousarray(img))
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pixforge.training.image_ops import rgb_to_lab_pair, uint8_to_float01
 
+from ..image_ops import rgb_to_lab_pair, uint8_to_float01
 from .base import KeyedDataset
 from .files import BadImageError
 from .transforms import TooSmallError, preprocess

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pixforge.errors import PixforgeError
 
-class TooSmallError(ValueError):
+
+class TooSmallError(PixforgeError, ValueError):
     """The image is smaller than the crop (or the size multiple) it must yield."""
 
 

@@ -35,6 +35,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from pixforge.errors import PixforgeError
+
 MODE_INPUT = "norm_mode"
 STATS_INPUT = "norm_stats"
 CORE_INPUT = "tile_core"
@@ -44,7 +46,7 @@ NORM_OPS = ("InstanceNormalization",)
 UNSUPPORTED_NORM_OPS = ("BatchNormalization", "GroupNormalization", "LayerNormalization")
 
 
-class NormStatsError(ValueError):
+class NormStatsError(PixforgeError, ValueError):
     """The graph cannot be rewritten (an unexpected normalisation node or layout)."""
 
 

@@ -27,9 +27,10 @@ import torch
 
 from pixforge import __version__
 from pixforge.contract import INPUT_NAME, OUTPUT_NAME
+from pixforge.errors import PixforgeError
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(PixforgeError, RuntimeError):
     """Exporting or checking the ONNX graph failed (message says which step)."""
 
 

@@ -16,13 +16,14 @@ import onnx
 import torch
 
 from pixforge.contract import INPUT_NAME
+from pixforge.errors import PixforgeError
 
 MIN_WITHIN_ONE = 0.999  # fraction of output values within 1 grey level (fp32)
 MIN_FP16_PSNR_DB = 45.0
 PSNR_CAP_DB = 100.0  # identical outputs: report a finite number so the JSON stays standard
 
 
-class ParityError(RuntimeError):
+class ParityError(PixforgeError, RuntimeError):
     """The exported graph does not reproduce the PyTorch module (message carries the numbers)."""
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from pixforge import __version__
 from pixforge.contract import INPUT_NAME, OUTPUT_NAME, TASKS, ModelContract, contract_from_session
-from pixforge.errors import ContractError
+from pixforge.errors import ContractError, PixforgeError
 
 from . import parity as parity_mod
 from .norm_stats import NormStatsError, add_norm_statistics_io
@@ -37,7 +37,7 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 13  # Resize(cubic) half-pixel semantics and the ops the wrapper uses are stable from 13
 
 
-class ExportError(RuntimeError):
+class ExportError(PixforgeError, RuntimeError):
     """The export cannot proceed (bad configuration or a generator that breaks the contract)."""
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import copy
 
 import torch
-from pixforge.training import image_ops
-from pixforge.training.networks.common import bicubic_upsample, lr_size_multiple
 from torch import nn
+
+from .. import image_ops
+from ..networks.common import bicubic_upsample, lr_size_multiple
 
 COLOR_SPACES = ("rgb", "lab")
 # Short tag stored in the metadata and the sidecar (docs/model-contract.md "Eval-mode semantics").

@@ -18,13 +18,14 @@ from pathlib import Path
 import onnx
 
 from pixforge.contract import ModelContract, load_contract
+from pixforge.errors import PixforgeError
 from pixforge.repository import MODEL_FILE
 
 SIDECAR_FILE = "model.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class RepositoryWriteError(RuntimeError):
+class RepositoryWriteError(PixforgeError, RuntimeError):
     """The model cannot be written where asked (bad name, version taken, file system error)."""
 
 

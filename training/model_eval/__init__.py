@@ -14,12 +14,12 @@ or through a running server), then each task's metrics are computed on the uint8
 from .errors import EvalError
 from .evaluate import EvalOptions, evaluate
 from .report import TaskReport, markdown, write_outputs
-from .runner import ModelInfo, Runner, open_runner
+from .runner import EvaluatedModel, Runner, open_runner
 
 __all__ = [
     "EvalError",
     "EvalOptions",
-    "ModelInfo",
+    "EvaluatedModel",
     "Runner",
     "TaskReport",
     "evaluate",

@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pixforge.training.metrics import MetricError, colorfulness, psnr, ssim
 
+from ..metrics import MetricError, colorfulness, psnr, ssim
 from .groups import measure_groups
 from .report import Column, TaskReport, aggregate
 from .runner import Runner, to_channels

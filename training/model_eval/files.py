@@ -11,9 +11,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from pixforge.training.data.files import IMAGE_EXTENSIONS, BadImageError, evenly_spaced, list_images, read_rgb
 from tqdm import tqdm
 
+from ..data.files import IMAGE_EXTENSIONS, BadImageError, evenly_spaced, list_images, read_rgb
 from .errors import EvalError
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pixforge.training.metrics import MetricError
 
+from ..metrics import MetricError
 from .files import image_groups, load_images, progress
 from .report import SampleCollector
 

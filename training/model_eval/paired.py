@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from pixforge.training.metrics import MetricError, psnr, ssim
 
+from ..metrics import MetricError, psnr, ssim
 from .groups import measure_groups
 from .report import Column, TaskReport, aggregate
 from .runner import Runner

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from pixforge.training.metrics import PSNR_CAP
 
 from pixforge import __version__
 
-from .runner import ModelInfo, to_channels
+from ..metrics import PSNR_CAP
+from .runner import EvaluatedModel, to_channels
 
 SAMPLE_HEIGHT = 160  # px: every tile of samples.png is resized to this height
 GAP = 4  # px of white between tiles
@@ -147,7 +147,9 @@ def _jsonable(value):
     return value
 
 
-def results_dict(report: TaskReport, model: ModelInfo, data: Path, reverse: ModelInfo | None = None) -> dict:
+def results_dict(
+    report: TaskReport, model: EvaluatedModel, data: Path, reverse: EvaluatedModel | None = None
+) -> dict:
     """Everything results.json holds (NaN -> null, +inf PSNR -> PSNR_CAP)."""
     out = {
         "format": "pixforge.eval/1",
@@ -168,7 +170,11 @@ def results_dict(report: TaskReport, model: ModelInfo, data: Path, reverse: Mode
 
 
 def write_outputs(
-    report: TaskReport, out_dir: Path, model: ModelInfo, data: Path, reverse: ModelInfo | None = None
+    report: TaskReport,
+    out_dir: Path,
+    model: EvaluatedModel,
+    data: Path,
+    reverse: EvaluatedModel | None = None,
 ) -> list[Path]:
     """Write results.json, per_image.csv and (when there are samples) samples.png into `out_dir`."""
     out_dir = Path(out_dir)

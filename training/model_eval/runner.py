@@ -15,20 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pixforge.service.tiling import pad_to, round_up
 
 from pixforge.codec import encode_image
 from pixforge.codec import to_channels as codec_to_channels
 from pixforge.contract import INPUT_NAME, contract_from_session
 from pixforge.errors import ContractError
 from pixforge.repository import default_repository, latest_versions, scan_repository
+from pixforge.service.tiling import pad_to, round_up
 
 from .errors import EvalError
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """What is being evaluated, from its contract metadata.
+class EvaluatedModel:
+    """The model an evaluation measured, from its contract metadata (results.json's ``model``).
+
+    Not the client library's ``pixforge.client.ModelInfo`` (a server's answer to GetModel).
 
     Attributes:
         name, version: repository name and the version actually evaluated.
@@ -101,7 +103,7 @@ def file_sha256(path: Path) -> str:
 class Runner(abc.ABC):
     """Callable: uint8 RGB (H, W, 3) -> the model's uint8 RGB output (H*scale, W*scale, 3)."""
 
-    info: ModelInfo
+    info: EvaluatedModel
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         out = self._run(to_channels(np.ascontiguousarray(image), self.info.input_channels))
@@ -137,7 +139,7 @@ class LocalRunner(Runner):
             raise EvalError(f"{path} is not a valid pixforge model: {exc}") from None
         except Exception as exc:  # onnxruntime's own exception types for unreadable files
             raise EvalError(f"cannot load {path}: {str(exc).strip().splitlines()[0]}") from None
-        self.info = ModelInfo(
+        self.info = EvaluatedModel(
             name=name,
             version=version,
             task=contract.task,
@@ -163,10 +165,10 @@ class LocalRunner(Runner):
 
 
 class ServerRunner(Runner):
-    """Sends each image as PNG bytes to a pixforge server's Translate RPC (pixforge.clients)."""
+    """Sends each image as PNG bytes to a pixforge server's Translate RPC (pixforge.client)."""
 
     def __init__(self, target: str, name: str, version: int | None, timeout: float = 300.0):
-        from pixforge.clients import Client, ClientError, NotFoundError
+        from pixforge.client import Client, ClientError, NotFoundError
 
         self.client = Client(target, timeout=timeout)
         try:
@@ -181,7 +183,7 @@ class ServerRunner(Runner):
         if not remote.ready:
             self.client.close()
             raise EvalError(f"model {name!r} on {target} is {remote.state}: {remote.error or 'not ready'}")
-        self.info = ModelInfo(
+        self.info = EvaluatedModel(
             name=name,
             version=remote.version,
             task=remote.task,

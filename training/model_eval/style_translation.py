@@ -25,9 +25,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from pixforge.training.data.files import evenly_spaced
-from pixforge.training.metrics import checkerboard_db, psnr
 
+from ..data.files import evenly_spaced
+from ..metrics import checkerboard_db, psnr
 from .domain_classifier import SIZE, DomainClassifier
 from .errors import EvalError
 from .files import domain_files, load_images, progress

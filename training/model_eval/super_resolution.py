@@ -18,9 +18,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from pixforge.training.data.super_resolution import downscale, resize_bicubic_aa
-from pixforge.training.metrics import MetricError, crop_border, psnr_y, rgb_to_y, ssim_y
 
+from ..data.super_resolution import downscale, resize_bicubic_aa
+from ..metrics import MetricError, crop_border, psnr_y, rgb_to_y, ssim_y
 from .groups import measure_groups
 from .report import Column, TaskReport, aggregate
 from .runner import Runner

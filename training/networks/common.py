@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FINAL_ACTIVATIONS = ("tanh", "none")
-UPSAMPLE_MODES = ("bicubic", "pixelshuffle")
-UPSAMPLE_CONVS = ("transpose", "resize")
+from pixforge.errors import PixforgeError
+
+from ..vocab import FINAL_ACTIVATIONS, UPSAMPLE_CONVS
 
 
-class InputSizeError(ValueError):
+class InputSizeError(PixforgeError, ValueError):
     """An input's height or width is not a multiple of the generator's `size_multiple`."""
 
 

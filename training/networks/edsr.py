@@ -30,9 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..vocab import SKIP_MODES
 from .common import add_residual, check_input_size
-
-SKIP_MODES = ("bicubic", "nearest", "none")
 
 
 class ResBlock(nn.Module):

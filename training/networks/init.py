@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 from torch.nn import init
 
-INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+from ..vocab import INIT_TYPES
 
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
 _NORMS = (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-NORMS = ("batch", "instance", "none")
+from ..vocab import NORMS
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
