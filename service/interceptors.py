@@ -252,3 +252,94 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
                 f"{MAX_REQUEST_ID}: {quote(request_id)}",
             )
         return _wrap(handler, lambda: request_context(request_id, method))
+
+
+class OversizedMessage:
+    """Stands in for a request message over the size limit (its bytes are never parsed).
+
+    Unary calls never see one (the interceptor answers them); in a request stream each oversized
+    item reaches the servicer as this object, which answers that item alone with
+    RESOURCE_EXHAUSTED and goes on with the stream.
+    """
+
+    __slots__ = ("size", "limit")
+
+    def __init__(self, size: int, limit: int):
+        self.size = size
+        self.limit = limit
+
+    @property
+    def message(self) -> str:
+        return (
+            f"request message is {self.size} bytes, over the server's limit of {self.limit} bytes "
+            "(limits.max_message_bytes)"
+        )
+
+
+class MessageSizeInterceptor(grpc.aio.ServerInterceptor):
+    """Refuse request messages over ``limit`` bytes with RESOURCE_EXHAUSTED, and count them.
+
+    gRPC's own receive limit refuses a larger message before any Python code runs, so nothing
+    could count it. The server therefore gives gRPC a higher ceiling (``limit`` plus some slack,
+    see service/server.py) and applies the configured limit here, without parsing the bytes: a
+    unary call is answered with the status gRPC would give and counted through ``on_reject``; an
+    item of a request stream becomes an :class:`OversizedMessage` that the servicer answers as a
+    failed item. Messages beyond gRPC's ceiling are still refused (uncounted) by gRPC itself.
+
+    Args:
+        limit: largest request message in bytes (``limits.max_message_bytes``).
+        on_reject: called with (method, status code name) for each refused call or item (metrics).
+    """
+
+    def __init__(self, limit: int, on_reject: Callable[[str, str], None] | None = None):
+        self._limit = limit
+        self._on_reject = on_reject
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        method = handler_call_details.method
+        limit, parse = self._limit, handler.request_deserializer
+
+        def deserialize(data: bytes):
+            if len(data) > limit:
+                if self._on_reject is not None:
+                    self._on_reject(method, grpc.StatusCode.RESOURCE_EXHAUSTED.name)
+                return OversizedMessage(len(data), limit)
+            return parse(data)
+
+        args = (deserialize, handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(handler.stream_unary, *args)
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(handler.stream_stream, *args)
+        behavior = handler.unary_unary or handler.unary_stream
+
+        async def refuse(request, context) -> None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, request.message)
+
+        if handler.unary_unary:
+
+            async def unary(request, context):
+                if isinstance(request, OversizedMessage):
+                    await refuse(request, context)
+                return await behavior(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, *args)
+        if inspect.isasyncgenfunction(behavior):
+
+            async def stream_out(request, context):
+                if isinstance(request, OversizedMessage):
+                    await refuse(request, context)
+                async for response in behavior(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(stream_out, *args)
+
+        async def writes(request, context):
+            if isinstance(request, OversizedMessage):
+                await refuse(request, context)
+            return await behavior(request, context)
+
+        return grpc.unary_stream_rpc_method_handler(writes, *args)

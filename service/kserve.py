@@ -34,6 +34,7 @@ from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
 
 from .config import StreamConfig
 from .errors import InvalidRequestError, ModelNotFoundError
+from .interceptors import OversizedMessage
 from .kserve_core import PLATFORM, SERVER_NAME, KServeCore, not_offered
 from .kserve_tensors import (
     check_requested_outputs,
@@ -178,6 +179,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         cancel = CancelToken()
 
         async def process(request: kpb.ModelInferRequest, index: int) -> kpb.ModelStreamInferResponse:
+            if isinstance(request, OversizedMessage):  # counted by MessageSizeInterceptor
+                return kpb.ModelStreamInferResponse(error_message=f"RESOURCE_EXHAUSTED: {request.message}")
             try:
                 rid = message_request_id(request.id, index)
                 with request_context(rid):

@@ -46,7 +46,7 @@ from .config import ServiceConfig, available_cpus, config_from_args, config_to_d
 from .engine import expected_provider, gpu_log_line
 from .errors import ServerConfigError
 from .http_server import HttpEndpoint, metrics_app, tls_context
-from .interceptors import AuthInterceptor, DrainInterceptor, RequestContextInterceptor
+from .interceptors import AuthInterceptor, DrainInterceptor, MessageSizeInterceptor, RequestContextInterceptor
 from .kserve import SERVICE_NAME as KSERVE_SERVICE_NAME
 from .kserve import add_kserve_service
 from .kserve_core import KServeCore
@@ -60,6 +60,7 @@ from .runner import RequestRunner
 from .servicer import ImageTranslationServicer
 
 log = logging.getLogger("pixforge.service.server")
+MIB = 1024 * 1024
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageTranslation"].full_name  # "pixforge.v1.ImageTranslation"
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -447,12 +448,15 @@ async def _build_server(
             )
         )
     interceptors.append(RequestContextInterceptor())
-
     size = config.limits.max_message_bytes
+    interceptors.append(MessageSizeInterceptor(size, on_reject=metrics.call_rejected))
+
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
-            ("grpc.max_receive_message_length", size),
+            # gRPC's own ceiling sits above the configured limit so that MessageSizeInterceptor
+            # sees (and counts) messages up to a quarter over it; beyond, gRPC refuses uncounted.
+            ("grpc.max_receive_message_length", size + max(MIB, size // 4)),
             ("grpc.max_send_message_length", size),
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
         ],

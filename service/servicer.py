@@ -40,6 +40,7 @@ from .errors import (
     RequestCancelledError,
     ShuttingDownError,
 )
+from .interceptors import OversizedMessage
 from .logs import request_context, request_id_var
 from .metrics import Metrics
 from .pipeline import CancelToken, Pipeline, TranslateJob, TranslateOptions, TranslateResult, new_request_id
@@ -317,6 +318,12 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
     async def _stream_item(
         self, item: pb.TranslateStreamRequest, index: int, remaining: float | None, cancel: CancelToken
     ) -> pb.TranslateStreamResponse:
+        if isinstance(item, OversizedMessage):  # counted by MessageSizeInterceptor
+            return pb.TranslateStreamResponse(
+                error_code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                error_message=item.message,
+                retry_pushback_ms=-1,
+            )
         try:
             request_id = message_request_id(
                 item.request.request_id if item.HasField("request") else "", index

@@ -260,3 +260,23 @@ def test_limits_are_checked_from_the_header_before_any_decode(start_server, tmp_
     assert decodes == []
     assert stub.Translate(request(), timeout=5).width == 8  # and an ordinary image still decodes
     assert decodes == [1]
+
+
+def test_request_over_the_message_limit_is_refused_and_counted(start_server, tmp_path):
+    config = test_config(repo(tmp_path), **{"limits.max_message_bytes": 200 * 1024})
+    handle, stub = start_server(config)
+    big = pb.TranslateRequest(model="invert", image=png(rgb_image(300, 300, 7)))
+    assert big.ByteSize() > 200 * 1024
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Translate(big, timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "limits.max_message_bytes" in info.value.details()
+    # In a stream the oversized item alone fails (never retried); the others are answered.
+    items = [pb.TranslateStreamRequest(request=r) for r in (request(seed=1), big, request(seed=2))]
+    responses = list(stub.TranslateStream(iter(items), timeout=30))
+    assert [r.error_code for r in responses] == [0, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], 0]
+    assert responses[1].retry_pushback_ms == -1
+    counted = handle.metrics.registry.get_sample_value(
+        "pixforge_request_failures_total", {"model": "-", "code": "RESOURCE_EXHAUSTED"}
+    )
+    assert counted == 2
