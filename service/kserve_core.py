@@ -220,14 +220,7 @@ class KServeCore:
         )
         result = dataclasses.replace(result, timing=timing)
         # The output tensor is built by the front after this: compute_output is not measured (0).
-        stats.succeeded(
-            result.version,
-            queue_ms=timing.queue_ms,
-            input_ms=timing.decode_ms,
-            infer_ms=timing.inference_ms,
-            output_ms=timing.encode_ms,
-            inferences=result.tiles,
-        )
+        stats.succeeded_with(result)
         n, height, width, _ = result.images.shape
         log.info(
             "%s %s v%d -> %d x %dx%d in %.1f ms (%d tiles)",

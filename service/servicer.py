@@ -268,15 +268,7 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
                 total_ms=(time.perf_counter() - start) * 1000.0,
             ),
         )
-        timing = result.timing
-        stats.succeeded(
-            result.version,
-            queue_ms=timing.queue_ms,
-            input_ms=timing.decode_ms,
-            infer_ms=timing.inference_ms,
-            output_ms=timing.encode_ms,
-            inferences=result.tiles,
-        )
+        stats.succeeded_with(result)
         log.info(
             "%s %s v%d -> %dx%d in %.1f ms (%d tiles)",
             method,

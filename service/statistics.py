@@ -337,6 +337,19 @@ class RequestRecorder:
         )
         self.version = None
 
+    def succeeded_with(self, result) -> None:
+        """The request was answered OK: its version, timing and tile count from a pipeline result
+        (a TranslateResult or an ArrayResult: both carry ``version``, ``timing`` and ``tiles``)."""
+        timing = result.timing
+        self.succeeded(
+            result.version,
+            queue_ms=timing.queue_ms,
+            input_ms=timing.decode_ms,
+            infer_ms=timing.inference_ms,
+            output_ms=timing.encode_ms,
+            inferences=result.tiles,
+        )
+
     def succeeded(
         self,
         version: int,

@@ -48,6 +48,8 @@ class TrainResult:
     skipped_files: int
     data_summary: list[str] = field(default_factory=list)
     interrupted: bool = False  # stopped by Ctrl-C / SIGTERM after a whole step (resumable)
+    # why no validation ran ("train.val_every is 0" / "no validation images"); None = validation on
+    validation_off: str | None = None
 
 
 class StopRequest:
@@ -289,12 +291,16 @@ def save_snapshot(
     generators: dict[str, tuple[str, torch.nn.Module, str | None]],
     resume_state: dict,
     metrics: dict[str, float],
+    nets_in_checkpoints: dict[str, str] | None = None,
 ) -> dict[str, Path]:
     """Write generator checkpoint(s), the resume state and latest.json (rank 0; others wait).
 
     Args:
         generators: pointer key -> (file prefix / checkpoint "name", module to save, direction).
         resume_state: everything else to resume (see checkpoint.py); RNG states are added here.
+        nets_in_checkpoints: resume net key -> generator pointer key, for networks whose weights
+            the generator checkpoint already holds: they are dropped from `resume_state["nets"]`
+            and the resume state names the checkpoint file instead (no second copy on disk).
 
     Returns:
         pointer key -> generator checkpoint path.
@@ -320,6 +326,12 @@ def save_snapshot(
             ckpt.update_latest_link(path, name)
             pointers[key] = path.name
             paths[key] = path
+        shared = nets_in_checkpoints or {}
+        resume_state = {
+            **resume_state,
+            "nets": {k: v for k, v in resume_state["nets"].items() if k not in shared},
+            "nets_in_checkpoints": {net: paths[key].name for net, key in shared.items()},
+        }
         ckpt.save_resume_state(ctx.ckpt_dir / ckpt.RESUME_FILE, {"step": step, **resume_state})
         pointers["resume"] = ckpt.RESUME_FILE
         ckpt.write_latest(ctx.ckpt_dir, pointers)  # last: never points at a half-written file
@@ -331,8 +343,15 @@ def save_snapshot(
 
 
 def load_resume(ctx: RunContext) -> dict:
-    """The run's resume state (every rank reads the same file)."""
-    return ckpt.load_resume_state(ctx.ckpt_dir / ckpt.RESUME_FILE)
+    """The run's resume state (every rank reads the same file).
+
+    Raises:
+        DataError: the resume state or a generator checkpoint it refers to is missing or unusable.
+    """
+    try:
+        return ckpt.load_resume_state(ctx.ckpt_dir / ckpt.RESUME_FILE)
+    except (FileNotFoundError, ValueError) as exc:
+        raise DataError(f"cannot resume: {exc}") from exc
 
 
 def check_resume_layout(state: dict, data: TrainData) -> None:
@@ -420,15 +439,26 @@ class StepHooks:
         elapsed = time.perf_counter() - self.last_snapshot_time
         return bool(broadcast_object(self.rt, elapsed >= minutes * 60.0))
 
+    @property
+    def validation_off(self) -> str | None:
+        """Why this run does not validate, or None when it does (rank 0's view)."""
+        if self.ctx.cfg.train.val_every <= 0:
+            return "train.val_every is 0"
+        if not self.data.val_items:
+            return "no validation images"
+        return None
+
     def finish(self, step: int, stop_at: int) -> tuple[dict, dict, bool]:
-        """Final evaluation (unless the last step just validated or we were interrupted) and snapshot.
+        """Final evaluation and snapshot. The final evaluation is skipped when validation is off
+        (`val_every: 0` or no validation data), when the last step just validated, or when the run
+        was interrupted; the checkpoint then carries the last validation's metrics (none when off).
 
         Returns:
             (checkpoint paths, metrics, interrupted)
         """
         interrupted = step < stop_at
         data = self.data
-        if data.val_items and self.rt.is_main and self.last_val_step != step and not interrupted:
+        if self.validation_off is None and self.rt.is_main and self.last_val_step != step and not interrupted:
             result = self.evaluate(data.val_items)
             self.metrics = result.metrics
             self.ctx.log.metrics(step, self.metrics, len(data.val_items))

@@ -123,7 +123,10 @@ def train_cyclegan(ctx: RunContext, max_steps: int | None = None, resume: bool =
             "generator": ("G_A", ema_a.module if ema_a else g_a, "AtoB"),
             "G_B": ("G_B", ema_b.module if ema_b else g_b, "BtoA"),
         }
-        return save_snapshot(ctx, step, gens, resume_state, hooks.metrics)
+        # the generator checkpoints hold G_A / G_B (their EMA when on): not stored twice
+        suffix = "_ema" if ema_a else ""
+        shared = {f"G_A{suffix}": "generator", f"G_B{suffix}": "G_B"}
+        return save_snapshot(ctx, step, gens, resume_state, hooks.metrics, nets_in_checkpoints=shared)
 
     # --- phases: the training loop
     hooks = StepHooks(ctx, rt, data, evaluate, snapshot, schedulers, (opt_g, opt_d), metrics=metrics)
@@ -208,4 +211,5 @@ def train_cyclegan(ctx: RunContext, max_steps: int | None = None, resume: bool =
         skipped_files=data.tracker.count,
         data_summary=data.summary,
         interrupted=interrupted,
+        validation_off=hooks.validation_off,
     )

@@ -137,6 +137,7 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
             {"generator": ("generator", ema.module if ema else generator, direction)},
             resume_state,
             hooks.metrics,
+            nets_in_checkpoints={"G_ema" if ema else "G": "generator"},
         )
 
     # --- phases: the training loop
@@ -233,4 +234,5 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
         skipped_files=data.tracker.count,
         data_summary=data.summary,
         interrupted=interrupted,
+        validation_off=hooks.validation_off,
     )

@@ -135,7 +135,10 @@ def run(args) -> int:
     print(f"trained {result.step} of {result.total_steps} steps; skipped files: {result.skipped_files}")
     print(f"samples: {run_dir / 'samples'}")
     print(f"logs: {run_dir / 'stats.jsonl'} (metrics: {run_dir}/metric-*.jsonl)")
-    print(f"final metrics: {format_metrics(result.metrics)}")
+    if result.validation_off:
+        print(f"final metrics: none (validation off: {result.validation_off})")
+    else:
+        print(f"final metrics: {format_metrics(result.metrics)}")
     for name, path in result.other_checkpoints.items():
         print(f"{name} checkpoint: {path}")
     print(f"resume state: {run_dir / 'checkpoints' / 'resume-state.pt'}")

@@ -272,6 +272,18 @@ def five_channel_tiff(h: int = 4, w: int = 4) -> bytes:
     return bytes(out)
 
 
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` every 10 ms until it is true (True) or ``timeout`` seconds pass (False)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())
+
+
 # --------------------------------------------------------------------------- configs and engines
 
 

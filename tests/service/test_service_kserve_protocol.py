@@ -7,7 +7,6 @@ raised inside a batch's fan-out."""
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -15,7 +14,16 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from service_helpers import EngineControl, build_invert, decode, png, rgb_image, smooth_image, test_config
+from service_helpers import (
+    EngineControl,
+    build_invert,
+    decode,
+    png,
+    rgb_image,
+    smooth_image,
+    test_config,
+    wait_for,
+)
 
 from pixforge.errors import ImageTooLargeError
 from pixforge.kserve.v2 import grpc_service_pb2 as kpb
@@ -61,15 +69,6 @@ def output(response: kpb.ModelInferResponse) -> np.ndarray:
     tensor = response.outputs[0]
     assert (tensor.name, tensor.datatype) == ("image_out", "UINT8")
     return np.frombuffer(response.raw_output_contents[0], np.uint8).reshape(list(tensor.shape))
-
-
-def wait_for(predicate, timeout=10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def expect(code, fn, *args) -> str:

@@ -18,21 +18,21 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service_helpers import EngineControl, build_invert, decode, png, rgb_image, test_config, write_garbage
+from service_helpers import (
+    EngineControl,
+    build_invert,
+    decode,
+    png,
+    rgb_image,
+    test_config,
+    wait_for,
+    write_garbage,
+)
 
 from pixforge.v1 import translation_pb2 as pb
 from pixforge.v1 import translation_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_for(predicate, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def invert_repo(path: Path) -> Path:

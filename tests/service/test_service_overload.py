@@ -12,7 +12,16 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service_helpers import EngineControl, build_invert, build_sr2, png, rgb_image, smooth_image, test_config
+from service_helpers import (
+    EngineControl,
+    build_invert,
+    build_sr2,
+    png,
+    rgb_image,
+    smooth_image,
+    test_config,
+    wait_for,
+)
 
 from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
@@ -20,15 +29,6 @@ from pixforge.v1 import translation_pb2 as pb
 
 MB = 1 << 20
 NO_WARMUP = {"engine.warmup": False}  # the engine counts only requests' images
-
-
-def wait_for(predicate, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def repo(path: Path) -> Path:

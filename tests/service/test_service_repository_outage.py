@@ -14,20 +14,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from service_helpers import EngineControl, build_invert, png, rgb_image, test_config
+from service_helpers import EngineControl, build_invert, png, rgb_image, test_config, wait_for
 
 from pixforge.v1 import translation_pb2 as pb
 
 LOGGER = "pixforge.service.repository"
-
-
-def wait_for(predicate, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def request(model: str) -> pb.TranslateRequest:

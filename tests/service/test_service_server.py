@@ -25,6 +25,7 @@ from service_helpers import (
     rgb_image,
     smooth_image,
     test_config,
+    wait_for,
 )
 
 from pixforge.v1 import translation_pb2 as pb
@@ -75,15 +76,6 @@ def expect_code(code, fn, *args, **kwargs) -> grpc.RpcError:
     assert info.value.code() == code, info.value.details()
     assert "Traceback" not in (info.value.details() or "")
     return info.value
-
-
-def wait_for(predicate, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def box_blur(img: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from pixforge.training.checkpoint import load_generator_checkpoint
+from pixforge.training.checkpoint import load_generator_checkpoint, load_resume_state
 from pixforge.training.config import DataConfig, config_from_dict, config_to_dict
 from pixforge.training.data import build_datasets, load_eval_items
 from pixforge.training.loop import train
@@ -44,7 +44,10 @@ def _wider(cfg, **generator):
 # steps move the loss clearly; measured over seeds 0-2 the ratio after/before is <= 0.72 (pix2pix)
 # and <= 0.87 (CycleGAN cycle L1), against thresholds of 0.85 and 0.93.
 def test_pix2pix_20_steps_lower_l1_on_a_fixed_batch(aligned_data, tmp_path):
-    cfg = _wider(tiny_config("aligned", steps=20, lr_g=2e-3, lr_schedule="step", lr_step_size=1000), ngf=8)
+    cfg = _wider(
+        tiny_config("aligned", steps=20, val_every=20, lr_g=2e-3, lr_schedule="step", lr_step_size=1000),
+        ngf=8,
+    )
     seed_all(cfg.train.seed)
     before = build_generator(cfg.generator)  # the run's initial G: same seed, built first
     result = train(cfg, aligned_data, run_dir=tmp_path / "run")
@@ -60,7 +63,15 @@ def test_pix2pix_20_steps_lower_l1_on_a_fixed_batch(aligned_data, tmp_path):
 
 def test_cyclegan_20_steps_lower_cycle_loss_on_a_fixed_batch(unaligned_data, tmp_path):
     cfg = _wider(
-        tiny_config("unaligned", steps=20, batch_size=1, lr_g=2e-3, lr_schedule="step", lr_step_size=1000),
+        tiny_config(
+            "unaligned",
+            steps=20,
+            val_every=20,
+            batch_size=1,
+            lr_g=2e-3,
+            lr_schedule="step",
+            lr_step_size=1000,
+        ),
         ngf=8,
         n_blocks=2,
     )
@@ -162,7 +173,7 @@ def test_super_resolution_run_and_checkpoint(photo_data, tmp_path):
 
 
 def test_colorization_run_and_checkpoint(photo_data, tmp_path):
-    cfg = tiny_config("colorization", steps=2)
+    cfg = tiny_config("colorization", steps=2, val_every=2)
     result = train(cfg, photo_data, run_dir=tmp_path / "run")
     ckpt = load_generator_checkpoint(result.checkpoint)
     assert (ckpt["task"], ckpt["input_channels"], ckpt["output_channels"], ckpt["color_space"]) == (
@@ -195,7 +206,10 @@ def test_run_outputs(aligned_data, tmp_path):
 def test_ema_checkpoint_holds_the_averaged_weights(aligned_data, tmp_path):
     cfg = tiny_config("aligned", steps=3, ema=True, ema_decay=0.5)
     result = train(cfg, aligned_data, run_dir=tmp_path / "run")
-    state = torch.load(tmp_path / "run" / "checkpoints" / "resume-state.pt", weights_only=True)
+    raw = torch.load(tmp_path / "run" / "checkpoints" / "resume-state.pt", weights_only=True)
+    assert set(raw["nets"]) == {"G", "D"}  # the EMA weights live in the generator checkpoint only
+    assert raw["nets_in_checkpoints"] == {"G_ema": result.checkpoint.name}
+    state = load_resume_state(tmp_path / "run" / "checkpoints" / "resume-state.pt")
     ckpt = load_generator_checkpoint(result.checkpoint)
     key = next(k for k in ckpt["state_dict"] if k.endswith("weight"))
     assert torch.equal(ckpt["state_dict"][key], state["nets"]["G_ema"][key])
@@ -249,3 +263,35 @@ def test_edsr_super_resolution_run_with_cached_images(photo_data, tmp_path):
     assert ckpt["generator_config"]["arch"] == "edsr"
     assert net(torch.zeros(1, 3, 5, 7)).shape == (1, 3, 10, 14)
     assert ckpt["metrics"]["psnr_y"] > 20
+
+
+@pytest.mark.parametrize(
+    ("kind", "evaluate"),
+    [("aligned", "loop_pix2pix.evaluate_paired"), ("unaligned", "loop_cyclegan.evaluate_cyclegan")],
+)
+def test_val_every_0_runs_no_validation_not_even_at_the_end(kind, evaluate, request, tmp_path, monkeypatch):
+    import pixforge.training as training
+
+    module_name, fn_name = evaluate.split(".")
+    module = getattr(training, module_name)
+    real, calls = getattr(module, fn_name), []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, fn_name, counting)
+    data = request.getfixturevalue(f"{kind}_data")
+    batch = {"batch_size": 1} if kind == "unaligned" else {}
+    off = train(tiny_config(kind, steps=3, val_every=0, **batch), data, run_dir=tmp_path / "off")
+    assert calls == [] and off.metrics == {} and off.validation_off == "train.val_every is 0"
+    assert not list(off.run_dir.glob("metric-*.jsonl"))
+    # validation on: the final validation after the last step still runs (step 3 is off-cadence)
+    on = train(tiny_config(kind, steps=3, val_every=2, **batch), data, run_dir=tmp_path / "on")
+    assert len(calls) == 2 and on.metrics and on.validation_off is None
+    assert [
+        json.loads(x)["step"] for x in next(on.run_dir.glob("metric-*.jsonl")).read_text().splitlines()
+    ] == [
+        2,
+        3,
+    ]

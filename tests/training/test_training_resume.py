@@ -99,3 +99,79 @@ def test_resume_refuses_different_data(aligned_data, tmp_path):
     bigger = make_aligned(tmp_path / "bigger", n_train=8)
     with pytest.raises(DataError, match="data changed"):
         train(cfg, bigger, run_dir=tmp_path / "run", resume=True)
+
+
+# ----------------------------------------------------------------------------- resume-state layout
+
+
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _write_old_layout(ckpt_dir) -> int:
+    """Rewrite resume-state.pt the way pixforge.resume/1 did (every net inline); returns its size."""
+    path = ckpt_dir / "resume-state.pt"
+    state = load_resume_state(path)  # nets filled in from the generator checkpoints
+    del state["nets_in_checkpoints"]
+    state["format"] = "pixforge.resume/1"
+    torch.save(state, path)
+    return path.stat().st_size
+
+
+@pytest.mark.parametrize(
+    ("kind", "ema", "shared"),
+    [
+        ("aligned", False, {"G": "generator-step0000004.pt"}),
+        ("aligned", True, {"G_ema": "generator-step0000004.pt"}),
+        ("unaligned", False, {"G_A": "G_A-step0000004.pt", "G_B": "G_B-step0000004.pt"}),
+    ],
+)
+def test_resume_state_holds_no_second_copy_of_the_saved_generators(kind, ema, shared, request, tmp_path):
+    data = request.getfixturevalue(f"{kind}_data")
+    result = train(tiny_config(kind, steps=4, ema=ema), data, run_dir=tmp_path / "run")
+    ckpt_dir = result.run_dir / "checkpoints"
+    raw = torch.load(ckpt_dir / "resume-state.pt", weights_only=True)
+    assert raw["format"] == "pixforge.resume/2"
+    assert raw["nets_in_checkpoints"] == shared
+    assert not set(shared) & set(raw["nets"])  # the raw (or EMA) generators are not stored twice
+    full = load_resume_state(ckpt_dir / "resume-state.pt")
+    assert set(shared) <= set(full["nets"])  # loading puts them back
+    for key, name in shared.items():
+        _assert_same(full["nets"][key], load_generator_checkpoint(ckpt_dir / name)["state_dict"], key)
+    # smaller than the old layout by the generator weights (plus a little pickle overhead per tensor)
+    new_size = (ckpt_dir / "resume-state.pt").stat().st_size
+    saved = sum(_tensor_bytes(full["nets"][k]) for k in shared)
+    old_size = _write_old_layout(ckpt_dir)
+    assert saved <= old_size - new_size <= saved * 1.25 + 4096, (old_size, new_size, saved)
+
+
+@pytest.mark.parametrize("kind", ["aligned", "unaligned"])
+def test_old_layout_resume_file_still_resumes_bit_exactly(kind, request, tmp_path):
+    data = request.getfixturevalue(f"{kind}_data")
+    cfg = tiny_config(kind, steps=8, ema=True, lr_schedule="linear", lr_decay_start=0.0)
+    straight = train(cfg, data, run_dir=tmp_path / "straight", max_steps=6)
+    first = train(cfg, data, run_dir=tmp_path / "resumed", max_steps=3)
+    ckpt_dir = first.run_dir / "checkpoints"
+    _write_old_layout(ckpt_dir)
+    for p in ckpt_dir.glob("*-step*.pt"):  # an old-layout file needs no generator checkpoint
+        p.unlink()
+    resumed = train(cfg, data, run_dir=tmp_path / "resumed", max_steps=6, resume=True)
+    assert resumed.step == straight.step == 6
+    _assert_same(
+        load_resume_state(straight.run_dir / "checkpoints" / "resume-state.pt"),
+        load_resume_state(resumed.run_dir / "checkpoints" / "resume-state.pt"),
+    )
+
+
+def test_resume_needs_the_generator_checkpoint_it_names(aligned_data, tmp_path):
+    cfg = tiny_config("aligned", steps=4)
+    first = train(cfg, aligned_data, run_dir=tmp_path / "run", max_steps=2)
+    first.checkpoint.unlink()
+    with pytest.raises(DataError, match="generator-step0000002.pt"):
+        train(cfg, aligned_data, run_dir=tmp_path / "run", resume=True)
