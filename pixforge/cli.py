@@ -84,6 +84,12 @@ def _add_export(sub) -> None:
     p.add_argument("--repo", required=True, help="model repository folder")
     p.add_argument("--version", type=int, help="version number (default: highest existing + 1)")
     p.add_argument("--fp16", action="store_true", help="store weights in fp16 (I/O stay uint8)")
+    p.add_argument(
+        "--self-ensemble",
+        action="store_true",
+        help="export the x8 self-ensemble (mean over flips and 90-degree rotations; 8x the compute; "
+        "generators without normalisation layers only)",
+    )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument(
         "--from",

@@ -128,6 +128,7 @@ def load_pixforge_checkpoint(path: Path, args) -> tuple[torch.nn.Module, ExportC
             opset=args.opset,
             verify=not args.no_verify,
             description=args.description or "",
+            self_ensemble=bool(getattr(args, "self_ensemble", False)),
         )
     except ExportError as exc:
         raise UsageError(f"checkpoint does not describe an exportable model: {exc}") from exc

@@ -30,7 +30,7 @@ from .norm_stats import NormStatsError, add_norm_statistics_io
 from .onnx_build import export_onnx
 from .parity import ParityReport, round_up
 from .receptive_field import receptive_radius
-from .wrapper import COLOR_SPACES, INFERENCE_SEMANTICS, build_export_module
+from .wrapper import COLOR_SPACES, INFERENCE_SEMANTICS, SelfEnsemble, build_export_module
 from .writer import SIDECAR_FILE, check_name, choose_version, write_model_version
 
 DEFAULT_OPSET = 17
@@ -58,6 +58,8 @@ class ExportConfig:
         verify: run the parity check (refuse to write a model that fails it).
         description: one line for `pixforge models show`.
         min_fp16_psnr: fp16 exports below this PSNR vs fp32 (dB) are refused.
+        self_ensemble: export the x8 geometric self-ensemble of the generator (8 runs per image;
+            generators without normalisation layers only).
     """
 
     task: str
@@ -71,6 +73,7 @@ class ExportConfig:
     verify: bool = True
     description: str = ""
     min_fp16_psnr: float = parity_mod.MIN_FP16_PSNR_DB
+    self_ensemble: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -258,6 +261,13 @@ def export_generator(
     check_name(name)
     repo = Path(repo)
     version = choose_version(repo, name, version)  # fail before minutes of work on a taken version
+    if cfg.self_ensemble:
+        try:
+            generator = SelfEnsemble(generator)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
+        provenance = {**(provenance or {}), "self_ensemble": "x8 (flips and 90-degree rotations, averaged)"}
+        log("self-ensemble: the graph averages the generator over 8 flips/rotations (8 runs per image)")
     size_multiple = _size_multiple(generator)
     tile = cfg.tile_size or default_tile_size(size_multiple, cfg.scale)
     if tile % size_multiple:
