@@ -33,7 +33,7 @@ from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
 
 from .config import StreamConfig
-from .errors import InvalidRequestError, ModelNotFoundError
+from .errors import ModelNotFoundError
 from .interceptors import OversizedMessage
 from .kserve_core import PLATFORM, SERVER_NAME, KServeCore, not_offered
 from .kserve_tensors import (
@@ -48,7 +48,7 @@ from .metrics import Metrics
 from .pipeline import CancelToken, Pipeline
 from .repository import ModelRegistry
 from .runner import RequestRunner, time_remaining
-from .servicer import message_request_id, pushback_trailer, status_for_error
+from .servicer import message_request_id, run_unary, status_for_error
 from .streaming import ordered_responses
 from .text_limits import check_text
 
@@ -159,20 +159,11 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         """Run one inference request (unary); errors become a status via status_for_error."""
-        try:
-            request_id = message_request_id(request.id)
-        except InvalidRequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        with request_context(request_id):
-            try:
-                return await self._infer(request, request_id, "ModelInfer", time_remaining(context))
-            except Exception as exc:
-                failure = exc
-            code, message = status_for_error(failure, request_id)
-            trailer = pushback_trailer(failure)
-            if trailer:
-                context.set_trailing_metadata(trailer)
-            await context.abort(code, message)
+
+        async def call(request_id: str) -> kpb.ModelInferResponse:
+            return await self._infer(request, request_id, "ModelInfer", time_remaining(context))
+
+        return await run_unary(context, request.id, call)
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Answer each streamed request in order; a failed one yields ``error_message`` ("CODE: why")."""

@@ -116,6 +116,26 @@ def pushback_trailer(exc: BaseException) -> tuple[tuple[str, str], ...]:
     return (("grpc-retry-pushback-ms", str(ms)),) if ms else ()
 
 
+async def run_unary(context, message_id: str, call):
+    """The shape of every unary inference RPC (Translate, ModelInfer): take the request id (a
+    too-long one is INVALID_ARGUMENT), run ``await call(request_id)`` in its log context, and turn
+    a failure into the status from the one table plus its retry-pushback trailer."""
+    try:
+        request_id = message_request_id(message_id)
+    except InvalidRequestError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    with request_context(request_id):
+        try:
+            return await call(request_id)
+        except Exception as exc:
+            failure = exc
+        code, message = status_for_error(failure, request_id)
+        trailer = pushback_trailer(failure)
+        if trailer:
+            context.set_trailing_metadata(trailer)
+        await context.abort(code, message)
+
+
 def log_failure(exc: BaseException, request_id: str, model: str) -> str:
     """Log a failed request (traceback only for unexpected errors); returns its status code name."""
     status, message = status_for_error(exc, request_id)
@@ -291,21 +311,12 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
 
     async def Translate(self, request, context):
         """Translate one image (unary); errors become a status via status_for_error."""
-        try:
-            request_id = message_request_id(request.request_id)
-        except InvalidRequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        with request_context(request_id):
-            try:
-                job = job_from_proto(request, request_id)
-                return response_from_result(await self._run(job, "Translate", time_remaining(context)))
-            except Exception as exc:
-                failure = exc
-            code, message = status_for_error(failure, request_id)
-            trailer = pushback_trailer(failure)
-            if trailer:
-                context.set_trailing_metadata(trailer)
-            await context.abort(code, message)
+
+        async def call(request_id: str) -> pb.TranslateResponse:
+            job = job_from_proto(request, request_id)
+            return response_from_result(await self._run(job, "Translate", time_remaining(context)))
+
+        return await run_unary(context, request.request_id, call)
 
     async def _stream_item(
         self, item: pb.TranslateStreamRequest, index: int, remaining: float | None, cancel: CancelToken
