@@ -34,6 +34,7 @@ class LocalServer:
     handle: ServerHandle
     token: str
     workdir: Path
+    previous_log_level: int = logging.NOTSET  # restored on close: the level is process-wide
 
     @property
     def address(self) -> str:
@@ -45,6 +46,7 @@ class LocalServer:
             self.handle.stop(0)
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
+            logging.getLogger("pixforge.service").setLevel(self.previous_log_level)
 
     def __enter__(self) -> LocalServer:
         return self
@@ -78,7 +80,9 @@ def start_local_server(repository: str | Path, model: str, *, log_level: str = "
     if model not in names:
         have = ", ".join(names) if names else "none"
         raise ServerConfigError(f"model {model!r} is not in {repo} (it has: {have})")
-    logging.getLogger("pixforge.service").setLevel(log_level)
+    service_log = logging.getLogger("pixforge.service")
+    previous = service_log.level
+    service_log.setLevel(log_level)
     workdir = Path(tempfile.mkdtemp(prefix="pixforge-convert-"))
     try:
         private = workdir / "models"
@@ -99,8 +103,9 @@ def start_local_server(repository: str | Path, model: str, *, log_level: str = "
         handle = serve(build_config(values, source="convert --models"))
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
+        service_log.setLevel(previous)
         raise
-    local = LocalServer(handle, token, workdir)
+    local = LocalServer(handle, token, workdir, previous)
     row = handle.registry.describe(model)
     if row.contract is None:
         local.close()
