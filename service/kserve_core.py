@@ -31,7 +31,7 @@ from .errors import (
     ModelNotReadyError,
     NotOfferedError,
 )
-from .kserve_tensors import DATATYPE, parse_version  # noqa: F401 - DATATYPE re-exported for the fronts
+from .kserve_tensors import parse_version
 from .metrics import Metrics
 from .pipeline import ArrayJob, ArrayResult, CancelToken, Pipeline, TranslateOptions
 from .repository import ModelRegistry, ModelState, ModelVersion
@@ -68,6 +68,20 @@ class ModelDescription:
     row: ModelVersion
     versions: list[str]
     contract: ModelContract
+
+
+def _loaded_contract(row: ModelVersion) -> ModelContract:
+    """The contract of a loaded version (metadata and config describe its tensors).
+
+    Raises:
+        ModelNotReadyError: the version is loading or failed, so its tensors are not known yet.
+    """
+    if row.contract is None:
+        reason = f": {row.error}" if row.error else ""
+        raise ModelNotReadyError(
+            f"model {row.name!r} version {row.version} is {row.state.value.lower()}{reason}"
+        )
+    return row.contract
 
 
 class KServeCore:
@@ -138,12 +152,7 @@ class KServeCore:
             ModelNotReadyError: the version is loading or failed (nothing to describe yet).
         """
         row = self.describe(name, version, "ModelMetadata")
-        contract = row.contract
-        if contract is None:
-            reason = f": {row.error}" if row.error else ""
-            raise ModelNotReadyError(
-                f"model {row.name!r} version {row.version} is {row.state.value.lower()}{reason}"
-            )
+        contract = _loaded_contract(row)
         versions = [
             str(r.version)
             for r in self.registry.versions()
@@ -258,12 +267,7 @@ class KServeCore:
             ModelNotReadyError: the version is loading or failed (its tensors are not known).
         """
         row = self.describe(name, version, "ModelConfig")
-        contract = row.contract
-        if contract is None:
-            reason = f": {row.error}" if row.error else ""
-            raise ModelNotReadyError(
-                f"model {row.name!r} version {row.version} is {row.state.value.lower()}{reason}"
-            )
+        contract = _loaded_contract(row)
         batching = self.registry.batching
         gpu = row.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         group: dict[str, object] = {"name": row.name, "kind": "KIND_GPU" if gpu else "KIND_CPU", "count": 1}
