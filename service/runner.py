@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -38,7 +37,6 @@ class RequestRunner:
     def __init__(self, admission: Admission, workers: int):
         self.admission = admission
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pixforge-worker")
-        self.expired_skipped = 0  # admitted requests dropped before starting (caller gone meanwhile)
 
     async def run(
         self,
@@ -75,11 +73,7 @@ class RequestRunner:
             context = contextvars.copy_context()  # keeps the request id on the worker's log lines
             future = self.pool.submit(context.run, self._guarded, work, token)
             future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finished, ticket, f))
-            try:
-                result = await asyncio.wrap_future(future)
-            except asyncio.CancelledError:
-                token.cancel()
-                raise
+            result = await asyncio.wrap_future(future)
             return result, ticket.waited_ms
         except asyncio.CancelledError:
             token.cancel()
@@ -90,8 +84,6 @@ class RequestRunner:
             unlink()
 
     def _guarded(self, work: Callable[[CancelToken], T], token: CancelToken) -> T:
-        if token.cancelled:
-            self.expired_skipped += 1
         token.check()  # never start work whose caller is gone
         return work(token)
 
@@ -108,8 +100,3 @@ def time_remaining(context) -> float | None:
     """Seconds until a grpc.aio context's deadline, None without one."""
     remaining = context.time_remaining()
     return None if remaining is None else max(0.0, remaining)
-
-
-def monotonic_ms(start: float) -> float:
-    """Milliseconds since ``start`` (time.perf_counter)."""
-    return (time.perf_counter() - start) * 1000.0
