@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pixforge.repository import single_model_repository
+
 from . import BenchError
 from .report import SuiteRecord, Table
 from .serverproc import ServerProcess, closed_loop, png_bytes, sample_image, translate_call
@@ -57,13 +59,9 @@ def _rss_mib(pid: int) -> float:
 
 def _repo_with(model: str, source: Path, tmp: Path) -> Path:
     """A repository holding only ``model`` (links to the source's files, so nothing is copied)."""
-    src = source / model
-    if not src.is_dir():
+    if not (source / model).is_dir():
         raise BenchError(f"model {model!r} is not in {source}: pass --repo or --models")
-    repo = tmp / "repo"
-    repo.mkdir()
-    (repo / model).symlink_to(src.resolve(), target_is_directory=True)
-    return repo
+    return single_model_repository(source, model, tmp)
 
 
 def open_loop(

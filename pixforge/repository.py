@@ -60,3 +60,18 @@ def latest_versions(entries: list[ModelEntry]) -> dict[str, ModelEntry]:
         if e.name not in best or e.version > best[e.name].version:
             best[e.name] = e
     return best
+
+
+def single_model_repository(source: str | Path, model: str, folder: str | Path) -> Path:
+    """A repository under ``folder`` holding only ``model`` of ``source``, as a link (nothing copied).
+
+    A server started on it loads that one model instead of the whole repository (the in-process
+    `convert --models`, the overload benchmark).
+
+    Returns:
+        The new repository folder (``folder/models``).
+    """
+    repo = Path(folder) / "models"
+    repo.mkdir()
+    (repo / model).symlink_to((Path(source) / model).resolve(), target_is_directory=True)
+    return repo

@@ -20,9 +20,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixforge.repository import latest_versions, scan_repository
+from pixforge.repository import latest_versions, scan_repository, single_model_repository
 
-from .config import build_config, config_keys
+from .config import build_config
 from .errors import ServerConfigError
 from .server import ServerHandle, serve
 
@@ -85,21 +85,18 @@ def start_local_server(repository: str | Path, model: str, *, log_level: str = "
     service_log.setLevel(log_level)
     workdir = Path(tempfile.mkdtemp(prefix="pixforge-convert-"))
     try:
-        private = workdir / "models"
-        private.mkdir()
-        (private / model).symlink_to((repo / model).resolve(), target_is_directory=True)
+        private = single_model_repository(repo, model, workdir)
         token = secrets.token_urlsafe(24)
         values = {
             "models": str(private),
             "host": "127.0.0.1",
             "port": 0,
             "metrics_port": 0,
+            "http_port": 0,
             "auth.token": token,
             "log_level": log_level,
             "grace_seconds": 0,
         }
-        if "http_port" in config_keys():
-            values["http_port"] = 0
         handle = serve(build_config(values, source="convert --models"))
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
