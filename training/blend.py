@@ -9,39 +9,35 @@ its training_config records both parents and alpha (so the exported model file d
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import os
 from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_torch_save, load_generator_checkpoint
+from .checkpoint import GeneratorCheckpoint
+from .data.files import file_sha256
 
 # Fields that must agree for the blend to mean anything (same network, same served contract).
 _SAME = ("generator_config", "task", "scale", "input_channels", "output_channels", "color_space")
 
 
-def _sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def blend_generators(path_a: str | os.PathLike, path_b: str | os.PathLike, alpha: float) -> dict:
+def blend_generators(
+    path_a: str | os.PathLike, path_b: str | os.PathLike, alpha: float
+) -> GeneratorCheckpoint:
     """The checkpoint (1 - alpha) * A + alpha * B; metadata (task, config, data) from B.
 
     Raises:
-        ValueError: alpha outside [0, 1], or the two checkpoints differ in architecture/contract.
+        ValueError: alpha outside [0, 1], or the two checkpoints differ in architecture/contract
+            (checkpoint.CheckpointFormatError, also a ValueError: one is not a generator checkpoint).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
-    a, b = load_generator_checkpoint(path_a), load_generator_checkpoint(path_b)
+    a, b = GeneratorCheckpoint.load(path_a), GeneratorCheckpoint.load(path_b)
     for key in _SAME:
-        if a[key] != b[key]:
-            raise ValueError(f"cannot blend: {key} differs ({a[key]!r} vs {b[key]!r})")
-    sa, sb = a["state_dict"], b["state_dict"]
+        if getattr(a, key) != getattr(b, key):
+            raise ValueError(f"cannot blend: {key} differs ({getattr(a, key)!r} vs {getattr(b, key)!r})")
+    sa, sb = a.state_dict, b.state_dict
     if sa.keys() != sb.keys():
         raise ValueError("cannot blend: the checkpoints have different parameter names")
     state = {}
@@ -54,20 +50,20 @@ def blend_generators(path_a: str | os.PathLike, path_b: str | os.PathLike, alpha
             state[k] = torch.lerp(ta.float(), tb.float(), alpha).to(ta.dtype)
         else:
             state[k] = tb.clone()
-    out = dict(b)
-    out["state_dict"] = state
-    out["metrics"] = {}  # neither parent's validation figures describe the blend
-    out["training_config"] = dict(b["training_config"])
-    out["training_config"]["network_interpolation"] = {
+    interpolation = {
         "alpha": float(alpha),
-        "a": {"file": Path(path_a).name, "step": int(a["step"]), "sha256": _sha256(path_a)},
-        "b": {"file": Path(path_b).name, "step": int(b["step"]), "sha256": _sha256(path_b)},
+        "a": {"file": Path(path_a).name, "step": a.step, "sha256": file_sha256(path_a)},
+        "b": {"file": Path(path_b).name, "step": b.step, "sha256": file_sha256(path_b)},
     }
-    out["name"] = f"{b.get('name', 'G')}-blend{alpha:g}"
-    return out
+    return dataclasses.replace(
+        b,
+        state_dict=state,
+        metrics={},  # neither parent's validation figures describe the blend
+        training_config={**b.training_config, "network_interpolation": interpolation},
+        name=f"{b.name}-blend{alpha:g}",
+    )
 
 
 def save_blend(path_a, path_b, alpha: float, out_path: str | os.PathLike) -> Path:
     """Blend and write atomically; returns the written path."""
-    atomic_torch_save(blend_generators(path_a, path_b, alpha), out_path)
-    return Path(out_path)
+    return blend_generators(path_a, path_b, alpha).save(out_path)

@@ -1,9 +1,10 @@
-"""Checkpoints: deployable generator files, a separate resume-state file, `latest` pointers.
+"""Checkpoint formats: deployable generator files, a separate resume-state file, `latest` pointers.
 
-- Generator checkpoint (`pixforge.generator/1`, docs/training.md "Checkpoints and resume"): a
-  dict of plain types only (architecture config, task, channels, colour space, weights, resolved
-  config, metrics, step, versions). `pixforge export` takes it; it loads with
-  `torch.load(..., weights_only=True)`.
+- Generator checkpoint (`pixforge.generator/1`, docs/training.md "Checkpoints and resume"): one
+  `GeneratorCheckpoint`, saved as a dict of plain types only (architecture config, task, channels,
+  colour space, weights, resolved config, metrics, step, versions). `pixforge export` takes it; it
+  loads with `torch.load(..., weights_only=True)`. `GeneratorCheckpoint.load` checks the format tag
+  and every entry's type; files of earlier pixforge versions go through `legacy.py`.
 - Resume state (`pixforge.resume/2`, `checkpoints/resume-state.pt`): `step`, data position
   (`epoch`, `batch_in_epoch`, `steps_per_epoch`), `nets` (the weights the generator checkpoints
   of the same step do not hold: pix2pix D, plus G when EMA is on; CycleGAN D_A, D_B, plus G_A, G_B
@@ -12,7 +13,7 @@
   `schedulers`, GradScaler `scaler`, CycleGAN image `pools`, `metrics`, `skipped_files` and `rng`
   (python, numpy, torch, cuda; tensors/plain types, so it loads with weights_only=True).
   `load_resume_state` reads the named generator checkpoints back into `nets` (each must be of the
-  same step), and still reads `pixforge.resume/1` files, which hold every network inline.
+  same step); `pixforge.resume/1` files, which hold every network inline, are read by legacy.py.
   Size ~ 4 bytes x (3 x parameters of every net + parameters of the nets kept inline only for EMA)
   + pools: default presets (fp32, from parameter counts) facades / colorization 67 MB (was 96),
   super_resolution_x4 9 MB, style_translation 25 MB + up to 20 MB of pools (was 29 + pools);
@@ -23,46 +24,193 @@
   half-written file. `<name>-latest.pt` is a hard link to the newest generator checkpoint, a stable
   path for scripts; the step-numbered files never change once written. Every write is atomic:
   temp file in the same folder + `os.replace`.
+
+Run-level snapshot writing (which networks go where, DDP) is snapshots.py; this module is the
+file formats only.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import random
 import re
 import shutil
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from pixforge import __version__
+from pixforge.errors import PixforgeError
+
+from . import legacy
+from .registry import GeneratorConfig, build_generator
 
 GENERATOR_FORMAT = "pixforge.generator/1"
 RESUME_FORMAT = "pixforge.resume/2"
-# /1: every network inline, also the one the generator checkpoint of the same step holds
-RESUME_FORMATS_READ = ("pixforge.resume/1", RESUME_FORMAT)
 RESUME_FILE = "resume-state.pt"
 LATEST_FILE = "latest.json"
-GENERATOR_KEYS = (
-    "format",
-    "generator_config",
-    "task",
-    "scale",
-    "input_channels",
-    "output_channels",
-    "color_space",
-    "state_dict",
-    "training_config",
-    "metrics",
-    "training_data",
-    "step",
-    "pixforge_version",
-    "torch_version",
-    "name",
-)
+
+
+class CheckpointFormatError(PixforgeError, ValueError):
+    """A file is not a pixforge generator checkpoint, or an entry is missing, mistyped or unusable.
+
+    Attributes:
+        foreign: no pixforge format tag at all (another kind of file, e.g. a junyanz state dict),
+            as opposed to a pixforge checkpoint with a broken entry.
+    """
+
+    def __init__(self, message: str, *, foreign: bool = False):
+        super().__init__(message)
+        self.foreign = foreign
+
+
+def _runtime_types(hint: Any) -> tuple[type, ...]:
+    """The isinstance() classes of an annotation: dict[str, Any] -> (dict,), str | None -> (str, NoneType)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(t for arg in typing.get_args(hint) for t in _runtime_types(arg))
+    return (typing.get_origin(hint) or hint,)
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """Field name -> the classes its value may have, from the dataclass annotations."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _runtime_types(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GeneratorCheckpoint:
+    """One deployable generator checkpoint (`pixforge.generator/1`).
+
+    The fields are the file's entries, in the order they are written (after "format"); `direction`
+    is written only when set (pix2pix on aligned data, CycleGAN). Construction checks each entry's
+    type (CheckpointFormatError), copies `generator_config` and stores `metrics` as floats, as the
+    files always held them.
+    """
+
+    FORMAT: ClassVar[str] = GENERATOR_FORMAT
+
+    generator_config: dict[str, Any]  # registry.GeneratorConfig as a dict
+    task: str
+    scale: int
+    input_channels: int  # what the served model takes (colorization: 1, the L channel)
+    output_channels: int
+    color_space: str  # "rgb", or "lab" for colorization (the export wraps RGB <-> Lab around it)
+    state_dict: dict[str, torch.Tensor]
+    training_config: dict[str, Any]  # the resolved ExperimentConfig (blends add their parents)
+    metrics: dict[str, float]  # the last validation's
+    training_data: str
+    step: int
+    pixforge_version: str = __version__
+    torch_version: str = dataclasses.field(default_factory=lambda: str(torch.__version__))
+    name: str  # file prefix: "generator", "G_A", "G_B", "<name>-blend<alpha>"
+    direction: str | None = None  # "AtoB" / "BtoA"
+
+    def __post_init__(self) -> None:
+        for name, expected in _field_types(type(self)).items():
+            value = getattr(self, name)
+            # bool is an int subclass, but True is no scale or step.
+            if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+                want = " or ".join("None" if t is type(None) else t.__name__ for t in expected)
+                raise CheckpointFormatError(
+                    f"checkpoint entry {name!r} has type {type(value).__name__} (expected {want})"
+                )
+        bad = [k for k, v in self.state_dict.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise CheckpointFormatError(
+                f"checkpoint state_dict entries are not tensors: {', '.join(bad[:3])}"
+            )
+        try:
+            metrics = {str(k): float(v) for k, v in self.metrics.items()}
+        except (TypeError, ValueError) as exc:
+            raise CheckpointFormatError(f"checkpoint metrics must be numbers: {exc}") from None
+        object.__setattr__(self, "metrics", metrics)
+        object.__setattr__(self, "generator_config", dict(self.generator_config))
+
+    # --- the file -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The on-disk dict: "format" first, then the fields in order (no "direction" when None)."""
+        out: dict[str, Any] = {"format": self.FORMAT}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)  # not dataclasses.asdict: that would deep-copy the weights
+            if not (f.name == "direction" and value is None):
+                out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "checkpoint") -> GeneratorCheckpoint:
+        """Check and wrap a loaded checkpoint dict; `source` (the path) prefixes error messages.
+
+        Entries this version does not know are ignored, so a newer writer's additions still load.
+
+        Raises:
+            CheckpointFormatError: not a `pixforge.generator/1` dict (`foreign`), a required entry
+                missing, or an entry of the wrong type.
+        """
+        if not isinstance(data, Mapping) or data.get("format") != cls.FORMAT:
+            raise CheckpointFormatError(f"{source} is not a {cls.FORMAT} checkpoint", foreign=True)
+        data = legacy.upgrade_generator_entries(data)
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in data and n != "direction"]
+        if missing:
+            raise CheckpointFormatError(f"{source} lacks keys: {', '.join(missing)}")
+        try:
+            return cls(**{n: data[n] for n in names if n in data})
+        except CheckpointFormatError as exc:
+            raise CheckpointFormatError(f"{source}: {exc}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> GeneratorCheckpoint:
+        """Read and check a generator checkpoint file (weights_only: no code runs while loading).
+
+        Raises:
+            CheckpointFormatError: see `from_dict`.
+            OSError, pickle/zip errors: the file cannot be read as a torch file at all.
+        """
+        return cls.from_dict(legacy.load_weights_only(path), source=str(path))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temp file + rename); returns `path`."""
+        atomic_torch_save(self.to_dict(), path)
+        return Path(path)
+
+    # --- the network ----------------------------------------------------------------------------
+
+    def generator_cfg(self) -> GeneratorConfig:
+        """`generator_config` as the registry's config.
+
+        Raises:
+            CheckpointFormatError: the entry is not a valid generator config.
+        """
+        try:
+            return GeneratorConfig.from_dict(self.generator_config)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointFormatError(f"checkpoint generator_config is invalid: {exc}") from exc
+
+    def build_generator(self) -> nn.Module:
+        """The generator this checkpoint describes, with its weights (strict load).
+
+        Raises:
+            CheckpointFormatError: an invalid generator_config, or weights that do not fit it.
+        """
+        generator = build_generator(self.generator_cfg())
+        try:
+            generator.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointFormatError(
+                f"checkpoint weights do not fit its generator_config: {str(exc).splitlines()[0]}"
+            ) from exc
+        return generator
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -89,60 +237,6 @@ def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
 def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Contiguous CPU copies of a module's state (channels_last weights become plain NCHW)."""
     return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-
-
-def generator_checkpoint(
-    *,
-    generator_config: dict,
-    state_dict: dict,
-    task: str,
-    scale: int,
-    input_channels: int,
-    output_channels: int,
-    color_space: str,
-    training_config: dict,
-    metrics: dict,
-    training_data: str,
-    step: int,
-    name: str,
-    direction: str | None = None,
-) -> dict:
-    """The deployable generator checkpoint dict (docs/training.md "Checkpoints and resume")."""
-    ckpt = {
-        "format": GENERATOR_FORMAT,
-        "generator_config": dict(generator_config),
-        "task": task,
-        "scale": int(scale),
-        "input_channels": int(input_channels),
-        "output_channels": int(output_channels),
-        "color_space": color_space,
-        "state_dict": state_dict,
-        "training_config": training_config,
-        "metrics": {k: float(v) for k, v in metrics.items()},
-        "training_data": str(training_data),
-        "step": int(step),
-        "pixforge_version": __version__,
-        "torch_version": str(torch.__version__),  # TorchVersion is not weights_only-loadable
-        "name": name,
-    }
-    if direction is not None:
-        ckpt["direction"] = direction
-    return ckpt
-
-
-def load_generator_checkpoint(path: str | os.PathLike) -> dict:
-    """Load and check a generator checkpoint (weights_only=True).
-
-    Raises:
-        ValueError: not a pixforge generator checkpoint.
-    """
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != GENERATOR_FORMAT:
-        raise ValueError(f"{path} is not a {GENERATOR_FORMAT} checkpoint")
-    missing = [k for k in GENERATOR_KEYS if k not in ckpt]
-    if missing:
-        raise ValueError(f"{path} lacks keys: {', '.join(missing)}")
-    return ckpt
 
 
 # ----------------------------------------------------------------------------- RNG state
@@ -194,7 +288,7 @@ def save_resume_state(path: str | os.PathLike, state: dict) -> None:
 
 
 def load_resume_state(path: str | os.PathLike) -> dict:
-    """Load a resume state file (`pixforge.resume/2`, or the older `/1` with every net inline).
+    """Load a resume state file (`pixforge.resume/2`, or an older one legacy.py reads).
 
     Networks listed in `nets_in_checkpoints` are read back from their generator checkpoints, so
     `state["nets"]` always holds every network, whichever layout the file has.
@@ -204,8 +298,11 @@ def load_resume_state(path: str | os.PathLike) -> dict:
             checkpoint it refers to is missing or of another step.
     """
     path = Path(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") not in RESUME_FORMATS_READ:
+    state = legacy.load_weights_only(path)
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if fmt in legacy.RESUME_UPGRADES:
+        state = legacy.RESUME_UPGRADES[fmt](state)
+    elif fmt != RESUME_FORMAT:
         raise ValueError(f"{path} is not a {RESUME_FORMAT} file")
     for key, name in state.get("nets_in_checkpoints", {}).items():
         gen_path = path.with_name(name)
@@ -214,10 +311,10 @@ def load_resume_state(path: str | os.PathLike) -> dict:
                 f"{path} keeps the {key} weights in {name} (the generator checkpoint of step "
                 f"{state['step']}), which is missing; it must stay next to the resume state"
             )
-        gen = load_generator_checkpoint(gen_path)
-        if gen["step"] != state["step"]:
-            raise ValueError(f"{gen_path} is of step {gen['step']}, the resume state of step {state['step']}")
-        state["nets"][key] = gen["state_dict"]
+        gen = GeneratorCheckpoint.load(gen_path)
+        if gen.step != state["step"]:
+            raise ValueError(f"{gen_path} is of step {gen.step}, the resume state of step {state['step']}")
+        state["nets"][key] = gen.state_dict
     return state
 
 

@@ -2,31 +2,30 @@
 
 The model obeys docs/model-contract.md.
 
-Reads a pixforge checkpoint (``"format": "pixforge.generator/1"``, written by `pixforge train`), a
+Reads a pixforge checkpoint (``"format": "pixforge.generator/1"``, written by `pixforge train`;
+read as a ``checkpoint.GeneratorCheckpoint``, older files through ``pixforge.training.legacy``), a
 junyanz ``latest_net_G.pth`` (``--from junyanz``) or a model.onnx of an earlier pixforge export
-(``--from onnx``; both converted by ``pixforge.training.legacy``), builds
-the generator through the registry and hands it to ``pixforge.training.export.export_generator``.
+(``--from onnx``; both converted by ``pixforge.training.legacy``), builds the generator through the
+registry and hands it to ``pixforge.training.export.export_generator``.
 
 Exit codes: 0 written; 1 the parity check failed (nothing written); 2 bad input (message, no traceback).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.torch_version import TorchVersion
 
 from pixforge.contract import TASKS
 from pixforge.errors import PixforgeError, UsageError
 
 from . import legacy
-from .checkpoint import GENERATOR_FORMAT as CHECKPOINT_FORMAT
-from .checkpoint import load_generator_checkpoint
+from .checkpoint import CheckpointFormatError, GeneratorCheckpoint
+from .data.files import file_sha256
 from .export import (
     ExportConfig,
     ExportError,
@@ -40,14 +39,6 @@ from .export.wrapper import PreUpsampled
 from .registry import GeneratorConfig, build_generator, generator_preset, list_generators
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def arch_name(cfg: GeneratorConfig) -> str:
@@ -75,59 +66,48 @@ def _load_error(exc: Exception) -> str:
     )
 
 
-def _require(ckpt: dict, key: str, kind: type | tuple[type, ...]):
-    if key not in ckpt:
-        raise UsageError(f"checkpoint has no {key!r} entry (expected the {CHECKPOINT_FORMAT} layout)")
-    if not isinstance(ckpt[key], kind):
-        raise UsageError(f"checkpoint entry {key!r} has type {type(ckpt[key]).__name__}")
-    return ckpt[key]
+def _junyanz_only(args, records: str) -> None:
+    """Refuse the flags that describe a junyanz file when the input records them itself."""
+    for flag, value in (("--arch", args.arch), ("--norm", args.norm), ("--task", args.task)):
+        if value is not None:
+            raise UsageError(f"{flag} applies to --from junyanz only; {records}")
+
+
+def _output_options(args) -> dict:
+    """The command's ExportConfig fields that do not describe the model: tiling, precision, opset,
+    parity check, description."""
+    return {
+        "tile_size": args.tile_size,
+        "fp16": args.fp16,
+        "opset": args.opset,
+        "verify": not args.no_verify,
+        "description": args.description or "",
+    }
 
 
 def load_pixforge_checkpoint(path: Path, args) -> tuple[torch.nn.Module, ExportConfig, dict[str, str]]:
     """A pixforge generator checkpoint -> (generator with weights, export config, provenance)."""
-    for flag, value in (("--arch", args.arch), ("--norm", args.norm), ("--task", args.task)):
-        if value is not None:
-            raise UsageError(f"{flag} applies to --from junyanz only; a pixforge checkpoint records it")
+    _junyanz_only(args, "a pixforge checkpoint records it")
     if args.scale != 1:
         raise UsageError("--scale applies to --from junyanz only; a pixforge checkpoint records its scale")
     try:
-        # TorchVersion is a str subclass that early checkpoints stored as "torch_version"; allowing it
-        # keeps weights_only loading (no code execution) for those files.
-        with torch.serialization.safe_globals([TorchVersion]):
-            ckpt = load_generator_checkpoint(path)
-    except ValueError as exc:  # wrong format or missing keys, in the checkpoint module's words
-        hint = (
-            "" if "lacks keys" in str(exc) else " (a junyanz latest_net_G.pth? add --from junyanz --arch ...)"
-        )
+        ckpt = GeneratorCheckpoint.load(path)
+        gen_cfg, generator = ckpt.generator_cfg(), ckpt.build_generator()
+    except CheckpointFormatError as exc:  # wrong format, missing or mistyped entries, unfitting weights
+        hint = " (a junyanz latest_net_G.pth? add --from junyanz --arch ...)" if exc.foreign else ""
         raise UsageError(f"{exc}{hint}") from exc
     except Exception as exc:  # pickle/zip errors of many types
         raise UsageError(f"cannot read {path} as a pixforge checkpoint: {_load_error(exc)}") from exc
-    try:
-        gen_cfg = GeneratorConfig.from_dict(_require(ckpt, "generator_config", dict))
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"checkpoint generator_config is invalid: {exc}") from exc
-    generator = build_generator(gen_cfg)
-    try:
-        generator.load_state_dict(_require(ckpt, "state_dict", dict), strict=True)
-    except RuntimeError as exc:
-        raise UsageError(
-            f"checkpoint weights do not fit its generator_config: {str(exc).splitlines()[0]}"
-        ) from exc
-    color_space = ckpt.get("color_space", "rgb")
-    lab = color_space == "lab"
+    lab = ckpt.color_space == "lab"
     try:
         cfg = ExportConfig(
-            task=_require(ckpt, "task", str),
-            color_space=color_space,
-            scale=int(_require(ckpt, "scale", int)),
+            task=ckpt.task,
+            color_space=ckpt.color_space,
+            scale=ckpt.scale,
             # Colourisation models take and return RGB photos (the graph does RGB <-> Lab).
-            input_channels=3 if lab else int(_require(ckpt, "input_channels", int)),
-            output_channels=3 if lab else int(_require(ckpt, "output_channels", int)),
-            tile_size=args.tile_size,
-            fp16=args.fp16,
-            opset=args.opset,
-            verify=not args.no_verify,
-            description=args.description or "",
+            input_channels=3 if lab else ckpt.input_channels,
+            output_channels=3 if lab else ckpt.output_channels,
+            **_output_options(args),
             self_ensemble=bool(getattr(args, "self_ensemble", False)),
         )
     except ExportError as exc:
@@ -135,14 +115,14 @@ def load_pixforge_checkpoint(path: Path, args) -> tuple[torch.nn.Module, ExportC
     provenance = {
         "arch": arch_name(gen_cfg),
         "generator_config": generator_config_json(gen_cfg),
-        "training_config": config_summary(ckpt.get("training_config")),
-        "metrics": json.dumps(ckpt.get("metrics") or {}, sort_keys=True),
-        "training_data": str(ckpt.get("training_data") or ""),
-        "training_step": str(ckpt.get("step", "")),
-        "source_format": CHECKPOINT_FORMAT,
+        "training_config": config_summary(ckpt.training_config),
+        "metrics": json.dumps(ckpt.metrics, sort_keys=True),
+        "training_data": ckpt.training_data,
+        "training_step": str(ckpt.step),
+        "source_format": ckpt.FORMAT,
         "source_checkpoint_sha256": file_sha256(path),
-        "direction": str(ckpt.get("direction") or ""),
-        "generator_name": str(ckpt.get("name") or ""),
+        "direction": ckpt.direction or "",
+        "generator_name": ckpt.name,
     }
     return generator, cfg, provenance
 
@@ -178,11 +158,7 @@ def load_junyanz_checkpoint(path: Path, args) -> tuple[torch.nn.Module, ExportCo
             scale=args.scale,
             input_channels=3 if colour else gen_cfg.in_channels,
             output_channels=3 if colour else gen_cfg.out_channels,
-            tile_size=args.tile_size,
-            fp16=args.fp16,
-            opset=args.opset,
-            verify=not args.no_verify,
-            description=args.description or "",
+            **_output_options(args),
         )
     except ExportError as exc:
         raise UsageError(str(exc)) from exc
@@ -202,27 +178,28 @@ def load_onnx_model(path: Path, args) -> tuple[torch.nn.Module, ExportConfig, di
     Re-exporting rebuilds the graph under the current contract (receptive radius, tiling
     statistics); the task, scale, colour space, precision, tile size and description are the file's.
     """
-    for flag, value in (("--arch", args.arch), ("--norm", args.norm), ("--task", args.task)):
-        if value is not None:
-            raise UsageError(f"{flag} applies to --from junyanz only; the ONNX file records it")
+    _junyanz_only(args, "the ONNX file records it")
     try:
         gen_cfg, state, meta = legacy.load_pixforge_onnx(path)
     except legacy.LegacyCheckpointError as exc:
         raise UsageError(str(exc)) from exc
     generator = build_generator(gen_cfg)
     generator.load_state_dict(state, strict=True)
+    options = _output_options(args)
     try:
+        # the file's own tiling, precision and description, unless the command overrides them
+        options.update(
+            tile_size=args.tile_size or int(meta.get("tile_size", "0")) or None,
+            fp16=args.fp16 or meta.get("precision") == "fp16",
+            description=args.description or meta.get("description", ""),
+        )
         cfg = ExportConfig(
             task=meta.get("task", ""),
             color_space=meta.get("color_space", "rgb"),
             scale=int(meta.get("scale", "1")),
             input_channels=int(meta.get("input_channels", "3")),
             output_channels=int(meta.get("output_channels", "3")),
-            tile_size=args.tile_size or int(meta.get("tile_size", "0")) or None,
-            fp16=args.fp16 or meta.get("precision") == "fp16",
-            opset=args.opset,
-            verify=not args.no_verify,
-            description=args.description or meta.get("description", ""),
+            **options,
         )
     except (ExportError, ValueError) as exc:
         raise UsageError(f"{path} does not describe an exportable model: {exc}") from exc

@@ -1,4 +1,14 @@
-"""The one place for foreign and legacy formats: junyanz generators, and contract-1 pixforge ONNX files.
+"""The one place for foreign and legacy formats: junyanz generators, contract-1 pixforge ONNX
+files, and what earlier pixforge versions wrote into their own checkpoint files.
+
+Earlier pixforge checkpoints (checkpoint.py reads them through the functions below):
+
+- `load_weights_only` is `torch.load(weights_only=True)` that also accepts `TorchVersion`, the
+  `str` subclass that early generator checkpoints stored as "torch_version";
+  `upgrade_generator_entries` turns it back into a plain `str`.
+- `RESUME_UPGRADES` maps an older resume-state format tag to a function returning the state in
+  today's layout: `pixforge.resume/1` kept every network inline (nothing in
+  `nets_in_checkpoints`).
 
 `load_pixforge_onnx` reads a pixforge ONNX model back into a `(GeneratorConfig, state_dict,
 metadata)` triple so it can be exported again under the current contract (e.g. contract 1 ->
@@ -6,8 +16,8 @@ metadata)` triple so it can be exported again under the current contract (e.g. c
 names as initializer names (``generator.<module path>``) and stores the generator config in the
 metadata.
 
-Converts `latest_net_G.pth` / `*_net_G_A.pth` state dicts (UnetGenerator or ResnetGenerator) into a
-`(GeneratorConfig, state_dict)` pair for our modules:
+`load_junyanz_generator` converts `latest_net_G.pth` / `*_net_G_A.pth` state dicts (UnetGenerator
+or ResnetGenerator) into a `(GeneratorConfig, state_dict)` pair for our modules:
 
 - strips `module.` (DataParallel) and `_orig_mod.` (torch.compile) key prefixes;
 - drops InstanceNorm `running_mean` / `running_var` / `num_batches_tracked` left by old PyTorch
@@ -24,11 +34,14 @@ export runs the converted generator in eval mode, which is the deterministic beh
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.torch_version import TorchVersion
 
 from pixforge.errors import PixforgeError
 
@@ -42,6 +55,41 @@ _NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 class LegacyCheckpointError(PixforgeError, ValueError):
     """A junyanz checkpoint cannot be read or does not match the requested architecture."""
+
+
+# --- earlier pixforge checkpoint files ---------------------------------------------------------
+
+
+def load_weights_only(path: str | os.PathLike) -> Any:
+    """`torch.load(path, map_location="cpu", weights_only=True)`, also for files holding TorchVersion.
+
+    Early generator checkpoints stored `torch.__version__` itself, a TorchVersion (a `str`
+    subclass) that the weights_only unpickler refuses; allowing that one class keeps loading free
+    of code execution for those files.
+    """
+    with torch.serialization.safe_globals([TorchVersion]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def upgrade_generator_entries(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A `pixforge.generator/1` dict with the entries early files typed differently made plain
+    (TorchVersion "torch_version" -> str); every other entry is passed through unchanged."""
+    out = dict(data)
+    if isinstance(out.get("torch_version"), TorchVersion):
+        out["torch_version"] = str(out["torch_version"])
+    return out
+
+
+def _resume_state_v1(state: dict[str, Any]) -> dict[str, Any]:
+    # /1 stored every network inline, including the generator weights that /2 leaves to the
+    # generator checkpoint of the same step: nothing to fetch from other files.
+    return {**state, "nets_in_checkpoints": {}}
+
+
+# older resume-state format tag -> the state in the current (`pixforge.resume/2`) layout
+RESUME_UPGRADES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "pixforge.resume/1": _resume_state_v1,
+}
 
 
 # --- key tables --------------------------------------------------------------------------------

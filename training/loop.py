@@ -13,11 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import ExperimentConfig
-from .loop_common import RunContext, StopRequest, TrainResult, open_run_dir
 from .loop_cyclegan import train_cyclegan
 from .loop_pix2pix import train_pix2pix
+from .run_context import RunContext, TrainResult
+from .run_dir import open_run_dir
 from .run_log import RunLog
-from .runtime import setup_runtime, teardown_runtime
+from .runtime import StopRequest, setup_runtime, teardown_runtime
 
 LOOPS = {"pix2pix": train_pix2pix, "cyclegan": train_cyclegan}
 

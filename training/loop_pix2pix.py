@@ -20,20 +20,6 @@ from . import checkpoint as ckpt
 from .data import DataError
 from .ema import EMA
 from .evaluation import evaluate_paired
-from .loop_common import (
-    LossMeter,
-    RunContext,
-    StepHooks,
-    Throughput,
-    TrainResult,
-    adam,
-    build_train_data,
-    check_resume_layout,
-    load_resume,
-    make_fid,
-    progress_bar,
-    save_snapshot,
-)
 from .losses import (
     GANLoss,
     VGGPerceptualLoss,
@@ -44,13 +30,19 @@ from .losses import (
     l2_loss,
 )
 from .networks.common import bicubic_upsample
+from .optim import Optimizers
 from .registry import build_discriminator, build_generator
+from .run_context import RunContext, TrainResult
 from .runtime import allreduce_grads, set_requires_grad
-from .schedules import load_scheduler_states, make_scheduler, step_schedulers
+from .snapshots import load_resume, resume_entries, save_snapshot
+from .step_hooks import StepHooks
+from .train_data import build_train_data, make_fid
 
 
 def _d_input(cond: torch.Tensor | None, image: torch.Tensor) -> torch.Tensor:
     """What D sees: cat(condition, image) for a conditional D, else the image alone."""
+    # pix2pix's D is conditional: seeing the input next to the output, it can reject outputs that
+    # look real but do not match their input, which an unconditional D cannot.
     return image if cond is None else torch.cat([cond, image], 1)
 
 
@@ -59,45 +51,47 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
     cfg, rt, t = ctx.cfg, ctx.rt, ctx.cfg.train
     sr = cfg.task == "super_resolution"
 
-    # --- build nets (seeded by setup_runtime, so every rank starts from the same weights)
+    # --- build nets
+    # setup_runtime seeded every rank alike and rt.prepare broadcasts rank 0's weights, so all
+    # ranks start from one G and one D (gradients are averaged by hand, runtime.allreduce_grads).
     generator = rt.prepare(build_generator(cfg.generator), cfg.generator.norm)
     discriminator = rt.prepare(build_discriminator(cfg.discriminator), cfg.discriminator.norm)
+    # The EMA copy is what validation and the checkpoint use: it averages out the step-to-step
+    # jitter of adversarial updates, which the raw weights keep.
     ema = EMA(generator, t.ema_decay) if t.ema else None
     gan = GANLoss(t.gan_mode)
     recon = {"l1": l1_loss, "l2": l2_loss, "huber": huber_loss}[t.recon_loss]
+    # VGG only when weighted: it is the largest network in the step and needs user-supplied weights.
     perceptual = VGGPerceptualLoss(t.vgg_weights).to(rt.device) if t.lambda_perceptual > 0 else None
     fid = make_fid(ctx)
 
-    # --- load data
+    # --- load data (crops must be multiples of what the generator's down/up sampling divides by)
     data = build_train_data(ctx, generator.size_multiple)
 
-    # --- optimisers and schedules (Adam; TTUR through lr_g != lr_d)
-    opt_g = adam(generator.parameters(), t.lr_g, t)
-    opt_d = adam(discriminator.parameters(), t.lr_d, t)
-    schedulers = [make_scheduler(opt_g, t, data.total_steps), make_scheduler(opt_d, t, data.total_steps)]
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=t.amp == "fp16")
+    # --- optimisers and schedules: two Adams, since TTUR gives G and D their own learning rates;
+    # schedules span the config's run length, not --max-steps, so a stopped run resumes on course.
+    opt = Optimizers.build(
+        generator.parameters(), discriminator.parameters(), t, data.total_steps, rt.device.type
+    )
 
     # --- resume
     step, metrics = 0, {}
     if resume:
-        state = load_resume(ctx)
-        check_resume_layout(state, data)
+        state, step, metrics = load_resume(ctx, data, opt)
         generator.load_state_dict(state["nets"]["G"])
         discriminator.load_state_dict(state["nets"]["D"])
         if ema is not None:
+            # Restarting the average from the raw weights would throw away what it has smoothed.
             if "G_ema" not in state["nets"]:
                 raise DataError("train.ema is on but the resume state has no EMA weights")
             ema.load_state_dict(state["nets"]["G_ema"])
-        opt_g.load_state_dict(state["optimizers"]["G"])
-        opt_d.load_state_dict(state["optimizers"]["D"])
-        load_scheduler_states(schedulers, state["schedulers"])
-        scaler.load_state_dict(state["scaler"])
-        step, metrics = int(state["step"]), dict(state.get("metrics", {}))
-        data.tracker.files.update(state.get("skipped_files", {}))
         ckpt.restore_rng_state(state["rng"])  # last: nothing above may draw random numbers
+    # --max-steps cuts the run short without changing its schedule (see the optimisers above).
     stop_at = min(data.total_steps, max_steps) if max_steps else data.total_steps
 
     def phase_of(s: int) -> str:
+        # NoGAN: G first learns the reconstruction alone, so D is then trained against plausible
+        # images rather than noise, and the adversarial phase starts from a stable point.
         if s < t.pretrain_steps:
             return "pretrain_g"
         if s < t.pretrain_steps + t.pretrain_d_steps:
@@ -119,120 +113,102 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
         nets = {"G": generator.state_dict(), "D": discriminator.state_dict()}
         if ema is not None:
             nets["G_ema"] = ema.state_dict()
-        resume_state = {
-            "epoch": step // data.steps_per_epoch,
-            "batch_in_epoch": step % data.steps_per_epoch,
-            "steps_per_epoch": data.steps_per_epoch,
-            "nets": nets,
-            "optimizers": {"G": opt_g.state_dict(), "D": opt_d.state_dict()},
-            "schedulers": [s.state_dict() for s in schedulers],
-            "scaler": scaler.state_dict(),
-            "metrics": hooks.metrics,
-            "skipped_files": dict(data.tracker.files),
-        }
+        # Only aligned data has a direction; SR and colourisation inputs are not one half of a pair.
         direction = cfg.data.direction if cfg.data.mode == "aligned" else None
         return save_snapshot(
             ctx,
             step,
             {"generator": ("generator", ema.module if ema else generator, direction)},
-            resume_state,
+            resume_entries(step, data, nets, opt, hooks.metrics),
             hooks.metrics,
+            # The deployable file already holds these weights: the resume state names it instead
+            # of storing them a second time.
             nets_in_checkpoints={"G_ema" if ema else "G": "generator"},
         )
 
     # --- phases: the training loop
-    hooks = StepHooks(ctx, rt, data, evaluate, snapshot, schedulers, (opt_g, opt_d), metrics=metrics)
-    bar = progress_bar(ctx, step, stop_at)
-    meter, speed = LossMeter(), Throughput()
-    epoch, position = divmod(step, data.steps_per_epoch)
-    while step < stop_at:
-        data.sampler.set_epoch(epoch, position)
-        for batch in data.loader:
-            data.tracker.record(batch["skipped"])
-            real_in, real_out = rt.to_device(batch["input"]), rt.to_device(batch["target"])
-            phase = phase_of(step)
-            losses: dict[str, torch.Tensor] = {}
-            with rt.autocast(), torch.set_grad_enabled(phase != "pretrain_d"):
-                fake_out = generator(real_in)
-            cond = bicubic_upsample(real_in, cfg.generator.scale) if sr else real_in
-            d_input = functools.partial(_d_input, cond if t.conditional_d else None)
+    hooks = StepHooks(ctx, data, evaluate, snapshot, opt, step=step, stop_at=stop_at, metrics=metrics)
+    for batch in hooks.batches():
+        real_in, real_out = rt.to_device(batch["input"]), rt.to_device(batch["target"])
+        phase = phase_of(step)
+        losses: dict[str, torch.Tensor] = {}
+        # One G forward serves both updates (junyanz): D takes it detached, G's loss through it.
+        # While only D trains, G's activations need not be kept for a backward pass.
+        with rt.autocast(), torch.set_grad_enabled(phase != "pretrain_d"):
+            fake_out = generator(real_in)
+        # SR: D judges pairs of the same size, so the LR input is shown bicubic-upsampled.
+        cond = bicubic_upsample(real_in, cfg.generator.scale) if sr else real_in
+        d_input = functools.partial(_d_input, cond if t.conditional_d else None)
 
-            # discriminator update
-            if phase != "pretrain_g":
-                set_requires_grad(discriminator, True)
-                opt_d.zero_grad(set_to_none=True)
-                with rt.autocast():
-                    pred_fake = discriminator(d_input(fake_out.detach()))
-                    pred_real = discriminator(d_input(real_out))
-                    loss_d = gan.discriminator_loss(pred_real, pred_fake)
-                if t.gan_mode == "wgangp":  # fp32, outside autocast: double backward through D
-                    loss_gp = gradient_penalty(
-                        discriminator,
-                        d_input(real_out).float(),
-                        d_input(fake_out.detach()).float(),
-                        weight=t.lambda_gp,
-                    )
-                    losses["D_gp"] = loss_gp
-                    loss_d = loss_d + loss_gp
-                scaler.scale(loss_d).backward()
-                allreduce_grads(rt, discriminator)
-                scaler.step(opt_d)
-                losses["D"] = loss_d
+        # discriminator update (before G's, as junyanz: G's adversarial term then uses the new D)
+        if phase != "pretrain_g":
+            set_requires_grad(discriminator, True)
+            # set_to_none: no memset per step, and allreduce_grads counts missing grads as zeros.
+            opt.d.zero_grad(set_to_none=True)
+            with rt.autocast():
+                # detach: D's loss must not reach G's weights; G gets its own backward below.
+                pred_fake = discriminator(d_input(fake_out.detach()))
+                pred_real = discriminator(d_input(real_out))
+                loss_d = gan.discriminator_loss(pred_real, pred_fake)
+            if t.gan_mode == "wgangp":
+                # fp32 and outside autocast: the penalty differentiates D's input gradient (a double
+                # backward), whose norm loses too much precision, or overflows, in fp16.
+                loss_gp = gradient_penalty(
+                    discriminator,
+                    d_input(real_out).float(),
+                    d_input(fake_out.detach()).float(),
+                    weight=t.lambda_gp,
+                )
+                losses["D_gp"] = loss_gp
+                loss_d = loss_d + loss_gp
+            opt.scaler.scale(loss_d).backward()
+            # DDP by hand: average before the step, so every rank applies the same update; an
+            # inf on one rank becomes inf everywhere, so the scaler skips the step on all ranks.
+            allreduce_grads(rt, discriminator)
+            opt.scaler.step(opt.d)
+            losses["D"] = loss_d
 
-            # generator update
-            if phase != "pretrain_d":
-                set_requires_grad(discriminator, False)
-                opt_g.zero_grad(set_to_none=True)
-                with rt.autocast():
-                    loss_rec = recon(fake_out.float(), real_out.float()) * t.lambda_l1
-                    loss_g = loss_rec
-                    losses[f"G_{t.recon_loss}"] = loss_rec
-                    if phase == "gan":
-                        pred_fake = discriminator(d_input(fake_out))
-                        loss_gan = gan.generator_loss(pred_fake) * t.lambda_gan
-                        losses["G_gan"] = loss_gan
-                        loss_g = loss_g + loss_gan
-                        if t.lambda_feat > 0:
-                            with torch.no_grad():
-                                pred_real = discriminator(d_input(real_out))
-                            loss_feat = feature_matching_loss(pred_real, pred_fake) * t.lambda_feat
-                            losses["G_feat"] = loss_feat
-                            loss_g = loss_g + loss_feat
-                    if perceptual is not None:
-                        loss_perc = perceptual(fake_out.float(), real_out.float()) * t.lambda_perceptual
-                        losses["G_perceptual"] = loss_perc
-                        loss_g = loss_g + loss_perc
-                scaler.scale(loss_g).backward()
-                allreduce_grads(rt, generator)
-                scaler.step(opt_g)
-                if ema is not None:
-                    ema.update(generator, step)
-            scaler.update()
-            step_schedulers(schedulers)
-            step += 1
-            meter.add(losses)
-            speed.add(real_in.shape[0] * rt.world_size)
-            bar.update(1)
-
-            if hooks.after_step(step, stop_at, epoch, meter, speed, bar, extra_stats={"phase": phase}):
-                break
-        else:
-            epoch, position = epoch + 1, 0
-            continue
-        break
-    bar.close()
+        # generator update
+        if phase != "pretrain_d":
+            # Frozen D: G's backward then computes no gradients for D's weights (junyanz does the same).
+            set_requires_grad(discriminator, False)
+            opt.g.zero_grad(set_to_none=True)
+            with rt.autocast():
+                # fp32 whatever autocast's op lists say (they differ between CUDA and CPU): a
+                # reduced-precision mean over every pixel loses the small errors late training is about.
+                # lambda_l1 = 100 (pix2pix): L1 carries the low frequencies, the GAN term the detail.
+                loss_rec = recon(fake_out.float(), real_out.float()) * t.lambda_l1
+                loss_g = loss_rec
+                losses[f"G_{t.recon_loss}"] = loss_rec
+                if phase == "gan":
+                    # Not detached this time: the adversarial gradient has to reach G.
+                    pred_fake = discriminator(d_input(fake_out))
+                    loss_gan = gan.generator_loss(pred_fake) * t.lambda_gan
+                    losses["G_gan"] = loss_gan
+                    loss_g = loss_g + loss_gan
+                    if t.lambda_feat > 0:
+                        # Real features are targets (pix2pixHD): constants, so no graph is kept.
+                        with torch.no_grad():
+                            pred_real = discriminator(d_input(real_out))
+                        loss_feat = feature_matching_loss(pred_real, pred_fake) * t.lambda_feat
+                        losses["G_feat"] = loss_feat
+                        loss_g = loss_g + loss_feat
+                if perceptual is not None:
+                    loss_perc = perceptual(fake_out.float(), real_out.float()) * t.lambda_perceptual
+                    losses["G_perceptual"] = loss_perc
+                    loss_g = loss_g + loss_perc
+            opt.scaler.scale(loss_g).backward()
+            allreduce_grads(rt, generator)
+            opt.scaler.step(opt.g)
+            # After the optimiser step, from the averaged weights: every rank's EMA stays identical.
+            if ema is not None:
+                ema.update(generator, step)
+        # One scale update per step, after both optimisers (GradScaler's rule for several optimisers);
+        # the schedules advance even where a phase skipped an optimiser: lr is a function of the step.
+        opt.end_step()
+        step += 1
+        # Losses stay tensors here: the meter syncs with the device once per log line, not per step.
+        hooks.end_step(step, losses, images=real_in.shape[0], extra_stats={"phase": phase})
 
     # --- final evaluation and snapshot
-    paths, metrics, interrupted = hooks.finish(step, stop_at)
-    return TrainResult(
-        run_dir=ctx.run_dir,
-        checkpoint=paths["generator"],
-        other_checkpoints={},
-        step=step,
-        total_steps=data.total_steps,
-        metrics=metrics,
-        skipped_files=data.tracker.count,
-        data_summary=data.summary,
-        interrupted=interrupted,
-        validation_off=hooks.validation_off,
-    )
+    return hooks.finish()

@@ -181,40 +181,33 @@ def _register_discriminator(arch: str):
     return deco
 
 
+def _encoder_decoder_args(cfg: GeneratorConfig) -> dict:
+    """The constructor arguments the U-Net and the ResNet generator share."""
+    return {
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "ngf": cfg.ngf,
+        "norm": cfg.norm,
+        "dropout": cfg.dropout,
+        "scale": cfg.scale,
+        "upsample": cfg.upsample,
+        "final_activation_kind": cfg.final_activation,
+        "up_kind": cfg.upsample_conv,
+    }
+
+
 @_register_generator("unet")
 def _build_unet(cfg: GeneratorConfig) -> nn.Module:
     from .networks.unet import UNetGenerator
 
-    return UNetGenerator(
-        cfg.in_channels,
-        cfg.out_channels,
-        cfg.ngf,
-        cfg.depth,
-        cfg.norm,
-        cfg.dropout,
-        cfg.scale,
-        cfg.upsample,
-        cfg.final_activation,
-        cfg.upsample_conv,
-    )
+    return UNetGenerator(depth=cfg.depth, **_encoder_decoder_args(cfg))
 
 
 @_register_generator("resnet")
 def _build_resnet(cfg: GeneratorConfig) -> nn.Module:
     from .networks.resnet import ResNetGenerator
 
-    return ResNetGenerator(
-        cfg.in_channels,
-        cfg.out_channels,
-        cfg.ngf,
-        cfg.n_blocks,
-        cfg.norm,
-        cfg.dropout,
-        cfg.scale,
-        cfg.upsample,
-        cfg.final_activation,
-        cfg.upsample_conv,
-    )
+    return ResNetGenerator(n_blocks=cfg.n_blocks, **_encoder_decoder_args(cfg))
 
 
 @_register_generator("edsr")
@@ -272,12 +265,7 @@ def build_generator(cfg: GeneratorConfig) -> nn.Module:
         An nn.Module with an int `size_multiple` attribute mapping (N, in_channels, H, W) in [-1, 1]
         to (N, out_channels, H*scale, W*scale).
     """
-    builder = _GENERATOR_BUILDERS.get(cfg.arch)
-    if builder is None:
-        raise ValueError(f"unknown generator arch {cfg.arch!r}; valid: {', '.join(list_generator_archs())}")
-    from .networks.init import init_weights
-
-    return init_weights(builder(cfg), cfg.init_type, cfg.init_gain)
+    return _build(_GENERATOR_BUILDERS, cfg, "generator")
 
 
 def build_discriminator(cfg: DiscriminatorConfig) -> nn.Module:
@@ -289,14 +277,22 @@ def build_discriminator(cfg: DiscriminatorConfig) -> nn.Module:
     Returns:
         An nn.Module returning list[list[Tensor]] (per scale: features, prediction last).
     """
-    builder = _DISCRIMINATOR_BUILDERS.get(cfg.arch)
-    if builder is None:
-        raise ValueError(
-            f"unknown discriminator arch {cfg.arch!r}; valid: {', '.join(list_discriminator_archs())}"
-        )
+    return _build(_DISCRIMINATOR_BUILDERS, cfg, "discriminator")
+
+
+def _named(table: Mapping[str, Any], name: str, kind: str) -> Any:
+    """`table[name]`, or a ValueError naming the valid choices."""
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(table))}") from None
+
+
+def _build(builders: Mapping[str, Callable[[Any], nn.Module]], cfg: Any, kind: str) -> nn.Module:
+    """The `kind` network `builders[cfg.arch]` makes of `cfg`, initialised as `cfg` says."""
     from .networks.init import init_weights
 
-    return init_weights(builder(cfg), cfg.init_type, cfg.init_gain)
+    return init_weights(_named(builders, cfg.arch, f"{kind} arch")(cfg), cfg.init_type, cfg.init_gain)
 
 
 # --- named presets ----------------------------------------------------------------------------
@@ -329,10 +325,7 @@ def generator_preset(name: str) -> GeneratorConfig:
     Raises:
         ValueError: unknown name (the message lists the valid ones).
     """
-    try:
-        return _GENERATOR_PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown generator {name!r}; valid: {', '.join(list_generators())}") from None
+    return _named(_GENERATOR_PRESETS, name, "generator")
 
 
 def discriminator_preset(name: str) -> DiscriminatorConfig:
@@ -347,12 +340,7 @@ def discriminator_preset(name: str) -> DiscriminatorConfig:
     Raises:
         ValueError: unknown name (the message lists the valid ones).
     """
-    try:
-        return _DISCRIMINATOR_PRESETS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown discriminator {name!r}; valid: {', '.join(list_discriminators())}"
-        ) from None
+    return _named(_DISCRIMINATOR_PRESETS, name, "discriminator")
 
 
 def list_generators() -> list[str]:

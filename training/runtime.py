@@ -12,6 +12,9 @@ backward (`allreduce_grads`), and rank 0's initial weights are broadcast once. W
 BatchNorm layers become SyncBatchNorm on CUDA so statistics span the global batch (the junyanz
 reference keeps per-GPU statistics there); PyTorch's SyncBatchNorm has no CPU kernel, so on gloo/CPU
 statistics stay per process and a warning says so.
+
+Stopping. `StopRequest` turns Ctrl-C / SIGTERM into "stop after this step": the loop finishes the
+step, writes a resumable snapshot and returns, and under DDP every rank stops after the same step.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
+import threading
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -186,3 +191,35 @@ def set_requires_grad(net: nn.Module, flag: bool) -> None:
     """Freeze/unfreeze a network (D is frozen during the generator step)."""
     for p in net.parameters():
         p.requires_grad_(flag)
+
+
+class StopRequest:
+    """Ctrl-C / SIGTERM ask the loop to stop after the current step and snapshot, so `--resume`
+    continues exactly there (a second Ctrl-C stops immediately). Under DDP the ranks agree on the
+    flag every step, so they all stop after the same step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def should_stop(self, rt: Runtime) -> bool:
+        if not rt.distributed:
+            return self.requested
+        flag = torch.tensor([int(self.requested)], device=rt.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())

@@ -55,7 +55,7 @@ def _resolve(args):
     """(config, run_dir or None, run_name) from the CLI arguments; ExperimentConfigError/DataError if bad."""
     from .config import config_to_dict, load_config, load_config_json
     from .data import DataError
-    from .loop_common import latest_run_dir
+    from .run_dir import latest_run_dir
 
     stem = Path(args.config).stem
     run_dir = Path(args.out) if args.out else None
@@ -83,7 +83,7 @@ def run(args) -> int:
     from .config import config_to_dict
     from .data import DataError, build_datasets
     from .loop import train
-    from .loop_common import format_metrics
+    from .meters import format_metrics
 
     if args.max_steps is not None and args.max_steps < 1:
         return _err("--max-steps must be >= 1")

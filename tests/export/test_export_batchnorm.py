@@ -49,7 +49,7 @@ def test_export_batchnorm_rewrite_equals_per_image_statistics():
         naive_eval = g.eval()(x)
     ref = _junyanz_reference(g, x)
     assert torch.allclose(ours, ref, atol=1e-5)
-    assert (naive_eval - ref).abs().max() > 0.05  # running statistics give other pictures (junyanz #1276)
+    assert (naive_eval - ref).abs().max() > 0.05  # running statistics differ (docs/model-contract.md)
     assert torch.equal(module(x), module(x))  # deterministic: dropout really off
 
 

@@ -214,11 +214,11 @@ def test_export_cli_junyanz_super_resolution_runs_on_the_bicubic_input(tmp_path,
 
 def test_export_cli_colorization_checkpoint_from_the_training_writer(tmp_path, capsys):
     # written by the training side's own checkpoint helper (input_channels=1: the L channel)
-    from pixforge.training.checkpoint import atomic_torch_save, generator_checkpoint
+    from pixforge.training.checkpoint import GeneratorCheckpoint
 
     cfg = GeneratorConfig(arch="unet", in_channels=1, out_channels=2, ngf=4, depth=3)
     g = tiny_generator(arch="unet", depth=3, in_channels=1, out_channels=2)
-    ckpt = generator_checkpoint(
+    GeneratorCheckpoint(
         generator_config=dataclasses.asdict(cfg),
         state_dict=g.state_dict(),
         task="colorization",
@@ -231,8 +231,7 @@ def test_export_cli_colorization_checkpoint_from_the_training_writer(tmp_path, c
         training_data="tiny",
         step=3,
         name="G",
-    )
-    atomic_torch_save(ckpt, tmp_path / "G.pt")
+    ).save(tmp_path / "G.pt")
     repo = tmp_path / "models"
     assert main(["export", str(tmp_path / "G.pt"), "--name", "colour", "--repo", str(repo)]) == 0, (
         capsys.readouterr().err

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import TINY, TINY_TRAIN, make_aligned
+from training_helpers import TINY, TINY_TRAIN, make_aligned
 
 from pixforge.cli import main
 

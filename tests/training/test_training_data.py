@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import make_aligned, make_photos, make_unaligned, smooth_image, write_rgb
+from training_helpers import make_aligned, make_photos, make_unaligned, smooth_image, write_rgb
 
 from pixforge.training.config import DataConfig
 from pixforge.training.data import (
@@ -198,16 +198,17 @@ def _folder_with_bad_files(root):
     return root
 
 
+def _bad_files_bundle(root):
+    """Colourisation datasets (16 px crops, no validation) over `_folder_with_bad_files`."""
+    cfg = DataConfig(mode="colorization", preprocess="crop", crop_size=16, val_holdout=0)
+    return build_datasets(cfg, root, size_multiple=8, seed=0)
+
+
 def test_bad_files_are_skipped_counted_and_warned(tmp_path):
     root = _folder_with_bad_files(tmp_path / "bad")
     files, ignored = list_images(root)
     assert len(files) == 7 and ignored == 1
-    bundle = build_datasets(
-        DataConfig(mode="colorization", preprocess="crop", crop_size=16, val_holdout=0),
-        root,
-        size_multiple=8,
-        seed=0,
-    )
+    bundle = _bad_files_bundle(root)
     sampler = EpochSampler(len(bundle.train), batch_size=1, seed=0)
     loader = make_train_loader(bundle.train, sampler, num_workers=0, pin_memory=False)
     tracker = SkipTracker()
@@ -226,13 +227,7 @@ def test_bad_files_are_skipped_counted_and_warned(tmp_path):
 
 
 def test_bad_files_skipped_in_loader_workers(tmp_path):
-    root = _folder_with_bad_files(tmp_path / "bad")
-    bundle = build_datasets(
-        DataConfig(mode="colorization", preprocess="crop", crop_size=16, val_holdout=0),
-        root,
-        size_multiple=8,
-        seed=0,
-    )
+    bundle = _bad_files_bundle(_folder_with_bad_files(tmp_path / "bad"))
     sampler = EpochSampler(len(bundle.train), batch_size=2, seed=0)
     loader = make_train_loader(bundle.train, sampler, num_workers=1, pin_memory=False)
     tracker = SkipTracker()

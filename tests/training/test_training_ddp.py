@@ -14,9 +14,9 @@ import sys
 
 import torch
 import yaml
-from conftest import TINY
+from training_helpers import TINY
 
-from pixforge.training.checkpoint import load_generator_checkpoint
+from pixforge.training.checkpoint import GeneratorCheckpoint
 from pixforge.training.config import config_from_dict
 from pixforge.training.loop import train
 from pixforge.training.registry import build_generator
@@ -73,13 +73,11 @@ def test_two_process_gloo_run_matches_one_process_with_the_global_batch(aligned_
     assert [p.name for p in (tmp_path / "ddp" / "checkpoints").glob("generator-step*.pt")] == [
         "generator-step0000002.pt"
     ]
-    ddp = load_generator_checkpoint(tmp_path / "ddp" / "checkpoints" / "generator-step0000002.pt")[
-        "state_dict"
-    ]
+    ddp = GeneratorCheckpoint.load(tmp_path / "ddp" / "checkpoints" / "generator-step0000002.pt").state_dict
 
     single_cfg = config_from_dict({**raw, "train": {**raw["train"], "batch_size": 2}})
     single = train(single_cfg, aligned_data, run_dir=tmp_path / "single", max_steps=2)
-    ref = load_generator_checkpoint(single.checkpoint)["state_dict"]
+    ref = GeneratorCheckpoint.load(single.checkpoint).state_dict
     seed_all(single_cfg.train.seed)
     init = build_generator(single_cfg.generator).state_dict()
     update = sum(float((ref[k] - init[k]).float().norm()) ** 2 for k in ref) ** 0.5

@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import smooth_image, write_rgb
 from onnx import TensorProto, helper
+from training_helpers import smooth_image, write_rgb
 
 from pixforge.cli import main
 from pixforge.contract import ModelContract
@@ -102,7 +102,7 @@ def _eval(capsys, repo, *argv):
 
 
 def _photos(folder, n, seed, h=40, w=48, sigma=None):
-    """Smooth random photos; `sigma` (px) makes sharper ones than conftest's smooth_image."""
+    """Smooth random photos; `sigma` (px) makes sharper ones than training_helpers.smooth_image."""
     rng = np.random.default_rng(seed)
     for i in range(n):
         if sigma is None:

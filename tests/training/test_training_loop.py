@@ -7,22 +7,20 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from training_helpers import tiny_config
 
-from pixforge.training.checkpoint import load_generator_checkpoint, load_resume_state
+from pixforge.training.checkpoint import GeneratorCheckpoint, load_resume_state
 from pixforge.training.config import DataConfig, config_from_dict, config_to_dict
 from pixforge.training.data import build_datasets, load_eval_items
 from pixforge.training.loop import train
 from pixforge.training.losses import GAN_MODES
-from pixforge.training.registry import GeneratorConfig, build_generator
+from pixforge.training.registry import build_generator
 from pixforge.training.runtime import seed_all
 
 
 def _load_generator(path):
-    ckpt = load_generator_checkpoint(path)
-    net = build_generator(GeneratorConfig.from_dict(ckpt["generator_config"]))
-    net.load_state_dict(ckpt["state_dict"])
-    return net.eval(), ckpt
+    ckpt = GeneratorCheckpoint.load(path)
+    return ckpt.build_generator().eval(), ckpt
 
 
 def _fixed_items(cfg: DataConfig, root, multiple):
@@ -57,8 +55,8 @@ def test_pix2pix_20_steps_lower_l1_on_a_fixed_batch(aligned_data, tmp_path):
     y = torch.stack([i["target"] for i in items])
     l1_before, l1_after = _mean_l1(before, x, y), _mean_l1(after, x, y)
     assert l1_after < 0.85 * l1_before, (l1_before, l1_after)
-    assert result.step == ckpt["step"] == 20
-    assert ckpt["metrics"]["l1"] == pytest.approx(l1_after, rel=1e-3)  # validation = the same fixed batch
+    assert result.step == ckpt.step == 20
+    assert ckpt.metrics["l1"] == pytest.approx(l1_after, rel=1e-3)  # validation = the same fixed batch
 
 
 def test_cyclegan_20_steps_lower_cycle_loss_on_a_fixed_batch(unaligned_data, tmp_path):
@@ -80,19 +78,14 @@ def test_cyclegan_20_steps_lower_cycle_loss_on_a_fixed_batch(unaligned_data, tmp
     result = train(cfg, unaligned_data, run_dir=tmp_path / "run")
     g_a1, ckpt_a = _load_generator(result.checkpoint)
     g_b1, ckpt_b = _load_generator(result.other_checkpoints["G_B"])
-    assert (ckpt_a["name"], ckpt_a["direction"], ckpt_b["name"], ckpt_b["direction"]) == (
-        "G_A",
-        "AtoB",
-        "G_B",
-        "BtoA",
-    )
+    assert (ckpt_a.name, ckpt_a.direction, ckpt_b.name, ckpt_b.direction) == ("G_A", "AtoB", "G_B", "BtoA")
     items = _fixed_items(cfg.data, unaligned_data, g_a0.size_multiple)
     a = torch.stack([i["real_a"] for i in items])
     with torch.no_grad():
         before = float((g_b0.eval()(g_a0.eval()(a)) - a).abs().mean())
         after = float((g_b1(g_a1(a)) - a).abs().mean())
     assert after < 0.93 * before, (before, after)
-    assert ckpt_a["metrics"]["cycle_psnr_a"] > 0
+    assert ckpt_a.metrics["cycle_psnr_a"] > 0
 
 
 PIX2PIX_OPTIONS = (
@@ -158,32 +151,28 @@ def test_batch_norm_generator_runs(aligned_data, tmp_path):
     assert train(config_from_dict(base), aligned_data, run_dir=tmp_path / "run").step == 2
 
 
+def _trained_checkpoint(kind: str, data, tmp_path) -> GeneratorCheckpoint:
+    result = train(tiny_config(kind, steps=2, val_every=2), data, run_dir=tmp_path / "run")
+    return GeneratorCheckpoint.load(result.checkpoint)
+
+
 def test_super_resolution_run_and_checkpoint(photo_data, tmp_path):
-    cfg = tiny_config("super_resolution", steps=2, val_every=2)
-    result = train(cfg, photo_data, run_dir=tmp_path / "run")
-    ckpt = load_generator_checkpoint(result.checkpoint)
-    assert (ckpt["task"], ckpt["scale"], ckpt["input_channels"], ckpt["color_space"]) == (
-        "super_resolution",
-        2,
-        3,
-        "rgb",
-    )
-    assert {"psnr_y", "ssim_y", "psnr_y_bicubic"} <= set(ckpt["metrics"])
+    ckpt = _trained_checkpoint("super_resolution", photo_data, tmp_path)
+    assert (ckpt.task, ckpt.scale, ckpt.input_channels, ckpt.color_space) == ("super_resolution", 2, 3, "rgb")
+    assert {"psnr_y", "ssim_y", "psnr_y_bicubic"} <= set(ckpt.metrics)
     assert (tmp_path / "run" / "metric-psnr_y.jsonl").is_file()
 
 
 def test_colorization_run_and_checkpoint(photo_data, tmp_path):
-    cfg = tiny_config("colorization", steps=2, val_every=2)
-    result = train(cfg, photo_data, run_dir=tmp_path / "run")
-    ckpt = load_generator_checkpoint(result.checkpoint)
-    assert (ckpt["task"], ckpt["input_channels"], ckpt["output_channels"], ckpt["color_space"]) == (
+    ckpt = _trained_checkpoint("colorization", photo_data, tmp_path)
+    assert (ckpt.task, ckpt.input_channels, ckpt.output_channels, ckpt.color_space) == (
         "colorization",
         1,
         3,
         "lab",
     )
-    assert ckpt["generator_config"]["in_channels"] == 1 and ckpt["generator_config"]["out_channels"] == 2
-    assert "colorfulness" in ckpt["metrics"]
+    assert ckpt.generator_config["in_channels"] == 1 and ckpt.generator_config["out_channels"] == 2
+    assert "colorfulness" in ckpt.metrics
 
 
 def test_run_outputs(aligned_data, tmp_path):
@@ -210,10 +199,10 @@ def test_ema_checkpoint_holds_the_averaged_weights(aligned_data, tmp_path):
     assert set(raw["nets"]) == {"G", "D"}  # the EMA weights live in the generator checkpoint only
     assert raw["nets_in_checkpoints"] == {"G_ema": result.checkpoint.name}
     state = load_resume_state(tmp_path / "run" / "checkpoints" / "resume-state.pt")
-    ckpt = load_generator_checkpoint(result.checkpoint)
-    key = next(k for k in ckpt["state_dict"] if k.endswith("weight"))
-    assert torch.equal(ckpt["state_dict"][key], state["nets"]["G_ema"][key])
-    assert not torch.equal(ckpt["state_dict"][key], state["nets"]["G"][key])
+    ckpt = GeneratorCheckpoint.load(result.checkpoint)
+    key = next(k for k in ckpt.state_dict if k.endswith("weight"))
+    assert torch.equal(ckpt.state_dict[key], state["nets"]["G_ema"][key])
+    assert not torch.equal(ckpt.state_dict[key], state["nets"]["G"][key])
 
 
 def test_max_steps_does_not_change_the_schedule(aligned_data, tmp_path):
@@ -260,9 +249,9 @@ def test_edsr_super_resolution_run_with_cached_images(photo_data, tmp_path):
     raw["data"]["cache_images"] = True
     result = train(config_from_dict(raw), photo_data, run_dir=tmp_path / "run")
     net, ckpt = _load_generator(result.checkpoint)
-    assert ckpt["generator_config"]["arch"] == "edsr"
+    assert ckpt.generator_config["arch"] == "edsr"
     assert net(torch.zeros(1, 3, 5, 7)).shape == (1, 3, 10, 14)
-    assert ckpt["metrics"]["psnr_y"] > 20
+    assert ckpt.metrics["psnr_y"] > 20
 
 
 @pytest.mark.parametrize(

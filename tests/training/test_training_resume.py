@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
+from training_helpers import tiny_config
 
-from pixforge.training.checkpoint import load_generator_checkpoint, load_resume_state
+from pixforge.training.checkpoint import GeneratorCheckpoint, load_resume_state
 from pixforge.training.config import config_from_dict, config_to_dict
 from pixforge.training.data import DataError
 from pixforge.training.loop import train
@@ -37,8 +37,8 @@ def _straight_vs_resumed(cfg, data, tmp_path, n: int):
     s = load_resume_state(tmp_path / "straight" / "checkpoints" / "resume-state.pt")
     r = load_resume_state(tmp_path / "resumed" / "checkpoints" / "resume-state.pt")
     _assert_same(s, r)  # nets, EMA, optimizers, schedulers, scaler, pools, RNG states, data position
-    g_s, g_r = load_generator_checkpoint(straight.checkpoint), load_generator_checkpoint(resumed.checkpoint)
-    _assert_same(g_s["state_dict"], g_r["state_dict"], "generator")
+    g_s, g_r = GeneratorCheckpoint.load(straight.checkpoint), GeneratorCheckpoint.load(resumed.checkpoint)
+    _assert_same(g_s.state_dict, g_r.state_dict, "generator")
     return s
 
 
@@ -92,7 +92,7 @@ def test_fresh_run_refuses_an_existing_run_dir(aligned_data, tmp_path):
 
 
 def test_resume_refuses_different_data(aligned_data, tmp_path):
-    from conftest import make_aligned
+    from training_helpers import make_aligned
 
     cfg = tiny_config("aligned", steps=4)
     train(cfg, aligned_data, run_dir=tmp_path / "run", max_steps=1)
@@ -143,7 +143,7 @@ def test_resume_state_holds_no_second_copy_of_the_saved_generators(kind, ema, sh
     full = load_resume_state(ckpt_dir / "resume-state.pt")
     assert set(shared) <= set(full["nets"])  # loading puts them back
     for key, name in shared.items():
-        _assert_same(full["nets"][key], load_generator_checkpoint(ckpt_dir / name)["state_dict"], key)
+        _assert_same(full["nets"][key], GeneratorCheckpoint.load(ckpt_dir / name).state_dict, key)
     # smaller than the old layout by the generator weights (plus a little pickle overhead per tensor)
     new_size = (ckpt_dir / "resume-state.pt").stat().st_size
     saved = sum(_tensor_bytes(full["nets"][k]) for k in shared)

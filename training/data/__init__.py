@@ -7,6 +7,8 @@ files came from. Folder conventions are documented in `files.py` and docs/traini
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from .colorization import ColorizationDataset
 from .files import BadImageError, DataError, evenly_spaced, split_files, split_unaligned
 from .loader import EpochSampler, make_train_loader
 from .super_resolution import SuperResolutionDataset, downscale
+from .transforms import Geometry
 from .unaligned import UnalignedDataset
 
 __all__ = [
@@ -58,15 +61,13 @@ def build_datasets(cfg, root: str | Path, *, size_multiple: int, seed: int) -> D
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
-    common = dict(flip=cfg.flip, size_multiple=size_multiple, seed=seed)
+    geometry = Geometry(cfg.preprocess, cfg.load_size, cfg.crop_size, cfg.flip, size_multiple)
     if cfg.mode == "unaligned":
         split_a, split_b = split_unaligned(root, cfg.val_holdout, cfg.max_items)
-        geo = dict(preprocess=cfg.preprocess, load_size=cfg.load_size, crop_size=cfg.crop_size, **common)
-        train = UnalignedDataset(split_a.train, split_b.train, train=True, **geo)
-        train.cache_images = cfg.cache_images
+        train = UnalignedDataset(split_a.train, split_b.train, geometry, seed=seed, train=True)
         val_a = evenly_spaced(split_a.val, cfg.val_max_images)
         val_b = evenly_spaced(split_b.val, cfg.val_max_images)
-        val = UnalignedDataset(val_a, val_b, train=False, **geo) if val_a and val_b else None
+        val = UnalignedDataset(val_a, val_b, geometry, seed=seed, train=False) if val_a and val_b else None
         summary = [
             f"train A: {len(split_a.train)} files from {split_a.train_source}",
             f"train B: {len(split_b.train)} files from {split_b.train_source}",
@@ -77,42 +78,37 @@ def build_datasets(cfg, root: str | Path, *, size_multiple: int, seed: int) -> D
     else:
         split = split_files(root, cfg.val_holdout, cfg.max_items)
         val_files = evenly_spaced(split.val, cfg.val_max_images)
+        make: Callable[..., KeyedDataset]
         if cfg.mode == "aligned":
-            geo = dict(
-                direction=cfg.direction,
-                preprocess=cfg.preprocess,
-                load_size=cfg.load_size,
-                crop_size=cfg.crop_size,
-                **common,
-            )
-            make = AlignedDataset
+            make = functools.partial(AlignedDataset, geometry=geometry, direction=cfg.direction, seed=seed)
         elif cfg.mode == "colorization":
-            geo = dict(preprocess=cfg.preprocess, load_size=cfg.load_size, crop_size=cfg.crop_size, **common)
-            make = ColorizationDataset
+            make = functools.partial(ColorizationDataset, geometry=geometry, seed=seed)
         elif cfg.mode == "super_resolution":
-            geo = dict(
+            make = functools.partial(
+                SuperResolutionDataset,
                 scale=cfg.scale,
                 crop_size=cfg.crop_size,
+                flip=cfg.flip,
                 rot90=cfg.rot90,
                 lr_resize=cfg.lr_resize,
+                size_multiple=size_multiple,
+                seed=seed,
                 val_size=cfg.val_size,
                 blur_sigma=cfg.blur_sigma,
                 noise_sigma=cfg.noise_sigma,
                 jpeg_quality=cfg.jpeg_quality,
                 degrade_prob=cfg.degrade_prob,
-                **common,
             )
-            make = SuperResolutionDataset
         else:
             raise DataError(f"unknown data mode {cfg.mode!r}")
-        train = make(split.train, train=True, **geo)
-        train.cache_images = cfg.cache_images
-        val = make(val_files, train=False, **geo) if val_files else None
+        train = make(split.train, train=True)
+        val = make(val_files, train=False) if val_files else None
         summary = [
             f"train: {len(split.train)} files from {split.train_source}",
             f"val: {len(val_files)} of {len(split.val)} files from {split.val_source}",
         ]
         ignored = split.ignored
+    train.cache_images = cfg.cache_images
     if ignored:
         summary.append(f"ignored {ignored} non-image file(s) (README, text, ...)")
     return DataBundle(SkipBadFiles(train), SkipBadFiles(val) if val is not None else None, summary)

@@ -8,35 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import KeyedDataset
+from .base import KeyedDataset, too_small_is_bad
 from .files import BadImageError
-from .transforms import TooSmallError, preprocess_pair
+from .transforms import Geometry
 
 
 class AlignedDataset(KeyedDataset):
     """Items: {"input", "target"} float (3, H, W) in [-1, 1], and "path"."""
 
-    def __init__(
-        self,
-        files: list[str],
-        *,
-        direction: str,
-        preprocess: str,
-        load_size: int,
-        crop_size: int,
-        flip: bool,
-        size_multiple: int,
-        seed: int,
-        train: bool,
-    ):
+    def __init__(self, files: list[str], geometry: Geometry, *, direction: str, seed: int, train: bool):
         super().__init__(seed, train)
         self.files = list(files)
+        self.geometry = geometry
         self.direction = direction
-        self.preprocess = preprocess
-        self.load_size = load_size
-        self.crop_size = crop_size
-        self.flip = flip
-        self.size_multiple = size_multiple
 
     def __len__(self) -> int:
         return len(self.files)
@@ -47,19 +31,7 @@ class AlignedDataset(KeyedDataset):
         half = img.shape[1] // 2
         if half < 1:
             raise BadImageError(path, f"{img.shape[1]}x{img.shape[0]} cannot be split into A|B halves")
-        a, b = img[:, :half], img[:, half : 2 * half]
-        try:
-            a, b = preprocess_pair(
-                a,
-                b,
-                self.preprocess,
-                self.load_size,
-                self.crop_size,
-                self.size_multiple,
-                rng,
-                self.flip and self.train,
-            )
-        except TooSmallError as exc:
-            raise BadImageError(path, str(exc)) from None
+        with too_small_is_bad(path):
+            a, b = self.geometry.apply([img[:, :half], img[:, half : 2 * half]], rng)
         src, dst = (a, b) if self.direction == "AtoB" else (b, a)
         return {"input": self.to_unit_tensor(src), "target": self.to_unit_tensor(dst), "path": path}

@@ -14,13 +14,16 @@ once per file and keeps the count.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .files import BadImageError, DataError, read_rgb
+from .transforms import TooSmallError
 
 # After this many consecutive bad files we stop looking: the folder is mostly unusable.
 MAX_CONSECUTIVE_BAD = 64
@@ -28,6 +31,15 @@ MAX_CONSECUTIVE_BAD = 64
 
 class BadFileWarning(UserWarning):
     """A training or validation file was skipped (unreadable, corrupt or too small)."""
+
+
+@contextlib.contextmanager
+def too_small_is_bad(path: str) -> Iterator[None]:
+    """Report an image too small for its crop as a bad file (skipped and counted, see above)."""
+    try:
+        yield
+    except TooSmallError as exc:
+        raise BadImageError(path, str(exc)) from None
 
 
 class KeyedDataset(Dataset):

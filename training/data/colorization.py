@@ -11,51 +11,25 @@ import numpy as np
 import torch
 
 from ..image_ops import rgb_to_lab_pair, uint8_to_float01
-from .base import KeyedDataset
-from .files import BadImageError
-from .transforms import TooSmallError, preprocess
+from .base import KeyedDataset, too_small_is_bad
+from .transforms import Geometry
 
 
 class ColorizationDataset(KeyedDataset):
     """Items: {"input": L (1, H, W), "target": ab (2, H, W)} and "path"."""
 
-    def __init__(
-        self,
-        files: list[str],
-        *,
-        preprocess: str,
-        load_size: int,
-        crop_size: int,
-        flip: bool,
-        size_multiple: int,
-        seed: int,
-        train: bool,
-    ):
+    def __init__(self, files: list[str], geometry: Geometry, *, seed: int, train: bool):
         super().__init__(seed, train)
         self.files = list(files)
-        self.preprocess = preprocess
-        self.load_size = load_size
-        self.crop_size = crop_size
-        self.flip = flip
-        self.size_multiple = size_multiple
+        self.geometry = geometry
 
     def __len__(self) -> int:
         return len(self.files)
 
     def load(self, index: int, rng: np.random.Generator | None) -> dict:
         path = self.files[index]
-        try:
-            img, _ = preprocess(
-                self.read_image(path),
-                self.preprocess,
-                self.load_size,
-                self.crop_size,
-                self.size_multiple,
-                rng,
-                self.flip and self.train,
-            )
-        except TooSmallError as exc:
-            raise BadImageError(path, str(exc)) from None
+        with too_small_is_bad(path):
+            (img,) = self.geometry.apply([self.read_image(path)], rng)
         rgb01 = uint8_to_float01(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
         l_input, ab_target = rgb_to_lab_pair(rgb01)
         return {"input": l_input.contiguous(), "target": ab_target.contiguous(), "path": path}

@@ -1,4 +1,5 @@
-"""Finding image files and splitting them into train / validation sets; decoding one file.
+"""Finding image files and splitting them into train / validation sets; decoding one file; a
+file's SHA-256 (the provenance that exports, blends and evaluations record).
 
 Folder conventions (general, not tied to one dataset; see docs/training.md "Dataset layouts"):
 
@@ -49,6 +50,15 @@ class BadImageError(PixforgeError):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (checkpoints and models are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -144,16 +154,7 @@ def split_files(root: Path, holdout: int, max_items: int = 0) -> FileSplit:
     train, ignored = list_images(train_root, exclude)
     if not train:
         raise DataError(f"no training images under {train_root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    if val_root is not None:
-        val, ignored_val = list_images(val_root)
-        ignored += ignored_val
-        val_source = str(val_root)
-    else:
-        train, val = holdout_split(train, train_root, holdout)
-        val_source = f"held-out subset of {train_root} ({len(val)} files)" if val else "none"
-    if max_items > 0:
-        train = train[:max_items]
-    return FileSplit(train, val, str(train_root), val_source, ignored)
+    return _split(train, ignored, train_root, val_root, holdout, max_items)
 
 
 def split_unaligned(root: Path, holdout: int, max_items: int = 0) -> tuple[FileSplit, FileSplit]:
@@ -172,15 +173,22 @@ def split_unaligned(root: Path, holdout: int, max_items: int = 0) -> tuple[FileS
         train, ignored = list_images(train_root)
         if not train:
             raise DataError(f"no training images under {train_root}")
-        if val_prefix:
-            val_root = root / f"{val_prefix}{side}"
-            val, ignored_val = list_images(val_root)
-            ignored += ignored_val
-            val_source = str(val_root)
-        else:
-            train, val = holdout_split(train, train_root, holdout)
-            val_source = f"held-out subset of {train_root} ({len(val)} files)" if val else "none"
-        if max_items > 0:
-            train = train[:max_items]
-        splits.append(FileSplit(train, val, str(train_root), val_source, ignored))
+        val_root = root / f"{val_prefix}{side}" if val_prefix else None
+        splits.append(_split(train, ignored, train_root, val_root, holdout, max_items))
     return splits[0], splits[1]
+
+
+def _split(
+    train: list[str], ignored: int, train_root: Path, val_root: Path | None, holdout: int, max_items: int
+) -> FileSplit:
+    """Validation from `val_root` when there is one, else held out of `train`; then `max_items`."""
+    if val_root is not None:
+        val, ignored_val = list_images(val_root)
+        ignored += ignored_val
+        val_source = str(val_root)
+    else:
+        train, val = holdout_split(train, train_root, holdout)
+        val_source = f"held-out subset of {train_root} ({len(val)} files)" if val else "none"
+    if max_items > 0:
+        train = train[:max_items]
+    return FileSplit(train, val, str(train_root), val_source, ignored)

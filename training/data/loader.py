@@ -65,7 +65,7 @@ class EpochSampler(Sampler):
 
 def _ignore_sigint(worker_id: int) -> None:
     # Ctrl-C reaches the whole process group: workers keep serving while the main process finishes
-    # its step and writes a resumable snapshot (loop_common.StopRequest).
+    # its step and writes a resumable snapshot (runtime.StopRequest).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 

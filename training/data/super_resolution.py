@@ -26,9 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import KeyedDataset
-from .files import BadImageError
-from .transforms import TooSmallError, apply_params, make_multiple, sample_params
+from .base import KeyedDataset, too_small_is_bad
+from .transforms import apply_params, make_multiple, sample_params
 
 # Key of the fixed RNG stream used for evaluation-time degradations.
 _VAL_EPOCH = 2**31 - 1
@@ -126,7 +125,7 @@ class SuperResolutionDataset(KeyedDataset):
     def load(self, index: int, rng: np.random.Generator | None) -> dict:
         path = self.files[index]
         hr = self.read_image(path)
-        try:
+        with too_small_is_bad(path):
             if rng is not None:
                 p = sample_params(rng, hr.shape[0], hr.shape[1], self.crop_size, self.flip, self.rot90)
                 hr = apply_params(hr, p)
@@ -136,7 +135,5 @@ class SuperResolutionDataset(KeyedDataset):
                     hr = apply_params(hr, sample_params(None, hr.shape[0], hr.shape[1], self.val_size, False))
                 hr = make_multiple(hr, self.scale * self.size_multiple)
                 degrade_rng = np.random.default_rng([self.seed, _VAL_EPOCH, index])
-        except TooSmallError as exc:
-            raise BadImageError(path, str(exc)) from None
         lr = degrade(hr, self.scale, self.lr_resize, degrade_rng, **self.degrade_kwargs)
         return {"input": self.to_unit_tensor(lr), "target": self.to_unit_tensor(hr), "path": path}

@@ -107,43 +107,34 @@ def apply_params(img: np.ndarray, p: CropParams, factor: int = 1) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def preprocess(
-    img: np.ndarray,
-    mode: str,
-    load_size: int,
-    crop_size: int,
-    multiple: int,
-    rng: np.random.Generator | None,
-    flip: bool,
-) -> tuple[np.ndarray, CropParams]:
-    """Resize + crop/flip one image per `mode`; returns the result and the params it used."""
-    img = resize_for_mode(img, mode, load_size, crop_size, rng is not None)
-    if mode == "none":
-        img = make_multiple(img, multiple)
-        p = sample_params(rng, img.shape[0], img.shape[1], None, flip)
-    else:
-        p = sample_params(rng, img.shape[0], img.shape[1], crop_size, flip)
-    return apply_params(img, p), p
+@dataclass(frozen=True)
+class Geometry:
+    """How the `aligned`, `unaligned` and `colorization` datasets cut an item out of a decoded image:
+    the `data.preprocess` mode with its sizes and flip, and the generator's size multiple."""
 
+    preprocess: str
+    load_size: int
+    crop_size: int
+    flip: bool
+    size_multiple: int
 
-def preprocess_pair(
-    a: np.ndarray,
-    b: np.ndarray,
-    mode: str,
-    load_size: int,
-    crop_size: int,
-    multiple: int,
-    rng: np.random.Generator | None,
-    flip: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocess two same-size images with the same random parameters (aligned pairs)."""
-    a = resize_for_mode(a, mode, load_size, crop_size, rng is not None)
-    b = resize_for_mode(b, mode, load_size, crop_size, rng is not None)
-    if a.shape[:2] != b.shape[:2]:
-        b = resize(b, a.shape[1], a.shape[0])
-    if mode == "none":
-        a, b = make_multiple(a, multiple), make_multiple(b, multiple)
-        p = sample_params(rng, a.shape[0], a.shape[1], None, flip)
-    else:
-        p = sample_params(rng, a.shape[0], a.shape[1], crop_size, flip)
-    return apply_params(a, p), apply_params(b, p)
+    def apply(self, images: list[np.ndarray], rng: np.random.Generator | None) -> list[np.ndarray]:
+        """Resize + crop/flip the images of one item per the mode, all with the same random
+        parameters (an aligned pair's input and target get the same crop and flip); images after
+        the first are resized to the first one's size when they differ. `rng` None: evaluation
+        (deterministic crop, no flip).
+
+        Raises:
+            TooSmallError: an image is smaller than the crop or the size multiple.
+        """
+        mode = self.preprocess
+        resized = [
+            resize_for_mode(img, mode, self.load_size, self.crop_size, rng is not None) for img in images
+        ]
+        h, w = resized[0].shape[:2]
+        resized = [img if img.shape[:2] == (h, w) else resize(img, w, h) for img in resized]
+        if mode == "none":
+            resized = [make_multiple(img, self.size_multiple) for img in resized]
+        crop = None if mode == "none" else self.crop_size
+        p = sample_params(rng, resized[0].shape[0], resized[0].shape[1], crop, self.flip)
+        return [apply_params(img, p) for img in resized]

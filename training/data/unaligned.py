@@ -9,54 +9,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import KeyedDataset
-from .files import BadImageError
-from .transforms import TooSmallError, preprocess
+from .base import KeyedDataset, too_small_is_bad
+from .transforms import Geometry
 
 
 class UnalignedDataset(KeyedDataset):
     """Items: {"real_a", "real_b"} float (3, H, W) in [-1, 1], "path_a", "path_b"."""
 
-    def __init__(
-        self,
-        files_a: list[str],
-        files_b: list[str],
-        *,
-        preprocess: str,
-        load_size: int,
-        crop_size: int,
-        flip: bool,
-        size_multiple: int,
-        seed: int,
-        train: bool,
-    ):
+    def __init__(self, files_a: list[str], files_b: list[str], geometry: Geometry, *, seed: int, train: bool):
         super().__init__(seed, train)
         if not files_a or not files_b:
             raise ValueError("both domains need at least one file")
         self.files_a = list(files_a)
         self.files_b = list(files_b)
-        self.preprocess = preprocess
-        self.load_size = load_size
-        self.crop_size = crop_size
-        self.flip = flip
-        self.size_multiple = size_multiple
+        self.geometry = geometry
 
     def __len__(self) -> int:
         return max(len(self.files_a), len(self.files_b))
 
     def _one(self, path: str, rng: np.random.Generator | None):
-        try:
-            img, _ = preprocess(
-                self.read_image(path),
-                self.preprocess,
-                self.load_size,
-                self.crop_size,
-                self.size_multiple,
-                rng,
-                self.flip and self.train,
-            )
-        except TooSmallError as exc:
-            raise BadImageError(path, str(exc)) from None
+        with too_small_is_bad(path):
+            (img,) = self.geometry.apply([self.read_image(path)], rng)
         return self.to_unit_tensor(img)
 
     def load(self, index: int, rng: np.random.Generator | None) -> dict:

@@ -10,6 +10,7 @@ read it back through ``pixforge.contract.load_contract``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -285,15 +286,17 @@ def export_generator(
     example = torch.from_numpy(parity_mod.parity_batch(h, h + size_multiple, cfg.input_channels)[:2].copy())
     for note in notes:
         log(f"inference semantics: {note}")
-    log(f"exporting fp32 graph (opset {cfg.opset}, dynamic batch/height/width)")
-    model, optimized = export_onnx(
-        wrapper,
-        example,
+    # the fp32 and the fp16 graph: same example, opset, channels and metadata
+    export = functools.partial(
+        export_onnx,
+        example=example,
         opset=cfg.opset,
         input_channels=cfg.input_channels,
         output_channels=cfg.output_channels,
         metadata=metadata,
     )
+    log(f"exporting fp32 graph (opset {cfg.opset}, dynamic batch/height/width)")
+    model, optimized = export(wrapper)
 
     report = None
     inputs = parity_mod.parity_inputs(size_multiple, cfg.input_channels, list(parity_images))
@@ -308,15 +311,7 @@ def export_generator(
     if cfg.fp16:
         wrapper16, _ = build_export_module(generator, cfg.color_space, fp16=True)
         log("exporting fp16 graph (uint8 I/O, fp32 pixel conversions, fp16 generator)")
-        model16, _ = export_onnx(
-            wrapper16,
-            example,
-            opset=cfg.opset,
-            input_channels=cfg.input_channels,
-            output_channels=cfg.output_channels,
-            metadata=metadata,
-            optimize=False,
-        )
+        model16, _ = export(wrapper16, optimize=False)
         if cfg.verify:
             psnr = parity_mod.fp16_psnr(model, model16, inputs, cfg.min_fp16_psnr)
             report.fp16_psnr_db = psnr

@@ -2,13 +2,13 @@
 
 `Uint8ImageModel` puts every pixel conversion of docs/model-contract.md around a generator, using
 only `pixforge.training.image_ops` (the one owner of pixel conventions), so the ONNX graph is
-uint8 NHWC -> uint8 NHWC and no client re-derives ``(x - 0.5) / 0.5`` (junyanz #1113, #1276).
+uint8 NHWC -> uint8 NHWC and no client re-derives ``(x - 0.5) / 0.5`` (docs/model-contract.md says why).
 
 `to_inference_semantics` fixes what "eval mode" means for an exported model, on purpose:
 - dropout is off (deterministic outputs; junyanz test.py leaves it on, we do not);
 - normalisation uses each image's own statistics: BatchNorm2d becomes InstanceNorm2d with the
   BN's affine weight/bias. That is exactly what junyanz test.py computes (BN in train mode at
-  batch size 1, their issue #1276), and it keeps a batched request's outputs independent of the
+  batch size 1, see docs/model-contract.md), and it keeps a batched request's outputs independent of the
   other images in the batch. Our own generators use instance norm already, so for them
   eval() == train() apart from dropout.
 """

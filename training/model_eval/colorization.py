@@ -68,19 +68,13 @@ def evaluate_colorization(runner: Runner, data: Path, max_images: int = 0, n_sam
     notes = [
         f"{found.left_out} grayscale ground-truth image(s) skipped (no colours to recover).",
         "model input = BT.601 gray of each photo; baseline = that gray image; PSNR/SSIM on RGB.",
-        *found.skipped_notes(),
     ]
-    return TaskReport(
-        task="colorization",
-        columns=COLUMNS,
-        rows=found.rows,
-        summary=found.summary,
-        per_image=found.per_image,
-        samples=found.samples,
-        sample_labels=["gray input", "model output", "ground truth"],
+    return found.report(
+        "colorization",
+        COLUMNS,
+        ["gray input", "model output", "ground truth"],
+        notes,
         counts=found.counts(skipped_grayscale=found.left_out),
-        notes=notes,
-        extra=found.extra(),
     )
 
 

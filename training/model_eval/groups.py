@@ -16,7 +16,7 @@ import numpy as np
 
 from ..metrics import MetricError
 from .files import image_groups, load_images, progress
-from .report import SampleCollector
+from .report import Column, SampleCollector, TaskReport
 
 # image -> (metrics record, sample row of images) or None to leave the image out
 Measure = Callable[[np.ndarray], "tuple[dict, list[np.ndarray]] | None"]
@@ -53,6 +53,30 @@ class GroupResults:
     def extra(self) -> dict:
         """The skipped files with their reasons, for results.json."""
         return {"skipped": self.skipped} if self.skipped else {}
+
+    def report(
+        self,
+        task: str,
+        columns: list[Column],
+        sample_labels: list[str],
+        notes: list[str],
+        counts: dict[str, int] | None = None,
+        extra: dict | None = None,
+    ) -> TaskReport:
+        """The task's report of these results: the task's notes, then the skipped-files note;
+        `counts` defaults to `self.counts()`; `extra` gets the skipped files added."""
+        return TaskReport(
+            task=task,
+            columns=columns,
+            rows=self.rows,
+            summary=self.summary,
+            per_image=self.per_image,
+            samples=self.samples,
+            sample_labels=sample_labels,
+            counts=self.counts() if counts is None else counts,
+            notes=[*notes, *self.skipped_notes()],
+            extra={**(extra or {}), **self.extra()},
+        )
 
 
 def measure_groups(

@@ -62,17 +62,11 @@ def evaluate_paired(runner: Runner, data: Path, max_images: int = 0, n_samples: 
     notes = [
         f"direction {direction}: input = {'left (A)' if direction == 'AtoB' else 'right (B)'} half; "
         "PSNR/SSIM on RGB against the other half.",
-        *found.skipped_notes(),
     ]
-    return TaskReport(
-        task="paired_translation",
-        columns=COLUMNS,
-        rows=found.rows,
-        summary=found.summary,
-        per_image=found.per_image,
-        samples=found.samples,
-        sample_labels=["input", "model output", "target"],
-        counts=found.counts(),
-        notes=notes,
-        extra={"direction": direction, **found.extra()},
+    return found.report(
+        "paired_translation",
+        COLUMNS,
+        ["input", "model output", "target"],
+        notes,
+        extra={"direction": direction},
     )

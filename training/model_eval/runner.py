@@ -10,7 +10,6 @@ decides (it may tile large images).
 from __future__ import annotations
 
 import abc
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,11 @@ from pixforge.errors import ContractError
 from pixforge.repository import default_repository, latest_versions, scan_repository
 from pixforge.service.tiling import pad_to, round_up
 
+from ..data.files import file_sha256
 from .errors import EvalError
+
+# What a model's contract says about its input and output (docs/model-contract.md).
+CONTRACT_FIELDS = ("task", "scale", "input_channels", "output_channels", "size_multiple")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,23 @@ class EvaluatedModel:
     provider: str
     sha256: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, name: str, version: int, contract, *, location: str, provider: str, sha256: str | None = None
+    ) -> EvaluatedModel:
+        """From anything that carries the contract fields and `metadata`: a local file's
+        ModelContract, or the model description a server returns."""
+        fields = {f: getattr(contract, f) for f in CONTRACT_FIELDS}
+        return cls(
+            name,
+            version,
+            **fields,
+            location=location,
+            provider=provider,
+            sha256=sha256,
+            metadata=dict(contract.metadata),
+        )
 
     def to_dict(self) -> dict:
         """JSON-able summary (metadata reduced to the keys a reader of results.json wants)."""
@@ -90,14 +110,6 @@ def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
     """Reflect-pad (H, W, C) at the bottom/right to multiples of `multiple`, as the server does."""
     h, w = image.shape[:2]
     return pad_to(image, round_up(h, multiple), round_up(w, multiple))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Runner(abc.ABC):
@@ -139,18 +151,13 @@ class LocalRunner(Runner):
             raise EvalError(f"{path} is not a valid pixforge model: {exc}") from None
         except Exception as exc:  # onnxruntime's own exception types for unreadable files
             raise EvalError(f"cannot load {path}: {str(exc).strip().splitlines()[0]}") from None
-        self.info = EvaluatedModel(
-            name=name,
-            version=version,
-            task=contract.task,
-            scale=contract.scale,
-            input_channels=contract.input_channels,
-            output_channels=contract.output_channels,
-            size_multiple=contract.size_multiple,
+        self.info = EvaluatedModel.of(
+            name,
+            version,
+            contract,
             location=str(path),
             provider=self.session.get_providers()[0],
             sha256=file_sha256(path),
-            metadata=dict(contract.metadata),
         )
 
     def _run(self, image: np.ndarray) -> np.ndarray:
@@ -183,17 +190,8 @@ class ServerRunner(Runner):
         if not remote.ready:
             self.client.close()
             raise EvalError(f"model {name!r} on {target} is {remote.state}: {remote.error or 'not ready'}")
-        self.info = EvaluatedModel(
-            name=name,
-            version=remote.version,
-            task=remote.task,
-            scale=remote.scale,
-            input_channels=remote.input_channels,
-            output_channels=remote.output_channels,
-            size_multiple=remote.size_multiple,
-            location=f"server {target}",
-            provider=remote.provider,
-            metadata=dict(remote.metadata),
+        self.info = EvaluatedModel.of(
+            name, remote.version, remote, location=f"server {target}", provider=remote.provider
         )
         self._client_error = ClientError
 

@@ -94,23 +94,16 @@ def evaluate_super_resolution(
     """Evaluate an SR model on every image group of `data` (see files.image_groups)."""
     scale = runner.info.scale
     found = measure_groups(data, max_images, n_samples, lambda hr: measure(runner, hr, scale), _row)
-    return TaskReport(
-        task="super_resolution",
-        columns=COLUMNS,
-        rows=found.rows,
-        summary=found.summary,
-        per_image=found.per_image,
-        samples=found.samples,
-        sample_labels=["bicubic upscale of the LR input", "model output", "ground truth"],
-        counts=found.counts(),
-        notes=[
+    return found.report(
+        "super_resolution",
+        COLUMNS,
+        ["bicubic upscale of the LR input", "model output", "ground truth"],
+        [
             f"x{scale}: Y channel (BT.601), {scale}-pixel border cropped, HR cropped to a multiple of "
             f"{scale}; LR = antialiased bicubic downscale (as in training); bicubic = upscale by the same "
             "resize (MATLAB imresize / PIL kernel, a = -0.5). sharpness = gradient energy of the output / "
             "of the ground truth (1.00 = as sharp as ground truth).",
-            *found.skipped_notes(),
         ],
-        extra=found.extra(),
     )
 
 

@@ -1,4 +1,5 @@
-"""Small helpers shared by the generators: input-size checks, SR upsampling, output activation."""
+"""Small helpers shared by the generators: input-size checks, SR upsampling, output activation, and
+`EncoderDecoderGenerator`, the super-resolution plumbing of the U-Net and the ResNet generator."""
 
 from __future__ import annotations
 
@@ -105,3 +106,45 @@ def upsample_conv(
     if kind == "resize":
         return ResizeConv(in_channels, out_channels, 3, bias)
     raise ValueError(f"unknown upsample_conv {kind!r}; valid: {', '.join(UPSAMPLE_CONVS)}")
+
+
+class EncoderDecoderGenerator(nn.Module):
+    """Base of the U-Net and ResNet generators: their super-resolution modes, size check and output.
+
+    With scale > 1, upsample="bicubic" runs the network on the bicubic-upsampled input and, when
+    in_channels == out_channels, adds its output as a residual to that bicubic image (clamped to
+    [-1, 1]); upsample="pixelshuffle" runs it at the input size and the subclass's head upsamples.
+    Subclasses build their layers, call `network_input(x)` first and `output(base, h)` last.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        scale: int,
+        upsample: str,
+        final_activation_kind: str,
+        net_multiple: int,
+    ):
+        """`net_multiple`: the size multiple the network itself needs (2 ** its downsamplings)."""
+        super().__init__()
+        self.scale = scale
+        self.upsample = upsample if scale > 1 else "none"
+        self.residual = self.upsample == "bicubic" and in_channels == out_channels
+        self.out_act = final_activation(final_activation_kind)
+        # bicubic: the network runs at scale x the input size, so the input needs less divisibility.
+        self.size_multiple = (
+            lr_size_multiple(net_multiple, scale) if self.upsample == "bicubic" else net_multiple
+        )
+
+    def network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Check `x`'s size; return what the network runs on (bicubic-upsampled `x` or `x`)."""
+        check_input_size(x, self.size_multiple, type(self).__name__)
+        return bicubic_upsample(x, self.scale) if self.upsample == "bicubic" else x
+
+    def output(self, base: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The final activation of the network's output `h`, plus the residual skip from `base`."""
+        out = self.out_act(h)
+        if self.residual:
+            out = add_residual(torch.clamp(base, -1.0, 1.0), out)
+        return out

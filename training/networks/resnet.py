@@ -17,15 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import (
-    OutputHead,
-    add_residual,
-    bicubic_upsample,
-    check_input_size,
-    final_activation,
-    lr_size_multiple,
-    upsample_conv,
-)
+from .common import EncoderDecoderGenerator, OutputHead, upsample_conv
 from .norm import conv_uses_bias, make_norm
 
 N_DOWNSAMPLING = 2
@@ -65,7 +57,7 @@ class ResnetBlock(nn.Module):
         return x + self.norm2(self.conv2(self.pad2(h)))
 
 
-class ResNetGenerator(nn.Module):
+class ResNetGenerator(EncoderDecoderGenerator):
     """Maps (N, in_channels, H, W) in [-1, 1] to (N, out_channels, H*scale, W*scale)."""
 
     def __init__(
@@ -81,13 +73,10 @@ class ResNetGenerator(nn.Module):
         final_activation_kind: str = "tanh",
         up_kind: str = "transpose",
     ):
-        super().__init__()
         if n_blocks < 0:
             raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
+        super().__init__(in_channels, out_channels, scale, upsample, final_activation_kind, 2**N_DOWNSAMPLING)
         bias = conv_uses_bias(norm)
-        self.scale = scale
-        self.upsample = upsample if scale > 1 else "none"
-        self.residual = self.upsample == "bicubic" and in_channels == out_channels
 
         self.stem = ConvNormReLU(nn.Conv2d(in_channels, ngf, 7, bias=bias), make_norm(norm, ngf), pad=3)
         self.down = nn.ModuleList()
@@ -112,16 +101,9 @@ class ResNetGenerator(nn.Module):
             self.up.append(ConvNormReLU(conv, make_norm(norm, c_out)))
         head_scale = scale if self.upsample == "pixelshuffle" else 1
         self.head = OutputHead(ngf, out_channels, 7, head_scale)
-        self.out_act = final_activation(final_activation_kind)
-
-        net_multiple = 2**N_DOWNSAMPLING
-        self.size_multiple = (
-            lr_size_multiple(net_multiple, scale) if self.upsample == "bicubic" else net_multiple
-        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.size_multiple, "ResNetGenerator")
-        base = bicubic_upsample(x, self.scale) if self.upsample == "bicubic" else x
+        base = self.network_input(x)
         h = self.stem(base)
         for layer in self.down:
             h = layer(h)
@@ -129,7 +111,4 @@ class ResNetGenerator(nn.Module):
             h = block(h)
         for layer in self.up:
             h = layer(h)
-        out = self.out_act(self.head(h))
-        if self.residual:
-            out = add_residual(torch.clamp(base, -1.0, 1.0), out)
-        return out
+        return self.output(base, self.head(h))

@@ -25,15 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import (
-    OutputHead,
-    add_residual,
-    bicubic_upsample,
-    check_input_size,
-    final_activation,
-    lr_size_multiple,
-    upsample_conv,
-)
+from .common import EncoderDecoderGenerator, OutputHead, upsample_conv
 from .norm import conv_uses_bias, make_norm
 
 # junyanz puts Dropout in the 8*ngf blocks between the four outer levels and the innermost one.
@@ -89,7 +81,7 @@ class UNetLevel(nn.Module):
         return self.dropout(self.up_norm(self.up_conv(F.relu(x))))
 
 
-class UNetGenerator(nn.Module):
+class UNetGenerator(EncoderDecoderGenerator):
     """pix2pix U-Net; maps (N, in_channels, H, W) in [-1, 1] to (N, out_channels, H*scale, W*scale)."""
 
     def __init__(
@@ -105,12 +97,9 @@ class UNetGenerator(nn.Module):
         final_activation_kind: str = "tanh",
         up_kind: str = "transpose",
     ):
-        super().__init__()
         if depth < 2:
             raise ValueError(f"U-Net depth must be >= 2, got {depth}")
-        self.scale = scale
-        self.upsample = upsample if scale > 1 else "none"
-        self.residual = self.upsample == "bicubic" and in_channels == out_channels
+        super().__init__(in_channels, out_channels, scale, upsample, final_activation_kind, 2**depth)
         pixelshuffle = self.upsample == "pixelshuffle"
 
         levels = []
@@ -139,16 +128,9 @@ class UNetGenerator(nn.Module):
             )
         self.levels = nn.ModuleList(levels)
         self.head = OutputHead(ngf, out_channels, 3, scale) if pixelshuffle else None
-        self.out_act = final_activation(final_activation_kind)
-
-        net_multiple = 2**depth
-        self.size_multiple = (
-            lr_size_multiple(net_multiple, scale) if self.upsample == "bicubic" else net_multiple
-        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.size_multiple, "UNetGenerator")
-        base = bicubic_upsample(x, self.scale) if self.upsample == "bicubic" else x
+        base = self.network_input(x)
         skips = []
         h = base
         for level in self.levels:
@@ -160,7 +142,4 @@ class UNetGenerator(nn.Module):
             h = self.levels[i].up(inp)
         if self.head is not None:
             h = self.head(F.relu(h))
-        out = self.out_act(h)
-        if self.residual:
-            out = add_residual(torch.clamp(base, -1.0, 1.0), out)
-        return out
+        return self.output(base, h)
