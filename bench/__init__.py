@@ -78,18 +78,16 @@ class Settings:
             except ValueError as exc:
                 raise ValueError(f"--{flag}: {exc}") from None
 
-        threads = getattr(args, "threads", None)
-        if threads is not None and threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
-        duration = getattr(args, "duration", None)
-        if duration is not None and duration <= 0:
-            raise ValueError(f"--duration must be > 0, got {duration}")
-        steps = getattr(args, "steps", None)
-        if steps is not None and steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {steps}")
-        max_call = getattr(args, "max_call_seconds", None)
-        if max_call is not None and max_call <= 0:
-            raise ValueError(f"--max-call-seconds must be > 0, got {max_call}")
+        def number(flag: str, low: float, *, strict: bool = False):
+            value = getattr(args, flag.replace("-", "_"), None)
+            if value is not None and (value <= low if strict else value < low):
+                raise ValueError(f"--{flag} must be {'>' if strict else '>='} {low}, got {value}")
+            return value
+
+        threads = number("threads", 1)
+        duration = number("duration", 0, strict=True)
+        steps = number("steps", 1)
+        max_call = number("max-call-seconds", 0, strict=True)
         tag = getattr(args, "tag", None) or ""
         if tag and not re.fullmatch(r"[a-z0-9][a-z0-9_]*", tag):
             raise ValueError(f"--tag must be lowercase letters, digits and '_', got {tag!r}")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import Plot, SuiteRecord, Table
+from .report import SuiteRecord, Table
 from .stats import interleave, progress, round_ratios, summarize
 
 GOAL_RATIO = 1.3
@@ -466,17 +466,10 @@ def run_suite(settings) -> SuiteRecord:
                 "detail": "no case ran the ort variant",
             }
         )
-    series = [s for s in plot_series.values() if s["x"]]
-    if series:
-        record.plots.append(
-            Plot(
-                "engine_throughput.png",
-                "Throughput per case and engine (higher is better)",
-                "case",
-                "images/s",
-                series,
-                kind="bars",
-                logy=True,
-            )
-        )
+    record.add_case_bars(
+        "engine_throughput.png",
+        "Throughput per case and engine (higher is better)",
+        list(plot_series.values()),
+        logy=True,
+    )
     return record

@@ -89,6 +89,12 @@ class SuiteRecord:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def add_case_bars(self, file: str, title: str, series: list[dict], *, logy: bool = False) -> None:
+        """Add a bar plot of images/s per case, one bar per series that has a point (none: no plot)."""
+        plotted = [s for s in series if s["x"]]
+        if plotted:
+            self.plots.append(Plot(file, title, "case", "images/s", plotted, kind="bars", logy=logy))
+
     def apply_tag(self, tag: str) -> None:
         """Mark this record as the ``tag`` run: title, and plot files that do not overwrite others."""
         self.tag = tag

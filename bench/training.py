@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import Plot, SuiteRecord, Table
+from .report import SuiteRecord, Table
 from .stats import progress
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "training" / "configs"
@@ -291,16 +291,5 @@ def run_suite(settings) -> SuiteRecord:
     )
     if not torch.cuda.is_available():
         record.notes.append("no CUDA device: AMP / channels_last / GPU utilisation not measured")
-    plotted = [s for s in series.values() if s["x"]]
-    if plotted:
-        record.plots.append(
-            Plot(
-                "training_throughput.png",
-                "Training images/s per case",
-                "case",
-                "images/s",
-                plotted,
-                kind="bars",
-            )
-        )
+    record.add_case_bars("training_throughput.png", "Training images/s per case", list(series.values()))
     return record

@@ -14,42 +14,39 @@
 
 Create it inside a running event loop (grpc.aio channels bind to the loop that first uses
 them). Channel settings, retries, deadlines and load balancing are those of `Client`
-(`ClientConfig`). `translate_many` follows the same algorithm as the sync client (see stream.py):
-a bounded window of outstanding items over one or more TranslateStream calls, per-item results,
-re-sending unanswered items of a broken stream with backoff.
+(`ClientConfig`). `translate_many` runs the same algorithm as the sync client, the one in
+stream_core.py (a bounded window of outstanding items over one or more TranslateStream calls,
+per-item results, re-sending unanswered items of a broken stream with backoff): AsyncStreamBatch
+is its asyncio front end, as stream.StreamBatch is its threaded one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import grpc
 import grpc.aio
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from pixforge.v1 import translation_pb2 as pb
-from pixforge.v1 import translation_pb2_grpc as pb_grpc
 
-from .client import HEALTH_STATUS_NAMES
-from .config import ClientConfig, make_config
-from .errors import ClientError, InternalError, InvalidArgumentError, UnavailableError, error_from_rpc
+from .client import HEALTH_STATUS_NAMES, ClientBase
+from .errors import ClientError, InvalidArgumentError, UnavailableError, error_from_rpc
 from .images import ImageInput, ImageInputError, decode_output, image_bytes
-from .retry import RetryPolicy
-from .stream import (
-    BatchItem,
-    _Stream,
-    input_error,
-    make_batch,
-    result_for_error,
-    result_for_response,
-    retry_at,
-)
-from .types import ModelInfo, TranslateParams, TranslateResult
+from .stream_core import IDLE_WAIT_S, BatchCore, BatchItem, Pull, StreamState, Wait
+from .types import ModelInfo, TranslateKeywords, TranslateParams, TranslateResult
+
+if TYPE_CHECKING:
+    # Only type checkers read it (annotations are strings here), so Python 3.10 runs without
+    # typing.Unpack (3.11+) and without the typing_extensions dependency.
+    from typing import Unpack
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 async def _read_input(image: ImageInput) -> bytes:
@@ -59,7 +56,7 @@ async def _read_input(image: ImageInput) -> bytes:
     return await asyncio.to_thread(image_bytes, image)
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """Asyncio client of a pixforge server (or several, load-balanced).
 
     Args:
@@ -72,25 +69,7 @@ class AsyncClient:
         ClientConfigError: an invalid setting.
     """
 
-    def __init__(
-        self, target: str | Sequence[str], token: str | None = None, tls: bool | str = False, **settings
-    ):
-        self.config: ClientConfig = make_config(target, token, tls, **settings)
-        self._target, self._listed = self.config.grpc_target()
-        credentials = self.config.credentials()
-        options = self.config.options()
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(self._target, options=options)
-        else:
-            self._channel = grpc.aio.secure_channel(self._target, credentials, options=options)
-        self._stub = pb_grpc.ImageTranslationStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._metadata = self.config.metadata()
-
-    @property
-    def target(self) -> str:
-        """The gRPC target string the channel uses."""
-        return self._target
+    _grpc = grpc.aio
 
     async def close(self) -> None:
         """Close the channel, cancelling in-flight calls."""
@@ -111,54 +90,35 @@ class AsyncClient:
     async def translate(
         self,
         image: ImageInput,
-        model: str,
-        output_format: str = "png",
+        model: str | None = None,
+        output_format: str | None = None,
         *,
-        as_array: bool = False,
-        version: int = 0,
-        quality: int = 0,
-        tile_size: int = 0,
-        tile_overlap: int = 0,
-        render_size: int = 0,
+        params: TranslateParams | None = None,
         request_id: str = "",
-        timeout: float | None = None,
+        **options: Unpack[TranslateKeywords],
     ) -> bytes | np.ndarray:
         """Translate one image (see Client.translate for arguments, returns and errors)."""
-        params = TranslateParams.build(
-            model,
-            output_format,
-            version=version,
-            quality=quality,
-            tile_size=tile_size,
-            tile_overlap=tile_overlap,
-            render_size=render_size,
-            as_array=as_array,
-        )
+        params = TranslateParams.resolve(params, model, output_format, options)
         try:
             data = await _read_input(image)
         except ImageInputError as exc:
             raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        response = await self._call(self._stub.Translate, params.request(data, request_id), timeout)
-        if as_array:
+        response = await self._call(self._stub.Translate, params.request(data, request_id), params.timeout)
+        if params.as_array:
             return await asyncio.to_thread(decode_output, response.image)
         return response.image
 
     def translate_many(
         self,
         images: Iterable[ImageInput] | AsyncIterable[ImageInput],
-        model: str,
-        output_format: str = "png",
+        model: str | None = None,
+        output_format: str | None = None,
         *,
+        params: TranslateParams | None = None,
         concurrency: int = 4,
         ordered: bool = True,
         streams: int | None = None,
-        as_array: bool = False,
-        version: int = 0,
-        quality: int = 0,
-        tile_size: int = 0,
-        tile_overlap: int = 0,
-        render_size: int = 0,
-        timeout: float | None = None,
+        **options: Unpack[TranslateKeywords],
     ) -> AsyncIterator[TranslateResult]:
         """Translate many images over TranslateStream calls (see Client.translate_many).
 
@@ -171,24 +131,9 @@ class AsyncClient:
         Raises:
             InvalidArgumentError: bad options (raised before any traffic).
         """
-        batch = make_batch(
-            AsyncStreamBatch,
-            self,
-            images,
-            model,
-            output_format,
-            concurrency=concurrency,
-            ordered=ordered,
-            streams=streams,
-            as_array=as_array,
-            version=version,
-            quality=quality,
-            tile_size=tile_size,
-            tile_overlap=tile_overlap,
-            render_size=render_size,
-            timeout=timeout,
-        )
-        return batch.run()
+        params = TranslateParams.resolve(params, model, output_format, options)
+        core = self._batch_core(params, concurrency, ordered, streams)
+        return AsyncStreamBatch(self._stub, core, images, self._metadata).run()
 
     async def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
         """Every model version the server knows (see Client.list_models)."""
@@ -209,9 +154,6 @@ class AsyncClient:
         )
         return HEALTH_STATUS_NAMES.get(response.status, "UNKNOWN")
 
-    def __repr__(self) -> str:
-        return f"AsyncClient({self._target!r})"
-
 
 _END = object()
 
@@ -219,64 +161,46 @@ _END = object()
 class AsyncStreamBatch:
     """One `AsyncClient.translate_many` run; `run()` is the async generator of results.
 
-    Same arguments and algorithm as stream.StreamBatch, on asyncio tasks instead of threads.
+    The asyncio front end of stream_core.BatchCore (same arguments as stream.StreamBatch): one
+    task per TranslateStream call, plus a writer task per call; every BatchCore event is followed
+    by a notification that wakes the waiting senders.
     """
 
     def __init__(
         self,
         stub,
-        params: TranslateParams,
+        core: BatchCore,
         images: Iterable[Any] | AsyncIterable[Any],
-        *,
-        concurrency: int,
-        streams: int,
-        ordered: bool,
-        timeout: float,
-        stream_duration: float,
-        retry: RetryPolicy,
         metadata: tuple[tuple[str, str], ...],
-        target: str,
     ):
         self._stub = stub
-        self._params = params
+        self._core = core
         if isinstance(images, AsyncIterable):
             self._aiter: AsyncIterator[Any] | None = aiter(images)
             self._iter = None
         else:
             self._aiter = None
             self._iter = iter(images)
-        self._next_index = 0
-        self._concurrency = concurrency
-        self._streams = max(1, min(streams, concurrency))
-        self._ordered = ordered
-        self._timeout = timeout
-        self._stream_duration = stream_duration
-        self._retry = retry
         self._metadata = metadata
-        self._target = target
-        self._prefix = uuid.uuid4().hex[:12]
-
-        self._outstanding = 0
-        self._in_flight = 0
-        self._exhausted = False
-        self._source_busy = False
-        self._retry_queue: list[BatchItem] = []
-        self._stop = False
-        self._fatal: BaseException | None = None
         self._calls: set = set()
         self._results: asyncio.Queue[TranslateResult | None] = asyncio.Queue()
         self._changed = asyncio.Event()
 
     # ------------------------------------------------------------------ signalling
 
-    def _notify(self) -> None:
+    def _event(self, handler: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one BatchCore event, queue what it delivered and wake the waiting senders."""
+        value = handler(*args, **kwargs)
+        for result in self._core.drain():
+            self._results.put_nowait(result)
         self._changed.set()
         self._changed = asyncio.Event()
+        return value
 
     async def _wait(self, seconds: float) -> None:
         event = self._changed
         try:
-            await asyncio.wait_for(event.wait(), timeout=max(seconds, 0.001))
+            await asyncio.wait_for(event.wait(), timeout=seconds)
         except asyncio.TimeoutError:
             pass
 
@@ -284,35 +208,25 @@ class AsyncStreamBatch:
 
     async def run(self) -> AsyncIterator[TranslateResult]:
         """Yield TranslateResults (in input order when ordered=True)."""
-        workers = [asyncio.create_task(self._worker()) for _ in range(self._streams)]
+        workers = [asyncio.create_task(self._worker()) for _ in range(self._core.streams)]
 
         async def close_when_done() -> None:
             await asyncio.gather(*workers, return_exceptions=True)
             await self._results.put(None)
 
         closer = asyncio.create_task(close_when_done())
-        buffer: dict[int, TranslateResult] = {}
-        next_index = 0
         try:
             while True:
                 result = await self._results.get()
                 if result is None:
-                    if self._fatal is not None:
-                        raise self._fatal
+                    if self._core.fatal is not None:
+                        raise self._core.fatal
                     break
-                if not self._ordered:
-                    self._release()
-                    yield result
-                    continue
-                buffer[result.index] = result
-                while next_index in buffer:
-                    ready = buffer.pop(next_index)
-                    next_index += 1
-                    self._release()
+                for ready in self._event(self._core.arrived, result):
+                    self._event(self._core.release)
                     yield ready
         finally:
-            self._stop = True
-            self._notify()
+            self._event(self._core.stop)
             for call in list(self._calls):
                 call.cancel()
             for task in workers:
@@ -320,113 +234,64 @@ class AsyncStreamBatch:
             closer.cancel()
             await asyncio.gather(*workers, closer, return_exceptions=True)
 
-    def _release(self) -> None:
-        self._outstanding -= 1
-        self._notify()
-
     # ------------------------------------------------------------------ feeding
 
-    def _deliver(self, result: TranslateResult) -> None:
-        self._in_flight -= 1
-        self._notify()
-        self._results.put_nowait(result)
-
-    def _register(self, stream: _Stream, item: BatchItem) -> BatchItem:
-        item.attempts += 1
-        stream.pending[item.request_id] = item
-        return item
-
-    async def _next_source(self) -> tuple[int, Any]:
+    async def _next_source(self) -> Any:
         if self._aiter is not None:
-            source = await anext(self._aiter)
-        else:
-            # A StopIteration must not cross a coroutine boundary (it becomes RuntimeError).
-            source = next(self._iter, _END)  # type: ignore[arg-type]
-            if source is _END:
-                raise StopAsyncIteration
-        index = self._next_index
-        self._next_index += 1
-        return index, source
+            return await anext(self._aiter)
+        # A StopIteration must not cross a coroutine boundary (it becomes RuntimeError).
+        source = next(self._iter, _END)  # type: ignore[arg-type]
+        if source is _END:
+            raise StopAsyncIteration
+        return source
 
-    async def _take(self, stream: _Stream) -> BatchItem | None:
+    async def _take(self, stream: StreamState) -> BatchItem | None:
         """Next item to send on `stream`, or None when the stream should half-close."""
         while True:
-            while True:
-                if self._stop or stream.closing:
-                    return None
-                now = time.monotonic()
-                if now >= stream.feed_until:
-                    return None
-                for i, queued in enumerate(self._retry_queue):
-                    if queued.not_before <= now:
-                        return self._register(stream, self._retry_queue.pop(i))
-                if not self._exhausted and not self._source_busy and self._outstanding < self._concurrency:
-                    self._source_busy = True
-                    self._outstanding += 1
-                    self._in_flight += 1
-                    break
-                if self._exhausted and not self._retry_queue:
-                    return None
-                wait = 0.25
-                if self._retry_queue:
-                    wait = min(wait, min(i.not_before for i in self._retry_queue) - now)
-                await self._wait(min(wait, stream.feed_until - now))
+            step = self._core.next_step(stream, time.monotonic())
+            while isinstance(step, Wait):
+                await self._wait(step.seconds)
+                step = self._core.next_step(stream, time.monotonic())
+            if not isinstance(step, Pull):
+                return step  # an item to send, or None: half-close
             try:
-                index, source = await self._next_source()
+                source = await self._next_source()
             except StopAsyncIteration:
-                self._exhausted = True
-                self._source_busy = False
-                self._outstanding -= 1
-                self._in_flight -= 1
-                self._notify()
+                self._event(self._core.source_ended)
                 continue
             except Exception as exc:  # the caller's iterable failed: surface it to the caller
-                self._fatal = exc
-                self._stop = True
-                self._source_busy = False
-                self._outstanding -= 1
-                self._in_flight -= 1
-                self._notify()
+                self._event(self._core.source_failed, exc)
                 return None
-            self._source_busy = False
-            self._notify()
+            index = self._event(self._core.pulled)
             try:
                 data = await _read_input(source)
             except ImageInputError as exc:
-                self._deliver(input_error(index, source, exc))
+                self._event(self._core.unreadable, index, source, exc)
                 continue
-            item = BatchItem(index=index, source=source, request_id=f"{self._prefix}-{index}", data=data)
-            if stream.closing or self._stop:
-                self._retry_queue.append(item)
-                self._notify()
-                return None
-            return self._register(stream, item)
+            return self._event(self._core.admit, stream, index, source, data)
 
     # ------------------------------------------------------------------ streams
 
     async def _worker(self) -> None:
         try:
             while True:
-                stream = _Stream()
+                stream = StreamState()
                 first = await self._take(stream)
                 if first is None:
-                    if self._stop or (self._exhausted and self._in_flight == 0):
+                    if self._core.senders_done:
                         return
-                    await self._wait(0.25)
+                    await self._wait(IDLE_WAIT_S)
                     continue
-                stream.feed_until = time.monotonic() + self._stream_duration
+                self._event(self._core.start_stream, stream, time.monotonic())
                 await self._run_stream(stream, first)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not hang the caller: hand it over
-            self._fatal = exc
-            self._stop = True
-            self._notify()
+            self._event(self._core.crashed, exc)
 
-    async def _run_stream(self, stream: _Stream, first: BatchItem) -> None:
-        call = self._stub.TranslateStream(
-            timeout=self._stream_duration + self._timeout, metadata=self._metadata
-        )
+    async def _run_stream(self, stream: StreamState, first: BatchItem) -> None:
+        core = self._core
+        call = self._stub.TranslateStream(timeout=core.call_timeout, metadata=self._metadata)
         self._calls.add(call)
 
         write_failed = False
@@ -436,9 +301,7 @@ class AsyncStreamBatch:
             item: BatchItem | None = first
             try:
                 while item is not None:
-                    await call.write(
-                        pb.TranslateStreamRequest(request=self._params.request(item.data, item.request_id))
-                    )
+                    await call.write(core.request(item))
                     item = await self._take(stream)
                 await call.done_writing()
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
@@ -451,28 +314,20 @@ class AsyncStreamBatch:
                 response = await call.read()
                 if response is grpc.aio.EOF:
                     break
-                item = stream.pending.pop(response.request_id, None)
-                if item is None and stream.pending:
-                    _, item = stream.pending.popitem(last=False)
+                item = self._event(core.match, stream, response.request_id)
                 if item is None:
                     continue
-                if self._params.as_array and not response.error_code:
-                    result, retryable = await asyncio.to_thread(
-                        result_for_response, item, response, self._params, self._target
-                    )
+                if core.params.as_array and not response.error_code:
+                    result, retryable = await asyncio.to_thread(core.result_for, item, response)
                 else:
-                    result, retryable = result_for_response(item, response, self._params, self._target)
-                if retryable:
-                    self._fail_or_retry(item, result.error)
-                else:
-                    self._deliver(result)
+                    result, retryable = core.result_for(item, response)
+                self._event(core.settle, item, result, retryable, time.monotonic())
         except grpc.aio.AioRpcError as exc:
             rpc_error = exc
         finally:
             self._calls.discard(call)
-            stream.closing = True
-            self._notify()
-            if self._stop:
+            self._event(core.close_stream, stream)
+            if core.stopping:
                 writer.cancel()
             # The writer wakes up on `closing` and ends by itself; cancel only a stuck one.
             done, _ = await asyncio.wait({writer}, timeout=2.0)
@@ -481,30 +336,11 @@ class AsyncStreamBatch:
             await asyncio.gather(writer, return_exceptions=True)
         error: ClientError | None = None
         if rpc_error is not None:
-            error = error_from_rpc(rpc_error, self._target)
+            error = error_from_rpc(rpc_error, core.target)
             if error.code == grpc.StatusCode.INTERNAL and write_failed:
                 # grpc.aio race: when the server ends a stream while a write is in flight, the
                 # failed write overwrites the server's status with INTERNAL "Internal error from
                 # Core". The stream broke in transport, so treat it like UNAVAILABLE (re-send).
                 reason = f"the stream broke while sending ({error.message})"
-                error = UnavailableError(grpc.StatusCode.UNAVAILABLE, reason, self._target)
-        leftovers = list(stream.pending.values())
-        stream.pending.clear()
-        if leftovers:
-            error = error or InternalError(
-                grpc.StatusCode.INTERNAL,
-                "the server ended the stream without answering every item",
-                self._target,
-            )
-            for item in leftovers:
-                self._fail_or_retry(item, error)
-
-    def _fail_or_retry(self, item: BatchItem, error: ClientError | None) -> None:
-        assert error is not None
-        when = retry_at(item, error, self._retry, self._stop)
-        if when is not None:
-            item.not_before = when
-            self._retry_queue.append(item)
-            self._notify()
-            return
-        self._deliver(result_for_error(item, error))
+                error = UnavailableError(grpc.StatusCode.UNAVAILABLE, reason, core.target)
+        self._event(core.end_stream, stream, error, time.monotonic())

@@ -17,6 +17,8 @@ generated stubs and the shared codec are used: no torch.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, ClassVar
 
 import grpc
 import numpy as np
@@ -28,13 +30,73 @@ from pixforge.v1 import translation_pb2_grpc as pb_grpc
 from .config import ClientConfig, make_config
 from .errors import InvalidArgumentError, UnavailableError, error_from_rpc
 from .images import ImageInput, ImageInputError, image_bytes
-from .stream import StreamBatch, make_batch
-from .types import ModelInfo, TranslateParams, TranslateResult
+from .stream import StreamBatch
+from .stream_core import BatchCore, count_streams
+from .types import ModelInfo, TranslateKeywords, TranslateParams, TranslateResult
+
+if TYPE_CHECKING:
+    # Only type checkers read it (annotations are strings here), so Python 3.10 runs without
+    # typing.Unpack (3.11+) and without the typing_extensions dependency.
+    from typing import Unpack
 
 HEALTH_STATUS_NAMES = {v: k for k, v in health_pb2.HealthCheckResponse.ServingStatus.items()}
 
 
-class Client:
+class ClientBase:
+    """What Client and AsyncClient share: settings, channel, stubs, and a batch's plan.
+
+    Subclasses set `_grpc` to the module whose channels they use (grpc, or grpc.aio) and add the
+    calls themselves, blocking or awaitable; see Client for the constructor's arguments.
+    """
+
+    _grpc: ClassVar[ModuleType] = grpc
+
+    def __init__(
+        self, target: str | Sequence[str], token: str | None = None, tls: bool | str = False, **settings
+    ):
+        self.config: ClientConfig = make_config(target, token, tls, **settings)
+        self._target, self._listed = self.config.grpc_target()
+        credentials = self.config.credentials()
+        options = self.config.options()
+        if credentials is None:
+            self._channel = self._grpc.insecure_channel(self._target, options=options)
+        else:
+            self._channel = self._grpc.secure_channel(self._target, credentials, options=options)
+        self._stub = pb_grpc.ImageTranslationStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = self.config.metadata()
+
+    @property
+    def target(self) -> str:
+        """The gRPC target string the channel uses (after list -> ipv4: resolution)."""
+        return self._target
+
+    def _batch_core(
+        self, params: TranslateParams, concurrency: int, ordered: bool, streams: int | None
+    ) -> BatchCore:
+        """Validate translate_many's batch options and plan its run (before any traffic).
+
+        Raises:
+            InvalidArgumentError: concurrency below 1.
+        """
+        if concurrency < 1:
+            raise InvalidArgumentError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"concurrency must be >= 1, got {concurrency}"
+            )
+        return BatchCore(
+            params,
+            self.config,
+            concurrency=concurrency,
+            streams=count_streams(streams, concurrency, self._listed),
+            ordered=ordered,
+            target=self._target,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._target!r})"
+
+
+class Client(ClientBase):
     """Synchronous client of a pixforge server (or several, load-balanced).
 
     Args:
@@ -48,26 +110,6 @@ class Client:
     Raises:
         ClientConfigError: an invalid setting (bad address, missing certificate file...).
     """
-
-    def __init__(
-        self, target: str | Sequence[str], token: str | None = None, tls: bool | str = False, **settings
-    ):
-        self.config: ClientConfig = make_config(target, token, tls, **settings)
-        self._target, self._listed = self.config.grpc_target()
-        credentials = self.config.credentials()
-        options = self.config.options()
-        if credentials is None:
-            self._channel = grpc.insecure_channel(self._target, options=options)
-        else:
-            self._channel = grpc.secure_channel(self._target, credentials, options=options)
-        self._stub = pb_grpc.ImageTranslationStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._metadata = self.config.metadata()
-
-    @property
-    def target(self) -> str:
-        """The gRPC target string the channel uses (after list -> ipv4: resolution)."""
-        return self._target
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -108,30 +150,30 @@ class Client:
     def translate(
         self,
         image: ImageInput,
-        model: str,
-        output_format: str = "png",
+        model: str | None = None,
+        output_format: str | None = None,
         *,
-        as_array: bool = False,
-        version: int = 0,
-        quality: int = 0,
-        tile_size: int = 0,
-        tile_overlap: int = 0,
-        render_size: int = 0,
+        params: TranslateParams | None = None,
         request_id: str = "",
-        timeout: float | None = None,
+        **options: Unpack[TranslateKeywords],
     ) -> bytes | np.ndarray:
         """Translate one image.
 
+        The settings are one TranslateParams: pass it as `params`, or pass its fields as
+        arguments (model, output_format and the keywords below), which build one; arguments
+        given with `params` override its fields.
+
         Args:
             image: encoded bytes, a file path, or a uint8 array ((H, W), (H, W, 1|3|4)).
-            model: model name on the server.
-            output_format: "png", "jpeg"/"jpg" or "webp".
-            as_array: return a decoded uint8 array instead of encoded bytes.
-            version: pinned model version (0: the served one).
-            quality: JPEG/WebP quality 1..100 (0: server default).
-            tile_size, tile_overlap, render_size: see pixforge.v1.TranslateOptions (0: default).
+            model: model name on the server (required unless `params` names it).
+            output_format: "png" (default), "jpeg"/"jpg" or "webp".
+            params: a TranslateParams with every setting.
             request_id: id echoed in server logs.
-            timeout: deadline in seconds (default: config.timeout); retries happen within it.
+            **options: other TranslateParams fields: as_array (return a decoded uint8 array
+                instead of encoded bytes), version (pinned model version, 0: the served one),
+                quality (JPEG/WebP 1..100, 0: server default), tile_size, tile_overlap,
+                render_size (see pixforge.v1.TranslateOptions, 0: default), timeout (deadline
+                in seconds, default config.timeout; retries happen within it).
 
         Returns:
             The translated image: bytes, or a uint8 array (H, W, C) when as_array.
@@ -140,40 +182,27 @@ class Client:
             InvalidArgumentError: bad input or options (including a corrupt image, per the server).
             NotFoundError: unknown model. UnavailableError / ResourceExhaustedError: after retries.
             DeadlineExceededError, UnauthenticatedError, ClientError: other failures.
+            TypeError: a keyword that is no TranslateParams field.
         """
-        params = TranslateParams.build(
-            model,
-            output_format,
-            version=version,
-            quality=quality,
-            tile_size=tile_size,
-            tile_overlap=tile_overlap,
-            render_size=render_size,
-            as_array=as_array,
-        )
+        params = TranslateParams.resolve(params, model, output_format, options)
         try:
             data = image_bytes(image)
         except ImageInputError as exc:
             raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        response = self._call(self._stub.Translate, params.request(data, request_id), timeout)
+        response = self._call(self._stub.Translate, params.request(data, request_id), params.timeout)
         return params.output(response.image)
 
     def translate_many(
         self,
         images: Iterable[ImageInput],
-        model: str,
-        output_format: str = "png",
+        model: str | None = None,
+        output_format: str | None = None,
         *,
+        params: TranslateParams | None = None,
         concurrency: int = 4,
         ordered: bool = True,
         streams: int | None = None,
-        as_array: bool = False,
-        version: int = 0,
-        quality: int = 0,
-        tile_size: int = 0,
-        tile_overlap: int = 0,
-        render_size: int = 0,
-        timeout: float | None = None,
+        **options: Unpack[TranslateKeywords],
     ) -> Generator[TranslateResult, None, None]:
         """Translate many images over TranslateStream calls, lazily, with a bounded window.
 
@@ -183,15 +212,15 @@ class Client:
         Args:
             images: any iterable (a generator is fine; it is consumed lazily) of bytes, paths
                 or arrays.
-            model, output_format, as_array, version, quality, tile_size, tile_overlap,
-                render_size: as in translate().
+            model, output_format, params, **options: the settings of every item, as in
+                translate(); options.timeout is the per-item deadline budget in seconds
+                (default config.timeout).
             concurrency: the most items taken from `images` and not yet yielded (the in-flight
                 window); memory use is bounded by it.
             ordered: yield results in input order (True) or as they complete (False).
             streams: concurrent TranslateStream calls (default: one per 4 in-flight items, the
                 server's per-stream window, and at least one per listed server so a list of
                 servers shares the work; round_robin places each stream on the next server).
-            timeout: per-item deadline budget in seconds (default config.timeout).
 
         Returns:
             A generator of TranslateResult, one per input item. Breaking out of the loop (or
@@ -201,24 +230,9 @@ class Client:
             InvalidArgumentError: bad options (before any traffic). Exceptions raised by the
                 `images` iterable itself are re-raised from the iterator.
         """
-        batch = make_batch(
-            StreamBatch,
-            self,
-            images,
-            model,
-            output_format,
-            concurrency=concurrency,
-            ordered=ordered,
-            streams=streams,
-            as_array=as_array,
-            version=version,
-            quality=quality,
-            tile_size=tile_size,
-            tile_overlap=tile_overlap,
-            render_size=render_size,
-            timeout=timeout,
-        )
-        return iter(batch)
+        params = TranslateParams.resolve(params, model, output_format, options)
+        core = self._batch_core(params, concurrency, ordered, streams)
+        return iter(StreamBatch(self._stub, core, images, self._metadata))
 
     def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
         """Every model version the server knows, failed ones included.
@@ -265,6 +279,3 @@ class Client:
         """
         response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return HEALTH_STATUS_NAMES.get(response.status, "UNKNOWN")
-
-    def __repr__(self) -> str:
-        return f"Client({self._target!r})"

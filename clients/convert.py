@@ -11,7 +11,7 @@ they are printed and written to ``<output>/pixforge-convert-report.jsonl`` with 
 status code and reason.
 
 Throughput: inputs are walked lazily and streamed to the server over TranslateStream calls with a
-bounded window of --concurrency items (see pixforge.clients.stream), so a small client keeps a GPU
+bounded window of --concurrency items (see pixforge.clients.stream_core), so a small client keeps a GPU
 server busy while its memory stays flat over any number of files.
 
 Failures of the run rather than of a file stop it with one line and exit 2: the server cannot be

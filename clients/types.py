@@ -5,8 +5,8 @@ Shared by the sync and the asyncio client so both build identical requests and r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, TypedDict
 
 import grpc
 import numpy as np
@@ -116,47 +116,97 @@ class TranslateResult:
         return self.error is None
 
 
+class TranslateKeywords(TypedDict, total=False):
+    """The keyword arguments of translate() / translate_many() that set a TranslateParams field.
+
+    Each one is the field of the same name; only the keywords a caller passes are set (typed for
+    mypy through ``**options: Unpack[TranslateKeywords]``).
+    """
+
+    as_array: bool
+    version: int
+    quality: int
+    tile_size: int
+    tile_overlap: int
+    render_size: int
+    timeout: float | None
+
+
 @dataclass(frozen=True)
 class TranslateParams:
-    """Per-call translation settings, validated once (shared by all items of a batch).
+    """How to translate: the settings of one translate() call, or of every item of a translate_many().
+
+    Pass one as ``params=`` to Client / AsyncClient.translate and translate_many, or pass the
+    fields as keyword arguments, which build one (with ``params=`` too, the keywords override its
+    fields). It is validated on construction the way the server would, so a mistake fails before
+    any traffic.
 
     Attributes:
-        model: model name. version: pinned version (0 = served version).
-        output_format: "png", "jpeg" or "webp". quality: 1..100 or 0 for the server default.
+        model: model name. output_format: "png", "jpeg" (or "jpg") or "webp", kept normalised.
+        version: pinned model version (0 = the served version).
+        quality: JPEG/WebP quality 1..100 (0 = the server's default).
         tile_size, tile_overlap, render_size: see pixforge.v1.TranslateOptions (0 = default).
-        as_array: decode outputs into numpy arrays instead of returning bytes.
+        as_array: decode outputs into uint8 numpy arrays instead of returning encoded bytes.
+        timeout: deadline in seconds of a translate() call, or per-item budget of a
+            translate_many() (None or 0 = the client's config.timeout).
+
+    Raises:
+        InvalidArgumentError: empty model name, unknown format, quality out of range or a
+            negative size option.
     """
 
     model: str
-    version: int = 0
     output_format: str = "png"
+    version: int = 0
     quality: int = 0
     tile_size: int = 0
     tile_overlap: int = 0
     render_size: int = 0
     as_array: bool = False
+    timeout: float | None = None
 
-    @classmethod
-    def build(cls, model: str, output_format: str = "png", **kwargs: Any) -> TranslateParams:
-        """Validate arguments the way the server would, so mistakes fail before any traffic.
-
-        Raises:
-            InvalidArgumentError: empty model name, unknown format, quality out of range or a
-                negative size option.
-        """
-        if not model or not isinstance(model, str):
+    def __post_init__(self) -> None:
+        if not self.model or not isinstance(self.model, str):
             raise InvalidArgumentError(_INVALID, "a model name is required")
         try:
-            fmt = normalize_format(output_format)
+            # Frozen: the normalised name ("jpg" -> "jpeg") replaces the given one in place.
+            object.__setattr__(self, "output_format", normalize_format(self.output_format))
         except PixforgeError as exc:
             raise InvalidArgumentError(_INVALID, str(exc)) from None
-        params = cls(model=model, output_format=fmt, **kwargs)
-        if params.quality and not 1 <= params.quality <= 100:
-            raise InvalidArgumentError(_INVALID, f"quality must be within 1..100, got {params.quality}")
+        if self.quality and not 1 <= self.quality <= 100:
+            raise InvalidArgumentError(_INVALID, f"quality must be within 1..100, got {self.quality}")
         for name in ("version", "tile_size", "tile_overlap", "render_size"):
-            if getattr(params, name) < 0:
-                raise InvalidArgumentError(_INVALID, f"{name} must be >= 0, got {getattr(params, name)}")
-        return params
+            if getattr(self, name) < 0:
+                raise InvalidArgumentError(_INVALID, f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def resolve(
+        cls,
+        params: TranslateParams | None,
+        model: str | None,
+        output_format: str | None,
+        keywords: TranslateKeywords,
+    ) -> TranslateParams:
+        """The params a call runs with: `params` with the given arguments laid over it, or built
+        from the arguments alone (None = not given).
+
+        Raises:
+            InvalidArgumentError: no model (neither argument nor params) or an invalid setting.
+            TypeError: a keyword that is no TranslateParams setting.
+        """
+        unknown = sorted(set(keywords) - TranslateKeywords.__optional_keys__)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r} (not a TranslateParams setting)")
+        given: dict[str, Any] = dict(keywords)
+        if model is not None:
+            given["model"] = model
+        if output_format is not None:
+            given["output_format"] = output_format
+        if params is None:
+            if "model" not in given:
+                raise InvalidArgumentError(_INVALID, "a model name is required (as `model` or in `params`)")
+            return cls(**given)
+        return replace(params, **given) if given else params
 
     def request(self, image: bytes, request_id: str = "") -> pb.TranslateRequest:
         """Build the TranslateRequest for one encoded image."""

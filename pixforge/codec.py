@@ -47,7 +47,7 @@ decode memory is then at most (concurrent decodes) x ``max_bytes``, plus the enc
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -181,6 +181,23 @@ def _need(data: bytes, end: int, fmt: str) -> None:
         raise ImageDecodeError(f"truncated {fmt.upper()} file: header ends after {len(data)} bytes")
 
 
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(type, offset of its data, length) of each PNG chunk in file order, while a chunk header fits."""
+    i = 8
+    while i + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[i : i + 4])
+        yield data[i + 4 : i + 8], i + 8, length
+        i += 12 + length  # length, type, data, CRC
+
+
+def _webp_chunks(data: bytes, i: int = 12) -> Iterator[tuple[bytes, int, int]]:
+    """(FourCC, offset of its data, length) of each RIFF chunk from offset i, while a chunk header fits."""
+    while i + 8 <= len(data):
+        (length,) = struct.unpack("<I", data[i + 4 : i + 8])
+        yield data[i : i + 4], i + 8, length
+        i += 8 + length + (length & 1)  # chunks are padded to an even size
+
+
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}  # OpenCV turns gray + alpha into BGRA
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 
@@ -195,21 +212,16 @@ def _png_layout(data: bytes) -> _Layout:
         raise ImageDecodeError(f"corrupt PNG header: bit depth {depth} with color type {color}")
     channels = _PNG_CHANNELS[color]
     frames = 1
-    i = 8
-    for _ in range(_MAX_CHUNKS):  # the chunks before the image data: tRNS and acTL change the layout
-        if i + 8 > len(data):
-            break
-        (length,) = struct.unpack(">I", data[i : i + 4])
-        ctype = data[i + 4 : i + 8]
+    # The chunks before the image data: tRNS and acTL change the layout.
+    for n, (ctype, start, _length) in enumerate(_png_chunks(data)):
+        if n == _MAX_CHUNKS:
+            raise ImageDecodeError(f"unsupported PNG file: over {_MAX_CHUNKS} chunks before the image data")
         if ctype in (b"IDAT", b"IEND"):
             break
         if ctype == b"tRNS" and color in (2, 3):
             channels = 4  # OpenCV expands a transparent colour / palette entry into an alpha channel
-        elif ctype == b"acTL" and i + 12 <= len(data):
-            (frames,) = struct.unpack(">I", data[i + 8 : i + 12])
-        i += 12 + length
-    else:
-        raise ImageDecodeError(f"unsupported PNG file: over {_MAX_CHUNKS} chunks before the image data")
+        elif ctype == b"acTL" and start + 4 <= len(data):
+            (frames,) = struct.unpack(">I", data[start : start + 4])
     bits = 16 if depth == 16 else 8
     # APNG: OpenCV composes the first frame through three more full-size buffers.
     extra = 3 * w * h * channels * (bits // 8) if frames > 1 else 0
@@ -283,15 +295,10 @@ def _webp_layout(data: bytes) -> _Layout:
         if flags & 0x02:  # animation: canvas + previous canvas + a frame decoder
             return w, h, 4, 8, 12 * w * h
         kinds = set()
-        i = 30
-        for _ in range(_MAX_CHUNKS):
-            if i + 8 > len(data):
-                break
-            kinds.add(data[i : i + 4])
-            (length,) = struct.unpack("<I", data[i + 4 : i + 8])
-            i += 8 + length + (length & 1)
-        else:
-            raise ImageDecodeError(f"unsupported WebP file: over {_MAX_CHUNKS} chunks")
+        for n, (kind, _start, _length) in enumerate(_webp_chunks(data, 30)):
+            if n == _MAX_CHUNKS:
+                raise ImageDecodeError(f"unsupported WebP file: over {_MAX_CHUNKS} chunks")
+            kinds.add(kind)
         alpha = bool(flags & 0x10) or b"ALPH" in kinds or b"VP8L" in kinds
         if b"VP8L" in kinds:
             extra = 4 * w * h
@@ -543,25 +550,17 @@ def _exif_block(data: bytes, fmt: str) -> bytes | None:
             i += 2 + seg_len
         return None
     if fmt == "png":
-        i = 8
-        while i + 8 <= len(data):
-            (length,) = struct.unpack(">I", data[i : i + 4])
-            ctype = data[i + 4 : i + 8]
+        for ctype, start, length in _png_chunks(data):
             if ctype == b"eXIf":
-                return data[i + 8 : i + 8 + length]
+                return data[start : start + length]
             if ctype in (b"IDAT", b"IEND"):
                 return None
-            i += 12 + length
         return None
     if fmt == "webp":
-        i = 12
-        while i + 8 <= len(data):
-            ctype = data[i : i + 4]
-            (length,) = struct.unpack("<I", data[i + 4 : i + 8])
+        for ctype, start, length in _webp_chunks(data):
             if ctype == b"EXIF":
-                block = data[i + 8 : i + 8 + length]
+                block = data[start : start + length]
                 return block[6:] if block.startswith(b"Exif\x00\x00") else block
-            i += 8 + length + (length & 1)
         return None
     return None
 

@@ -463,37 +463,65 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ServerConfigError(f"{key}: {message}")
 
 
+# Numeric keys and their bounds: key -> (lowest, highest or None for no upper bound).
+_BOUNDS: dict[str, tuple[int, int | None]] = {
+    "port": (0, 65535),
+    "metrics_port": (-1, 65535),
+    "http_port": (-1, 65535),
+    "poll_seconds": (0, None),
+    "max_concurrent_rpcs": (1, None),
+    "admission.max_queued": (0, None),
+    "codec_workers": (0, None),
+    "grace_seconds": (0, None),
+    "engine.device_id": (0, None),
+    "engine.intra_op_threads": (0, None),
+    "engine.inter_op_threads": (1, None),
+    "engine.gpu_mem_limit_mb": (0, None),
+    "engine.trt_max_workspace_mb": (1, None),
+    "engine.warmup_size": (0, None),
+    "batching.max_batch_size": (1, 1024),
+    "batching.max_queue_delay_ms": (0, 10_000),
+    "batching.queue_size": (1, None),
+    "batching.shape_bucket": (0, None),
+    "tiling.tile_size": (0, None),
+    "tiling.tile_overlap": (0, None),
+    "tiling.min_tile_size": (8, None),
+    "limits.max_input_pixels": (1, None),
+    "limits.max_output_pixels": (1, None),
+    "limits.max_message_bytes": (1024, None),
+    "colorization.render_size": (16, None),
+    "stream.max_in_flight": (1, None),
+}
+
+
+def _check_bounds(cfg: ServiceConfig) -> None:
+    for key, (low, high) in _BOUNDS.items():
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, name)
+        if high is None:
+            _check(value >= low, key, f"must be >= {low}, got {value}")
+        else:
+            _check(low <= value <= high, key, f"must be within {low}..{high}, got {value}")
+
+
 def validate(cfg: ServiceConfig) -> None:
     """Check every value range and cross-key rule.
 
     Raises:
         ServerConfigError: naming the first offending key.
     """
-    _check(0 <= cfg.port <= 65535, "port", f"must be within 0..65535, got {cfg.port}")
-    _check(
-        -1 <= cfg.metrics_port <= 65535, "metrics_port", f"must be within -1..65535, got {cfg.metrics_port}"
-    )
-    _check(-1 <= cfg.http_port <= 65535, "http_port", f"must be within -1..65535, got {cfg.http_port}")
+    _check_bounds(cfg)
     _check(bool(cfg.host), "host", "must not be empty")
-    _check(cfg.poll_seconds >= 0, "poll_seconds", f"must be >= 0, got {cfg.poll_seconds}")
     _check(
         cfg.max_workers == 0 or cfg.max_workers >= 2,
         "max_workers",
         f"must be 0 or >= 2, got {cfg.max_workers}",
     )
     _check(
-        cfg.max_concurrent_rpcs >= 1, "max_concurrent_rpcs", f"must be >= 1, got {cfg.max_concurrent_rpcs}"
-    )
-    _check(
-        cfg.admission.max_queued >= 0, "admission.max_queued", f"must be >= 0, got {cfg.admission.max_queued}"
-    )
-    _check(
         cfg.admission.max_queued_seconds > 0,
         "admission.max_queued_seconds",
         f"must be > 0, got {cfg.admission.max_queued_seconds}",
     )
-    _check(cfg.codec_workers >= 0, "codec_workers", f"must be >= 0, got {cfg.codec_workers}")
-    _check(cfg.grace_seconds >= 0, "grace_seconds", f"must be >= 0, got {cfg.grace_seconds}")
     _check(cfg.log_level.upper() in LOG_LEVELS, "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
     _check(cfg.log_format in LOG_FORMATS, "log_format", f"must be one of {', '.join(LOG_FORMATS)}")
     for name, version in cfg.pins.items():
@@ -506,12 +534,6 @@ def validate(cfg: ServiceConfig) -> None:
             p in PROVIDERS, "engine.providers", f"unknown provider {p!r} (choose from {', '.join(PROVIDERS)})"
         )
     _check(len(set(e.providers)) == len(e.providers), "engine.providers", "lists a provider twice")
-    _check(e.device_id >= 0, "engine.device_id", "must be >= 0")
-    _check(e.intra_op_threads >= 0, "engine.intra_op_threads", "must be >= 0")
-    _check(e.inter_op_threads >= 1, "engine.inter_op_threads", "must be >= 1")
-    _check(e.gpu_mem_limit_mb >= 0, "engine.gpu_mem_limit_mb", "must be >= 0")
-    _check(e.trt_max_workspace_mb >= 1, "engine.trt_max_workspace_mb", "must be >= 1")
-    _check(e.warmup_size >= 0, "engine.warmup_size", "must be >= 0")
     _check(
         e.cudnn_conv_algo_search in CUDNN_SEARCH,
         "engine.cudnn_conv_algo_search",
@@ -528,38 +550,18 @@ def validate(cfg: ServiceConfig) -> None:
         f"must be one of {', '.join(ARENA_STRATEGIES)}",
     )
 
-    b = cfg.batching
-    _check(
-        1 <= b.max_batch_size <= 1024,
-        "batching.max_batch_size",
-        f"must be within 1..1024, got {b.max_batch_size}",
-    )
-    _check(0 <= b.max_queue_delay_ms <= 10_000, "batching.max_queue_delay_ms", "must be within 0..10000")
-    _check(b.queue_size >= 1, "batching.queue_size", f"must be >= 1, got {b.queue_size}")
-    _check(b.shape_bucket >= 0, "batching.shape_bucket", "must be >= 0")
-
     t = cfg.tiling
-    _check(t.tile_size >= 0, "tiling.tile_size", "must be >= 0")
-    _check(t.tile_overlap >= 0, "tiling.tile_overlap", "must be >= 0")
     _check(
         t.norm_statistics in NORM_STAT_METHODS,
         "tiling.norm_statistics",
         f"must be one of {', '.join(NORM_STAT_METHODS)}, got {t.norm_statistics!r}",
     )
-    _check(t.min_tile_size >= 8, "tiling.min_tile_size", f"must be >= 8, got {t.min_tile_size}")
     _check(t.max_tile_size >= t.min_tile_size, "tiling.max_tile_size", "must be >= tiling.min_tile_size")
     _check(
         t.tile_size == 0 or t.min_tile_size <= t.tile_size <= t.max_tile_size,
         "tiling.tile_size",
         "must be 0 or within tiling.min_tile_size..tiling.max_tile_size",
     )
-
-    lim = cfg.limits
-    _check(lim.max_input_pixels >= 1, "limits.max_input_pixels", "must be >= 1")
-    _check(lim.max_output_pixels >= 1, "limits.max_output_pixels", "must be >= 1")
-    _check(lim.max_message_bytes >= 1024, "limits.max_message_bytes", "must be >= 1024")
-    _check(cfg.colorization.render_size >= 16, "colorization.render_size", "must be >= 16")
-    _check(cfg.stream.max_in_flight >= 1, "stream.max_in_flight", "must be >= 1")
 
     tls = cfg.tls
     _check(

@@ -35,7 +35,7 @@ from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
 from .config import StreamConfig
 from .errors import ModelNotFoundError
 from .interceptors import OversizedMessage
-from .kserve_core import PLATFORM, SERVER_NAME, KServeCore, not_offered
+from .kserve_core import NOT_OFFERED, PLATFORM, SERVER_NAME, KServeCore, not_offered
 from .kserve_tensors import (
     check_requested_outputs,
     input_images,
@@ -62,6 +62,16 @@ SERVICE_NAME = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # load/unload (allowed with model_control: true) and ModelStatistics. Shared memory, trace and
 # logging are Triton extensions pixforge does not offer.
 EXTENSIONS = ("parameters", "model_stream_infer", "model_configuration", "model_repository", "statistics")
+
+
+def _not_offered_rpc(feature: str):
+    """An RPC answering UNIMPLEMENTED for a Triton extension pixforge does not offer (a NOT_OFFERED key)."""
+
+    async def rpc(self, request, context):
+        await context.abort(*status_for_error(not_offered(feature)))
+
+    rpc.__doc__ = f"UNIMPLEMENTED: {NOT_OFFERED[feature]}."
+    return rpc
 
 
 class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
@@ -239,40 +249,15 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         # accepted for it, but it must be sane text.
         check_text("repository_name", name, MAX_REPOSITORY_NAME)
 
-    async def _not_offered(self, context, feature: str):
-        await context.abort(*status_for_error(not_offered(feature)))
-
-    async def SystemSharedMemoryStatus(self, request, context):
-        """UNIMPLEMENTED: pixforge does not offer system shared memory."""
-        await self._not_offered(context, "system_shared_memory")
-
-    async def SystemSharedMemoryRegister(self, request, context):
-        """UNIMPLEMENTED: pixforge does not offer system shared memory."""
-        await self._not_offered(context, "system_shared_memory")
-
-    async def SystemSharedMemoryUnregister(self, request, context):
-        """UNIMPLEMENTED: pixforge does not offer system shared memory."""
-        await self._not_offered(context, "system_shared_memory")
-
-    async def CudaSharedMemoryStatus(self, request, context):
-        """UNIMPLEMENTED: pixforge does not offer CUDA shared memory."""
-        await self._not_offered(context, "cuda_shared_memory")
-
-    async def CudaSharedMemoryRegister(self, request, context):
-        """UNIMPLEMENTED: pixforge does not offer CUDA shared memory."""
-        await self._not_offered(context, "cuda_shared_memory")
-
-    async def CudaSharedMemoryUnregister(self, request, context):
-        """UNIMPLEMENTED: pixforge does not offer CUDA shared memory."""
-        await self._not_offered(context, "cuda_shared_memory")
-
-    async def TraceSetting(self, request, context):
-        """UNIMPLEMENTED: pixforge does not offer trace settings."""
-        await self._not_offered(context, "trace")
-
-    async def LogSettings(self, request, context):
-        """UNIMPLEMENTED: pixforge does not offer log settings."""
-        await self._not_offered(context, "logging")
+    # Triton extensions pixforge does not offer: UNIMPLEMENTED, saying so (the HTTP front's 501).
+    SystemSharedMemoryStatus = SystemSharedMemoryRegister = SystemSharedMemoryUnregister = _not_offered_rpc(
+        "system_shared_memory"
+    )
+    CudaSharedMemoryStatus = CudaSharedMemoryRegister = CudaSharedMemoryUnregister = _not_offered_rpc(
+        "cuda_shared_memory"
+    )
+    TraceSetting = _not_offered_rpc("trace")
+    LogSettings = _not_offered_rpc("logging")
 
 
 def add_kserve_service(

@@ -508,16 +508,15 @@ class KServeHTTP:
         )
 
     async def model_config(self, request: web.Request) -> web.Response:
-        name, version = _model(request)
-        try:
-            return json_response(self.core.model_config(name, version))
-        except Exception as exc:
-            return self._error(exc)
+        return self._model_json(request, self.core.model_config)
 
     async def statistics(self, request: web.Request) -> web.Response:
-        name, version = _model(request)
+        return self._model_json(request, self.core.statistics)
+
+    def _model_json(self, request: web.Request, answer: Callable[[str, str], dict]) -> web.Response:
+        """``answer(name, version)`` for the request's model as JSON, or the error it raised."""
         try:
-            return json_response(self.core.statistics(name, version))
+            return json_response(answer(*_model(request)))
         except Exception as exc:
             return self._error(exc)
 

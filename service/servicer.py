@@ -182,20 +182,13 @@ def job_from_proto(request: pb.TranslateRequest, request_id: str) -> TranslateJo
 
 def response_from_result(result: TranslateResult) -> pb.TranslateResponse:
     """TranslateResult -> TranslateResponse."""
-    t = result.timing
     return pb.TranslateResponse(
         image=result.image,
         width=result.width,
         height=result.height,
         model=result.model,
         version=result.version,
-        timing=pb.Timing(
-            decode_ms=t.decode_ms,
-            queue_ms=t.queue_ms,
-            inference_ms=t.inference_ms,
-            encode_ms=t.encode_ms,
-            total_ms=t.total_ms,
-        ),
+        timing=pb.Timing(**dataclasses.asdict(result.timing)),  # the same field names
         request_id=result.request_id,
         output_format=result.output_format,
     )

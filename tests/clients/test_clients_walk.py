@@ -86,26 +86,11 @@ def test_plan_skips_finished_outputs_and_clears_their_stale_temp_files(tmp_path)
     touch(tmp_path / "in" / "todo.png")
     touch(tmp_path / "out" / "done.png", b"finished")
     stale = touch(tmp_path / "out" / f".done.png{TMP_SUFFIX}", b"partial")  # from a killed --overwrite run
-    args = SimpleNamespace(
-        inputs=[str(tmp_path / "in")],
-        server="127.0.0.1:1",
-        model="m",
-        output=str(tmp_path / "out"),
-        recursive=False,
-        glob=None,
-        format="png",
-        quality=95,
-        concurrency=2,
-        overwrite=False,
-        suffix="",
-        dry_run=False,
-        token=None,
-    )
-    opts = convert_mod.ConvertOptions.from_args(args)
+    opts = convert_mod.ConvertOptions.from_args(_args(tmp_path, recursive=False))
     tally = convert_mod.Tally(opts.walk.output, progress=False, write_report=False)
     todo = [os.path.basename(j.src) for j in convert_mod.plan(opts, tally)]
     assert todo == ["todo.png"] and tally.skipped == 1 and not stale.exists()
-    overwrite = convert_mod.ConvertOptions.from_args(SimpleNamespace(**{**vars(args), "overwrite": True}))
+    overwrite = convert_mod.ConvertOptions.from_args(_args(tmp_path, recursive=False, overwrite=True))
     assert sorted(os.path.basename(j.src) for j in convert_mod.plan(overwrite, tally)) == [
         "done.png",
         "todo.png",

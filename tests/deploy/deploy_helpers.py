@@ -328,8 +328,8 @@ def write_tiny_model(path: Path) -> Path:
     Args:
         path: where model.onnx goes (``<repo>/<name>/<version>/model.onnx``).
     """
-    import onnx
     from onnx import TensorProto, helper
+    from onnx_models import contract_metadata, save_model
 
     from pixforge.contract import INPUT_NAME, OUTPUT_NAME
 
@@ -342,31 +342,9 @@ def write_tiny_model(path: Path) -> Path:
         helper.make_node("Clip", ["g", "lo", "hi"], ["c"]),
         helper.make_node("Cast", ["c"], [OUTPUT_NAME], to=TensorProto.UINT8),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "invert",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", "H", "W", 3])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.UINT8, ["N", "H", "W", 3])],
-        initializer=[const("k255", 255.0), const("lo", 0.0), const("hi", 255.0)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta = {
-        "pixforge.contract": "1",
-        "task": "paired_translation",
-        "scale": "1",
-        "input_channels": "3",
-        "output_channels": "3",
-        "size_multiple": "4",
-        "tile_size": "64",
-        "description": "deploy test model",
-    }
-    for key, value in meta.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    inits = [const("k255", 255.0), const("lo", 0.0), const("hi", 255.0)]
+    meta = contract_metadata("paired_translation", 1, 3, 3, 4, 64, description="deploy test model")
+    return save_model(path, nodes, inits, 3, 3, meta)
 
 
 def free_port() -> int:

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from service_helpers import EngineControl, build_repo, test_config
 
+from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
 from pixforge.service.server import serve
 from pixforge.v1 import translation_pb2_grpc as pb_grpc
 
@@ -45,6 +46,24 @@ def start_server():
     for handle, channel in started:
         channel.close()
         handle.stop(0)
+
+
+@pytest.fixture(scope="module")
+def start_kserve(start_server):
+    """start_kserve(config, control=None, **serve_kwargs) -> (handle, stub, KServe v2 stub).
+
+    As start_server, plus a stub of the KServe v2 gRPC service on the same port.
+    """
+    channels = []
+
+    def start(config, control: EngineControl | None = None, **kwargs):
+        handle, stub = start_server(config, control, **kwargs)
+        channels.append(grpc.insecure_channel(handle.address))
+        return handle, stub, kpb_grpc.GRPCInferenceServiceStub(channels[-1])
+
+    yield start
+    for channel in channels:
+        channel.close()
 
 
 @pytest.fixture

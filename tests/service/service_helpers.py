@@ -4,6 +4,8 @@ images, configs, and an engine wrapper that counts, gates and fails inference ca
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -12,56 +14,13 @@ import numpy as np
 import onnx
 from loopback import loopback_values
 from onnx import TensorProto, helper
+from onnx_models import contract_metadata as _meta
+from onnx_models import save_model as _save
 
 from pixforge.service.config import build_config
 from pixforge.service.engine import Engine
 
-OPSET = 17
-
-
 # --------------------------------------------------------------------------- models
-
-
-def _meta(
-    task: str, scale: int, cin: int, cout: int, size_multiple: int, tile: int, **extra
-) -> dict[str, str]:
-    meta = {
-        "pixforge.contract": "1",
-        "task": task,
-        "scale": str(scale),
-        "input_channels": str(cin),
-        "output_channels": str(cout),
-        "size_multiple": str(size_multiple),
-        "tile_size": str(tile),
-        "description": f"test model ({task})",
-        "precision": "fp32",
-    }
-    meta.update(extra)
-    return meta
-
-
-def _save(
-    path: Path,
-    nodes,
-    inits,
-    cin: int,
-    cout: int,
-    meta: dict[str, str] | None,
-    in_type=TensorProto.UINT8,
-    out_type=TensorProto.UINT8,
-) -> Path:
-    inp = helper.make_tensor_value_info("image", in_type, ["N", "H", "W", cin])
-    out = helper.make_tensor_value_info("image_out", out_type, ["N", "H2", "W2", cout])
-    graph = helper.make_graph(nodes, "g", [inp], [out], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    if meta:
-        for k, v in meta.items():
-            model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
 
 
 def _const(name: str, values, dims) -> onnx.TensorProto:
@@ -88,7 +47,12 @@ def build_invert(
         helper.make_node("Sub", ["k255", "f"], ["g"]),
     ] + _to_uint8("g")
     return _save(
-        path, nodes, [_const("k255", [255.0], [])] + _CLIP, 3, 3, _meta(task, 1, 3, 3, size_multiple, tile)
+        path,
+        nodes,
+        [_const("k255", [255.0], [])] + _CLIP,
+        3,
+        3,
+        _meta(task, 1, 3, 3, size_multiple, tile),
     )
 
 
@@ -284,6 +248,24 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:
     return bool(predicate())
 
 
+# --------------------------------------------------------------------------- tritonclient
+
+TRITON_CLIENT = Path(__file__).resolve().parent / "kserve_triton_client.py"
+
+
+def run_triton_client(*args: str, timeout: float) -> str:
+    """Run kserve_triton_client.py with these arguments and return its stdout (it must succeed).
+
+    tritonclient runs in a subprocess: its stubs and pixforge's define the same ``inference.*``
+    protobuf symbols, so the pytest process never imports it.
+    """
+    proc = subprocess.run(
+        [sys.executable, str(TRITON_CLIENT), *args], capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 # --------------------------------------------------------------------------- configs and engines
 
 
@@ -293,6 +275,14 @@ def test_config(repo: Path, **overrides):
     values.update({"batching.max_queue_delay_ms": 2, "tiling.min_tile_size": 8})
     values.update(overrides)
     return build_config(values, source="test")
+
+
+# Size limits that small test images can cross (test_config overrides: **SMALL_LIMITS).
+SMALL_LIMITS = {
+    "limits.max_input_pixels": 200_000,
+    "limits.max_output_pixels": 400_000,
+    "limits.max_message_bytes": 1 << 20,
+}
 
 
 test_config.__test__ = False  # not a pytest test despite its name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -52,15 +53,12 @@ def hold(model: FakeModel, batcher: Batcher):
 
 
 def test_queued_same_shape_items_share_a_call(model):
-    b = Batcher(model, max_batch_size=4, max_queue_delay_ms=50, capacity=32, name="t")
-    try:
+    with closing(Batcher(model, max_batch_size=4, max_queue_delay_ms=50, capacity=32, name="t")) as b:
         first = hold(model, b)
         futures = [b.submit(img(value=i)) for i in range(6)]
         model.gate.set()
         results = [f.result(5) for f in futures]
         first.result(5)
-    finally:
-        b.close()
     assert [c[0] for c in model.calls] == [1, 4, 2]
     for i, r in enumerate(results):
         np.testing.assert_array_equal(r.output, img(value=2 * i))
@@ -69,8 +67,7 @@ def test_queued_same_shape_items_share_a_call(model):
 
 
 def test_different_shapes_are_never_mixed(model):
-    b = Batcher(model, max_batch_size=8, max_queue_delay_ms=20, capacity=32)
-    try:
+    with closing(Batcher(model, max_batch_size=8, max_queue_delay_ms=20, capacity=32)) as b:
         first = hold(model, b)
         small = [b.submit(img(4, 4)) for _ in range(3)]
         large = [b.submit(img(8, 8)) for _ in range(2)]
@@ -78,8 +75,6 @@ def test_different_shapes_are_never_mixed(model):
         assert all(f.result(5).output.shape == (4, 4, 3) for f in small)
         assert all(f.result(5).output.shape == (8, 8, 3) for f in large)
         first.result(5)
-    finally:
-        b.close()
     assert sorted(model.calls[1:]) == [(2, 8, 8, 3), (3, 4, 4, 3)]
 
 
@@ -98,8 +93,7 @@ def test_full_queue_raises_and_closed_batcher_refuses(model):
 
 
 def test_cancelled_items_are_skipped(model):
-    b = Batcher(model, max_batch_size=4, max_queue_delay_ms=0, capacity=8)
-    try:
+    with closing(Batcher(model, max_batch_size=4, max_queue_delay_ms=0, capacity=8)) as b:
         first = hold(model, b)
         doomed = b.submit(img(value=3))
         kept = b.submit(img(value=4))
@@ -107,26 +101,20 @@ def test_cancelled_items_are_skipped(model):
         model.gate.set()
         np.testing.assert_array_equal(kept.result(5).output, img(value=8))
         first.result(5)
-    finally:
-        b.close()
     assert b.stats.cancelled == 1 and b.stats.items == 2
 
 
 def test_errors_reach_every_caller_and_thread_survives(model):
-    b = Batcher(model, max_batch_size=4, max_queue_delay_ms=0, capacity=8)
-    try:
+    with closing(Batcher(model, max_batch_size=4, max_queue_delay_ms=0, capacity=8)) as b:
         model.fail_with = InferenceError("boom")
         with pytest.raises(InferenceError, match="boom"):
             b.submit(img()).result(5)
         model.fail_with = None
         assert b.submit(img(value=5)).result(5).output[0, 0, 0] == 10
-    finally:
-        b.close()
 
 
 def test_out_of_memory_splits_the_batch(model):
-    b = Batcher(model, max_batch_size=4, max_queue_delay_ms=0, capacity=8)
-    try:
+    with closing(Batcher(model, max_batch_size=4, max_queue_delay_ms=0, capacity=8)) as b:
         first = hold(model, b)
         futures = [b.submit(img(value=i)) for i in range(4)]
         model.oom_above = 1  # only single images "fit"
@@ -137,8 +125,6 @@ def test_out_of_memory_splits_the_batch(model):
         model.oom_above = 0  # nothing fits: a single image fails with the OOM error
         with pytest.raises(OutOfMemoryError):
             b.submit(img()).result(5)
-    finally:
-        b.close()
 
 
 def test_close_without_drain_fails_queued_work(model):
@@ -157,17 +143,12 @@ def test_close_without_drain_fails_queued_work(model):
 
 def test_observer_sees_each_batch(model):
     seen = []
-    b = Batcher(
-        model,
-        max_batch_size=2,
-        max_queue_delay_ms=0,
-        capacity=8,
-        on_batch=lambda n, q, t: seen.append((n, len(q), t >= 0)),
-    )
-    try:
+
+    def observe(n, queued, seconds):
+        seen.append((n, len(queued), seconds >= 0))
+
+    with closing(Batcher(model, max_batch_size=2, max_queue_delay_ms=0, capacity=8, on_batch=observe)) as b:
         b.submit(img()).result(5)
-    finally:
-        b.close()
     assert seen == [(1, 1, True)]
 
 
@@ -189,35 +170,28 @@ class SlowModel:
 
 def test_idle_engine_runs_a_lone_request_without_waiting(model):
     # Old policy: every request waited the full 2 s delay for company that never came.
-    b = Batcher(model, max_batch_size=8, max_queue_delay_ms=2000, capacity=8)
-    try:
+    with closing(Batcher(model, max_batch_size=8, max_queue_delay_ms=2000, capacity=8)) as b:
         start = time.perf_counter()
         # Closed loop, like one client: each request arrives after the previous call returned.
         results = [b.submit(img(value=i)).result(5) for i in range(5)]
         elapsed = time.perf_counter() - start
-    finally:
-        b.close()
     assert elapsed < 1.0, f"5 lone requests took {elapsed:.2f} s with a 2 s delay: they waited"
     assert all(r.queue_ms < 1000 and r.batch_size == 1 for r in results)
     assert [r.output[0, 0, 0] for r in results] == [0, 2, 4, 6, 8]
 
 
 def test_submit_many_on_an_idle_engine_forms_one_batch_at_once(model):
-    b = Batcher(model, max_batch_size=8, max_queue_delay_ms=2000, capacity=8)
-    try:
+    with closing(Batcher(model, max_batch_size=8, max_queue_delay_ms=2000, capacity=8)) as b:
         start = time.perf_counter()
         results = [f.result(5) for f in b.submit_many([img(value=i) for i in range(3)])]
         elapsed = time.perf_counter() - start
-    finally:
-        b.close()
     assert elapsed < 1.0
     assert model.calls == [(3, 4, 4, 3)] and [r.batch_size for r in results] == [3, 3, 3]
     assert [r.output[0, 0, 0] for r in results] == [0, 2, 4]
 
 
 def test_submit_many_is_all_or_nothing_on_a_full_queue(model):
-    b = Batcher(model, max_batch_size=4, max_queue_delay_ms=0, capacity=3)
-    try:
+    with closing(Batcher(model, max_batch_size=4, max_queue_delay_ms=0, capacity=3)) as b:
         first = hold(model, b)
         kept = b.submit_many([img(), img()])
         with pytest.raises(QueueFullError):
@@ -226,13 +200,10 @@ def test_submit_many_is_all_or_nothing_on_a_full_queue(model):
         model.gate.set()
         first.result(5)
         assert [f.result(5).batch_size for f in kept] == [2, 2]
-    finally:
-        b.close()
 
 
 def test_requests_arriving_while_busy_still_wait_for_company(model):
-    b = Batcher(model, max_batch_size=4, max_queue_delay_ms=2000, capacity=8)
-    try:
+    with closing(Batcher(model, max_batch_size=4, max_queue_delay_ms=2000, capacity=8)) as b:
         first = hold(model, b)
         early = [b.submit(img()) for _ in range(2)]  # queued while the engine is busy
         model.gate.set()
@@ -240,8 +211,6 @@ def test_requests_arriving_while_busy_still_wait_for_company(model):
         time.sleep(0.05)  # well inside the 2 s delay: the early pair is still waiting
         late = [b.submit(img()) for _ in range(2)]
         assert all(f.result(5).batch_size == 4 for f in early + late)
-    finally:
-        b.close()
     assert [c[0] for c in model.calls] == [1, 4]
 
 
@@ -259,13 +228,11 @@ def test_concurrent_clients_on_a_slow_engine_share_batches():
             errors.append(exc)
 
     threads = [threading.Thread(target=client, args=(v,)) for v in range(6)]
-    try:
+    with closing(b):
         for t in threads:
             t.start()
         for t in threads:
             t.join(10)
-    finally:
-        b.close()
     assert not errors and not any(t.is_alive() for t in threads)
     assert sum(slow.sizes) == 24 and max(slow.sizes) > 1
     assert b.stats.items == 24 and max(b.stats.batch_sizes) > 1
@@ -299,12 +266,8 @@ def test_statistics_runs_batch_by_mode_and_pooled_runs_never_share_a_call():
         results = [f.result(5) for f in futures]
         assert all(r.sums is not None and r.sums.shape == (3,) for r in results)
         assert sorted(calls) == [(1, (2.0, 2.0)), (1, (2.0, 2.0)), (3, (1.0, 1.0))]
-        plain = Batcher(run)
-        try:
-            with pytest.raises(ValueError, match="no normalisation statistics"):
-                plain.submit_many([tile], [frozen])
-        finally:
-            plain.close()
+        with closing(Batcher(run)) as plain, pytest.raises(ValueError, match="no normalisation statistics"):
+            plain.submit_many([tile], [frozen])
     finally:
         gate.set()
         b.close()

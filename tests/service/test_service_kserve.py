@@ -10,19 +10,13 @@ give the same pixels.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from service_helpers import decode, png, rgb_image, test_config
+from service_helpers import decode, png, rgb_image, run_triton_client, test_config
 
 import pixforge
 from pixforge.v1 import translation_pb2 as pb
-
-HERE = Path(__file__).resolve().parent
-SCRIPT = HERE / "kserve_triton_client.py"
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +39,7 @@ def triton(server, inputs, tmp_path_factory):
     handle, _ = server
     workdir = tmp_path_factory.mktemp("kserve-triton")
     np.savez(workdir / "inputs.npz", **inputs)
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "calls", handle.address, str(workdir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_triton_client("calls", handle.address, str(workdir), timeout=120)
     results = json.loads((workdir / "results.json").read_text())
     with np.load(workdir / "outputs.npz") as outputs:
         arrays = {k: outputs[k] for k in outputs.files}

@@ -11,18 +11,16 @@ and ours cannot share one process); ours is described here.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from kserve_descriptor import describe
+from service_helpers import run_triton_client
 
 from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.kserve.v2 import model_config_pb2
 from pixforge.service.kserve import KServeServicer
 
-SCRIPT = Path(__file__).resolve().parent / "kserve_triton_client.py"
 RPCS = {
     "ServerLive",
     "ServerReady",
@@ -49,11 +47,7 @@ RPCS = {
 
 @pytest.fixture(scope="module")
 def descriptors():
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "describe"], capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    theirs = json.loads(proc.stdout)
+    theirs = json.loads(run_triton_client("describe", timeout=60))
     return (
         describe(kpb.DESCRIPTOR),
         theirs["service"],

@@ -24,7 +24,16 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from service_helpers import EngineControl, build_invert, decode, png, rgb_image, smooth_image, test_config
+from service_helpers import (
+    SMALL_LIMITS,
+    EngineControl,
+    build_invert,
+    decode,
+    png,
+    rgb_image,
+    smooth_image,
+    test_config,
+)
 from tritonclient.utils import InferenceServerException
 
 import pixforge
@@ -44,21 +53,10 @@ needs_management = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def server(start_server, model_repo):
-    config = test_config(
-        model_repo,
-        http_port=-1,
-        **{
-            "batching.max_batch_size": 4,
-            "limits.max_input_pixels": 200_000,
-            "limits.max_output_pixels": 400_000,
-            "limits.max_message_bytes": 1 << 20,
-        },
+def server(start_kserve, model_repo):
+    return start_kserve(
+        test_config(model_repo, http_port=-1, **SMALL_LIMITS, **{"batching.max_batch_size": 4})
     )
-    handle, v1 = start_server(config)
-    channel = grpc.insecure_channel(handle.address)
-    yield handle, v1, kpb_grpc.GRPCInferenceServiceStub(channel)
-    channel.close()
 
 
 @pytest.fixture(scope="module")

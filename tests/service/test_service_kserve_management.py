@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from service_helpers import EngineControl, png, rgb_image, test_config
+from service_helpers import EngineControl, png, rgb_image, run_triton_client, test_config
 
 from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
@@ -31,7 +29,6 @@ from pixforge.service.metrics import Metrics
 from pixforge.service.statistics import RequestRecorder, Statistics, failure_reason
 from pixforge.v1 import translation_pb2 as pb
 
-SCRIPT = Path(__file__).resolve().parent / "kserve_triton_client.py"
 TOKEN = "management-test-token"
 
 
@@ -85,13 +82,7 @@ def managed(server, tmp_path_factory):
         single=rgb_image(10, 14, seed=1)[None],
         batch=np.stack([rgb_image(9, 7, seed=2), rgb_image(9, 7, seed=3)]),
     )
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "manage", handle.address, str(workdir)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_triton_client("manage", handle.address, str(workdir), timeout=180)
     return json.loads((workdir / "manage.json").read_text())
 
 
@@ -248,7 +239,7 @@ def test_triton_metrics_match_the_statistics(managed, server):
 
 
 @pytest.fixture(scope="module")
-def gated(start_server, model_repo):
+def gated(start_kserve, model_repo):
     """A server whose engines can be gated, with two request slots per model."""
     control = EngineControl()
     config = test_config(
@@ -256,10 +247,7 @@ def gated(start_server, model_repo):
         model_control=True,
         **{"batching.max_batch_size": 4, "batching.queue_size": 2, "batching.max_queue_delay_ms": 50},
     )
-    handle, stub = start_server(config, control)
-    channel = grpc.insecure_channel(handle.address)
-    yield handle, stub, kpb_grpc.GRPCInferenceServiceStub(channel), control
-    channel.close()
+    return (*start_kserve(config, control), control)
 
 
 def _wait_for(predicate, timeout: float = 10.0) -> None:

@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from service_helpers import (
+    SMALL_LIMITS,
     EngineControl,
     build_invert,
     decode,
@@ -38,19 +39,8 @@ KSERVE = "inference.GRPCInferenceService"
 
 
 @pytest.fixture(scope="module")
-def server(start_server, model_repo):
-    config = test_config(
-        model_repo,
-        **{
-            "limits.max_input_pixels": 200_000,
-            "limits.max_output_pixels": 400_000,
-            "limits.max_message_bytes": 1 << 20,
-        },
-    )
-    handle, v1 = start_server(config)
-    channel = grpc.insecure_channel(handle.address)
-    yield handle, v1, kpb_grpc.GRPCInferenceServiceStub(channel)
-    channel.close()
+def server(start_kserve, model_repo):
+    return start_kserve(test_config(model_repo, **SMALL_LIMITS))
 
 
 @pytest.fixture(scope="module")

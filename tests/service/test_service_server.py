@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from service_helpers import (
+    SMALL_LIMITS,
     EngineControl,
     color_reference,
     decode,
@@ -47,9 +48,7 @@ def server(start_server, model_repo, control):
         **{
             "batching.max_batch_size": MAX_BATCH,
             "batching.queue_size": QUEUE_SIZE,
-            "limits.max_input_pixels": 200_000,
-            "limits.max_output_pixels": 400_000,
-            "limits.max_message_bytes": 1 << 20,
+            **SMALL_LIMITS,
             "stream.max_in_flight": 2,
         },
     )

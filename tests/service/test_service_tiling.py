@@ -152,20 +152,24 @@ def test_oom_retry_halves_tiles_until_it_fits():
     img = image(64, 64)
     attempts = []
 
+    def retry(infer, min_tile: int, overlap: int):
+        """Tiles of 64 px first, halved on each OOM down to min_tile."""
+        return run_with_oom_retry(
+            img,
+            tile=64,
+            min_tile=min_tile,
+            size_multiple=8,
+            make_plan=lambda t: plan_tiles(64, 64, tile=t, overlap=overlap, size_multiple=8),
+            infer=infer,
+        )
+
     def infer(tiles):
         attempts.append(tiles[0].shape[0])
         if tiles[0].shape[0] > 16:
             raise OutOfMemoryError("fake OOM")
         return [blur(t) for t in tiles]
 
-    out, used = run_with_oom_retry(
-        img,
-        tile=64,
-        min_tile=8,
-        size_multiple=8,
-        make_plan=lambda t: plan_tiles(64, 64, tile=t, overlap=8, size_multiple=8),
-        infer=infer,
-    )
+    out, used = retry(infer, min_tile=8, overlap=8)
     assert used == 16 and attempts[:3] == [64, 32, 16]
     np.testing.assert_array_equal(out, blur(img))
 
@@ -173,11 +177,4 @@ def test_oom_retry_halves_tiles_until_it_fits():
         raise OutOfMemoryError("always")
 
     with pytest.raises(OutOfMemoryError, match="down to 16"):
-        run_with_oom_retry(
-            img,
-            tile=64,
-            min_tile=16,
-            size_multiple=8,
-            make_plan=lambda t: plan_tiles(64, 64, tile=t, overlap=4, size_multiple=8),
-            infer=never_fits,
-        )
+        retry(never_fits, min_tile=16, overlap=4)

@@ -1,0 +1,411 @@
+"""The I/O-free core of `translate_many`, shared by the sync (stream.py) and asyncio (aio.py) clients.
+
+The algorithm: one shared input iterator feeds `streams` concurrent TranslateStream calls (with
+round_robin each call may land on a different server). At most `concurrency` items are
+"outstanding" (taken from the input and not yet handed to the caller), so memory stays flat
+whatever the input size and a slow consumer throttles the senders instead of piling up results.
+
+Failure handling, per item: a stream item answered with an error is delivered as a failed
+result; UNAVAILABLE / RESOURCE_EXHAUSTED (on the item or on the whole stream) re-queue the
+unanswered items with backoff until the retry policy gives up, then deliver them as failed. A
+stream is fed for `stream_duration` seconds and then half-closed, and a fresh one takes over, so
+every stream has a finite deadline (stream_duration + timeout) yet each item gets at least `timeout`.
+
+`BatchCore` holds every counter, queue and per-stream map of that algorithm and takes every
+decision, but does no I/O: it never blocks, sleeps, reads the clock, touches gRPC or pulls from
+the input. A front end (StreamBatch on threads, AsyncStreamBatch on asyncio tasks) feeds it events
+(an input item was pulled, a response came, a stream ended with error E, the time is now T), does
+what it answers (send this item, pull the next input, wait this long, half-close the stream) and
+hands the caller the results it collects in its outbox. So the two front ends only do I/O and
+waiting, and the tests drive the algorithm with fake events and a fake clock.
+
+Not thread-safe: the threaded front end calls it with its lock held, the asyncio one from the
+event loop only.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from pixforge.errors import PixforgeError
+from pixforge.v1 import translation_pb2 as pb
+
+from .config import ClientConfig
+from .errors import ClientError, InternalError, InvalidArgumentError, error_from_code
+from .images import ImageInputError
+from .retry import RETRYABLE_CODES, RetryPolicy
+from .types import TranslateParams, TranslateResult, fill_result
+
+IDLE_WAIT_S = 0.25
+"""Longest single wait of a sender with nothing to send: items in flight on other streams may
+come back for a retry, and a shutdown must be noticed."""
+
+MIN_WAIT_S = 0.001
+"""Shortest wait: a zero timeout would spin (threading) or not yield to other tasks (asyncio)."""
+
+ITEMS_PER_STREAM = 4
+"""Default items in flight per stream: the server's default stream.max_in_flight (it reads no
+further ahead on one stream), so a bigger window is spread over more streams."""
+
+
+def count_streams(requested: int | None, concurrency: int, listed_servers: int) -> int:
+    """How many TranslateStream calls one translate_many runs.
+
+    Args:
+        requested: the caller's explicit choice, or None for the default.
+        concurrency: the in-flight window.
+        listed_servers: servers named in the target (a list gives one stream per server at least).
+
+    Returns:
+        requested (capped at concurrency), or max(listed_servers, ceil(concurrency /
+        ITEMS_PER_STREAM)) capped at concurrency.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"streams must be >= 1, got {requested}")
+        return min(requested, concurrency)
+    wanted = max(listed_servers, -(-concurrency // ITEMS_PER_STREAM))
+    return max(1, min(concurrency, wanted))
+
+
+@dataclass
+class BatchItem:
+    """One input item on its way through a stream (kept until answered, to be re-sent on retry)."""
+
+    index: int
+    source: Any
+    request_id: str
+    data: bytes
+    attempts: int = 0
+    not_before: float = 0.0
+    first_failure: float = 0.0  # monotonic time of its first retryable failure (0: none yet)
+    pushback_ms: int = 0  # the server's advice on its last failure (-1: never retry)
+
+
+@dataclass
+class StreamState:
+    """Book-keeping of one TranslateStream call (the front end keeps the call itself)."""
+
+    feed_until: float = float("inf")  # set when the call starts: rotate after stream_duration
+    closing: bool = False  # half-closed or ended: send nothing more on it
+    pending: OrderedDict[str, BatchItem] = field(default_factory=OrderedDict)  # sent, unanswered
+
+
+class Pull:
+    """The decision "pull the next input item": see BatchCore.next_step."""
+
+    def __repr__(self) -> str:
+        return "PULL"
+
+
+PULL = Pull()
+
+
+@dataclass(frozen=True)
+class Wait:
+    """The decision "nothing to send yet: wait (for a notification) at most `seconds`"."""
+
+    seconds: float
+
+
+Step = BatchItem | Pull | Wait | None
+"""What a stream's sender does next: send the item, pull an input, wait, or half-close (None)."""
+
+
+def retry_at(
+    item: BatchItem, error: ClientError, retry: RetryPolicy, stopping: bool, now: float
+) -> float | None:
+    """When to send a failed item again (a monotonic time), or None to deliver the failure.
+
+    An item is retried when its error is retryable, the server did not say "never" (pushback -1:
+    over a limit, it would fail again) and the policy allows another try: fewer than
+    ``max_attempts`` tries, or still within ``retry_seconds`` of its first failure (a server
+    restart or reload). The wait is the policy's backoff, at least the server's pushback.
+    """
+    if stopping or error.code not in RETRYABLE_CODES or item.pushback_ms < 0:
+        return None
+    if not item.first_failure:
+        item.first_failure = now
+    within_time = retry.retry_seconds > 0 and now - item.first_failure < retry.retry_seconds
+    if item.attempts >= retry.max_attempts and not within_time:
+        return None
+    return now + max(retry.backoff(item.attempts), item.pushback_ms / 1000.0)
+
+
+def result_for_error(item: BatchItem, error: ClientError) -> TranslateResult:
+    """A failed TranslateResult for an item."""
+    return TranslateResult(
+        index=item.index, source=item.source, error=error, request_id=item.request_id, attempts=item.attempts
+    )
+
+
+def result_for_response(
+    item: BatchItem, response: pb.TranslateStreamResponse, params: TranslateParams, target: str
+) -> tuple[TranslateResult, bool]:
+    """Turn a stream response into (result, retryable): retryable failures go back in the queue."""
+    if response.error_code:
+        error = error_from_code(response.error_code, response.error_message, target)
+        item.pushback_ms = int(response.retry_pushback_ms)
+        retryable = error.code in RETRYABLE_CODES and item.pushback_ms >= 0
+        return result_for_error(item, error), retryable
+    result = TranslateResult(
+        index=item.index, source=item.source, request_id=item.request_id, attempts=item.attempts
+    )
+    try:
+        fill_result(result, response.response, params)
+    except PixforgeError as exc:  # as_array and the server sent bytes the codec cannot read
+        result.image = None
+        result.error = InternalError(
+            grpc.StatusCode.DATA_LOSS, f"cannot decode the server's output: {exc}", target
+        )
+    return result, False
+
+
+def input_error(index: int, source: Any, exc: ImageInputError) -> TranslateResult:
+    """A failed result for an input the client could not even read or encode."""
+    return TranslateResult(
+        index=index, source=source, error=InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    )
+
+
+class BatchCore:
+    """State and decisions of one translate_many run (see the module docstring).
+
+    Args:
+        params: validated translation settings shared by every item (params.timeout: the
+            per-item budget, None for config.timeout).
+        config: the client's settings: timeout, stream_duration and retry are used.
+        concurrency: the most items taken from the input and not yet handed to the caller.
+        streams: how many TranslateStream calls run at once (capped at concurrency).
+        ordered: hand results out in input order (True) or as completed (False).
+        target: server target, for error messages.
+        prefix: request-id prefix (default: random, so ids are unique across batches).
+
+    Attributes:
+        outstanding: items taken from the input and not yet handed to the caller (the window).
+        in_flight: items taken from the input with no result delivered yet.
+        exhausted: the input has ended. stopping: the batch is being torn down.
+        fatal: an exception for the caller (its iterable failed, or a front end crashed).
+    """
+
+    def __init__(
+        self,
+        params: TranslateParams,
+        config: ClientConfig,
+        *,
+        concurrency: int,
+        streams: int,
+        ordered: bool,
+        target: str,
+        prefix: str | None = None,
+    ):
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.params = params
+        self.concurrency = concurrency
+        self.streams = max(1, min(streams, concurrency))
+        self.ordered = ordered
+        self.target = target
+        self.retry = config.retry
+        self.stream_duration = config.stream_duration
+        # A stream is fed for stream_duration; its last item still needs the per-item budget.
+        self.call_timeout = config.stream_duration + (params.timeout or config.timeout)
+        self.prefix = prefix if prefix is not None else uuid.uuid4().hex[:12]
+
+        self.outstanding = 0
+        self.in_flight = 0
+        self.exhausted = False
+        self.stopping = False
+        self.fatal: BaseException | None = None
+        self._source_busy = False  # one sender pulls from the input at a time
+        self._pulled = 0  # the index of the next input item
+        self._retry_queue: list[BatchItem] = []
+        self._outbox: list[TranslateResult] = []  # delivered, not yet collected by the front end
+        self._buffer: dict[int, TranslateResult] = {}  # ordered: results waiting for earlier ones
+        self._next_index = 0  # ordered: the index the caller gets next
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will be delivered: the input ended and every item has a result, or fatal."""
+        return self.fatal is not None or (self.exhausted and self.in_flight == 0)
+
+    @property
+    def senders_done(self) -> bool:
+        """A sender with nothing to send may exit (else items in flight may come back for a retry)."""
+        return self.stopping or (self.exhausted and self.in_flight == 0)
+
+    def drain(self) -> list[TranslateResult]:
+        """Take the results delivered since the last drain, in delivery order."""
+        results, self._outbox = self._outbox, []
+        return results
+
+    def stop(self) -> None:
+        """The caller is done (or gone): senders half-close, failures are no longer retried."""
+        self.stopping = True
+
+    def crashed(self, exc: BaseException) -> None:
+        """A front end hit a bug: hand it to the caller rather than hang."""
+        self.fatal = exc
+        self.stopping = True
+
+    def _deliver(self, result: TranslateResult) -> None:
+        self.in_flight -= 1
+        self._outbox.append(result)
+
+    def _register(self, stream: StreamState, item: BatchItem) -> BatchItem:
+        # An item is either in one live stream's pending map, in the retry queue, or delivered.
+        item.attempts += 1
+        stream.pending[item.request_id] = item
+        return item
+
+    # ------------------------------------------------------------------ feeding a stream
+
+    def next_step(self, stream: StreamState, now: float) -> Step:
+        """What the sender of `stream` does next, at monotonic time `now`.
+
+        Returns:
+            A BatchItem to send (a due retry, already registered on the stream); PULL: pull the
+            next input item (a window slot is reserved: report pulled / source_ended /
+            source_failed); Wait(s): wait for a notification or s seconds, then ask again; None:
+            half-close the stream (stopping, stream_duration is over, or nothing is left to send).
+        """
+        if self.stopping or stream.closing or now >= stream.feed_until:
+            return None
+        for i, queued in enumerate(self._retry_queue):
+            if queued.not_before <= now:
+                return self._register(stream, self._retry_queue.pop(i))
+        if not self.exhausted and not self._source_busy and self.outstanding < self.concurrency:
+            self._source_busy = True
+            self.outstanding += 1
+            self.in_flight += 1
+            return PULL
+        if self.exhausted and not self._retry_queue:
+            return None
+        wait = min(IDLE_WAIT_S, stream.feed_until - now)
+        if self._retry_queue:
+            wait = min(wait, min(item.not_before for item in self._retry_queue) - now)
+        return Wait(max(wait, MIN_WAIT_S))
+
+    def pulled(self) -> int:
+        """After PULL: the input gave an item; returns its index."""
+        self._source_busy = False
+        index = self._pulled
+        self._pulled += 1
+        return index
+
+    def _unreserve(self) -> None:
+        self._source_busy = False
+        self.outstanding -= 1
+        self.in_flight -= 1
+
+    def source_ended(self) -> None:
+        """After PULL: the input is exhausted (the reserved slot is given back)."""
+        self.exhausted = True
+        self._unreserve()
+
+    def source_failed(self, exc: BaseException) -> None:
+        """After PULL: the caller's iterable raised; the batch stops and re-raises it to the caller."""
+        self.fatal = exc
+        self.stopping = True
+        self._unreserve()
+
+    def unreadable(self, index: int, source: Any, exc: ImageInputError) -> None:
+        """The pulled item could not be read or encoded: deliver it as failed."""
+        self._deliver(input_error(index, source, exc))
+
+    def admit(self, stream: StreamState, index: int, source: Any, data: bytes) -> BatchItem | None:
+        """The pulled item is encoded: the item to send on `stream`, or None to half-close it
+        (it closed meanwhile: the item waits in the retry queue for another stream)."""
+        item = BatchItem(index=index, source=source, request_id=f"{self.prefix}-{index}", data=data)
+        if stream.closing or self.stopping:
+            self._retry_queue.append(item)
+            return None
+        return self._register(stream, item)
+
+    def request(self, item: BatchItem) -> pb.TranslateStreamRequest:
+        """The stream message that sends `item`."""
+        return pb.TranslateStreamRequest(request=self.params.request(item.data, item.request_id))
+
+    # ------------------------------------------------------------------ a stream's lifetime
+
+    def start_stream(self, stream: StreamState, now: float) -> None:
+        """Its call starts now (its first item is taken): it is fed for stream_duration."""
+        stream.feed_until = now + self.stream_duration
+
+    def match(self, stream: StreamState, request_id: str) -> BatchItem | None:
+        """The pending item a response answers (None: a stray response, to be ignored)."""
+        item = stream.pending.pop(request_id, None)
+        if item is None and stream.pending:
+            # No/unknown id: responses come in request order, so it answers the oldest.
+            _, item = stream.pending.popitem(last=False)
+        return item
+
+    def result_for(
+        self, item: BatchItem, response: pb.TranslateStreamResponse
+    ) -> tuple[TranslateResult, bool]:
+        """(result, retryable) for a matched response; may decode an image (as_array), so the
+        front end calls it outside its lock / off the event loop."""
+        return result_for_response(item, response, self.params, self.target)
+
+    def settle(self, item: BatchItem, result: TranslateResult, retryable: bool, now: float) -> None:
+        """An answered item: deliver its result, or re-queue it when its failure is retryable."""
+        if retryable:
+            assert result.error is not None
+            self.fail_or_retry(item, result.error, now)
+        else:
+            self._deliver(result)
+
+    def fail_or_retry(self, item: BatchItem, error: ClientError, now: float) -> None:
+        """A failed item: into the retry queue (with backoff) or delivered as failed (see retry_at)."""
+        when = retry_at(item, error, self.retry, self.stopping, now)
+        if when is None:
+            self._deliver(result_for_error(item, error))
+            return
+        item.not_before = when
+        self._retry_queue.append(item)
+
+    def close_stream(self, stream: StreamState) -> None:
+        """Send nothing more on `stream` (its sender half-closes on its next step)."""
+        stream.closing = True
+
+    def end_stream(self, stream: StreamState, error: ClientError | None, now: float) -> None:
+        """The call is over (error: why it failed, None: it ended cleanly): its unanswered items
+        fail with that error (or INTERNAL when it ended cleanly) and are retried when allowed."""
+        stream.closing = True
+        leftovers = list(stream.pending.values())
+        stream.pending.clear()
+        if not leftovers:
+            return
+        error = error or InternalError(
+            grpc.StatusCode.INTERNAL, "the server ended the stream without answering every item", self.target
+        )
+        for item in leftovers:
+            self.fail_or_retry(item, error, now)
+
+    # ------------------------------------------------------------------ the caller's side
+
+    def arrived(self, result: TranslateResult) -> list[TranslateResult]:
+        """A delivered result reached the caller's side: the results it may now yield, in order.
+
+        The front end calls release() right before yielding each one, so the window frees a slot
+        only once the caller has the result.
+        """
+        if not self.ordered:
+            return [result]
+        self._buffer[result.index] = result
+        ready = []
+        while self._next_index in self._buffer:
+            ready.append(self._buffer.pop(self._next_index))
+            self._next_index += 1
+        return ready
+
+    def release(self) -> None:
+        """One result is handed to the caller: a window slot frees up."""
+        self.outstanding -= 1
