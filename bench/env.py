@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pixforge.hardware import cpu_flags
+
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ORT_NUM_THREADS")
 PACKAGES = (
     "torch",
@@ -51,19 +53,6 @@ def memory_gib() -> float | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def cpu_flags() -> list[str]:
-    """The vector extensions that decide CPU kernel speed (AVX2, AVX-512, AMX...)."""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [f for f in wanted if f in flags]
-    except OSError:
-        pass
-    return []
 
 
 def gpus() -> list[dict]:

@@ -15,7 +15,7 @@ import grpc
 
 from pixforge.errors import PixforgeError
 
-from .retry import DEFAULT_MAX_MESSAGE_BYTES, RetryPolicy, channel_options
+from .retry import DEFAULT_MAX_MESSAGE_BYTES, GRPC_MAX_MESSAGE_BYTES, RetryPolicy, channel_options
 from .targets import resolve_target
 
 
@@ -36,7 +36,9 @@ class ClientConfig:
         timeout: default deadline in seconds of every call (translate, list_models, ...).
         retry: backoff policy for UNAVAILABLE / RESOURCE_EXHAUSTED on idempotent calls.
         load_balancing: "round_robin" (default: spread calls across servers) or "pick_first".
-        max_message_bytes: gRPC send/receive message limit.
+        max_message_bytes: gRPC send limit (largest request).
+        max_receive_bytes: gRPC receive limit (largest answer); 0 = gRPC's largest, 2 GiB - 1:
+            the server bounds its answers by its own advertised ``max_message_bytes``.
         keepalive_s: HTTP/2 keepalive ping interval during calls (0 disables).
         stream_duration: seconds one TranslateStream is fed before the client rotates to a new
             one (every stream then has a deadline of stream_duration + timeout).
@@ -50,6 +52,7 @@ class ClientConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     load_balancing: str = "round_robin"
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_receive_bytes: int = 0
     keepalive_s: float = 30.0
     stream_duration: float = 300.0
     extra_options: tuple[tuple[str, object], ...] = ()
@@ -67,6 +70,11 @@ class ClientConfig:
             )
         if self.max_message_bytes < 1024 * 1024:
             raise ClientConfigError(f"max_message_bytes must be at least 1 MiB, got {self.max_message_bytes}")
+        if self.max_receive_bytes and not 1024 * 1024 <= self.max_receive_bytes <= GRPC_MAX_MESSAGE_BYTES:
+            raise ClientConfigError(
+                "max_receive_bytes must be 0 (gRPC's largest) or from 1 MiB to 2 GiB - 1, "
+                f"got {self.max_receive_bytes}"
+            )
         if isinstance(self.tls, str) and not Path(self.tls).is_file():
             raise ClientConfigError(f"TLS root certificate file not found: {self.tls}")
 
@@ -80,7 +88,12 @@ class ClientConfig:
     def options(self) -> list[tuple[str, object]]:
         """gRPC channel options (service config with retries + load balancing, limits, keepalive)."""
         return channel_options(
-            self.retry, self.load_balancing, self.max_message_bytes, self.keepalive_s, self.extra_options
+            self.retry,
+            self.load_balancing,
+            self.max_message_bytes,
+            self.keepalive_s,
+            self.extra_options,
+            max_receive_bytes=self.max_receive_bytes,
         )
 
     def credentials(self) -> grpc.ChannelCredentials | None:

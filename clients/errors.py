@@ -41,6 +41,15 @@ class ClientError(PixforgeError):
         return f"{text} (server {self.target})" if self.target else text
 
     @property
+    def retryable(self) -> bool:
+        """Whether trying the same call again may succeed: the server was unavailable or busy
+        (UNAVAILABLE, RESOURCE_EXHAUSTED), not over a limit of this client's."""
+        return self.code in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ) and not isinstance(self, ReceiveLimitError)
+
+    @property
     def code_name(self) -> str:
         """The status code's name, e.g. "INVALID_ARGUMENT" (what reports and logs print)."""
         return self.code.name
@@ -86,6 +95,18 @@ class InternalError(ClientError):
     """The server failed unexpectedly (a bug or an engine error): see the server logs."""
 
 
+class ReceiveLimitError(ResourceExhaustedError):
+    """The server's answer was larger than this client's receive limit (``max_receive_bytes``).
+
+    gRPC reports it as RESOURCE_EXHAUSTED like a busy server, but it is not retryable: the same
+    request would produce the same answer. Raise the limit (0 = gRPC's largest) or ask for a
+    smaller output (JPEG/WebP, a smaller input).
+    """
+
+
+# What gRPC's own receive check says when an incoming message is over the channel's limit.
+_RECEIVE_LIMIT_TEXT = "Received message larger than max"
+
 _BY_CODE: dict[grpc.StatusCode, type[ClientError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.OUT_OF_RANGE: InvalidArgumentError,
@@ -124,6 +145,9 @@ def error_from_code(code: grpc.StatusCode | int, message: str = "", target: str 
     """
     if not isinstance(code, grpc.StatusCode):
         code = status_code_from_number(code)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _RECEIVE_LIMIT_TEXT in message:
+        hint = "; the client's receive limit is too small for this answer (max_receive_bytes; not retried)"
+        return ReceiveLimitError(code, message + hint, target)
     return _BY_CODE.get(code, ClientError)(code, message, target)
 
 

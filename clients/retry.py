@@ -23,6 +23,7 @@ SERVICE = "pixforge.v1.ImageTranslation"
 IDEMPOTENT_METHODS = ("Translate", "ListModels", "GetModel")
 RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's message lengths are int32
 """Large enough for a 4x super-resolved 24 MP photo as PNG; the server sets its own limit."""
 
 
@@ -106,13 +107,18 @@ def channel_options(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     keepalive_s: float = 30.0,
     extra: tuple[tuple[str, object], ...] = (),
+    max_receive_bytes: int = 0,
 ) -> list[tuple[str, object]]:
     """Channel options every pixforge client uses.
 
     Args:
         retry: retry policy (goes into the service config).
         load_balancing: "round_robin" or "pick_first".
-        max_message_bytes: send/receive limit; images are big, gRPC's default 4 MiB is not enough.
+        max_message_bytes: send limit; images are big, gRPC's default 4 MiB is not enough.
+        max_receive_bytes: receive limit; 0 = gRPC's largest (2 GiB - 1), as tritonclient does:
+            the server never sends more than its own ``limits.max_message_bytes`` (which it
+            advertises in ModelInfo), so a fixed client cap only turns a large answer the server
+            already computed into an error.
         keepalive_s: HTTP/2 ping interval while calls are active (detects dead servers behind NATs
             and load balancers); 0 disables keepalive pings.
         extra: more (name, value) options, appended last so they win.
@@ -127,7 +133,7 @@ def channel_options(
         ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
         ("grpc.retry_buffer_size", max(max_message_bytes, 256 * 1024 * 1024)),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_receive_bytes or GRPC_MAX_MESSAGE_BYTES),
     ]
     if keepalive_s > 0:
         options += [

@@ -38,7 +38,7 @@ from pixforge.v1 import translation_pb2 as pb
 from .config import ClientConfig
 from .errors import ClientError, InternalError, InvalidArgumentError, error_from_code
 from .images import ImageInputError
-from .retry import RETRYABLE_CODES, RetryPolicy
+from .retry import RetryPolicy
 from .types import TranslateParams, TranslateResult, fill_result
 
 IDLE_WAIT_S = 0.25
@@ -127,7 +127,7 @@ def retry_at(
     ``max_attempts`` tries, or still within ``retry_seconds`` of its first failure (a server
     restart or reload). The wait is the policy's backoff, at least the server's pushback.
     """
-    if stopping or error.code not in RETRYABLE_CODES or item.pushback_ms < 0:
+    if stopping or not error.retryable or item.pushback_ms < 0:
         return None
     if not item.first_failure:
         item.first_failure = now
@@ -151,7 +151,7 @@ def result_for_response(
     if response.error_code:
         error = error_from_code(response.error_code, response.error_message, target)
         item.pushback_ms = int(response.retry_pushback_ms)
-        retryable = error.code in RETRYABLE_CODES and item.pushback_ms >= 0
+        retryable = error.retryable and item.pushback_ms >= 0
         return result_for_error(item, error), retryable
     result = TranslateResult(
         index=item.index, source=item.source, request_id=item.request_id, attempts=item.attempts

@@ -38,6 +38,10 @@ class ModelInfo:
         error: why it failed to load (state "failed").
         provider: the onnxruntime execution provider serving it.
         metadata: every metadata_props entry of the ONNX file.
+        precision: precision of the file that runs ("fp32", "fp16", "int8", ...).
+        variants: every precision the version has on disk.
+        max_message_bytes, max_input_pixels, max_output_pixels: the server's limits for this
+            model (0 from a server too old to say).
     """
 
     name: str
@@ -53,6 +57,11 @@ class ModelInfo:
     error: str
     provider: str
     metadata: dict[str, str] = field(default_factory=dict)
+    precision: str = ""
+    variants: tuple[str, ...] = ()
+    max_message_bytes: int = 0
+    max_input_pixels: int = 0
+    max_output_pixels: int = 0
 
     @property
     def ready(self) -> bool:
@@ -76,6 +85,11 @@ class ModelInfo:
             error=msg.error,
             provider=msg.provider,
             metadata=dict(msg.metadata),
+            precision=msg.precision,
+            variants=tuple(msg.variants),
+            max_message_bytes=int(msg.max_message_bytes),
+            max_input_pixels=int(msg.max_input_pixels),
+            max_output_pixels=int(msg.max_output_pixels),
         )
 
 

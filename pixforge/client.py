@@ -5,6 +5,8 @@
 * `Client` (sync) and `AsyncClient` (asyncio): translate, translate_many, list_models,
   get_model, health.
 * `ClientConfig`, `RetryPolicy`: connection, deadline, retry and load-balancing settings.
+* `TranslateParams`: one translation's settings (model, format, options, timeout), passed as
+  ``params=`` instead of keyword arguments.
 * `TranslateResult`, `ModelInfo`: what the calls return.
 * `ClientError` and its subclasses: typed failures carrying the gRPC status code and the
   server's message.
@@ -25,6 +27,7 @@ from pixforge.clients.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    ReceiveLimitError,
     ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
@@ -32,7 +35,7 @@ from pixforge.clients.errors import (
 from pixforge.clients.images import ImageInputError
 from pixforge.clients.retry import NO_RETRY, RetryPolicy
 from pixforge.clients.targets import TargetError
-from pixforge.clients.types import ModelInfo, TranslateResult
+from pixforge.clients.types import ModelInfo, TranslateParams, TranslateResult
 
 __all__ = [
     "Client",
@@ -42,6 +45,7 @@ __all__ = [
     "RetryPolicy",
     "NO_RETRY",
     "ModelInfo",
+    "TranslateParams",
     "TranslateResult",
     "ClientError",
     "CancelledError",
@@ -51,6 +55,7 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "PermissionDeniedError",
+    "ReceiveLimitError",
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",

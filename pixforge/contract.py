@@ -290,3 +290,89 @@ def load_contract(path: str | Path) -> ModelContract:
             f"{path} is not a loadable ONNX model: {str(exc).strip().splitlines()[0]}"
         ) from exc
     return contract_from_session(session)
+
+
+# What every precision variant of a version must share with its reference model.onnx.
+_VARIANT_FIELDS = ("task", "scale", "input_channels", "output_channels", "size_multiple", "norm_channels")
+
+
+def check_variant(reference: ModelContract, variant: ModelContract, precision: str, path: str | Path) -> None:
+    """Refuse a precision variant (``model.<precision>.onnx``) that is not the same model as the
+    reference in another precision: its metadata must state that precision, and its task, scale,
+    channels, size multiple and norm layers must equal the reference's (the server swaps one for
+    the other).
+
+    Raises:
+        ContractError: naming which field differs.
+    """
+    stated = variant.metadata.get("precision", "fp32")
+    if stated != precision:
+        raise ContractError(f"{path} says its precision is {stated!r}, its file name says {precision!r}")
+    for key in _VARIANT_FIELDS:
+        theirs, ours = getattr(variant, key), getattr(reference, key)
+        if theirs != ours:
+            raise ContractError(f"{path}: {key} {theirs!r} differs from model.onnx's {ours!r}")
+
+
+# ONNX ModelProto field numbers (onnx/onnx.proto3): metadata_props is `repeated
+# StringStringEntryProto metadata_props = 14`, whose entries are `key = 1`, `value = 2`.
+_METADATA_PROPS_FIELD = 14
+
+
+def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: bytes | memoryview) -> list[tuple[int, bytes | memoryview]]:
+    """(field number, bytes) of the length-delimited fields of one protobuf message; other wire
+    types are skipped (the graph, tens of MB, is skipped by its length, never parsed)."""
+    out = []
+    pos = 0
+    while pos < len(buf):
+        tag, pos = _varint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            if pos + length > len(buf):
+                raise ValueError("truncated field")
+            out.append((number, buf[pos : pos + length]))
+            pos += length
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+    return out
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata_props of an ONNX file, read without onnx or onnxruntime (the server picks a
+    precision variant from them before it builds any session).
+
+    Raises:
+        ContractError: the file is missing or not a readable protobuf.
+    """
+    try:
+        data = memoryview(Path(path).read_bytes())
+        meta = {}
+        for number, entry in _fields(data):
+            if number == _METADATA_PROPS_FIELD:
+                kv = dict(_fields(entry))
+                meta[bytes(kv.get(1, b"")).decode()] = bytes(kv.get(2, b"")).decode()
+        return meta
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ContractError(
+            f"{path} is not a loadable ONNX model (its metadata cannot be read: {exc})"
+        ) from exc

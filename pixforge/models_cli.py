@@ -15,9 +15,21 @@ import json
 import sys
 from pathlib import Path
 
-from pixforge.contract import REQUIRED_KEYS, ModelContract, contract_from_session, load_contract
+from pixforge.contract import (
+    REQUIRED_KEYS,
+    ModelContract,
+    check_variant,
+    contract_from_session,
+    load_contract,
+)
 from pixforge.errors import ContractError
-from pixforge.repository import ModelEntry, default_repository, latest_versions, scan_repository
+from pixforge.repository import (
+    ModelEntry,
+    default_repository,
+    latest_versions,
+    scan_repository,
+    variant_files,
+)
 
 SIDECAR_FILE = "model.json"  # written next to model.onnx by `pixforge export`
 _JSON_KEYS = ("metrics", "training_config", "generator_config")
@@ -45,10 +57,26 @@ def _scan(repo: Path) -> list[ModelEntry] | None:
         return None
 
 
+def _load_version(entry: ModelEntry) -> tuple[ModelContract, list[str]]:
+    """The reference file's contract and the precisions of every file of the version (reference
+    first), each variant validated against the reference.
+
+    Raises:
+        ContractError: a file breaks the contract, or a variant does not match its name or the
+            reference.
+    """
+    c = load_contract(entry.path)
+    precisions = [c.metadata.get("precision", "fp32")]
+    for precision, path in variant_files(entry.path.parent).items():
+        check_variant(c, load_contract(path), precision, path)
+        precisions.append(precision)
+    return c, precisions
+
+
 def _row(entry: ModelEntry) -> tuple[list[str], bool]:
-    size = _human_size(entry.path.stat().st_size)
+    size = _human_size(sum(path.stat().st_size for path in entry.files))
     try:
-        c = load_contract(entry.path)
+        c, precisions = _load_version(entry)
     except ContractError as exc:
         return [entry.name, str(entry.version), "-", "-", "-", "-", "-", "-", size, f"INVALID: {exc}"], False
     return [
@@ -59,7 +87,7 @@ def _row(entry: ModelEntry) -> tuple[list[str], bool]:
         f"{c.input_channels}->{c.output_channels}",
         str(c.size_multiple),
         str(c.tile_size),
-        c.metadata.get("precision", "?"),
+        "+".join(precisions),
         size,
         "OK",
     ], True

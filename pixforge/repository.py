@@ -1,5 +1,10 @@
 """Model repository layout (Triton style): ``<repo>/<model-name>/<version>/model.onnx``.
 
+A version folder may also hold *precision variants* of the same network beside the reference
+``model.onnx``: ``model.fp32.onnx``, ``model.fp16.onnx``, ``model.bf16.onnx``, ``model.int8.onnx``
+(the name says the precision; the file's ``precision`` metadata must agree). The server picks the
+one its execution provider runs fastest (docs/serving.md, "Precision variants").
+
 Only the layout lives here (which files exist, which version wins); validating a file against
 the model contract is :mod:`pixforge.contract`'s job and loading it is the server's.
 """
@@ -12,6 +17,21 @@ from pathlib import Path
 
 MODEL_FILE = "model.onnx"
 ENV_MODELS = "PIXFORGE_MODELS"
+# Precisions a variant file may have, as in its name ``model.<precision>.onnx``.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+def variant_file(precision: str) -> str:
+    """The file name of a precision variant (``model.fp16.onnx``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return f"model.{precision}.onnx"
+
+
+def variant_files(version_dir: str | Path) -> dict[str, Path]:
+    """The precision variants present beside ``model.onnx``: {precision: path}."""
+    version_dir = Path(version_dir)
+    return {p: version_dir / variant_file(p) for p in PRECISIONS if (version_dir / variant_file(p)).is_file()}
 
 
 @dataclass(frozen=True)
@@ -20,7 +40,12 @@ class ModelEntry:
 
     name: str
     version: int
-    path: Path  # .../<name>/<version>/model.onnx
+    path: Path  # .../<name>/<version>/model.onnx (the reference file)
+
+    @property
+    def files(self) -> list[Path]:
+        """Every model file of this version: the reference, then its precision variants."""
+        return [self.path, *variant_files(self.path.parent).values()]
 
 
 def default_repository() -> Path:

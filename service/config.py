@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from pixforge.errors import SettingsError
+from pixforge.repository import PRECISIONS
 from pixforge.settings import build, suggest
 
 from .errors import ServerConfigError
@@ -39,6 +40,7 @@ ARENA_STRATEGIES = ("kSameAsRequested", "kNextPowerOfTwo")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 NORM_STAT_METHODS = ("exact", "downscaled", "per_tile")  # service/norm_stats.py METHODS
+ENGINE_PRECISIONS = ("auto", *PRECISIONS)
 MIB = 1024 * 1024
 
 
@@ -80,11 +82,17 @@ class EngineConfig:
     arena_extend_strategy: str = field(
         default="kSameAsRequested", metadata=_doc("CUDA arena growth: kSameAsRequested or kNextPowerOfTwo")
     )
+    precision: str = field(
+        default="auto",
+        metadata=_doc(
+            "which precision variant of a model to run: auto (the fastest the provider supports: "
+            "int8, then fp32 on CPU; fp16, then fp32 on GPU), or fp32 / fp16 / bf16 / int8 "
+            "(that variant where a model has it, else its reference model.onnx)"
+        ),
+    )
     fp16: bool = field(
         default=False,
-        metadata=_doc(
-            "on GPU prefer model.fp16.onnx beside model.onnx when present; TensorRT builds fp16 engines"
-        ),
+        metadata=_doc("TensorRT builds fp16 engines (from whichever file runs)"),
     )
     trt_engine_cache_path: str = field(
         default="", metadata=_doc("TensorRT engine cache folder; '' = <models>/.trt_cache")
@@ -488,7 +496,8 @@ _BOUNDS: dict[str, tuple[int, int | None]] = {
     "tiling.min_tile_size": (8, None),
     "limits.max_input_pixels": (1, None),
     "limits.max_output_pixels": (1, None),
-    "limits.max_message_bytes": (1024, None),
+    # gRPC's own ceiling sits a quarter above it and must stay within gRPC's int32 lengths.
+    "limits.max_message_bytes": (1024, 1536 * MIB),
     "colorization.render_size": (16, None),
     "stream.max_in_flight": (1, None),
 }
@@ -534,6 +543,11 @@ def validate(cfg: ServiceConfig) -> None:
             p in PROVIDERS, "engine.providers", f"unknown provider {p!r} (choose from {', '.join(PROVIDERS)})"
         )
     _check(len(set(e.providers)) == len(e.providers), "engine.providers", "lists a provider twice")
+    _check(
+        e.precision in ENGINE_PRECISIONS,
+        "engine.precision",
+        f"must be one of {', '.join(ENGINE_PRECISIONS)}, got {e.precision!r}",
+    )
     _check(
         e.cudnn_conv_algo_search in CUDNN_SEARCH,
         "engine.cudnn_conv_algo_search",

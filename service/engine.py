@@ -28,8 +28,11 @@ from pixforge.contract import (
     TILE_CORE_INPUT,
     ModelContract,
     contract_from_session,
+    read_metadata,
 )
 from pixforge.errors import ContractError
+from pixforge.hardware import fast_int8
+from pixforge.repository import PRECISIONS, variant_file, variant_files
 
 from .config import EngineConfig, available_cpus
 from .errors import InferenceError, OutOfMemoryError
@@ -46,7 +49,24 @@ ORT_PROVIDER = {
     "cpu": "CPUExecutionProvider",
 }
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-FP16_FILE = "model.fp16.onnx"
+# Precision variants in the order `engine.precision: auto` tries them, fastest first. On CPU fp16
+# comes last: onnxruntime's CPU provider has few fp16 kernels, so an fp16 graph runs as fp32 with
+# casts around most nodes and is measurably slower than the fp32 file. int8 comes first only where
+# the CPU has VNNI or AMX-INT8 (pixforge.hardware.fast_int8); on plain AVX2 it measured slower than
+# fp32. On GPU, fp16 (tensor cores) comes first.
+AUTO_ORDER = {
+    "cpu_int8": ("int8", "fp32", "bf16", "fp16"),
+    "cpu": ("fp32", "int8", "bf16", "fp16"),
+    "gpu": ("fp16", "bf16", "fp32", "int8"),
+}
+
+
+def auto_order(on_gpu: bool) -> tuple[str, ...]:
+    """The precisions `engine.precision: auto` tries, fastest first, on this machine."""
+    if on_gpu:
+        return AUTO_ORDER["gpu"]
+    return AUTO_ORDER["cpu_int8" if fast_int8() else "cpu"]
+
 
 # Substrings of onnxruntime/CUDA error messages that mean "out of device memory".
 _OOM_MARKERS = (
@@ -192,6 +212,30 @@ def select_providers(
     return providers, skipped
 
 
+def model_files(reference: Path) -> dict[str, Path]:
+    """{precision: file} of a model version: its variants and the reference ``model.onnx`` under
+    the precision its metadata states (files from before that key existed were fp32). A variant
+    file of the reference's own precision wins over the reference."""
+    precision = read_metadata(reference).get("precision", "fp32")
+    return {precision: reference, **variant_files(reference.parent)}
+
+
+def choose_model_file(
+    files: dict[str, Path], order: tuple[str, ...], requested: str = "auto"
+) -> tuple[str, Path]:
+    """(precision, file) to load among a version's files (:func:`model_files`).
+
+    Args:
+        order: precisions fastest first (:func:`auto_order`).
+        requested: ``engine.precision``: "auto" or one precision (that file when the version has
+            it, else as for "auto").
+    """
+    if requested in files:
+        order = (requested,)
+    precision = next((p for p in order if p in files), next(iter(files)))
+    return precision, files[precision]
+
+
 def session_options(cfg: EngineConfig) -> ort.SessionOptions:
     """Session options for serving: full graph optimisation, threads sized to the CPUs we may use."""
     opts = ort.SessionOptions()
@@ -239,11 +283,21 @@ class Engine:
                 f"{'; '.join(skipped)}"
             )
         self.skipped = skipped
-        path = Path(path)
+        reference = Path(path)
         on_gpu = any((p[0] if isinstance(p, tuple) else p) in GPU_PROVIDERS for p in providers)
-        if config.fp16 and on_gpu and (path.parent / FP16_FILE).is_file():
-            path = path.parent / FP16_FILE
+        files = model_files(reference)
+        precision, path = choose_model_file(files, auto_order(on_gpu), config.precision)
+        if config.precision not in ("auto", precision):
+            log.warning(
+                "model %s has no %s variant; running %s (%s)",
+                self.name,
+                config.precision,
+                precision,
+                path.name,
+            )
         self.path = path
+        # every precision this version has on disk, in PRECISIONS order
+        self.variants: tuple[str, ...] = tuple(p for p in PRECISIONS if p in files)
         if any(isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in providers) and cache_dir:
             cache_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
@@ -254,6 +308,12 @@ class Engine:
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ContractError(f"{path} is not a loadable ONNX model: {_first_line(exc)}") from exc
         self.contract: ModelContract = contract_from_session(self._session)
+        self.precision: str = self.contract.metadata.get("precision", "fp32")
+        if self.precision != precision:
+            raise ContractError(
+                f"{path} says its precision is {self.precision!r}; a variant's file name must match "
+                f"its precision ({variant_file(self.precision)})"
+            )
         self.provider: str = self._session.get_providers()[0]
         # IO binding on GPU providers; the output lives on this device until copied back once.
         self.output_device: str | None = "cuda" if self.provider in GPU_PROVIDERS else None

@@ -279,6 +279,7 @@ class KServeCore:
             "size_multiple": contract.size_multiple,
             "tile_size": contract.tile_size,
             "execution_provider": row.provider,
+            "precision": row.precision,
         }
         return {
             "name": row.name,

@@ -43,9 +43,15 @@ def request_context(request_id: str, method: str | None = None) -> Iterator[None
     try:
         yield
     finally:
-        request_id_var.reset(token)
-        if mtoken is not None:
-            method_var.reset(mtoken)
+        try:
+            request_id_var.reset(token)
+            if mtoken is not None:
+                method_var.reset(mtoken)
+        except ValueError:
+            # A streaming handler whose client went away is closed by the event loop's async
+            # generator finaliser, which runs in another Context than the one the tokens came
+            # from. That Context is discarded with the task anyway: nothing to restore.
+            pass
 
 
 class ContextFilter(logging.Filter):

@@ -17,6 +17,7 @@ Exposed names (see docs/serving.md):
     pixforge_images_total{model}                     images/tiles run through the model (rate() = images/s)
     pixforge_in_flight{model}                        requests being processed now
     pixforge_model_ready{model}                      1 when a version of the model serves
+    pixforge_model_info{model,version,provider,precision}  1 for the serving version: what runs it
     pixforge_admission_queued                        requests waiting for a worker
     pixforge_admission_queued_seconds                estimated seconds of work waiting
     pixforge_admission_running                       requests holding a worker
@@ -101,6 +102,13 @@ class Metrics:
         self.model_ready = Gauge(
             "pixforge_model_ready", "1 when a version of the model is serving", ["model"], registry=r
         )
+        self.model_info = Gauge(
+            "pixforge_model_info",
+            "1 for the serving version of each model, labelled with what runs it",
+            ["model", "version", "provider", "precision"],
+            registry=r,
+        )
+        self._info_labels: dict[str, tuple[str, str, str, str]] = {}
         self.admission_queued = Gauge(
             "pixforge_admission_queued", "Requests waiting for a worker (admission queue)", registry=r
         )
@@ -173,8 +181,11 @@ class Metrics:
         """Count a failure that happened outside a tracked request (e.g. authentication)."""
         self.failures.labels(model, code).inc()
 
-    def set_ready(self, model: str, ready: bool | None) -> None:
-        """Set (or with None remove) the model's ready gauge."""
+    def set_ready(
+        self, model: str, ready: bool | None, version: int = 0, provider: str = "", precision: str = ""
+    ) -> None:
+        """Set (or with None remove) the model's ready gauge, and its info series: the serving
+        version's provider and precision (removed while no version serves)."""
         if ready is None:
             try:
                 self.model_ready.remove(model)
@@ -182,3 +193,10 @@ class Metrics:
                 pass
         else:
             self.model_ready.labels(model).set(1 if ready else 0)
+        labels = (model, str(version), provider, precision) if ready else None
+        old = self._info_labels.pop(model, None)
+        if old is not None and old != labels:
+            self.model_info.remove(*old)
+        if labels is not None:
+            self.model_info.labels(*labels).set(1)
+            self._info_labels[model] = labels

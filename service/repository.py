@@ -149,7 +149,10 @@ class ModelVersion:
         contract: the parsed contract (None until loaded).
         provider: execution provider that runs it ('' until loaded).
         runtime: serving objects when READY.
-        stamp: (mtime_ns, size) of the file that was loaded, to spot changes.
+        stamp: (name, mtime_ns, size) of each model file of the version (the reference and its
+            precision variants) when it was loaded, to spot changes.
+        precision: precision of the file that runs ("fp32", "fp16", ...; '' until loaded).
+        variants: precisions present on disk for this version (the reference's included).
     """
 
     name: str
@@ -160,8 +163,10 @@ class ModelVersion:
     contract: ModelContract | None = None
     provider: str = ""
     runtime: ModelRuntime | None = field(default=None, repr=False, compare=False)
-    stamp: tuple[int, int] = (0, 0)
+    stamp: tuple[tuple[str, int, int], ...] = ()
     loaded_at: float = 0.0
+    precision: str = ""
+    variants: tuple[str, ...] = ()
 
 
 @dataclass
@@ -177,12 +182,18 @@ class ReloadSummary:
     unavailable: str = ""
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    try:
-        st = path.stat()
-    except OSError:
-        return (0, 0)
-    return (st.st_mtime_ns, st.st_size)
+def _stamp(entry: ModelEntry) -> tuple[tuple[str, int, int], ...]:
+    """(name, mtime_ns, size) of every model file of the version: a new, changed or removed
+    variant is a change too, since it may change which file the server picks."""
+    out = []
+    for path in entry.files:
+        try:
+            st = path.stat()
+        except OSError:
+            out.append((path.name, 0, 0))
+            continue
+        out.append((path.name, st.st_mtime_ns, st.st_size))
+    return tuple(out)
 
 
 class ModelRegistry:
@@ -351,7 +362,7 @@ class ModelRegistry:
 
     def _load_entry(self, entry: ModelEntry, summary: ReloadSummary, retry_failed: bool = False) -> None:
         key = f"{entry.name}/{entry.version}"
-        stamp = _stamp(entry.path)
+        stamp = _stamp(entry)
         with self._lock:
             current = self._rows.get((entry.name, entry.version))
         if (
@@ -401,15 +412,19 @@ class ModelRegistry:
             runtime=runtime,
             stamp=stamp,
             loaded_at=time.time(),
+            precision=engine.precision,
+            variants=engine.variants,
         )
         old = self._set(row)
         if old is not None and old.runtime is not None:
             old.runtime.retire()
         summary.loaded.append(key)
         log.info(
-            "model %s READY on %s (%s, scale %d, load %.0f ms, warm-up %.0f ms)",
+            "model %s READY on %s, %s from %s (%s, scale %d, load %.0f ms, warm-up %.0f ms)",
             key,
             engine.provider,
+            engine.precision,
+            engine.path.name,
             engine.contract.task,
             engine.contract.scale,
             (time.perf_counter() - start) * 1000,

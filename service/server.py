@@ -164,7 +164,7 @@ class ServerHandle:
             name,
             health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING,
         )
-        self.metrics.set_ready(name, ready)
+        self.metrics.set_ready(name, ready, row.version, row.provider, row.precision)
 
     def _set_overall(self, serving: bool) -> None:
         status = (

@@ -26,7 +26,7 @@ from pixforge.v1 import translation_pb2 as pb
 from pixforge.v1 import translation_pb2_grpc as pb_grpc
 
 from .admission import AdmissionRejected
-from .config import StreamConfig
+from .config import LimitsConfig, StreamConfig
 from .errors import (
     InferenceError,
     InvalidRequestError,
@@ -194,14 +194,17 @@ def response_from_result(result: TranslateResult) -> pb.TranslateResponse:
     )
 
 
-def model_info(row: ModelVersion) -> pb.ModelInfo:
-    """Registry row -> ModelInfo (failed rows carry only identity, state and error)."""
+def model_info(row: ModelVersion, limits: LimitsConfig | None = None) -> pb.ModelInfo:
+    """Registry row -> ModelInfo (failed rows carry only identity, state and error), with the
+    server's ``limits`` when given."""
     info = pb.ModelInfo(
         name=row.name,
         version=row.version,
         state=STATE_TO_PROTO[row.state],
         error=row.error,
         provider=row.provider,
+        precision=row.precision,
+        variants=list(row.variants),
     )
     c = row.contract
     if c is not None:
@@ -213,6 +216,10 @@ def model_info(row: ModelVersion) -> pb.ModelInfo:
         info.size_multiple = c.size_multiple
         info.tile_size = c.tile_size
         info.metadata.update(dict(c.metadata))
+    if limits is not None:
+        info.max_message_bytes = limits.max_message_bytes
+        info.max_input_pixels = limits.max_input_pixels
+        info.max_output_pixels = limits.max_output_pixels
     return info
 
 
@@ -362,7 +369,8 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
 
     async def ListModels(self, request, context):
         """Every known model version, failed ones included."""
-        return pb.ListModelsResponse(models=[model_info(r) for r in self._registry.versions()])
+        limits = self._pipeline.limits
+        return pb.ListModelsResponse(models=[model_info(r, limits) for r in self._registry.versions()])
 
     async def GetModel(self, request, context):
         """Describe one model: the pinned version, else the served one."""
@@ -375,4 +383,4 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
             row = self._registry.describe(request.name, int(request.version))
         except Exception as exc:
             await context.abort(*status_for_error(exc))
-        return pb.GetModelResponse(model=model_info(row))
+        return pb.GetModelResponse(model=model_info(row, self._pipeline.limits))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpixforge/v1/translation.proto\x12\x0bpixforge.v1\"a\n\x10TranslateOptions\x12\x11\n\ttile_size\x18\x01 \x01(\r\x12\x14\n\x0ctile_overlap\x18\x02 \x01(\r\x12\x0f\n\x07quality\x18\x03 \x01(\r\x12\x13\n\x0brender_size\x18\x04 \x01(\r\"\x9c\x01\n\x10TranslateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x15\n\routput_format\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12.\n\x07options\x18\x05 \x01(\x0b\x32\x1d.pixforge.v1.TranslateOptions\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"h\n\x06Timing\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x01\x12\x11\n\tencode_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"\xb1\x01\n\x11TranslateResponse\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12#\n\x06timing\x18\x06 \x01(\x0b\x32\x13.pixforge.v1.Timing\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x15\n\routput_format\x18\x08 \x01(\t\"H\n\x16TranslateStreamRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.pixforge.v1.TranslateRequest\"\xa5\x01\n\x17TranslateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x08response\x18\x02 \x01(\x0b\x32\x1e.pixforge.v1.TranslateResponse\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x19\n\x11retry_pushback_ms\x18\x05 \x01(\x03\"\xfc\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1f\n\x04task\x18\x03 \x01(\x0e\x32\x11.pixforge.v1.Task\x12\r\n\x05scale\x18\x04 \x01(\r\x12\x16\n\x0einput_channels\x18\x05 \x01(\r\x12\x17\n\x0foutput_channels\x18\x06 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x15\n\rsize_multiple\x18\x08 \x01(\r\x12\x11\n\ttile_size\x18\t \x01(\r\x12&\n\x05state\x18\n \x01(\x0e\x32\x17.pixforge.v1.ModelState\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x10\n\x08provider\x18\x0c \x01(\t\x12\x36\n\x08metadata\x18\r \x03(\x0b\x32$.pixforge.v1.ModelInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.pixforge.v1.ModelInfo\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.pixforge.v1.ModelInfo*\x87\x01\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x19\n\x15TASK_SUPER_RESOLUTION\x10\x01\x12\x15\n\x11TASK_COLORIZATION\x10\x02\x12\x1a\n\x16TASK_STYLE_TRANSLATION\x10\x03\x12\x1b\n\x17TASK_PAIRED_TRANSLATION\x10\x04*q\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x32\xd8\x02\n\x10ImageTranslation\x12J\n\tTranslate\x12\x1d.pixforge.v1.TranslateRequest\x1a\x1e.pixforge.v1.TranslateResponse\x12`\n\x0fTranslateStream\x12#.pixforge.v1.TranslateStreamRequest\x1a$.pixforge.v1.TranslateStreamResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.pixforge.v1.ListModelsRequest\x1a\x1f.pixforge.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.pixforge.v1.GetModelRequest\x1a\x1d.pixforge.v1.GetModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpixforge/v1/translation.proto\x12\x0bpixforge.v1\"a\n\x10TranslateOptions\x12\x11\n\ttile_size\x18\x01 \x01(\r\x12\x14\n\x0ctile_overlap\x18\x02 \x01(\r\x12\x0f\n\x07quality\x18\x03 \x01(\r\x12\x13\n\x0brender_size\x18\x04 \x01(\r\"\x9c\x01\n\x10TranslateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x15\n\routput_format\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12.\n\x07options\x18\x05 \x01(\x0b\x32\x1d.pixforge.v1.TranslateOptions\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"h\n\x06Timing\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x01\x12\x11\n\tencode_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"\xb1\x01\n\x11TranslateResponse\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12#\n\x06timing\x18\x06 \x01(\x0b\x32\x13.pixforge.v1.Timing\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x15\n\routput_format\x18\x08 \x01(\t\"H\n\x16TranslateStreamRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.pixforge.v1.TranslateRequest\"\xa5\x01\n\x17TranslateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x08response\x18\x02 \x01(\x0b\x32\x1e.pixforge.v1.TranslateResponse\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x19\n\x11retry_pushback_ms\x18\x05 \x01(\x03\"\xf1\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1f\n\x04task\x18\x03 \x01(\x0e\x32\x11.pixforge.v1.Task\x12\r\n\x05scale\x18\x04 \x01(\r\x12\x16\n\x0einput_channels\x18\x05 \x01(\r\x12\x17\n\x0foutput_channels\x18\x06 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x15\n\rsize_multiple\x18\x08 \x01(\r\x12\x11\n\ttile_size\x18\t \x01(\r\x12&\n\x05state\x18\n \x01(\x0e\x32\x17.pixforge.v1.ModelState\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x10\n\x08provider\x18\x0c \x01(\t\x12\x36\n\x08metadata\x18\r \x03(\x0b\x32$.pixforge.v1.ModelInfo.MetadataEntry\x12\x11\n\tprecision\x18\x0e \x01(\t\x12\x10\n\x08variants\x18\x0f \x03(\t\x12\x19\n\x11max_message_bytes\x18\x10 \x01(\x04\x12\x18\n\x10max_input_pixels\x18\x11 \x01(\x04\x12\x19\n\x11max_output_pixels\x18\x12 \x01(\x04\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.pixforge.v1.ModelInfo\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.pixforge.v1.ModelInfo*\x87\x01\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x19\n\x15TASK_SUPER_RESOLUTION\x10\x01\x12\x15\n\x11TASK_COLORIZATION\x10\x02\x12\x1a\n\x16TASK_STYLE_TRANSLATION\x10\x03\x12\x1b\n\x17TASK_PAIRED_TRANSLATION\x10\x04*q\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x32\xd8\x02\n\x10ImageTranslation\x12J\n\tTranslate\x12\x1d.pixforge.v1.TranslateRequest\x1a\x1e.pixforge.v1.TranslateResponse\x12`\n\x0fTranslateStream\x12#.pixforge.v1.TranslateStreamRequest\x1a$.pixforge.v1.TranslateStreamResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.pixforge.v1.ListModelsRequest\x1a\x1f.pixforge.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.pixforge.v1.GetModelRequest\x1a\x1d.pixforge.v1.GetModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_METADATAENTRY']._loaded_options = None
   _globals['_MODELINFO_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_TASK']._serialized_start=1408
-  _globals['_TASK']._serialized_end=1543
-  _globals['_MODELSTATE']._serialized_start=1545
-  _globals['_MODELSTATE']._serialized_end=1658
+  _globals['_TASK']._serialized_start=1525
+  _globals['_TASK']._serialized_end=1660
+  _globals['_MODELSTATE']._serialized_start=1662
+  _globals['_MODELSTATE']._serialized_end=1775
   _globals['_TRANSLATEOPTIONS']._serialized_start=46
   _globals['_TRANSLATEOPTIONS']._serialized_end=143
   _globals['_TRANSLATEREQUEST']._serialized_start=146
@@ -50,17 +50,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRANSLATESTREAMRESPONSE']._serialized_start=665
   _globals['_TRANSLATESTREAMRESPONSE']._serialized_end=830
   _globals['_MODELINFO']._serialized_start=833
-  _globals['_MODELINFO']._serialized_end=1213
-  _globals['_MODELINFO_METADATAENTRY']._serialized_start=1166
-  _globals['_MODELINFO_METADATAENTRY']._serialized_end=1213
-  _globals['_LISTMODELSREQUEST']._serialized_start=1215
-  _globals['_LISTMODELSREQUEST']._serialized_end=1234
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1236
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1296
-  _globals['_GETMODELREQUEST']._serialized_start=1298
-  _globals['_GETMODELREQUEST']._serialized_end=1346
-  _globals['_GETMODELRESPONSE']._serialized_start=1348
-  _globals['_GETMODELRESPONSE']._serialized_end=1405
-  _globals['_IMAGETRANSLATION']._serialized_start=1661
-  _globals['_IMAGETRANSLATION']._serialized_end=2005
+  _globals['_MODELINFO']._serialized_end=1330
+  _globals['_MODELINFO_METADATAENTRY']._serialized_start=1283
+  _globals['_MODELINFO_METADATAENTRY']._serialized_end=1330
+  _globals['_LISTMODELSREQUEST']._serialized_start=1332
+  _globals['_LISTMODELSREQUEST']._serialized_end=1351
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1353
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1413
+  _globals['_GETMODELREQUEST']._serialized_start=1415
+  _globals['_GETMODELREQUEST']._serialized_end=1463
+  _globals['_GETMODELRESPONSE']._serialized_start=1465
+  _globals['_GETMODELRESPONSE']._serialized_end=1522
+  _globals['_IMAGETRANSLATION']._serialized_start=1778
+  _globals['_IMAGETRANSLATION']._serialized_end=2122
 # @@protoc_insertion_point(module_scope)

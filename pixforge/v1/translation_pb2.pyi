@@ -114,7 +114,7 @@ class TranslateStreamResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., response: _Optional[_Union[TranslateResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., retry_pushback_ms: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "task", "scale", "input_channels", "output_channels", "description", "size_multiple", "tile_size", "state", "error", "provider", "metadata")
+    __slots__ = ("name", "version", "task", "scale", "input_channels", "output_channels", "description", "size_multiple", "tile_size", "state", "error", "provider", "metadata", "precision", "variants", "max_message_bytes", "max_input_pixels", "max_output_pixels")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,11 @@ class ModelInfo(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_INPUT_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTPUT_PIXELS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     task: Task
@@ -148,7 +153,12 @@ class ModelInfo(_message.Message):
     error: str
     provider: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., scale: _Optional[int] = ..., input_channels: _Optional[int] = ..., output_channels: _Optional[int] = ..., description: _Optional[str] = ..., size_multiple: _Optional[int] = ..., tile_size: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., provider: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    precision: str
+    variants: _containers.RepeatedScalarFieldContainer[str]
+    max_message_bytes: int
+    max_input_pixels: int
+    max_output_pixels: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., scale: _Optional[int] = ..., input_channels: _Optional[int] = ..., output_channels: _Optional[int] = ..., description: _Optional[str] = ..., size_multiple: _Optional[int] = ..., tile_size: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., provider: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., precision: _Optional[str] = ..., variants: _Optional[_Iterable[str]] = ..., max_message_bytes: _Optional[int] = ..., max_input_pixels: _Optional[int] = ..., max_output_pixels: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

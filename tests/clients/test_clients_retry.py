@@ -35,7 +35,6 @@ def test_service_config_retries_only_idempotent_unary_methods_on_the_two_codes()
 
 def test_channel_options_raise_message_limits_and_the_retry_buffer():
     options = dict(channel_options(RetryPolicy(), max_message_bytes=100 * 2**20))
-    assert options["grpc.max_receive_message_length"] == 100 * 2**20
     assert options["grpc.max_send_message_length"] == 100 * 2**20
     # Otherwise a request over 256 KiB would never be retried.
     assert options["grpc.per_rpc_retry_buffer_size"] == 100 * 2**20

@@ -39,9 +39,9 @@ _CLIP = [_const("lo", [0.0], []), _const("hi", [255.0], [])]
 
 
 def build_invert(
-    path: Path, size_multiple: int = 4, tile: int = 64, task: str = "paired_translation"
+    path: Path, size_multiple: int = 4, tile: int = 64, task: str = "paired_translation", **extra_meta: str
 ) -> Path:
-    """255 - x, RGB -> RGB."""
+    """255 - x, RGB -> RGB (``extra_meta`` overrides metadata, e.g. precision="fp16")."""
     nodes = [
         helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("Sub", ["k255", "f"], ["g"]),
@@ -52,7 +52,7 @@ def build_invert(
         [_const("k255", [255.0], [])] + _CLIP,
         3,
         3,
-        _meta(task, 1, 3, 3, size_multiple, tile),
+        _meta(task, 1, 3, 3, size_multiple, tile, **extra_meta),
     )
 
 
