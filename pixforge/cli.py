@@ -83,7 +83,23 @@ def _add_export(sub) -> None:
     p.add_argument("--name", required=True, help="model name in the repository")
     p.add_argument("--repo", required=True, help="model repository folder")
     p.add_argument("--version", type=int, help="version number (default: highest existing + 1)")
-    p.add_argument("--fp16", action="store_true", help="store weights in fp16 (I/O stay uint8)")
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="also write the fp16 variant model.fp16.onnx (GPU servers run it; I/O stay uint8)",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write the int8 variant model.int8.onnx, calibrated on --calibration images and "
+        "refused unless the task metric stays within tolerance of fp32 (CPU servers with VNNI/AMX run it)",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="images (up to 16) that calibrate and judge --int8: typical inputs (for super-resolution "
+        "high-resolution photos, degraded as in evaluation)",
+    )
     p.add_argument(
         "--self-ensemble",
         action="store_true",

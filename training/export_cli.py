@@ -79,6 +79,7 @@ def _output_options(args) -> dict:
     return {
         "tile_size": args.tile_size,
         "fp16": args.fp16,
+        "int8": getattr(args, "int8", False),
         "opset": args.opset,
         "verify": not args.no_verify,
         "description": args.description or "",
@@ -176,7 +177,9 @@ def load_onnx_model(path: Path, args) -> tuple[torch.nn.Module, ExportConfig, di
     """A model.onnx of an earlier pixforge export -> (generator with weights, export config, provenance).
 
     Re-exporting rebuilds the graph under the current contract (receptive radius, tiling
-    statistics); the task, scale, colour space, precision, tile size and description are the file's.
+    statistics); the task, scale, colour space, tile size and description are the file's. The
+    reference is written in fp32 whatever the file's precision (an fp16 file's weights widen
+    exactly); --fp16 / --int8 add those variants beside it.
     """
     _junyanz_only(args, "the ONNX file records it")
     try:
@@ -187,10 +190,9 @@ def load_onnx_model(path: Path, args) -> tuple[torch.nn.Module, ExportConfig, di
     generator.load_state_dict(state, strict=True)
     options = _output_options(args)
     try:
-        # the file's own tiling, precision and description, unless the command overrides them
+        # the file's own tiling and description, unless the command overrides them
         options.update(
             tile_size=args.tile_size or int(meta.get("tile_size", "0")) or None,
-            fp16=args.fp16 or meta.get("precision") == "fp16",
             description=args.description or meta.get("description", ""),
         )
         cfg = ExportConfig(
@@ -220,22 +222,26 @@ def load_onnx_model(path: Path, args) -> tuple[torch.nn.Module, ExportConfig, di
     return generator, cfg, provenance
 
 
-def load_parity_images(folder: str | None) -> list[np.ndarray]:
-    """Decoded images (sorted, at most 8) from ``folder`` for the parity check."""
+def load_images(folder: str | None, flag: str, most: int) -> list[np.ndarray]:
+    """Decoded images (sorted by name, at most ``most``) from ``folder``, for ``flag``."""
     if not folder:
         return []
     from pixforge.codec import decode_image
 
     root = Path(folder)
     if not root.is_dir():
-        raise UsageError(f"--parity-images {folder} is not a folder")
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:8]
+        raise UsageError(f"{flag} {folder} is not a folder")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:most]
     if not files:
-        raise UsageError(f"--parity-images {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise UsageError(f"{flag} {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     try:
         return [decode_image(p.read_bytes()).pixels for p in files]
     except PixforgeError as exc:
-        raise UsageError(f"--parity-images: {exc}") from exc
+        raise UsageError(f"{flag}: {exc}") from exc
+
+
+PARITY_IMAGES = 8
+CALIBRATION_IMAGES = 16  # enough for MinMax ranges; each also runs in every int8 trial
 
 
 def run(args) -> int:
@@ -247,7 +253,10 @@ def run(args) -> int:
         loaders = {"junyanz": load_junyanz_checkpoint, "onnx": load_onnx_model}
         loader = loaders.get(args.source, load_pixforge_checkpoint)
         generator, cfg, provenance = loader(path, args)
-        images = load_parity_images(getattr(args, "parity_images", None))
+        images = load_images(getattr(args, "parity_images", None), "--parity-images", PARITY_IMAGES)
+        calibration = load_images(getattr(args, "calibration", None), "--calibration", CALIBRATION_IMAGES)
+        if cfg.int8 and not calibration:
+            raise UsageError("--int8 needs --calibration DIR: images like the ones the model will serve")
         torch.manual_seed(0)
         result = export_generator(
             generator,
@@ -257,6 +266,7 @@ def run(args) -> int:
             version=args.version,
             provenance=provenance,
             parity_images=images,
+            calibration_images=calibration,
         )
     except ParityError as exc:
         print(f"pixforge export: parity check FAILED, nothing written\n{exc}", file=sys.stderr)
@@ -268,7 +278,7 @@ def run(args) -> int:
     print(
         f"model: {args.name} version {result.version}: task={c.task} scale={c.scale} "
         f"channels={c.input_channels}->{c.output_channels} size_multiple={c.size_multiple} "
-        f"tile={c.tile_size} precision={c.metadata.get('precision')}"
+        f"tile={c.tile_size} precision={'+'.join(['fp32', *result.variants])}"
     )
     print(f"exported: {result.path}")
     return 0

@@ -137,11 +137,11 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     """
     lab = lab.to(torch.float32)
     l_chan, a_chan, b_chan = lab[..., 0:1, :, :], lab[..., 1:2, :, :], lab[..., 2:3, :, :]
-    # Y from L directly (exact inverse of both L branches), then f(Y) for the a/b offsets.
-    y = torch.where(
-        l_chan > _KAPPA * _EPS, torch.pow(torch.clamp((l_chan + 16.0) / 116.0, min=0.0), 3.0), l_chan / _KAPPA
-    )
-    fy = _lab_f(y)
+    # f(Y) straight from L: L = 116 f(Y) - 16 on both branches (the linear one, kappa * Y, is the
+    # same line: slope / kappa = 1/116 up to the rounding of OpenCV's constants). This saves the
+    # served graph a Pow and a cube root per pixel over computing Y first and f(Y) from it.
+    fy = (l_chan + 16.0) / 116.0
+    y = torch.where(l_chan > _KAPPA * _EPS, fy * fy * fy, l_chan / _KAPPA)
     x = _lab_f_inv(fy + a_chan / 500.0) * _WHITE_D65[0]
     z = _lab_f_inv(fy - b_chan / 200.0) * _WHITE_D65[2]
     lin = _mix(torch.cat([x, y, z], dim=-3), _XYZ2RGB)
@@ -152,6 +152,27 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
 def rgb_to_l_input(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB in [0, 1] -> the colourisation generator's input ``L / 50 - 1`` (1 channel)."""
     return rgb_to_lab(rgb)[..., 0:1, :, :] / L_SCALE - 1.0
+
+
+# sRGB -> linear for each of the 256 uint8 levels, computed once in float64.
+_LEVELS = np.arange(256, dtype=np.float64) / 255.0
+_SRGB_TO_LINEAR_U8 = torch.from_numpy(
+    np.where(_LEVELS <= 0.04045, _LEVELS / 12.92, ((_LEVELS + 0.055) / 1.055) ** 2.4).astype(np.float32)
+)
+
+
+def uint8_rgb_to_l_input(rgb: torch.Tensor) -> torch.Tensor:
+    """uint8 sRGB (channel axis -3) -> ``L / 50 - 1``, as :func:`rgb_to_l_input` of ``rgb / 255``.
+
+    For the served graph: a uint8 input has 256 levels, so the sRGB linearisation is a table
+    lookup (one Gather instead of Pow/Where per channel and pixel), and only Y is mixed and only L
+    computed (the input's a/b are never used). Equal to the float path to ~1e-5 in L.
+    """
+    lin = _SRGB_TO_LINEAR_U8[rgb.to(torch.int64)]
+    row = _RGB2XYZ[1]
+    y = lin[..., 0:1, :, :] * row[0] + lin[..., 1:2, :, :] * row[1] + lin[..., 2:3, :, :] * row[2]
+    l_chan = torch.where(y > _EPS, 116.0 * _lab_f(y) - 16.0, _KAPPA * y)
+    return l_chan / L_SCALE - 1.0
 
 
 def rgb_to_ab_target(rgb: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""fp16 export: uint8 I/O kept, fp16 weights inside, PSNR against the fp32 graph reported."""
+"""fp16 variant: written beside the fp32 model.onnx, uint8 I/O kept, fp16 weights inside, PSNR
+against the fp32 graph reported."""
 
 from __future__ import annotations
 
@@ -20,20 +21,29 @@ def test_export_fp16_keeps_uint8_io_and_reports_psnr(kind, repo):
     generator = tiny_generator(**gen_kwargs)
     fp32 = export_generator(generator, ExportConfig(**export_kwargs), repo, "m32", log=quiet)
     fp16 = export_generator(generator, ExportConfig(**export_kwargs, fp16=True), repo, "m16", log=quiet)
+    variant = fp16.path.parent / "model.fp16.onnx"
+    assert fp16.variants == ("fp16",) and variant.is_file()
+    # the reference stays fp32: a CPU server runs it, a GPU server the variant
+    assert load_contract(fp16.path).metadata["precision"] == "fp32"
+    assert np.array_equal(
+        ort_run(fp16.path, parity_batch(64, 64, 3, seed=9)),
+        ort_run(fp32.path, parity_batch(64, 64, 3, seed=9)),
+    )
 
-    model = onnx.load(str(fp16.path))
+    model = onnx.load(str(variant))
     io = [model.graph.input[0], model.graph.output[0]]
     assert [v.type.tensor_type.elem_type for v in io] == [onnx.TensorProto.UINT8] * 2
     weight_types = {init.data_type for init in model.graph.initializer if len(init.dims) == 4}
     assert weight_types == {onnx.TensorProto.FLOAT16}
-    assert load_contract(fp16.path).metadata["precision"] == "fp16"
+    assert load_contract(variant).metadata["precision"] == "fp16"
 
     assert fp16.parity.fp16_psnr_db >= 45.0
     sidecar = json.loads((fp16.path.parent / "model.json").read_text())
     assert sidecar["parity"]["fp16_psnr_db"] == pytest.approx(fp16.parity.fp16_psnr_db)
+    assert sidecar["variants"]["fp16"]["file"] == "model.fp16.onnx"
 
     batch = parity_batch(64, 64, 3, seed=9)
-    out16, out32 = ort_run(fp16.path, batch), ort_run(fp32.path, batch)
+    out16, out32 = ort_run(variant, batch), ort_run(fp32.path, batch)
     assert out16.dtype == np.uint8 and out16.shape == out32.shape
     assert psnr(out16, out32) >= 45.0
 

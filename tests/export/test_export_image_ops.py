@@ -104,3 +104,16 @@ def test_export_numpy_helpers_round_trip_and_reject_bad_input():
         image_ops.hwc_uint8_to_unit_tensor(img.astype(np.float32))
     with pytest.raises(ValueError, match="RGB"):
         image_ops.rgb_uint8_to_lab_np(img[..., :1])
+
+
+def test_export_uint8_l_input_table_equals_the_float_path():
+    # every uint8 colour on a grid, plus the 256 greys (the table's whole range)
+    levels = torch.arange(0, 256, 15, dtype=torch.uint8)
+    r, g, b = torch.meshgrid(levels, levels, levels, indexing="ij")
+    grid = torch.stack([r.flatten(), g.flatten(), b.flatten()])[:, None, :]
+    grey = torch.arange(256, dtype=torch.uint8).expand(3, 1, 256)
+    for rgb in (grid, grey):
+        fast = image_ops.uint8_rgb_to_l_input(rgb)
+        slow = image_ops.rgb_to_l_input(image_ops.uint8_to_float01(rgb))
+        assert fast.shape == slow.shape == (1, 1, rgb.shape[-1])
+        assert float((fast - slow).abs().max()) * image_ops.L_SCALE < 1e-3  # L units

@@ -25,11 +25,13 @@ from torch import nn
 from pixforge import __version__
 from pixforge.contract import INPUT_NAME, OUTPUT_NAME, TASKS, ModelContract, contract_from_session
 from pixforge.errors import ContractError, PixforgeError
+from pixforge.repository import variant_file
 
 from . import parity as parity_mod
 from .norm_stats import NormStatsError, add_norm_statistics_io
 from .onnx_build import export_onnx
 from .parity import ParityReport, round_up
+from .quantize import Int8Report, int8_variant
 from .receptive_field import receptive_radius
 from .wrapper import COLOR_SPACES, INFERENCE_SEMANTICS, SelfEnsemble, build_export_module
 from .writer import SIDECAR_FILE, check_name, choose_version, write_model_version
@@ -53,8 +55,11 @@ class ExportConfig:
         scale: output/input size ratio (super-resolution factor; 1 otherwise).
         input_channels / output_channels: channels of the served model's uint8 images.
         tile_size: recommended tile edge in input pixels (None: about 512 output pixels).
-        fp16: store the generator's weights and activations in fp16 (I/O and pixel conversions stay
-            uint8/fp32).
+        fp16: also write the fp16 variant ``model.fp16.onnx`` (generator weights and activations in
+            fp16, I/O and pixel conversions uint8/fp32) beside the fp32 ``model.onnx``; servers on
+            GPU run it, CPU servers the fp32 file (docs/serving.md, "Precision variants").
+        int8: also write the int8 variant ``model.int8.onnx`` (quantize.py), calibrated and judged
+            on the ``calibration_images`` given to :func:`export_generator`.
         opset: ONNX opset.
         verify: run the parity check (refuse to write a model that fails it).
         description: one line for `pixforge models show`.
@@ -70,6 +75,7 @@ class ExportConfig:
     output_channels: int = 3
     tile_size: int | None = None
     fp16: bool = False
+    int8: bool = False
     opset: int = DEFAULT_OPSET
     verify: bool = True
     description: str = ""
@@ -116,6 +122,8 @@ class ExportResult:
     parity: ParityReport | None
     notes: list[str] = field(default_factory=list)
     optimized: bool = False
+    variants: tuple[str, ...] = ()  # precision variants written beside model.onnx
+    int8: Int8Report | None = None
 
 
 def default_tile_size(size_multiple: int, scale: int) -> int:
@@ -161,7 +169,7 @@ def _metadata(
         {
             "export_date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "pixforge_version": __version__,
-            "precision": "fp16" if cfg.fp16 else "fp32",
+            "precision": "fp32",  # the reference; variants say their own
             "color_space": cfg.color_space,
             "inference_semantics": INFERENCE_SEMANTICS,
         }
@@ -187,8 +195,22 @@ def _sidecar(
     report: ParityReport | None,
     notes: list[str],
     optimized: bool,
+    variants: dict[str, onnx.ModelProto],
+    int8_report: Int8Report | None,
 ) -> dict:
     import onnxruntime
+
+    def sha256(m: onnx.ModelProto) -> str:
+        return hashlib.sha256(m.SerializeToString()).hexdigest()
+
+    described: dict[str, dict] = {}
+    for precision, variant in variants.items():
+        entry: dict = {"file": variant_file(precision), "sha256": sha256(variant)}
+        if precision == "fp16" and report is not None:
+            entry["psnr_vs_fp32_db"] = report.fp16_psnr_db
+        if precision == "int8" and int8_report is not None:
+            entry["int8"] = int8_report.to_dict()
+        described[precision] = entry
 
     return {
         "format": "pixforge.model/1",
@@ -211,12 +233,14 @@ def _sidecar(
             },
         },
         "parity": report.to_dict() if report else None,
+        # the precision variants beside model.onnx (docs/model-contract.md "Precision")
+        "variants": described,
         "inference_semantics": notes or ["no normalisation or dropout changes needed"],
         "onnx": {
             "opset": cfg.opset,
             "exporter": "torch.onnx TorchScript (dynamo=False)",
             "ort_offline_optimization": "basic" if optimized else "none",
-            "model_sha256": hashlib.sha256(model.SerializeToString()).hexdigest(),
+            "model_sha256": sha256(model),
             "torch_version": str(torch.__version__),
             "onnx_version": onnx.__version__,
             "onnxruntime_version": onnxruntime.__version__,
@@ -237,9 +261,11 @@ def export_generator(
     version: int | None = None,
     provenance: dict[str, str] | None = None,
     parity_images: list[np.ndarray] = (),
+    calibration_images: list[np.ndarray] = (),
     log=print,
 ) -> ExportResult:
-    """Export ``generator`` as ``<repo>/<name>/<version>/model.onnx`` (+ model.json).
+    """Export ``generator`` as ``<repo>/<name>/<version>/model.onnx`` (+ model.json), with the
+    precision variants ``cfg`` asks for beside it.
 
     Args:
         generator: a registry generator with a ``size_multiple`` attribute (not modified).
@@ -250,6 +276,7 @@ def export_generator(
         provenance: optional metadata (training_config, metrics, training_data,
             source_checkpoint_sha256, arch, generator_config, ...), stored verbatim as strings.
         parity_images: extra uint8 HWC images for the parity check.
+        calibration_images: uint8 HWC images that calibrate and judge the int8 variant.
         log: progress printer.
 
     Returns:
@@ -257,10 +284,12 @@ def export_generator(
 
     Raises:
         ExportError, parity.ParityError, onnx_build.OnnxExportError, writer.RepositoryWriteError,
-        pixforge.errors.ContractError.
+        pixforge.errors.ContractError, quantize.QuantizationError.
     """
     check_name(name)
     repo = Path(repo)
+    if cfg.int8 and not calibration_images:
+        raise ExportError("--int8 needs calibration images (--calibration DIR): the model's real inputs")
     version = choose_version(repo, name, version)  # fail before minutes of work on a taken version
     if cfg.self_ensemble:
         try:
@@ -308,25 +337,45 @@ def export_generator(
     else:
         log("WARNING: parity check skipped (--no-verify): the graph is not compared with PyTorch")
 
+    variants: dict[str, onnx.ModelProto] = {}
     if cfg.fp16:
         wrapper16, _ = build_export_module(generator, cfg.color_space, fp16=True)
-        log("exporting fp16 graph (uint8 I/O, fp32 pixel conversions, fp16 generator)")
-        model16, _ = export(wrapper16, optimize=False)
+        log("exporting the fp16 variant (uint8 I/O, fp32 pixel conversions, fp16 generator)")
+        # As exported: the BASIC offline pass would bake the CPU provider's fp32 fallback casts.
+        model16, _ = export(wrapper16, optimize=False, metadata={**metadata, "precision": "fp16"})
         if cfg.verify:
             psnr = parity_mod.fp16_psnr(model, model16, inputs, cfg.min_fp16_psnr)
             report.fp16_psnr_db = psnr
             log(f"  fp16 vs fp32 PSNR: {psnr:.2f} dB (onnxruntime CPU)")
-        model, optimized = model16, False
+        variants["fp16"] = model16
 
     model, contract = make_tiling_invariant(model, contract, inputs, log)
+    for precision, variant in variants.items():
+        variant_contract = dataclasses.replace(
+            contract, metadata={**contract.metadata, "precision": precision}
+        )
+        variants[precision] = make_tiling_invariant(variant, variant_contract, inputs, log)[0]
     try:
         _contract_in_memory(model)
     except ContractError as exc:
         raise ExportError(f"the exported graph breaks the model contract: {exc}") from exc
-    sidecar = _sidecar(contract, model, cfg, report, notes, optimized)
-    path, written = write_model_version(repo, name, version, model, sidecar)
-    log(f"wrote {path} (+ {SIDECAR_FILE})")
-    return ExportResult(path, version, written, report, notes, optimized)
+    int8_report = None
+    if cfg.int8:
+        log(f"int8 variant: calibrating on {len(calibration_images)} image(s), judged by the task metric")
+        model8, int8_report = int8_variant(model, contract, list(calibration_images), log)
+        for line in int8_report.lines():
+            log(line)
+        if model8 is None:
+            raise parity_mod.ParityError(
+                f"the int8 variant misses its tolerance ({int8_report.metric} {int8_report.int8_value:.3f} "
+                f"< {int8_report.threshold:.3f}) even with half its convolutions in fp32; nothing written. "
+                "Export without --int8, or calibrate on more (and more typical) images."
+            )
+        variants["int8"] = model8
+    sidecar = _sidecar(contract, model, cfg, report, notes, optimized, variants, int8_report)
+    path, written = write_model_version(repo, name, version, model, sidecar, variants)
+    log(f"wrote {path} (+ {SIDECAR_FILE}{''.join(f', {variant_file(p)}' for p in variants)})")
+    return ExportResult(path, version, written, report, notes, optimized, tuple(variants), int8_report)
 
 
 def make_tiling_invariant(

@@ -122,7 +122,7 @@ class Uint8ImageModel(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = image.permute(0, 3, 1, 2)  # NHWC -> NCHW, still uint8
         if self.color_space == "lab":
-            l_input = image_ops.rgb_to_l_input(image_ops.uint8_to_float01(x))
+            l_input = image_ops.uint8_rgb_to_l_input(x)
             ab_out = self._run_generator(l_input)
             out = image_ops.float01_to_uint8(image_ops.lab_output_to_rgb(l_input, ab_out))
         else:

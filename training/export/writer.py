@@ -17,9 +17,9 @@ from pathlib import Path
 
 import onnx
 
-from pixforge.contract import ModelContract, load_contract
+from pixforge.contract import ModelContract, check_variant, load_contract
 from pixforge.errors import PixforgeError
-from pixforge.repository import MODEL_FILE
+from pixforge.repository import MODEL_FILE, variant_file
 
 SIDECAR_FILE = "model.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -69,16 +69,23 @@ def choose_version(repo: Path, name: str, version: int | None) -> int:
 
 
 def write_model_version(
-    repo: Path, name: str, version: int, model: onnx.ModelProto, sidecar: dict
+    repo: Path,
+    name: str,
+    version: int,
+    model: onnx.ModelProto,
+    sidecar: dict,
+    variants: dict[str, onnx.ModelProto] | None = None,
 ) -> tuple[Path, ModelContract]:
-    """Write ``model`` and its sidecar as ``<repo>/<name>/<version>/``, atomically.
+    """Write ``model``, its precision ``variants`` ({precision: model}, as
+    ``model.<precision>.onnx``) and the sidecar as ``<repo>/<name>/<version>/``, atomically.
 
     Returns:
         (path of model.onnx, the contract read back from the written file).
 
     Raises:
         RepositoryWriteError: the version exists or the file system refused.
-        pixforge.errors.ContractError: the written file does not pass load_contract.
+        pixforge.errors.ContractError: a written file does not pass load_contract, or a variant
+            is not the reference in another precision (check_variant).
     """
     check_name(name)
     model_dir = Path(repo) / name
@@ -94,6 +101,10 @@ def write_model_version(
         onnx.save(model, str(tmp / MODEL_FILE))
         (tmp / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
         contract = load_contract(tmp / MODEL_FILE)
+        for precision, variant in (variants or {}).items():
+            path = tmp / variant_file(precision)
+            onnx.save(variant, str(path))
+            check_variant(contract, load_contract(path), precision, path.name)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the server may run as another user
         try:
             # rename(2) fails on a non-empty target; the exists() check above covers an empty one.

@@ -1,0 +1,76 @@
+"""int8 variant: calibrated on the given images, judged by the task metric, refused when it misses."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from export_helpers import KINDS, ort_run, quiet, tiny_generator
+
+from pixforge.cli import main
+from pixforge.contract import check_variant, load_contract
+from pixforge.training.export import ExportConfig, ParityError, export_generator, quantize
+from pixforge.training.export.parity import psnr
+
+
+def _photos(n: int = 3, size: int = 96) -> list[np.ndarray]:
+    """Smooth, photo-like RGB images (gradients and blobs): what calibration should see."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:size, 0:size] / size
+    out = []
+    for _ in range(n):
+        a, b, c = rng.uniform(0.5, 3.0, 3)
+        img = np.stack([np.sin(a * x + b * y), np.cos(b * x * y * 3), np.sin(c * (x - y))], -1)
+        out.append(((img * 0.5 + 0.5) * 255).astype(np.uint8))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["sr_edsr", "resnet"])
+def test_int8_variant_is_written_within_tolerance(kind, repo):
+    gen_kwargs, export_kwargs = KINDS[kind]
+    generator = tiny_generator(**gen_kwargs)
+    cfg = ExportConfig(**export_kwargs, int8=True)
+    result = export_generator(generator, cfg, repo, "m8", calibration_images=_photos(), log=quiet)
+
+    variant = result.path.parent / "model.int8.onnx"
+    assert result.variants == ("int8",) and variant.is_file()
+    reference, quantized = load_contract(result.path), load_contract(variant)
+    check_variant(reference, quantized, "int8", variant)  # same model, another precision
+    assert quantized.metadata["precision"] == "int8"
+    report = result.int8
+    assert report.passed and report.quantized >= 1
+    sidecar = json.loads((result.path.parent / "model.json").read_text())
+    assert sidecar["variants"]["int8"]["int8"]["metric"] == report.metric
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(variant)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # uint8 in and out, the same size, close to fp32
+    batch = np.stack(_photos(2, 64))
+    out8, out32 = ort_run(variant, batch), ort_run(result.path, batch)
+    assert out8.dtype == np.uint8 and out8.shape == out32.shape
+    assert psnr(out8, out32) >= 30.0
+
+
+def test_int8_refused_when_the_metric_misses(repo, monkeypatch):
+    gen_kwargs, export_kwargs = KINDS["resnet"]
+    monkeypatch.setitem(quantize.TOLERANCES, "style_translation", ("PSNR vs fp32 output (dB)", "floor", 99.0))
+    cfg = ExportConfig(**export_kwargs, int8=True)
+    with pytest.raises(ParityError, match="int8 variant misses its tolerance"):
+        export_generator(
+            tiny_generator(**gen_kwargs), cfg, repo, "refused", calibration_images=_photos(), log=quiet
+        )
+    assert not (repo / "refused" / "1").exists()  # nothing written
+
+
+def test_int8_needs_calibration_images(tmp_path, capsys):
+    from test_export_cli import _pixforge_checkpoint
+
+    ckpt = tmp_path / "G.pt"
+    _pixforge_checkpoint(ckpt)
+    argv = ["export", str(ckpt), "--name", "sr", "--repo", str(tmp_path / "models"), "--int8"]
+    assert main(argv) == 2
+    assert "--int8 needs --calibration" in capsys.readouterr().err
+    assert main([*argv, "--calibration", str(tmp_path / "none")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
