@@ -48,85 +48,61 @@ def _doc(text: str) -> dict:
     return {"doc": text}
 
 
+def setting(default: Any, doc: str) -> Any:
+    """A config field with its default and the one-line doc the reference table is built from."""
+    return field(default=default, metadata=_doc(doc))
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """onnxruntime session settings (one session per model version)."""
 
-    providers: tuple[str, ...] = field(
-        default=("cuda", "cpu"),
-        metadata=_doc("execution providers in order of preference: tensorrt (opt-in), cuda, cpu"),
+    providers: tuple[str, ...] = setting(
+        ("cuda", "cpu"), "execution providers in order of preference: tensorrt (opt-in), cuda, cpu"
     )
-    device_id: int = field(default=0, metadata=_doc("GPU index for cuda/tensorrt"))
-    intra_op_threads: int = field(
-        default=0, metadata=_doc("CPU threads per session; 0 = CPUs available to the process")
+    device_id: int = setting(0, "GPU index for cuda/tensorrt")
+    intra_op_threads: int = setting(0, "CPU threads per session; 0 = CPUs available to the process")
+    inter_op_threads: int = setting(1, "threads running independent graph nodes in parallel")
+    allow_spinning: bool = setting(
+        False, "let idle ORT threads busy-wait (lower latency, burns CPU beside other models)"
     )
-    inter_op_threads: int = field(
-        default=1, metadata=_doc("threads running independent graph nodes in parallel")
+    cudnn_conv_algo_search: str = setting(
+        "HEURISTIC",
+        "HEURISTIC or EXHAUSTIVE (needs batching.shape_bucket > 0: it re-benchmarks every new HxW)",
     )
-    allow_spinning: bool = field(
-        default=False,
-        metadata=_doc("let idle ORT threads busy-wait (lower latency, burns CPU beside other models)"),
+    cudnn_max_workspace: bool = setting(True, "let cuDNN use its largest workspace (faster convs)")
+    gpu_mem_limit_mb: int = setting(0, "CUDA arena limit per session in MiB; 0 = no limit")
+    arena_extend_strategy: str = setting(
+        "kSameAsRequested", "CUDA arena growth: kSameAsRequested or kNextPowerOfTwo"
     )
-    cudnn_conv_algo_search: str = field(
-        default="HEURISTIC",
-        metadata=_doc(
-            "HEURISTIC or EXHAUSTIVE (needs batching.shape_bucket > 0: it re-benchmarks every new HxW)"
-        ),
+    precision: str = setting(
+        "auto",
+        "which precision variant of a model to run: auto (the fastest the provider supports: "
+        "int8, then fp32 on CPU; fp16, then fp32 on GPU), or fp32 / fp16 / bf16 / int8 "
+        "(that variant where a model has it, else its reference model.onnx)",
     )
-    cudnn_max_workspace: bool = field(
-        default=True, metadata=_doc("let cuDNN use its largest workspace (faster convs)")
-    )
-    gpu_mem_limit_mb: int = field(
-        default=0, metadata=_doc("CUDA arena limit per session in MiB; 0 = no limit")
-    )
-    arena_extend_strategy: str = field(
-        default="kSameAsRequested", metadata=_doc("CUDA arena growth: kSameAsRequested or kNextPowerOfTwo")
-    )
-    precision: str = field(
-        default="auto",
-        metadata=_doc(
-            "which precision variant of a model to run: auto (the fastest the provider supports: "
-            "int8, then fp32 on CPU; fp16, then fp32 on GPU), or fp32 / fp16 / bf16 / int8 "
-            "(that variant where a model has it, else its reference model.onnx)"
-        ),
-    )
-    fp16: bool = field(
-        default=False,
-        metadata=_doc("TensorRT builds fp16 engines (from whichever file runs)"),
-    )
-    trt_engine_cache_path: str = field(
-        default="", metadata=_doc("TensorRT engine cache folder; '' = <models>/.trt_cache")
-    )
-    trt_max_workspace_mb: int = field(default=4096, metadata=_doc("TensorRT builder workspace in MiB"))
-    warmup: bool = field(
-        default=True, metadata=_doc("run one inference at load; a model is READY only after it")
-    )
-    warmup_size: int = field(
-        default=0, metadata=_doc("warm-up image edge in pixels; 0 = the model's tile size")
-    )
+    fp16: bool = setting(False, "TensorRT builds fp16 engines (from whichever file runs)")
+    trt_engine_cache_path: str = setting("", "TensorRT engine cache folder; '' = <models>/.trt_cache")
+    trt_max_workspace_mb: int = setting(4096, "TensorRT builder workspace in MiB")
+    warmup: bool = setting(True, "run one inference at load; a model is READY only after it")
+    warmup_size: int = setting(0, "warm-up image edge in pixels; 0 = the model's tile size")
 
 
 @dataclass(frozen=True)
 class BatchingConfig:
     """Dynamic batching (per model version)."""
 
-    max_batch_size: int = field(default=8, metadata=_doc("most images (or tiles) in one inference call"))
-    max_queue_delay_ms: float = field(
-        default=5.0,
-        metadata=_doc(
-            "how long the first queued image waits for others to share its batch when the engine is busy "
-            "(an idle engine runs it at once)"
-        ),
+    max_batch_size: int = setting(8, "most images (or tiles) in one inference call")
+    max_queue_delay_ms: float = setting(
+        5.0,
+        "how long the first queued image waits for others to share its batch when the engine is busy "
+        "(an idle engine runs it at once)",
     )
-    queue_size: int = field(
-        default=64, metadata=_doc("requests waiting or running per model; one more is RESOURCE_EXHAUSTED")
-    )
-    shape_bucket: int = field(
-        default=64,
-        metadata=_doc(
-            "pad images smaller than a tile up to a multiple of this so different sizes batch "
-            "together and the GPU sees few shapes; 0 = pad only to size_multiple"
-        ),
+    queue_size: int = setting(64, "requests waiting or running per model; one more is RESOURCE_EXHAUSTED")
+    shape_bucket: int = setting(
+        64,
+        "pad images smaller than a tile up to a multiple of this so different sizes batch "
+        "together and the GPU sees few shapes; 0 = pad only to size_multiple",
     )
 
 
@@ -134,22 +110,16 @@ class BatchingConfig:
 class TilingConfig:
     """Tiling of large images."""
 
-    tile_size: int = field(
-        default=0, metadata=_doc("tile edge in input pixels; 0 = the model's tile_size metadata")
-    )
-    tile_overlap: int = field(default=32, metadata=_doc("overlap between neighbouring tiles in input pixels"))
-    min_tile_size: int = field(
-        default=64, metadata=_doc("smallest tile the out-of-memory retry goes down to")
-    )
-    max_tile_size: int = field(default=2048, metadata=_doc("largest tile_size a request may ask for"))
-    norm_statistics: str = field(
-        default="exact",
-        metadata=_doc(
-            "how tiles of a model with per-image normalisation are normalised: exact (the whole "
-            "image's statistics, one extra pass over the tiles per norm layer), downscaled (statistics "
-            "of a downscaled copy: one cheap extra pass, approximate), per_tile (each tile its own: "
-            "fastest, tone changes between tiles)"
-        ),
+    tile_size: int = setting(0, "tile edge in input pixels; 0 = the model's tile_size metadata")
+    tile_overlap: int = setting(32, "overlap between neighbouring tiles in input pixels")
+    min_tile_size: int = setting(64, "smallest tile the out-of-memory retry goes down to")
+    max_tile_size: int = setting(2048, "largest tile_size a request may ask for")
+    norm_statistics: str = setting(
+        "exact",
+        "how tiles of a model with per-image normalisation are normalised: exact (the whole "
+        "image's statistics, one extra pass over the tiles per norm layer), downscaled (statistics "
+        "of a downscaled copy: one cheap extra pass, approximate), per_tile (each tile its own: "
+        "fastest, tone changes between tiles)",
     )
 
 
@@ -157,23 +127,19 @@ class TilingConfig:
 class LimitsConfig:
     """Size limits (memory stays bounded up to these)."""
 
-    max_input_pixels: int = field(default=64_000_000, metadata=_doc("largest decoded input, in pixels"))
-    max_output_pixels: int = field(
-        default=64_000_000, metadata=_doc("largest output (input x scale^2), in pixels")
-    )
-    max_message_bytes: int = field(default=64 * MIB, metadata=_doc("largest gRPC message, both directions"))
+    max_input_pixels: int = setting(64_000_000, "largest decoded input, in pixels")
+    max_output_pixels: int = setting(64_000_000, "largest output (input x scale^2), in pixels")
+    max_message_bytes: int = setting(64 * MIB, "largest gRPC message, both directions")
 
 
 @dataclass(frozen=True)
 class ColorizationConfig:
     """Colourisation of large photos."""
 
-    render_size: int = field(
-        default=512,
-        metadata=_doc(
-            "longest side the model runs at; chroma is upscaled to full size and joined with the "
-            "full-resolution luminance"
-        ),
+    render_size: int = setting(
+        512,
+        "longest side the model runs at; chroma is upscaled to full size and joined with the "
+        "full-resolution luminance",
     )
 
 
@@ -181,12 +147,9 @@ class ColorizationConfig:
 class AdmissionConfig:
     """Admission control (service/admission.py): what may wait for a worker, and what is refused."""
 
-    max_queued: int = field(
-        default=64, metadata=_doc("most requests waiting for a worker; beyond: RESOURCE_EXHAUSTED at once")
-    )
-    max_queued_seconds: float = field(
-        default=30.0,
-        metadata=_doc("most estimated seconds of work waiting (cost = pixels x the model's measured speed)"),
+    max_queued: int = setting(64, "most requests waiting for a worker; beyond: RESOURCE_EXHAUSTED at once")
+    max_queued_seconds: float = setting(
+        30.0, "most estimated seconds of work waiting (cost = pixels x the model's measured speed)"
     )
 
 
@@ -194,8 +157,8 @@ class AdmissionConfig:
 class StreamConfig:
     """TranslateStream settings."""
 
-    max_in_flight: int = field(
-        default=4, metadata=_doc("items of one stream processed at once; the server stops reading beyond it")
+    max_in_flight: int = setting(
+        4, "items of one stream processed at once; the server stops reading beyond it"
     )
 
 
@@ -206,7 +169,7 @@ class AuthConfig:
     token: str = field(
         default="", repr=False, metadata=_doc("accepted token (prefer PIXFORGE_TOKEN or token_file)")
     )
-    token_file: str = field(default="", metadata=_doc("file with accepted tokens, one per line (rotation)"))
+    token_file: str = setting("", "file with accepted tokens, one per line (rotation)")
     tokens: tuple[str, ...] = field(
         default=(), repr=False, metadata=_doc("resolved: token + token_file lines")
     )
@@ -221,11 +184,9 @@ class AuthConfig:
 class TLSConfig:
     """Optional TLS / mutual TLS."""
 
-    cert_file: str = field(default="", metadata=_doc("PEM server certificate chain; enables TLS"))
-    key_file: str = field(default="", metadata=_doc("PEM private key of cert_file"))
-    client_ca_file: str = field(
-        default="", metadata=_doc("PEM CA bundle; when set clients must present a cert (mTLS)")
-    )
+    cert_file: str = setting("", "PEM server certificate chain; enables TLS")
+    key_file: str = setting("", "PEM private key of cert_file")
+    client_ca_file: str = setting("", "PEM CA bundle; when set clients must present a cert (mTLS)")
 
     @property
     def enabled(self) -> bool:
@@ -237,72 +198,47 @@ class TLSConfig:
 class ServiceConfig:
     """Everything `pixforge serve` needs. Build it with :func:`load_config`."""
 
-    models: str = field(
-        default="", metadata=_doc("model repository; '' = the bundled default ($PIXFORGE_MODELS or models/)")
+    models: str = setting("", "model repository; '' = the bundled default ($PIXFORGE_MODELS or models/)")
+    host: str = setting("0.0.0.0", "address the gRPC server binds")
+    port: int = setting(50051, "gRPC port; 0 = pick a free one (the log line says which)")
+    http_port: int = setting(
+        8000,
+        "KServe v2 HTTP/REST port (on host, with auth and tls like the gRPC port; also serves "
+        "/metrics); 0 disables, -1 picks a free one",
     )
-    host: str = field(default="0.0.0.0", metadata=_doc("address the gRPC server binds"))
-    port: int = field(
-        default=50051, metadata=_doc("gRPC port; 0 = pick a free one (the log line says which)")
+    metrics_port: int = setting(9090, "Prometheus HTTP port; 0 disables, -1 picks a free one")
+    metrics_host: str = setting(
+        "127.0.0.1",
+        "address of the metrics endpoint: loopback only unless set (0.0.0.0 to be scraped from "
+        "another host or through a container's published port); '' = host. It follows auth "
+        "(Authorization: Bearer <token>) and tls (HTTPS, mTLS) like the gRPC port",
     )
-    http_port: int = field(
-        default=8000,
-        metadata=_doc(
-            "KServe v2 HTTP/REST port (on host, with auth and tls like the gRPC port; also serves "
-            "/metrics); 0 disables, -1 picks a free one"
-        ),
+    poll_seconds: float = setting(0.0, "re-scan the repository every N seconds; 0 = only on SIGHUP")
+    max_workers: int = setting(
+        0,
+        "requests processed at once (decode, tiles through the batchers, encode), each on a worker "
+        "thread; more wait in the admission queue; 0 = 2 x CPUs (at least 2): more running at "
+        "once only shares the CPU, so each finishes later",
     )
-    metrics_port: int = field(
-        default=9090, metadata=_doc("Prometheus HTTP port; 0 disables, -1 picks a free one")
+    max_concurrent_rpcs: int = setting(
+        4096,
+        "most open RPCs (idle streams included; health and readiness probes exempt); beyond: "
+        "RESOURCE_EXHAUSTED. An open RPC holds no thread, only a little memory",
     )
-    metrics_host: str = field(
-        default="127.0.0.1",
-        metadata=_doc(
-            "address of the metrics endpoint: loopback only unless set (0.0.0.0 to be scraped from "
-            "another host or through a container's published port); '' = host. It follows auth "
-            "(Authorization: Bearer <token>) and tls (HTTPS, mTLS) like the gRPC port"
-        ),
+    codec_workers: int = setting(0, "threads decoding/encoding stream items; 0 = 4 x CPUs (max 32)")
+    grace_seconds: float = setting(10.0, "on SIGTERM, time in-flight requests get to finish")
+    kserve: bool = setting(
+        True,
+        "also serve the KServe v2 / Triton gRPC protocol (inference.GRPCInferenceService) on the same port",
     )
-    poll_seconds: float = field(
-        default=0.0, metadata=_doc("re-scan the repository every N seconds; 0 = only on SIGHUP")
+    model_control: bool = setting(
+        False,
+        "allow explicit model control: the KServe RepositoryModelLoad/Unload calls (Triton's "
+        "--model-control-mode=explicit) load and unload the models of the read-only repository; "
+        "off: they answer FAILED_PRECONDITION",
     )
-    max_workers: int = field(
-        default=0,
-        metadata=_doc(
-            "requests processed at once (decode, tiles through the batchers, encode), each on a worker "
-            "thread; more wait in the admission queue; 0 = 2 x CPUs (at least 2): more running at "
-            "once only shares the CPU, so each finishes later"
-        ),
-    )
-    max_concurrent_rpcs: int = field(
-        default=4096,
-        metadata=_doc(
-            "most open RPCs (idle streams included; health and readiness probes exempt); beyond: "
-            "RESOURCE_EXHAUSTED. An open RPC holds no thread, only a little memory"
-        ),
-    )
-    codec_workers: int = field(
-        default=0, metadata=_doc("threads decoding/encoding stream items; 0 = 4 x CPUs (max 32)")
-    )
-    grace_seconds: float = field(
-        default=10.0, metadata=_doc("on SIGTERM, time in-flight requests get to finish")
-    )
-    kserve: bool = field(
-        default=True,
-        metadata=_doc(
-            "also serve the KServe v2 / Triton gRPC protocol (inference.GRPCInferenceService) on the "
-            "same port"
-        ),
-    )
-    model_control: bool = field(
-        default=False,
-        metadata=_doc(
-            "allow explicit model control: the KServe RepositoryModelLoad/Unload calls (Triton's "
-            "--model-control-mode=explicit) load and unload the models of the read-only repository; "
-            "off: they answer FAILED_PRECONDITION"
-        ),
-    )
-    log_level: str = field(default="INFO", metadata=_doc("DEBUG, INFO, WARNING or ERROR"))
-    log_format: str = field(default="text", metadata=_doc("text or json (one JSON object per line)"))
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = setting("text", "text or json (one JSON object per line)")
     pins: Mapping[str, int] = field(
         default_factory=dict, metadata=_doc("model name -> version to serve instead of the highest ready one")
     )

@@ -29,7 +29,7 @@ pixforge train training/configs/colorization.yaml --data "$data/sr" --out runs/c
   --set train.steps=1200 --set train.pretrain_steps=1200 --set train.val_every=600 | tee /tmp/colorization.log
 pixforge train training/configs/colorization.yaml --data "$data/sr" --out runs/colorization --resume \
   --set train.steps=5000 --set train.pretrain_steps=5000 | tee /tmp/colorization.log
-pixforge export "$(tail -n 1 /tmp/colorization.log | sed 's/^checkpoint: //')" --name colorization --repo "$repo" --fp16 \
+pixforge export "$(tail -n 1 /tmp/colorization.log | sed 's/^checkpoint: //')" --name colorization --repo "$repo" \
   --description "colourisation (U-Net without normalisation, Lab L->ab, Huber, native-resolution crops), CPU-trained default model"
 
 # Super-resolution x4, GAN (NoGAN style): the sr_x4 run's state at step 10000 continued for 2000
