@@ -1,21 +1,29 @@
 """Engine suite: PyTorch eager vs torch.compile vs onnxruntime on the same generators and inputs.
 
-For each generator (junyanz ``unet_256`` / ``resnet_9blocks`` and our shipped configs; tiny ones
-with ``--quick``), image size and batch size, the variants run interleaved (A B C A B C ...) so
-that every variant sees the same background load, and the onnxruntime/eager ratio is the median
-of the per-round ratios. Variants:
+For each generator (junyanz ``unet_256`` / ``resnet_9blocks`` and the architectures of our shipped
+models; tiny ones with ``--quick``), image size and batch size, the variants run interleaved
+(A B C A B C ...) so that every variant sees the same background load, and every ratio is the
+median of the per-round ratios. Variants:
 
 - ``eager``: the float NCHW network in inference semantics, ``torch.no_grad``.
 - ``compile``: the same module through ``torch.compile`` (compile time reported separately).
 - ``ort``: the same network exported to float NCHW ONNX, CPU provider with tuned session options
   (graph optimisation ALL, intra-op threads = ``--threads``, sequential execution, memory pattern).
 - ``ort_uint8``: the served graph (uint8 NHWC in/out, pixel conversions inside), same options.
-- on a usable GPU: ``eager_cuda`` (+ ``_fp16`` autocast), ``ort_cuda`` (+ the fp16 export) and
+- ``ort_uint8_fp16`` / ``ort_uint8_int8``: the served graph's precision variants on the CPU
+  provider: the exporter's ``model.fp16.onnx`` and an int8 QDQ graph from the exporter's quantiser
+  (every convolution, calibrated on smooth synthetic images of the first case's size).
+- on a usable GPU: ``eager_cuda`` (+ ``_fp16`` autocast), ``ort_cuda`` (+ the fp16 variant) and
   ``ort_trt`` (+ fp16 engines) when onnxruntime has those providers.
 
-The goal is onnxruntime CPU >= 1.3x PyTorch eager; a case that misses it gets an operator profile
-of both runtimes (which kernels take the time). Cases whose single call is estimated above
-``--max-call-seconds`` are skipped and listed as such.
+Goals: onnxruntime CPU >= 1.3x PyTorch eager (a case that misses it gets an operator profile of both
+runtimes), and the *served* model (``ort_uint8`` in the precision the server picks on this CPU,
+:func:`pixforge.service.engine.auto_order`) >= 1.0x ``torch.compile`` fp32 at batch 1 on every
+shipped model. Each case also gets GFLOP/s (2 x the generator's multiply-accumulates per image x
+images/s, :func:`.models.count_macs`) and that as a share of this CPU's practical fp32 peak (the
+best of a few ``torch.matmul`` runs on square matrices, same thread count, measured once per run).
+The report starts with the CPU's vector extensions (AVX2 / AVX-512 / VNNI / AMX). Cases whose
+single call is estimated above ``--max-call-seconds`` are skipped and listed as such.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import contextlib
 import copy
 import math
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,9 +42,14 @@ from .report import SuiteRecord, Table
 from .stats import interleave, progress, round_ratios, summarize
 
 GOAL_RATIO = 1.3
-CPU_ENGINES = ("eager", "compile", "ort", "ort_uint8")
+SERVED_GOAL_RATIO = 1.0  # served model (the precision the server picks here) vs torch.compile fp32, batch 1
+CPU_ENGINES = ("eager", "compile", "ort", "ort_uint8", "ort_uint8_fp16", "ort_uint8_int8")
 GPU_ENGINES = ("eager_cuda", "eager_cuda_fp16", "ort_cuda", "ort_cuda_fp16", "ort_trt", "ort_trt_fp16")
-QUICK_ENGINES = ("eager", "ort", "ort_uint8")  # torch.compile takes tens of seconds per shape
+# torch.compile takes tens of seconds per shape; the precision variants take a second to make
+QUICK_ENGINES = ("eager", "ort", "ort_uint8", "ort_uint8_fp16", "ort_uint8_int8")
+# The served graph's CPU engine per precision variant (the server has no bf16 CPU variant to measure).
+PRECISION_ENGINES = {"fp32": "ort_uint8", "fp16": "ort_uint8_fp16", "int8": "ort_uint8_int8"}
+CALIBRATION_IMAGES = 2
 PROFILE_TOP = 8
 
 
@@ -76,6 +90,90 @@ def _resolve(settings) -> dict:
         "rounds": 2 if quick else 4,
         "threads": settings.resolved_threads(),
         "max_call_seconds": settings.max_call_seconds,
+        "peak_matrix": 2048 if quick else 4096,
+        "peak_repeats": 3 if quick else 5,
+    }
+
+
+def matmul_peak(threads: int, n: int, repeats: int) -> dict:
+    """This CPU's practical fp32 peak: the best of ``repeats`` ``torch.matmul`` runs of two n x n
+    fp32 matrices (after one warm-up) on ``threads`` intra-op threads, in GFLOP/s (2 n^3 / time)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+        out = torch.empty(n, n)
+        torch.matmul(a, b, out=out)
+        best = math.inf
+        for _ in range(max(1, repeats)):
+            t = time.perf_counter()
+            torch.matmul(a, b, out=out)
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(previous)
+    return {
+        "gflops": round(2 * n**3 / best / 1e9, 2),
+        "matrix": n,
+        "threads": threads,
+        "repeats": repeats,
+        "best_s": round(best, 4),
+    }
+
+
+def _peak_line(peak: dict) -> str:
+    """``67.7 GFLOP/s: torch.matmul 2048x2048, 1 thread, best of 3``."""
+    threads = f"{peak['threads']} thread{'s' if peak['threads'] != 1 else ''}"
+    return (
+        f"{peak['gflops']:.1f} GFLOP/s: torch.matmul {peak['matrix']}x{peak['matrix']}, {threads}, "
+        f"best of {peak['repeats']}"
+    )
+
+
+def gflops(macs_per_image: int | None, images_per_s: float | None) -> float | None:
+    """GFLOP/s of a case: 2 FLOPs per multiply-accumulate x MACs per image x images per second."""
+    if not macs_per_image or not images_per_s or not math.isfinite(images_per_s):
+        return None
+    return round(2 * macs_per_image * images_per_s / 1e9, 3)
+
+
+def served_engine(available: set[str] | list[str] | dict, order: tuple[str, ...]) -> tuple[str, str] | None:
+    """(precision, engine) of the served graph the server would run: the first precision of
+    ``order`` (:func:`pixforge.service.engine.auto_order`) whose CPU engine is ``available``."""
+    for precision in order:
+        engine = PRECISION_ENGINES.get(precision)
+        if engine in available:
+            return precision, engine
+    return None
+
+
+def served_goal(cases: list[dict], scope: str) -> dict:
+    """The served-vs-compile goal over ``cases`` (``{"case": str, "ratio": float}``, batch 1 only),
+    in the form of ``SuiteRecord.goals``."""
+    goal = (
+        f"served model (its precision variant the server picks here) >= {SERVED_GOAL_RATIO}x "
+        f"torch.compile fp32, batch 1 ({scope})"
+    )
+    if not cases:
+        return {
+            "goal": goal,
+            "value": None,
+            "met": None,
+            "detail": "no batch-1 case ran both torch.compile and the served graph "
+            "(--quick leaves compile out: add --engines ...,compile)",
+        }
+    ratios = [c["ratio"] for c in cases]
+    geo = math.exp(sum(math.log(max(r, 1e-9)) for r in ratios) / len(ratios))
+    missed = [c for c in cases if not c["ratio"] >= SERVED_GOAL_RATIO]
+    return {
+        "goal": goal,
+        "value": f"{geo:.2f}x geometric mean, {min(ratios):.2f}x-{max(ratios):.2f}x over {len(ratios)} cases",
+        "met": not missed,
+        "detail": "met in every case"
+        if not missed
+        else "missed in " + ", ".join(f"{c['case']} ({c['ratio']:.2f}x)" for c in missed),
     }
 
 
@@ -116,23 +214,31 @@ class _Model:
     def __init__(self, spec, workdir: Path, threads: int, need_fp16: bool):
         import torch
 
-        from .models import build, export_float, export_served, inference_module
+        from .models import build, export_float, export_served, inference_module, variant_path
 
         self.spec = spec
         self.threads = threads
+        self.workdir = workdir
         generator = build(spec)
         self.multiple = int(generator.size_multiple)
         self.module = inference_module(generator).eval()
         self.float_path = export_float(generator, spec, workdir / f"{spec.name}.float.onnx")
-        self.served_path = export_served(generator, spec, workdir / "repo")
-        self.fp16_path, self.fp16_error = None, ""
-        if need_fp16:
+        self.fp16_path: Path | None = None
+        self.fp16_error = ""
+        served = None
+        if need_fp16:  # one export writes model.onnx and model.fp16.onnx beside it
             try:
-                self.fp16_path = export_served(
-                    generator, spec, workdir / "repo", name=f"{spec.name}_fp16", fp16=True
-                )
+                served = export_served(generator, spec, workdir / "repo", fp16=True)
+                self.fp16_path = variant_path(served, "fp16")
             except Exception as exc:  # noqa: BLE001 - only the fp16 variant is lost; it reports why
-                self.fp16_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                self.fp16_error = _first_line(exc)
+        self.served_path = served or export_served(
+            generator, spec, workdir / "repo", name=f"{spec.name}_fp32"
+        )
+        self.int8_path: Path | None = None
+        self.int8_error = ""
+        self.int8_calibration: int | None = None
+        self._macs: dict[int, int] = {}
         self._sessions: dict[str, object] = {}
         self.compile_s: dict[str, float] = {}
         self._cuda_module = None
@@ -140,10 +246,35 @@ class _Model:
 
     def inputs(self, size: int, batch: int) -> tuple:
         rng = np.random.default_rng(0)
-        c = self.spec.config.in_channels
-        x = rng.uniform(-1, 1, (batch, c, size, size)).astype(np.float32)
-        u8 = rng.integers(0, 256, (batch, size, size, c), dtype=np.uint8)
+        x = rng.uniform(-1, 1, (batch, self.spec.config.in_channels, size, size)).astype(np.float32)
+        u8 = rng.integers(0, 256, (batch, size, size, self.spec.served_channels), dtype=np.uint8)
         return x, u8
+
+    def macs(self, size: int) -> int:
+        """Multiply-accumulates of the generator on one size x size image (counted once per size)."""
+        from .models import count_macs
+
+        if size not in self._macs:
+            self._macs[size] = count_macs(self.module, (1, self.spec.config.in_channels, size, size))
+        return self._macs[size]
+
+    def _int8(self, size: int) -> Path:
+        """The int8 QDQ variant of the served graph, made on first use, calibrated at ``size``."""
+        from .models import quantize_served, smooth_images
+
+        if self.int8_path is None:
+            if self.int8_error:
+                raise RuntimeError(self.int8_error)
+            try:
+                images = smooth_images(size, self.spec.served_channels, CALIBRATION_IMAGES)
+                self.int8_path = quantize_served(
+                    self.served_path, self.workdir / f"{self.spec.name}.int8.onnx", images
+                )
+                self.int8_calibration = size
+            except Exception as exc:
+                self.int8_error = f"int8 quantisation failed: {_first_line(exc)}"
+                raise RuntimeError(self.int8_error) from exc
+        return self.int8_path
 
     def _session(self, key: str, path: Path, providers: list):
         import onnxruntime as ort
@@ -192,6 +323,14 @@ class _Model:
         if engine == "ort_uint8":
             sess = self._session("ort_uint8", self.served_path, ["CPUExecutionProvider"])
             return lambda: sess.run(None, {"image": u8})
+        if engine == "ort_uint8_fp16":
+            if self.fp16_path is None:
+                raise RuntimeError(f"fp16 export failed: {self.fp16_error}")
+            sess = self._session(engine, self.fp16_path, ["CPUExecutionProvider"])
+            return lambda: sess.run(None, {"image": u8})
+        if engine == "ort_uint8_int8":
+            sess = self._session(engine, self._int8(u8.shape[1]), ["CPUExecutionProvider"])
+            return lambda: sess.run(None, {"image": u8})
         if engine == "ort_cuda":
             sess = self._session(engine, self.served_path, ["CUDAExecutionProvider", "CPUExecutionProvider"])
             return lambda: sess.run(None, {"image": u8})
@@ -215,10 +354,13 @@ class _Model:
         raise ValueError(f"unknown engine {engine}")
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
 def _estimate_probe(model: _Model, size: int) -> float:
     """Seconds of one eager batch-1 call at ``size`` (after one warm-up call)."""
-    import time
-
     x, u8 = model.inputs(size, 1)
     fn = model.call("eager", x, u8)
     fn()
@@ -280,15 +422,60 @@ def _profile_note(case: str, prof: dict) -> str:
     )
 
 
+def _served_row(
+    spec,
+    size: int,
+    batch: int,
+    measured,
+    summaries: dict,
+    calls: dict,
+    order: tuple[str, ...],
+    shipped_only: bool,
+) -> tuple[list, dict | None]:
+    """One row of the served-vs-compile table, and its goal case (None for a case outside the goal:
+    batch > 1, or a reference model when ``shipped_only``)."""
+    served = served_engine(calls, order)
+    assert served is not None and "compile" in calls
+    precision, engine = served
+    r = round_ratios(measured, "compile", engine)
+    variants = [e for e in PRECISION_ENGINES.values() if e in calls]
+    fastest = max(variants, key=lambda e: summaries[e].get("images_per_s") or 0.0)
+    fastest_ratio = round_ratios(measured, "compile", fastest)["median"]
+    in_goal = batch == 1 and (spec.shipped or not shipped_only)
+    met = bool(r["median"] >= SERVED_GOAL_RATIO)
+    row = [
+        spec.name,
+        size,
+        batch,
+        f"{engine} ({precision})",
+        summaries[engine]["images_per_s"],
+        summaries["compile"]["images_per_s"],
+        r["median"],
+        r["min"],
+        r["max"],
+        f"{fastest} ({fastest_ratio:.2f}x)",
+        ("met" if met else "not met")
+        if in_goal
+        else ("– (batch > 1)" if batch > 1 else "– (reference model)"),
+    ]
+    case = {"model": spec.name, "case": f"{spec.name} {size}²", "ratio": r["median"]}
+    return row, case if in_goal else None
+
+
 def run_suite(settings) -> SuiteRecord:
     """Measure every (model, size, batch) case on every applicable engine.
 
     Returns:
-        The suite record: a throughput/latency table, a ratio table with the goal per case,
-        operator profiles for cases that missed the goal, and a throughput plot.
+        The suite record: the CPU and its practical peak, a throughput/latency table with GFLOP/s,
+        the multiply-accumulates per model, ratio tables with the goals per case, operator profiles
+        for cases that missed the onnxruntime-vs-eager goal, and a throughput plot.
     """
     import torch
 
+    from pixforge.hardware import fast_int8
+    from pixforge.service.engine import auto_order
+
+    from .env import cpu_line
     from .models import model_specs
 
     cfg = _resolve(settings)
@@ -296,18 +483,45 @@ def run_suite(settings) -> SuiteRecord:
     torch_cuda, ort_cuda, ort_trt, gpu_note = _gpu_state()
     engines = _engines(settings, torch_cuda, ort_cuda, ort_trt)
     specs = model_specs(cfg["models"])
+    order = auto_order(False)
+    shipped_only = any(spec.shipped for spec in specs)  # the served goal is about shipped models
+    progress(f"engine: fp32 matmul peak ({cfg['peak_matrix']}², {cfg['threads']} threads)")
+    peak = matmul_peak(cfg["threads"], cfg["peak_matrix"], cfg["peak_repeats"])
     record = SuiteRecord(
         suite="engine",
         title="Inference engines: PyTorch eager vs torch.compile vs onnxruntime",
         description=(
             "Generators with random weights (speed does not depend on them), float NCHW input for the "
-            "PyTorch and `ort` variants, uint8 NHWC for the served graph (`ort_uint8`). All variants of a "
-            "case run interleaved; `x eager` is the median of the per-round throughput ratios. "
-            f"Goal: onnxruntime CPU >= {GOAL_RATIO}x PyTorch eager."
+            "PyTorch and `ort` variants, uint8 NHWC for the served graph (`ort_uint8`) and its precision "
+            "variants (`ort_uint8_fp16`: the exporter's fp16 file; `ort_uint8_int8`: int8 QDQ convolutions "
+            "from the exporter's quantiser, calibrated on synthetic images), all on the CPU provider. All "
+            "variants of a case run interleaved; `x eager` is the median of the per-round throughput "
+            "ratios. GFLOP/s counts 2 FLOPs per multiply-accumulate of the generator's convolutions; "
+            "`% peak` divides it by this CPU's practical fp32 peak (best `torch.matmul` of two square "
+            "matrices, same threads), int8 and fp16 rows included. "
+            f"Goals: onnxruntime CPU >= {GOAL_RATIO}x PyTorch eager; the served model (the precision "
+            f"variant the server picks on this CPU) >= {SERVED_GOAL_RATIO}x torch.compile fp32 at batch 1 "
+            "on every shipped model."
         ),
         quick=settings.quick,
-        settings={**cfg, "engines": engines, "session_options": SESSION_SETTINGS, "gpu_note": gpu_note},
+        settings={
+            **cfg,
+            "engines": engines,
+            "session_options": SESSION_SETTINGS,
+            "gpu_note": gpu_note,
+            "peak": peak,
+            "served_precision_order": list(order),
+            "fast_int8": fast_int8(),
+            "int8_calibration": f"{CALIBRATION_IMAGES} smooth synthetic images at each model's first size",
+        },
+        headline=[
+            cpu_line(),
+            f"int8 kernels fast here (VNNI / AMX-INT8): {'yes' if fast_int8() else 'no'}; the server's CPU "
+            f"precision order: {', '.join(order)}",
+            f"practical fp32 peak: {_peak_line(peak)}",
+        ],
     )
+    record.results.append({"peak": peak})
     if not (ort_cuda or torch_cuda):
         record.notes.append(f"GPU variants not run: {gpu_note or 'no CUDA device'}")
     elif not ort_cuda:
@@ -315,13 +529,15 @@ def run_suite(settings) -> SuiteRecord:
     dropped = [e for e in (settings.engines or []) if e not in engines]
     if dropped:
         record.notes.append(f"requested but not usable here: {', '.join(dropped)}")
-    main_rows, ratio_rows, skipped_rows = [], [], []
+    main_rows, ratio_rows, served_rows, skipped_rows, mac_rows = [], [], [], [], []
+    served_cases: list[dict] = []
     plot_series: dict[str, dict] = {e: {"label": e, "x": [], "y": []} for e in engines}
     ratios_all: list[float] = []
     with tempfile.TemporaryDirectory(prefix="pixforge-bench-engine-") as tmp:
         for spec in specs:
             progress(f"engine: exporting {spec.name}")
-            model = _Model(spec, Path(tmp), cfg["threads"], need_fp16="ort_cuda_fp16" in engines)
+            need_fp16 = any(e in engines for e in ("ort_cuda_fp16", "ort_uint8_fp16"))
+            model = _Model(spec, Path(tmp), cfg["threads"], need_fp16=need_fp16)
             sizes = [s for s in cfg["sizes"] if s % model.multiple == 0]
             for s in cfg["sizes"]:
                 if s % model.multiple:
@@ -329,6 +545,25 @@ def run_suite(settings) -> SuiteRecord:
             if not sizes:
                 continue
             probe = _estimate_probe(model, sizes[0])
+            macs = {size: model.macs(size) for size in sizes}
+            out_px = (sizes[0] * spec.scale) ** 2
+            mac_rows.append(
+                [
+                    spec.name,
+                    round(macs[sizes[0]] / out_px),
+                    ", ".join(f"{s}²: {macs[s] / 1e9:.3g}" for s in sizes),
+                    spec.description,
+                ]
+            )
+            record.results.extend(
+                {
+                    "model": spec.name,
+                    "size": s,
+                    "macs_per_image": m,
+                    "macs_per_output_pixel": m / (s * spec.scale) ** 2,
+                }
+                for s, m in macs.items()
+            )
             profiled = False
             for size in sizes:
                 for batch in cfg["batches"]:
@@ -352,27 +587,40 @@ def run_suite(settings) -> SuiteRecord:
                         try:
                             fn = model.call(e, x, u8)
                             if e == "compile":
-                                import time
-
                                 t = time.perf_counter()
                                 fn()
                                 model.compile_s[case] = round(time.perf_counter() - t, 1)
                             calls[e] = fn
                         except Exception as exc:  # noqa: BLE001 - one variant failing must not end the suite
-                            errors[e] = (
-                                str(exc).strip().splitlines()[0][:160]
-                                if str(exc).strip()
-                                else type(exc).__name__
-                            )
+                            errors[e] = _first_line(exc)
                     measured = interleave(calls, duration=cfg["duration"], rounds=cfg["rounds"], warmup=1)
+                    summaries = {}
                     for e in engines:
                         if e in errors:
                             main_rows.append(
-                                [spec.name, size, batch, e, None, None, None, None, f"failed: {errors[e]}"]
+                                [
+                                    spec.name,
+                                    size,
+                                    batch,
+                                    e,
+                                    None,
+                                    None,
+                                    None,
+                                    None,
+                                    None,
+                                    None,
+                                    f"failed: {errors[e]}",
+                                ]
                             )
                             continue
-                        summ = summarize(measured.latencies[e], batch)
+                        summ = summaries[e] = summarize(measured.latencies[e], batch)
                         ratio = round_ratios(measured, "eager", e)["median"] if e != "eager" else 1.0
+                        rate = gflops(macs[size], summ["images_per_s"])
+                        share = (
+                            None
+                            if rate is None or e in GPU_ENGINES
+                            else round(100 * rate / peak["gflops"], 2)
+                        )
                         note = f"compile {model.compile_s.get(case)} s" if e == "compile" else ""
                         main_rows.append(
                             [
@@ -384,6 +632,8 @@ def run_suite(settings) -> SuiteRecord:
                                 summ["p50_ms"],
                                 summ["p99_ms"],
                                 ratio,
+                                rate,
+                                share,
                                 note,
                             ]
                         )
@@ -397,8 +647,17 @@ def run_suite(settings) -> SuiteRecord:
                                 "engine": e,
                                 **summ,
                                 "ratio_vs_eager": ratio,
+                                "gflops": rate,
+                                "percent_of_peak": share,
                             }
                         )
+                    if "compile" in calls and served_engine(calls, order):
+                        row, goal_case = _served_row(
+                            spec, size, batch, measured, summaries, calls, order, shipped_only
+                        )
+                        served_rows.append(row)
+                        if goal_case:
+                            served_cases.append(goal_case)
                     if "ort" in calls:
                         r = round_ratios(measured, "eager", "ort")
                         met = bool(r["median"] >= GOAL_RATIO)
@@ -423,24 +682,76 @@ def run_suite(settings) -> SuiteRecord:
                             )
                             record.notes.append(_profile_note(case, prof))
                             record.results.append({"profile": case, **prof})
-    record.tables.insert(
-        0,
+            if model.int8_calibration:
+                record.notes.append(
+                    f"{spec.name}: int8 variant calibrated on {CALIBRATION_IMAGES} synthetic images of "
+                    f"{model.int8_calibration}² (MinMax, every convolution int8)"
+                )
+    front = [
         Table(
             "Throughput and latency per case",
-            ["model", "size", "batch", "engine", "images/s", "p50 ms", "p99 ms", "x eager", "note"],
+            [
+                "model",
+                "size",
+                "batch",
+                "engine",
+                "images/s",
+                "p50 ms",
+                "p99 ms",
+                "x eager",
+                "GFLOP/s",
+                "% peak",
+                "note",
+            ],
             main_rows,
-            "x eager: median over interleaved rounds of eager time / variant time (>1 = faster than eager)",
-        ),
-    )
+            "x eager: median over interleaved rounds of eager time / variant time (>1 = faster than eager); "
+            "GFLOP/s: 2 x multiply-accumulates per image x images/s; % peak: of the practical fp32 peak "
+            f"({_peak_line(peak)}), "
+            "also for the int8 / fp16 rows; none for GPU rows",
+        )
+    ]
+    if mac_rows:
+        front.append(
+            Table(
+                "Multiply-accumulates per model",
+                ["model", "MACs per output pixel", "GMAC per image", "generator"],
+                mac_rows,
+                "convolution and linear layers, counted by forward hooks (normalisation, activations and "
+                "pixel conversions are not counted); an x4 model has 16 output pixels per input pixel",
+            )
+        )
     if ratio_rows:
-        record.tables.insert(
-            1,
+        front.append(
             Table(
                 f"onnxruntime CPU vs PyTorch eager (goal >= {GOAL_RATIO}x)",
                 ["model", "size", "batch", "median ratio", "min round", "max round", "goal"],
                 ratio_rows,
-            ),
+            )
         )
+    if served_rows:
+        front.append(
+            Table(
+                f"Served model vs torch.compile fp32 (goal >= {SERVED_GOAL_RATIO}x at batch 1)",
+                [
+                    "model",
+                    "size",
+                    "batch",
+                    "served",
+                    "served images/s",
+                    "compile images/s",
+                    "median ratio",
+                    "min round",
+                    "max round",
+                    "fastest variant",
+                    "goal",
+                ],
+                served_rows,
+                f"served: the uint8 graph in the server's first CPU precision ({', '.join(order)}) "
+                "that ran here; ratio: median over interleaved rounds of compile time / served time "
+                "(>1 = the served model is faster)",
+            )
+        )
+    record.tables[:0] = front
     if skipped_rows:
         record.tables.append(Table("Skipped cases", ["model", "size", "batch", "why"], skipped_rows))
     if ratios_all:
@@ -466,6 +777,12 @@ def run_suite(settings) -> SuiteRecord:
                 "detail": "no case ran the ort variant",
             }
         )
+    record.goals.append(
+        served_goal(
+            served_cases,
+            "every shipped model" if shipped_only else "no shipped model measured: every model measured",
+        )
+    )
     record.add_case_bars(
         "engine_throughput.png",
         "Throughput per case and engine (higher is better)",

@@ -44,6 +44,45 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# How the extensions of pixforge.hardware.REPORTED_FLAGS are printed.
+FLAG_NAMES = {
+    "avx2": "AVX2",
+    "avx_vnni": "AVX-VNNI",
+    "avx512f": "AVX-512F",
+    "avx512_vnni": "AVX-512 VNNI",
+    "avx512_bf16": "AVX-512 BF16",
+    "avx512_fp16": "AVX-512 FP16",
+    "amx_tile": "AMX",
+    "amx_int8": "AMX-INT8",
+    "amx_bf16": "AMX-BF16",
+}
+
+
+def flag_summary(flags: list[str]) -> str:
+    """``cpu_flags()`` for people: the extensions present, then the families that are missing
+    ("AVX2; no AVX-512, no VNNI, no AMX")."""
+    present = [FLAG_NAMES.get(f, f) for f in flags]
+    missing = [
+        name
+        for name, members in (
+            ("AVX2", ("avx2",)),
+            ("AVX-512", ("avx512f",)),
+            ("VNNI", ("avx_vnni", "avx512_vnni")),
+            ("AMX", ("amx_tile",)),
+        )
+        if not any(m in flags for m in members)
+    ]
+    text = ", ".join(present) or "none of AVX2 / AVX-512 / VNNI / AMX"
+    if present and missing:
+        text += "; " + ", ".join(f"no {m}" for m in missing)
+    return text
+
+
+def cpu_line() -> str:
+    """``CPU: <model>, <extensions>``: the line every engine report starts with."""
+    return f"CPU: {cpu_model()}, {flag_summary(cpu_flags())}"
+
+
 def memory_gib() -> float | None:
     """Total RAM in GiB (``/proc/meminfo``), None when unknown."""
     try:

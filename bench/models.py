@@ -2,24 +2,32 @@
 
 Full runs use the junyanz reference architectures (``unet_256`` as pix2pix trains it, with batch
 norm and dropout, and CycleGAN's ``resnet_9blocks`` with instance norm, both ngf 64) and the
-generators of our shipped training configs (``facades``, ``style_translation``, sized for a CPU).
-``--quick`` uses tiny widths so a smoke run takes seconds. Weights are random (seeded): speed does
-not depend on their values.
+generators of our shipped training configs (``facades``, ``style_translation``,
+``super_resolution_x4``, ``colorization``: the architectures of every model under models/, sized for
+a CPU). ``--quick`` uses tiny widths so a smoke run takes seconds. Weights are random (seeded):
+speed does not depend on their values.
 
 Two ONNX graphs per generator: the *served* one, written by the real exporter
 (:func:`pixforge.training.export.export_generator`: uint8 NHWC in/out, pixel conversions inside),
 and the *raw* float NCHW graph of the same network in the same inference semantics, exported with
 the same exporter settings, so the cost of the uint8 wrapper can be told apart from the network.
+The served graph's precision variants (``model.fp16.onnx`` from the exporter, an int8 QDQ graph
+from the exporter's quantiser) are measured as well.
+
+:func:`count_macs` counts a generator's multiply-accumulates per image, from which the engine suite
+derives GFLOP/s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -47,17 +55,27 @@ class ModelSpec:
         description: one line for the report.
         config: the registry GeneratorConfig.
         task: the export task (decides the contract metadata).
+        color_space: "rgb", or "lab" for colourisation (the generator maps L -> ab; the served
+            graph takes and returns RGB).
+        shipped: the architecture of a model under models/ (the served-vs-compile goal is about these).
     """
 
     name: str
     description: str
     config: GeneratorConfig
     task: str = "paired_translation"
+    color_space: str = "rgb"
+    shipped: bool = False
 
     @property
     def scale(self) -> int:
         """Output pixels per input pixel."""
         return self.config.scale
+
+    @property
+    def served_channels(self) -> int:
+        """Channels of the served graph's uint8 input (RGB for a Lab model)."""
+        return 3 if self.color_space == "lab" else self.config.in_channels
 
 
 def _config_generator(stem: str) -> GeneratorConfig:
@@ -78,19 +96,34 @@ def _catalogue() -> dict[str, ModelSpec]:
             "style_translation",
         ),
         "facades": ModelSpec(
-            "facades", "our facades.yaml generator (U-Net ngf 32, 6 levels)", _config_generator("facades")
+            "facades",
+            "our facades.yaml generator (U-Net ngf 32, 6 levels; models/facades)",
+            _config_generator("facades"),
+            shipped=True,
         ),
         "style_translation": ModelSpec(
             "style_translation",
-            "our style_translation.yaml generator (ResNet ngf 16, 6 blocks)",
+            "our style_translation.yaml generator (ResNet ngf 16, 6 blocks; "
+            "models/apple2orange, orange2apple)",
             _config_generator("style_translation"),
             "style_translation",
+            shipped=True,
         ),
         "super_resolution_x4": ModelSpec(
             "super_resolution_x4",
-            "our super_resolution_x4.yaml generator (U-Net ngf 32, 5 levels, on the bicubic x4 input)",
+            "our super_resolution_x4.yaml generator (EDSR width 24, 6 blocks, bicubic skip, x4; "
+            "models/sr-x4, sr-x4-gan)",
             _config_generator("super_resolution_x4"),
             "super_resolution",
+            shipped=True,
+        ),
+        "colorization": ModelSpec(
+            "colorization",
+            "our colorization.yaml generator (U-Net ngf 32, 6 levels, L -> ab; models/colorization)",
+            _config_generator("colorization"),
+            "colorization",
+            color_space="lab",
+            shipped=True,
         ),
         "unet_tiny": ModelSpec(
             "unet_tiny",
@@ -112,7 +145,14 @@ def _catalogue() -> dict[str, ModelSpec]:
     }
 
 
-FULL_MODELS = ["unet_256", "resnet_9blocks", "facades", "style_translation"]
+FULL_MODELS = [
+    "unet_256",
+    "resnet_9blocks",
+    "facades",
+    "style_translation",
+    "super_resolution_x4",
+    "colorization",
+]
 QUICK_MODELS = ["unet_tiny", "resnet_tiny"]
 
 
@@ -147,13 +187,19 @@ def export_served(
     """Export with the real exporter into ``repo/<name>/1/model.onnx`` (parity check skipped: speed only).
 
     Args:
-        fp16: fp16 weights and activations inside the graph (uint8 I/O stays), for GPU providers.
+        fp16: also write the fp16 variant ``model.fp16.onnx`` beside it (:func:`variant_path`):
+            fp16 weights and activations inside the graph, uint8 I/O and pixel conversions as fp32.
 
     Returns:
-        The model.onnx path.
+        The (fp32) model.onnx path.
     """
     cfg = ExportConfig(
-        task=spec.task, scale=spec.scale, verify=False, description=spec.description, fp16=fp16
+        task=spec.task,
+        color_space=spec.color_space,
+        scale=spec.scale,
+        verify=False,
+        description=spec.description,
+        fp16=fp16,
     )
     result = export_generator(generator, cfg, repo, name or spec.name, version=1, log=lambda *_: None)
     return result.path
@@ -193,3 +239,105 @@ def export_float(generator: nn.Module, spec: ModelSpec, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def variant_path(served: Path, precision: str) -> Path:
+    """The precision variant written beside a served ``model.onnx`` (``model.fp16.onnx``)."""
+    from pixforge.repository import variant_file
+
+    return served.parent / variant_file(precision)
+
+
+def smooth_images(size: int, channels: int, count: int = 2, seed: int = 0) -> list[np.ndarray]:
+    """``count`` uint8 (size, size, channels) images of low-frequency waves: photo-like smooth content
+    to calibrate int8 activation ranges on (speed does not depend on the ranges)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    out = []
+    for _ in range(count):
+        planes = []
+        for _ in range(channels):
+            fx, fy = rng.uniform(0.5, 3.0, 2)
+            px, py = rng.uniform(0.0, 2 * np.pi, 2)
+            plane = 0.5 + 0.25 * np.sin(2 * np.pi * fx * xx + px) + 0.25 * np.cos(2 * np.pi * fy * yy + py)
+            planes.append(plane)
+        out.append(np.clip(np.stack(planes, -1) * 255 + 0.5, 0, 255).astype(np.uint8))
+    return out
+
+
+def quantize_served(served: Path, dst: Path, calibration: list[np.ndarray]) -> Path:
+    """The int8 QDQ variant of a served graph, made by the exporter's quantiser (every convolution in
+    int8, per channel, MinMax ranges from ``calibration``: uint8 HWC images). No metric gate: the
+    benchmark measures speed, and the exporter's refusal rules need real images.
+
+    Returns:
+        ``dst``.
+    """
+    import onnxruntime as ort
+
+    from pixforge.training.export.quantize import _quantize
+
+    ort.set_default_logger_severity(3)  # initializer-as-input warnings of the norm-statistics inputs
+    logging.disable(logging.WARNING)  # onnxruntime.quantization's "consider pre-processing" advice
+    try:
+        _quantize(served, dst, calibration, exclude=[])
+    finally:
+        logging.disable(logging.NOTSET)
+    return dst
+
+
+def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass on a zero input of ``input_shape``, counted by forward
+    hooks on the layers that hold (nearly) all of a generator's arithmetic:
+
+    - ``nn.Conv2d`` (and 1-D/3-D): output elements x in_channels / groups x kernel area;
+    - ``nn.ConvTranspose2d`` (and 1-D/3-D): input elements x out_channels / groups x kernel area;
+    - ``nn.Linear``: output elements x in_features;
+    - EDSR's ``BicubicPhases`` (a fixed-weight convolution called functionally): output elements x
+      its weight's in_channels x kernel area.
+
+    Normalisation, activations, padding, resampling and pixel conversions are not counted (a few
+    operations per element against hundreds of MACs per convolution output).
+    """
+    from pixforge.training.networks.edsr import BicubicPhases
+
+    total = 0
+
+    def conv(mod, inputs, output) -> None:
+        nonlocal total
+        kernel = int(np.prod(mod.kernel_size))
+        total += output.numel() * (mod.in_channels // mod.groups) * kernel
+
+    def conv_transpose(mod, inputs, output) -> None:
+        nonlocal total
+        kernel = int(np.prod(mod.kernel_size))
+        total += inputs[0].numel() * (mod.out_channels // mod.groups) * kernel
+
+    def linear(mod, inputs, output) -> None:
+        nonlocal total
+        total += output.numel() * mod.in_features
+
+    def fixed_conv(mod, inputs, output) -> None:
+        nonlocal total
+        weight = mod.weight
+        total += output.numel() * int(weight.shape[1]) * int(np.prod(weight.shape[2:]))
+
+    hooks = []
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+            hooks.append(layer.register_forward_hook(conv_transpose))
+        elif isinstance(layer, nn.modules.conv._ConvNd):
+            hooks.append(layer.register_forward_hook(conv))
+        elif isinstance(layer, nn.Linear):
+            hooks.append(layer.register_forward_hook(linear))
+        elif isinstance(layer, BicubicPhases):
+            hooks.append(layer.register_forward_hook(fixed_conv))
+    try:
+        param = next(module.parameters(), None)
+        dtype = param.dtype if param is not None else torch.float32
+        with torch.no_grad():
+            module(torch.zeros(input_shape, dtype=dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return int(total)

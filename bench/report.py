@@ -84,6 +84,7 @@ class SuiteRecord:
     notes: list[str] = field(default_factory=list)
     results: list[dict] = field(default_factory=list)
     goals: list[dict] = field(default_factory=list)  # {"goal", "value", "met": bool|None, "detail"}
+    headline: list[str] = field(default_factory=list)  # lines printed under the title (CPU, peak)
     tag: str = ""  # names a run kept beside the untagged one (e.g. "gpu"): its own JSON and plots
 
     def to_dict(self) -> dict:
@@ -166,6 +167,8 @@ def text_table(table: Table) -> str:
 def print_record(record: SuiteRecord) -> None:
     """Print a suite's tables, goals and notes on stdout."""
     print(f"\n== {record.title}{' (quick)' if record.quick else ''} ==")
+    for line in record.headline:
+        print(line)
     for table in record.tables:
         print()
         print(text_table(table))
@@ -295,6 +298,10 @@ def _machine_line(run: dict) -> str:
     env = run.get("environment", {})
     m, v = env.get("machine", {}), env.get("versions", {})
     gpus = ", ".join(g["name"] for g in m.get("gpus", [])) or "no GPU"
+    if m.get("cpu_flags") is not None:
+        from .env import flag_summary
+
+        gpus += f"; {flag_summary(m['cpu_flags'])}"
     libs = ", ".join(
         f"{k} {v[k]}"
         for k in ("python", "torch", "onnxruntime", "onnxruntime-gpu", "grpcio", "numpy")
@@ -366,7 +373,7 @@ def render_markdown(records: list[dict], plot_files: dict[str, list[str]]) -> st
         out.append("")
     for data in records:
         out += [f"## {data.get('title', data['suite'])}", "", data.get("description", ""), ""]
-        out += _run_lines(data) + [""]
+        out += _run_lines(data) + [f"- {line}" for line in data.get("headline", [])] + [""]
         for table in data.get("tables", []):
             out += [markdown_table(Table(**table)), ""]
         for name in plot_files.get(record_key(data), []):

@@ -14,7 +14,8 @@ models broken to 26 dB):
   kept in float on its own, the ones whose float copy recovers most of the task metric are kept in
   float one by one until the metric is within tolerance; at most half stay float, else no variant.
 - The gate is the task metric on the same images (:data:`TOLERANCES`): SR Y-PSNR against the
-  ground truth within 0.1 dB of fp32; colourisation PSNR against the photo within 0.1 dB;
+  ground truth within 0.1 dB of fp32, colourisation PSNR against the photo within 0.1 dB, each
+  asked with a quarter of that margin on the calibration images (:data:`GATE_SHARE`);
   paired / style translation (no ground truth) PSNR of the int8 output against the fp32 output of
   at least 35 dB. A model that misses it gets no int8 file; the export says why.
 """
@@ -44,6 +45,10 @@ TOLERANCES = {
     "paired_translation": ("PSNR vs fp32 output (dB)", "floor", 35.0),
     "style_translation": ("PSNR vs fp32 output (dB)", "floor", 35.0),
 }
+# The gate asks for half the tolerance on the calibration images, leaving the other half for
+# images it did not see: sr-x4 calibrated on 16 BSD200 photos lost 0.04 dB on their crops but
+# 0.15 dB on Set5 with the head convolution alone in fp32.
+GATE_SHARE = 0.25
 CALIBRATION_EDGE = 128  # input pixels per calibration crop: enough context, cheap to run
 EVAL_EDGE = 256  # input pixels: the metric's crops (large enough for real structure)
 MAX_FLOAT_SHARE = 0.5  # more convolutions than this kept in float: int8 brings nothing
@@ -219,7 +224,7 @@ def quantize_int8(
     fp32_out = run_model(fp32_path, samples)
     metric, kind, tolerance = TOLERANCES[contract.task]
     fp32_value = score(contract.task, samples, fp32_out, fp32_out, contract.scale)
-    threshold = fp32_value - tolerance if kind == "fp32" else tolerance
+    threshold = fp32_value - tolerance * GATE_SHARE if kind == "fp32" else tolerance
     convs = [n.name for n in onnx.load(str(fp32_path)).graph.node if n.op_type in QUANTIZED_OPS]
     if not convs:
         raise QuantizationError(f"{fp32_path} has no convolutions to quantise")
