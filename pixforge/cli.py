@@ -72,6 +72,17 @@ def _add_train(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
 
+def _tile_size_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of pixels or 'auto', got {text!r}"
+        ) from None
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser(
         "export",
@@ -132,9 +143,10 @@ def _add_export(sub) -> None:
     )
     p.add_argument(
         "--tile-size",
-        type=int,
-        help="recommended tile edge in input pixels stored in the metadata "
-        "(default: about 512 output pixels, a multiple of the size multiple)",
+        type=_tile_size_arg,
+        help="recommended tile edge in input pixels stored in the metadata, or 'auto': measured on this "
+        "CPU, the smallest tile about as fast per pixel as any larger one (default: auto; --from onnx "
+        "keeps the file's)",
     )
     p.add_argument(
         "--parity-images", metavar="DIR", help="also check parity on up to 8 images from this folder"

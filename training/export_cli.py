@@ -77,7 +77,9 @@ def _output_options(args) -> dict:
     """The command's ExportConfig fields that do not describe the model: tiling, precision, opset,
     parity check, description."""
     return {
-        "tile_size": args.tile_size,
+        "tile_size": None if args.tile_size in (None, "auto") else int(args.tile_size),
+        # measured unless given; a re-export (--from onnx) keeps the file's unless asked
+        "measure_tile_size": args.tile_size == "auto" or (args.tile_size is None and args.source != "onnx"),
         "fp16": args.fp16,
         "int8": getattr(args, "int8", False),
         "opset": args.opset,
@@ -192,7 +194,7 @@ def load_onnx_model(path: Path, args) -> tuple[torch.nn.Module, ExportConfig, di
     try:
         # the file's own tiling and description, unless the command overrides them
         options.update(
-            tile_size=args.tile_size or int(meta.get("tile_size", "0")) or None,
+            tile_size=options["tile_size"] or int(meta.get("tile_size", "0")) or None,
             description=args.description or meta.get("description", ""),
         )
         cfg = ExportConfig(

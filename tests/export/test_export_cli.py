@@ -245,3 +245,34 @@ def test_export_cli_colorization_checkpoint_from_the_training_writer(tmp_path, c
     )
     gray = np.full((1, 16, 24, 3), 90, np.uint8)
     assert ort_run(repo / "colour" / "1" / "model.onnx", gray).shape == (1, 16, 24, 3)
+
+
+def test_export_cli_measures_the_tile_size_by_default(tmp_path, capsys):
+    import json
+
+    ckpt = tmp_path / "G.pt"
+    _pixforge_checkpoint(ckpt)
+    repo = tmp_path / "models"
+    assert main(["export", str(ckpt), "--name", "sr", "--repo", str(repo)]) == 0
+    out = capsys.readouterr().out
+    assert "tile size measured (ms per output megapixel, CPU)" in out
+    sidecar = json.loads((repo / "sr" / "1" / "model.json").read_text())
+    measured = sidecar["tile_size_measurement"]
+    costs = {int(e): c for e, c in measured["ms_per_output_megapixel_cpu"].items()}
+    assert measured["chosen"] == int(sidecar["metadata"]["tile_size"]) in costs
+    assert costs[measured["chosen"]] <= 1.10 * min(costs.values())
+    assert main(["export", str(ckpt), "--name", "sr", "--repo", str(repo), "--tile-size", "64"]) == 0
+    assert "tile size measured" not in capsys.readouterr().out
+    assert "tile_size_measurement" not in json.loads((repo / "sr" / "2" / "model.json").read_text())
+    with pytest.raises(SystemExit):
+        main(["export", str(ckpt), "--name", "sr", "--repo", str(repo), "--tile-size", "big"])
+
+
+def test_tile_size_rule():
+    from pixforge.training.export.tile_size import candidate_edges, choose
+
+    assert candidate_edges(64, 1) == [128, 256, 512, 1024]
+    assert candidate_edges(1, 4) == [128, 256, 512]  # outputs up to 2048 px
+    assert candidate_edges(100, 1) == [200, 300, 600, 1100]
+    assert choose({128: 30.0, 256: 20.0, 512: 19.0, 1024: 18.5}) == 256
+    assert choose({128: 30.0, 256: 25.0}) == 256

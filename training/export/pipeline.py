@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +34,7 @@ from .onnx_build import export_onnx
 from .parity import ParityReport, round_up
 from .quantize import Int8Report, int8_variant
 from .receptive_field import receptive_radius
+from .tile_size import measured_tile_size
 from .wrapper import COLOR_SPACES, INFERENCE_SEMANTICS, SelfEnsemble, build_export_module
 from .writer import SIDECAR_FILE, check_name, choose_version, write_model_version
 
@@ -55,6 +57,9 @@ class ExportConfig:
         scale: output/input size ratio (super-resolution factor; 1 otherwise).
         input_channels / output_channels: channels of the served model's uint8 images.
         tile_size: recommended tile edge in input pixels (None: about 512 output pixels).
+        measure_tile_size: choose the tile edge by timing the exported graph on this CPU
+            (tile_size.py: the smallest edge about as fast per pixel as any larger one);
+            overrides ``tile_size``.
         fp16: also write the fp16 variant ``model.fp16.onnx`` (generator weights and activations in
             fp16, I/O and pixel conversions uint8/fp32) beside the fp32 ``model.onnx``; servers on
             GPU run it, CPU servers the fp32 file (docs/serving.md, "Precision variants").
@@ -74,6 +79,7 @@ class ExportConfig:
     input_channels: int = 3
     output_channels: int = 3
     tile_size: int | None = None
+    measure_tile_size: bool = False
     fp16: bool = False
     int8: bool = False
     opset: int = DEFAULT_OPSET
@@ -359,6 +365,17 @@ def export_generator(
         _contract_in_memory(model)
     except ContractError as exc:
         raise ExportError(f"the exported graph breaks the model contract: {exc}") from exc
+    tile_costs = None
+    if cfg.measure_tile_size:
+        with tempfile.TemporaryDirectory(prefix="pixforge-tile-") as tmp:
+            onnx.save(model, str(Path(tmp) / "model.onnx"))
+            tile, tile_costs = measured_tile_size(
+                Path(tmp) / "model.onnx", size_multiple, cfg.scale, cfg.input_channels, log
+            )
+        contract = dataclasses.replace(contract, tile_size=tile)
+        _set_metadata(model, contract.to_metadata())
+        for precision, variant in variants.items():
+            _set_metadata(variant, {**contract.to_metadata(), "precision": precision})
     int8_report = None
     if cfg.int8:
         log(f"int8 variant: calibrating on {len(calibration_images)} image(s), judged by the task metric")
@@ -373,9 +390,20 @@ def export_generator(
             )
         variants["int8"] = model8
     sidecar = _sidecar(contract, model, cfg, report, notes, optimized, variants, int8_report)
+    if tile_costs is not None:
+        sidecar["tile_size_measurement"] = {
+            "ms_per_output_megapixel_cpu": {str(e): round(c, 1) for e, c in tile_costs.items()},
+            "chosen": contract.tile_size,
+            "rule": "smallest edge within 10 % of the best cost per pixel",
+        }
     path, written = write_model_version(repo, name, version, model, sidecar, variants)
     log(f"wrote {path} (+ {SIDECAR_FILE}{''.join(f', {variant_file(p)}' for p in variants)})")
     return ExportResult(path, version, written, report, notes, optimized, tuple(variants), int8_report)
+
+
+def _set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, metadata)
 
 
 def make_tiling_invariant(
