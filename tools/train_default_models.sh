@@ -45,20 +45,22 @@ python tools/blend_generators.py runs/sr_x4/checkpoints/generator-step0010000.pt
 pixforge export runs/sr_x4_gan/blend-alpha0.8.pt --name sr-x4-gan --repo "$repo" --tile-size 512 \
   --description "x4 super-resolution, perceptual variant (LR-space residual net: L1 pre-training + LSGAN fine-tune, blended 0.8 toward the GAN), CPU-trained default model"
 
-# Style translation, CycleGAN apple <-> orange (ResNet ngf 16, 6 blocks, 128 crops), 7000 steps.
+# Style translation, CycleGAN apple <-> orange (ResNet ngf 16, 6 blocks, resize-conv upsampling,
+# 128 crops), 7000 steps. (The shipped run stopped at step 2857 and resumed with --resume and the
+# same overrides.) Tile size measured at export (the default).
 pixforge train training/configs/style_translation.yaml --data "$data/apple2orange" --out runs/a2o \
   --set train.steps=7000 --set train.num_workers=1 --set train.checkpoint_every=1000 \
   --set train.val_every=2500 | tee /tmp/a2o.log
-pixforge export runs/a2o/checkpoints/G_A-step0007000.pt --name apple2orange --repo "$repo" --tile-size 1024 \
+pixforge export runs/a2o/checkpoints/G_A-step0007000.pt --name apple2orange --repo "$repo" \
   --description "style translation apple -> orange (CycleGAN G_A), CPU-trained default model"
-pixforge export runs/a2o/checkpoints/G_B-step0007000.pt --name orange2apple --repo "$repo" --tile-size 1024 \
+pixforge export runs/a2o/checkpoints/G_B-step0007000.pt --name orange2apple --repo "$repo" \
   --description "style translation orange -> apple (CycleGAN G_B), CPU-trained default model"
 
-# Paired translation demo: facade labels -> photo (pix2pix), 8000 steps.
+# Paired translation demo: facade labels -> photo (pix2pix, resize-conv upsampling), 8000 steps.
 pixforge train training/configs/facades.yaml --data "$data/facades" --out runs/facades \
   --set train.steps=8000 --set train.num_workers=1 --set train.val_every=4000 \
   --set train.checkpoint_every=1000 | tee /tmp/facades.log
-pixforge export "$(tail -n 1 /tmp/facades.log | sed 's/^checkpoint: //')" --name facades --repo "$repo" --fp16 --tile-size 1024 \
+pixforge export "$(tail -n 1 /tmp/facades.log | sed 's/^checkpoint: //')" --name facades --repo "$repo" \
   --description "paired translation: facade labels -> photo (pix2pix U-Net + PatchGAN), CPU-trained demo model"
 
 pixforge models list --repo "$repo"

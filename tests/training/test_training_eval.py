@@ -222,6 +222,9 @@ def test_eval_paired_direction_comes_from_metadata(tmp_path, repo, capsys):
     exact = json.loads((tmp_path / "o1" / "results.json").read_text())
     assert exact["direction"] == "AtoB" and exact["metrics"]["psnr"] == 100.0  # identical: PSNR cap
     assert exact["metrics"]["ssim"] == pytest.approx(1.0)
+    # the output is the target: the same checkerboard energy, reported side by side
+    assert exact["metrics"]["checkerboard_db"] == pytest.approx(exact["metrics"]["checkerboard_db_target"])
+    assert "checkerboard output / target (dB)" in out
 
     rc, out, err = _eval(
         capsys, repo, "--model", "roll-b2a", "--data", tmp_path / "pairs", "--out", tmp_path / "o2"

@@ -1,4 +1,7 @@
-"""Paired translation (pix2pix A|B files, e.g. facades): PSNR / SSIM of the output vs the target half.
+"""Paired translation (pix2pix A|B files, e.g. facades): PSNR / SSIM of the output vs the target half,
+and the checkerboard measure (spectral energy at the 2- and 4-pixel periods, dB) of the output next
+to the target's, as in the style-translation report: transposed-convolution upsampling leaves a
+grid there that real photos do not have.
 
 Each file holds the pair side by side, A on the left and B on the right (the training layout).
 Which half is the input comes from the model's metadata: the exporter's `direction` key, else
@@ -13,13 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import MetricError, psnr, ssim
+from ..metrics import MetricError, checkerboard_db, psnr, ssim
 from .groups import measure_groups
 from .report import Column, TaskReport, aggregate
 from .runner import Runner
 
-KEYS = ("psnr", "ssim")
-COLUMNS = [Column("PSNR (dB)", ("psnr",), "{:.2f}"), Column("SSIM", ("ssim",), "{:.4f}")]
+KEYS = ("psnr", "ssim", "checkerboard_db", "checkerboard_db_target")
+COLUMNS = [
+    Column("PSNR (dB)", ("psnr",), "{:.2f}"),
+    Column("SSIM", ("ssim",), "{:.4f}"),
+    Column(
+        "checkerboard output / target (dB)", ("checkerboard_db", "checkerboard_db_target"), "{:.2f} / {:.2f}"
+    ),
+]
 
 
 def model_direction(metadata: Mapping[str, str]) -> str:
@@ -46,7 +55,13 @@ def measure(runner: Runner, pair: np.ndarray, direction: str) -> tuple[dict, lis
         raise MetricError(
             f"model returned {out.shape[1]}x{out.shape[0]} for a {target.shape[1]}x{target.shape[0]} half"
         )
-    return {"psnr": psnr(out, target), "ssim": ssim(out, target)}, [source, out, target]
+    record = {
+        "psnr": psnr(out, target),
+        "ssim": ssim(out, target),
+        "checkerboard_db": checkerboard_db(out),
+        "checkerboard_db_target": checkerboard_db(target),
+    }
+    return record, [source, out, target]
 
 
 def evaluate_paired(runner: Runner, data: Path, max_images: int = 0, n_samples: int = 4) -> TaskReport:
