@@ -22,10 +22,10 @@ REPORTED_FLAGS = (
     "amx_int8",
     "amx_bf16",
 )
-# An int8 convolution is only faster than fp32 when the CPU multiplies int8 pairs into int32 in
-# one instruction (VNNI, or AMX tiles). On plain AVX2 onnxruntime's u8s8 kernels need three
-# instructions per step and saturate unless reduce_range is used; measured on an AVX2-only CPU,
-# sr-x4 in int8 QDQ ran 4 % slower than fp32 (docs/benchmarks.md, "Precision variants").
+# An int8 convolution is clearly faster than fp32 when the CPU multiplies int8 pairs into int32
+# in one instruction (VNNI, or AMX tiles). On plain AVX2 onnxruntime's u8s8 kernels need three
+# instructions per step and can saturate int16 sums; measured on an AVX2-only CPU, sr-x4's int8
+# variant was within noise of fp32 (docs/serving.md, "Precision variants"), so fp32 stays first.
 INT8_FLAGS = ("avx_vnni", "avx512_vnni", "amx_int8")
 
 
