@@ -597,21 +597,7 @@ def run_suite(settings) -> SuiteRecord:
                     summaries = {}
                     for e in engines:
                         if e in errors:
-                            main_rows.append(
-                                [
-                                    spec.name,
-                                    size,
-                                    batch,
-                                    e,
-                                    None,
-                                    None,
-                                    None,
-                                    None,
-                                    None,
-                                    None,
-                                    f"failed: {errors[e]}",
-                                ]
-                            )
+                            main_rows.append([spec.name, size, batch, e, *[None] * 6, f"failed: {errors[e]}"])
                             continue
                         summ = summaries[e] = summarize(measured.latencies[e], batch)
                         ratio = round_ratios(measured, "eager", e)["median"] if e != "eager" else 1.0

@@ -76,20 +76,7 @@ def run_suite(settings) -> SuiteRecord:
         scale = contract.scale
         for size in cfg["sizes"]:
             if size % multiple:
-                rows.append(
-                    [
-                        size,
-                        None,
-                        None,
-                        None,
-                        None,
-                        None,
-                        None,
-                        None,
-                        None,
-                        f"skipped: not a multiple of {multiple}",
-                    ]
-                )
+                rows.append([size, *[None] * 8, f"skipped: not a multiple of {multiple}"])
                 continue
             out_edge = size * scale
             payload = png_bytes(sample_image(size, size, seed=size))
