@@ -52,8 +52,8 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 # Precision variants in the order `engine.precision: auto` tries them, fastest first. On CPU fp16
 # comes last: onnxruntime's CPU provider has few fp16 kernels, so an fp16 graph runs as fp32 with
 # casts around most nodes and is measurably slower than the fp32 file. int8 comes first only where
-# the CPU has VNNI or AMX-INT8 (pixforge.hardware.fast_int8); on plain AVX2 it measured slower than
-# fp32. On GPU, fp16 (tensor cores) comes first.
+# the CPU has VNNI or AMX-INT8 (pixforge.hardware.fast_int8); on plain AVX2 it measured within
+# noise of fp32 (docs/serving.md, "Precision variants"). On GPU, fp16 (tensor cores) comes first.
 AUTO_ORDER = {
     "cpu_int8": ("int8", "fp32", "bf16", "fp16"),
     "cpu": ("fp32", "int8", "bf16", "fp16"),

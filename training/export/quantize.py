@@ -120,8 +120,10 @@ def task_samples(images: list[np.ndarray], contract: ModelContract) -> list[Samp
     m, s = contract.size_multiple, contract.scale
     out = []
     for image in images:
-        if contract.input_channels == 1 and image.ndim == 3:
-            image = image[..., :1]
+        if contract.input_channels == 1 and image.ndim == 3 and image.shape[2] >= 3:
+            # a luminance model: the BT.601 luma of the colour image, as the codec would decode it
+            luma = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+            image = np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
         if contract.task == "super_resolution":
             hr = _crop(image, EVAL_EDGE * s, m * s)
             out.append(Sample(downscale(hr, s), hr))
