@@ -259,6 +259,8 @@ def run(args) -> int:
         calibration = load_images(getattr(args, "calibration", None), "--calibration", CALIBRATION_IMAGES)
         if cfg.int8 and not calibration:
             raise UsageError("--int8 needs --calibration DIR: images like the ones the model will serve")
+        if calibration and not cfg.int8:
+            raise UsageError("--calibration applies to --int8 only (it calibrates the int8 variant)")
         torch.manual_seed(0)
         result = export_generator(
             generator,

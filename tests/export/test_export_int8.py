@@ -9,6 +9,7 @@ import pytest
 from export_helpers import KINDS, ort_run, quiet, tiny_generator
 
 from pixforge.cli import main
+from pixforge.codec import encode_image
 from pixforge.contract import check_variant, load_contract
 from pixforge.training.export import ExportConfig, ParityError, export_generator, quantize
 from pixforge.training.export.parity import psnr
@@ -74,3 +75,8 @@ def test_int8_needs_calibration_images(tmp_path, capsys):
     assert "--int8 needs --calibration" in capsys.readouterr().err
     assert main([*argv, "--calibration", str(tmp_path / "none")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(encode_image(_photos(1)[0]))
+    assert main([*argv[:-1], "--calibration", str(photos)]) == 2  # without --int8
+    assert "--calibration applies to --int8 only" in capsys.readouterr().err
