@@ -31,8 +31,19 @@ from .report import SuiteRecord, Table
 from .stats import progress
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "training" / "configs"
-JUNYANZ_PIX2PIX = ["generator.ngf=64", "generator.depth=8", "discriminator.ndf=64"]
-JUNYANZ_CYCLEGAN = ["generator.ngf=64", "generator.n_blocks=9", "discriminator.ndf=64"]
+# junyanz's sizes and his transposed-convolution upsampling (our presets use resize + conv)
+JUNYANZ_PIX2PIX = [
+    "generator.ngf=64",
+    "generator.depth=8",
+    "discriminator.ndf=64",
+    "generator.upsample_conv=transpose",
+]
+JUNYANZ_CYCLEGAN = [
+    "generator.ngf=64",
+    "generator.n_blocks=9",
+    "discriminator.ndf=64",
+    "generator.upsample_conv=transpose",
+]
 
 
 def _cases(quick: bool) -> list[dict]:
