@@ -20,6 +20,8 @@ import grpc
 
 from pixforge.errors import PixforgeError
 
+from .retry import RETRYABLE_CODES
+
 
 class ClientError(PixforgeError):
     """A call failed; `.code` is the grpc.StatusCode and `.message` the server's reason.
@@ -44,10 +46,7 @@ class ClientError(PixforgeError):
     def retryable(self) -> bool:
         """Whether trying the same call again may succeed: the server was unavailable or busy
         (UNAVAILABLE, RESOURCE_EXHAUSTED), not over a limit of this client's."""
-        return self.code in (
-            grpc.StatusCode.UNAVAILABLE,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-        ) and not isinstance(self, ReceiveLimitError)
+        return self.code in RETRYABLE_CODES and not isinstance(self, ReceiveLimitError)
 
     @property
     def code_name(self) -> str:

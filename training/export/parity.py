@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -78,15 +79,15 @@ def fit_image(image: np.ndarray, h: int, w: int, channels: int) -> np.ndarray:
     return np.ascontiguousarray(image[top : top + h, left : left + w])
 
 
-def make_session(model: onnx.ModelProto):
-    """A CPU onnxruntime session for an in-memory model."""
+def make_session(model: onnx.ModelProto | str | Path):
+    """A CPU onnxruntime session (default graph optimisation: all levels) for an in-memory model
+    or a model file."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(
-        model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 @dataclass

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -367,11 +366,7 @@ def export_generator(
         raise ExportError(f"the exported graph breaks the model contract: {exc}") from exc
     tile_costs = None
     if cfg.measure_tile_size:
-        with tempfile.TemporaryDirectory(prefix="pixforge-tile-") as tmp:
-            onnx.save(model, str(Path(tmp) / "model.onnx"))
-            tile, tile_costs = measured_tile_size(
-                Path(tmp) / "model.onnx", size_multiple, cfg.scale, cfg.input_channels, log
-            )
+        tile, tile_costs = measured_tile_size(model, size_multiple, cfg.scale, cfg.input_channels, log)
         contract = dataclasses.replace(contract, tile_size=tile)
         _set_metadata(model, contract.to_metadata())
         for precision, variant in variants.items():
@@ -423,8 +418,7 @@ def make_tiling_invariant(
     except NormStatsError as exc:
         raise ExportError(f"cannot make the graph tiling-invariant: {exc}") from exc
     contract = dataclasses.replace(contract, norm_channels=tuple(channels))
-    del rewritten.metadata_props[:]
-    onnx.helper.set_model_props(rewritten, contract.to_metadata())
+    _set_metadata(rewritten, contract.to_metadata())
     if channels:
         before, after = parity_mod.make_session(model), parity_mod.make_session(rewritten)
         worst = 0

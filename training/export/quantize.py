@@ -36,6 +36,7 @@ from pixforge.errors import PixforgeError
 
 from ..data.super_resolution import downscale
 from ..metrics import psnr, psnr_y
+from .parity import make_session
 
 QUANTIZED_OPS = ("Conv", "ConvTranspose")
 # (metric name, compared with, tolerance): see the module docstring.
@@ -135,17 +136,9 @@ def task_samples(images: list[np.ndarray], contract: ModelContract) -> list[Samp
     return out
 
 
-def _session(model_path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def run_model(model_path: Path, samples: list[Sample]) -> list[np.ndarray]:
     """The model's uint8 outputs for each sample (one image per call: sizes differ)."""
-    session = _session(model_path)
+    session = make_session(model_path)
     return [session.run([OUTPUT_NAME], {INPUT_NAME: s.input[None]})[0][0] for s in samples]
 
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+import onnx
 
 from pixforge.contract import INPUT_NAME
+
+from .parity import make_session
 
 CANDIDATES = (128, 256, 512, 1024)
 MAX_OUTPUT_EDGE = 2048
@@ -44,16 +46,11 @@ def candidate_edges(size_multiple: int, scale: int) -> list[int]:
     return edges or [size_multiple]
 
 
-def measure(model_path: Path, edges: list[int], channels: int, scale: int) -> dict[int, float]:
+def measure(model: onnx.ModelProto, edges: list[int], channels: int, scale: int) -> dict[int, float]:
     """Milliseconds per output megapixel of one run at each tile edge (median of :data:`ROUNDS`,
     after one warm-up run per edge; edges interleaved so background load hits them alike). Edges
     above the first whose warm-up exceeds :data:`BUDGET_SECONDS` are not measured."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    session = make_session(model)
     rng = np.random.default_rng(0)
     inputs = {}
     for e in edges:
@@ -79,10 +76,10 @@ def choose(ms_per_mp: dict[int, float]) -> int:
 
 
 def measured_tile_size(
-    model_path: Path, size_multiple: int, scale: int, channels: int, log: Callable[[str], None] = print
+    model: onnx.ModelProto, size_multiple: int, scale: int, channels: int, log: Callable[[str], None] = print
 ) -> tuple[int, dict[int, float]]:
-    """(chosen tile edge, {edge: ms per output MP}) for an exported model file."""
-    costs = measure(model_path, candidate_edges(size_multiple, scale), channels, scale)
+    """(chosen tile edge, {edge: ms per output MP}) for an exported model."""
+    costs = measure(model, candidate_edges(size_multiple, scale), channels, scale)
     tile = choose(costs)
     log(
         "tile size measured (ms per output megapixel, CPU): "
