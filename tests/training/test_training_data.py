@@ -22,6 +22,7 @@ from pixforge.training.data import (
     make_train_loader,
 )
 from pixforge.training.data.files import holdout_split, list_images
+from pixforge.training.data.transforms import Geometry
 from pixforge.training.image_ops import lab_output_to_rgb
 
 
@@ -144,6 +145,41 @@ def test_colorization_items_are_lab(photo_data):
     # recombining L and ab gives back the RGB crop
     rgb = lab_output_to_rgb(item["input"], item["target"])
     assert rgb.shape == (3, 32, 32) and 0.0 <= float(rgb.min()) and float(rgb.max()) <= 1.0
+
+
+def _ramp(size: int) -> np.ndarray:
+    """An image whose value is its column index: a crop's value span is its width in the photo."""
+    return np.repeat(np.tile(np.arange(size, dtype=np.uint8), (size, 1))[:, :, None], 3, axis=2)
+
+
+def test_zoomed_crops_see_up_to_one_over_scale_min_of_the_photo():
+    img, crop = _ramp(240), 64
+    zoom = Geometry("crop", 0, crop, False, 8, scale_min=0.5)
+    spans = []
+    for seed in range(40):
+        (out,) = zoom.apply([img], np.random.default_rng(seed))
+        assert out.shape == (crop, crop, 3)
+        spans.append(int(out[0, -1, 0]) - int(out[0, 0, 0]) + 1)
+    assert min(spans) >= crop - 2 and max(spans) <= 2 * crop + 2
+    assert max(spans) > 1.5 * crop  # some crops really are zoomed out
+    assert np.median(spans) < 1.6 * crop  # log-uniform: half the draws below s = 0.71
+
+
+def test_zoom_is_training_only_and_off_by_default():
+    img = _ramp(128)
+    zoom = Geometry("crop", 0, 64, True, 8, scale_min=0.5)
+    plain = Geometry("crop", 0, 64, True, 8)
+    # evaluation: the same centre crop at native scale
+    assert np.array_equal(zoom.apply([img], None)[0], plain.apply([img], None)[0])
+    # scale_min 1 draws exactly what the plain crop draws (old recipes reproduce)
+    one = Geometry("crop", 0, 64, True, 8, scale_min=1.0)
+    a = one.apply([img], np.random.default_rng(3))[0]
+    assert np.array_equal(a, plain.apply([img], np.random.default_rng(3))[0])
+    # a photo no larger than the crop cannot be zoomed out: native scale, never upsampled
+    small = _ramp(64)
+    for seed in range(4):
+        got = zoom.apply([small], np.random.default_rng(seed))[0]
+        assert np.array_equal(got, plain.apply([small], np.random.default_rng(seed))[0])
 
 
 def test_gray_photo_has_zero_ab(tmp_path):
