@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 
@@ -84,6 +84,8 @@ def _loaded_contract(row: ModelVersion) -> ModelContract:
     return row.contract
 
 
+# eq=False: a service object compared (and hashed) by identity, not a value.
+@dataclass(eq=False)
 class KServeCore:
     """Protocol-neutral KServe v2 operations on the server's registry, pipeline and runner.
 
@@ -100,26 +102,15 @@ class KServeCore:
             ``model_control`` setting; Triton's explicit model control mode).
     """
 
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        registry: ModelRegistry,
-        metrics: Metrics,
-        *,
-        runner: RequestRunner,
-        image_executor: Executor,
-        server_ready: Callable[[], bool],
-        draining: Callable[[], bool],
-        model_control: bool = False,
-    ):
-        self.pipeline = pipeline
-        self.registry = registry
-        self.metrics = metrics
-        self.runner = runner
-        self.image_executor = image_executor
-        self.server_ready = server_ready
-        self.draining = draining
-        self.model_control = model_control
+    pipeline: Pipeline
+    registry: ModelRegistry
+    metrics: Metrics
+    _: KW_ONLY
+    runner: RequestRunner
+    image_executor: Executor
+    server_ready: Callable[[], bool]
+    draining: Callable[[], bool]
+    model_control: bool = False
 
     # -- health and metadata
 

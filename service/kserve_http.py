@@ -23,7 +23,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import grpc
@@ -398,6 +398,8 @@ def parse_infer(request: InferRequest) -> ParsedInfer:
 # --------------------------------------------------------------------------- the application
 
 
+# eq=False: a service object compared (and hashed) by identity; its bound methods are the routes.
+@dataclass(eq=False)
 class KServeHTTP:
     """The ``/v2`` routes on a :class:`KServeCore`.
 
@@ -411,22 +413,13 @@ class KServeHTTP:
         max_body_bytes: the request body limit (for the 413 message).
     """
 
-    def __init__(
-        self,
-        core: KServeCore,
-        metrics: Metrics,
-        *,
-        open_calls: DrainInterceptor | None,
-        draining: Callable[[], bool],
-        registry: CollectorRegistry,
-        max_body_bytes: int,
-    ):
-        self.max_body_bytes = max_body_bytes
-        self.core = core
-        self.metrics = metrics
-        self.open_calls = open_calls
-        self.draining = draining
-        self.registry = registry
+    core: KServeCore
+    metrics: Metrics
+    _: KW_ONLY
+    open_calls: DrainInterceptor | None
+    draining: Callable[[], bool]
+    registry: CollectorRegistry
+    max_body_bytes: int
 
     # -- middlewares
 
@@ -491,21 +484,18 @@ class KServeHTTP:
         return json_response({"name": name, "ready": ready}, status=200 if ready else 503)
 
     async def model_metadata(self, request: web.Request) -> web.Response:
-        name, version = _model(request)
-        try:
-            described = self.core.model_metadata(name, version)
-        except Exception as exc:
-            return self._error(exc)
+        return self._model_json(request, self._metadata)
+
+    def _metadata(self, name: str, version: str) -> dict:
+        described = self.core.model_metadata(name, version)
         inputs, outputs = tensor_specs(described.contract)
-        return json_response(
-            {
-                "name": described.row.name,
-                "versions": described.versions,
-                "platform": PLATFORM,
-                "inputs": inputs,
-                "outputs": outputs,
-            }
-        )
+        return {
+            "name": described.row.name,
+            "versions": described.versions,
+            "platform": PLATFORM,
+            "inputs": inputs,
+            "outputs": outputs,
+        }
 
     async def model_config(self, request: web.Request) -> web.Response:
         return self._model_json(request, self.core.model_config)

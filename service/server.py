@@ -104,8 +104,6 @@ class ServerHandle:
         self.pipeline = pipeline
         self.metrics = metrics
         self.port = 0
-        self.metrics_port = 0
-        self.http_port = 0
         self.http_endpoint: HttpEndpoint | None = None
         self.metrics_endpoint: HttpEndpoint | None = None
         self._health = health_servicer
@@ -127,6 +125,15 @@ class ServerHandle:
         if host in ("0.0.0.0", "::", "[::]", ""):
             host = "127.0.0.1"
         return _address(host, self.port)
+
+    # The HTTP ports are read off their endpoints rather than copied, so there is one source.
+    @property
+    def http_port(self) -> int:
+        return self.http_endpoint.port if self.http_endpoint is not None else 0
+
+    @property
+    def metrics_port(self) -> int:
+        return self.metrics_endpoint.port if self.metrics_endpoint is not None else 0
 
     @property
     def draining(self) -> bool:
@@ -391,7 +398,7 @@ def _start_http(handle: ServerHandle, config: ServiceConfig) -> None:
             draining=lambda: handle.draining,
         )
         endpoint = HttpEndpoint(app, config.host, config.http_port, context, name="KServe HTTP")
-        handle.http_port = _start_endpoint(handle, endpoint, "http_port", config.http_port)
+        _start_endpoint(handle, endpoint, "http_port", config.http_port)
         handle.http_endpoint = endpoint
         log.info("KServe v2 HTTP/REST on %s://%s/v2", endpoint.scheme, _address(config.host, endpoint.port))
     if config.metrics_port:
@@ -403,14 +410,14 @@ def _start_http(handle: ServerHandle, config: ServiceConfig) -> None:
             context,
             name="metrics",
         )
-        handle.metrics_port = _start_endpoint(handle, endpoint, "metrics_port", config.metrics_port)
+        _start_endpoint(handle, endpoint, "metrics_port", config.metrics_port)
         handle.metrics_endpoint = endpoint
         log.info("metrics on %s://%s/metrics", endpoint.scheme, _address(metrics_host, endpoint.port))
 
 
-def _start_endpoint(handle: ServerHandle, endpoint: HttpEndpoint, key: str, port: int) -> int:
+def _start_endpoint(handle: ServerHandle, endpoint: HttpEndpoint, key: str, port: int) -> None:
     try:
-        return handle._on_loop(endpoint.start(), wait=30.0)
+        handle._on_loop(endpoint.start(), wait=30.0)
     except OSError as exc:
         raise ServerConfigError(f"{key}: cannot bind {endpoint.host}:{port}: {exc.strerror or exc}") from None
 

@@ -14,26 +14,27 @@ RNG state stay in lock-step.
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
+# eq=False: a stateful sampler (set_epoch moves it), compared and hashed by identity. Sampler has
+# no __init__ of its own to call.
+@dataclass(eq=False)
 class EpochSampler(Sampler):
     """Seeded per-epoch permutation, sharded by rank, startable at a batch offset."""
 
-    def __init__(
-        self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True
-    ):
-        self.n = n
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.shuffle = shuffle
-        self.epoch = 0
-        self.start_batch = 0
+    n: int
+    batch_size: int
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+    shuffle: bool = True
+    epoch: int = field(init=False, default=0)
+    start_batch: int = field(init=False, default=0)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch = epoch
