@@ -26,6 +26,10 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/build
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
+# The gRPC stubs are generated while the wheel builds (setup.py -> tools/codegen.py).
+COPY tools/codegen.py tools/codegen.py
+COPY protos/ protos/
+COPY third_party/ third_party/
 COPY pixforge/ pixforge/
 COPY service/ service/
 COPY clients/ clients/

@@ -29,12 +29,15 @@ PY_SOURCES := pixforge service clients training bench tests tools setup.py
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The install generates the gRPC stubs from the protos (setup.py), so a proto edit reinstalls.
+PROTOS := $(wildcard protos/pixforge/*/*.proto third_party/kserve/pixforge/*/*/*.proto)
+
 # Serving needs no torch: the server only runs ONNX models.
-$(VENV)/.serve-installed: $(BIN)/python pyproject.toml setup.py
+$(VENV)/.serve-installed: $(BIN)/python pyproject.toml setup.py $(PROTOS)
 	$(PIP) install -e ".[server]"
 	touch $@
 
-$(VENV)/.dev-installed: $(BIN)/python pyproject.toml setup.py
+$(VENV)/.dev-installed: $(BIN)/python pyproject.toml setup.py $(PROTOS)
 	$(PIP) install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 	$(PIP) install -e ".[dev]"
 	touch $@ $(VENV)/.serve-installed
@@ -49,7 +52,7 @@ serve: $(VENV)/.serve-installed
 test: lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Regenerate the committed gRPC stubs after editing protos/ (tests fail while they are stale).
+# Regenerate the gRPC stubs (not committed; every install makes them) after editing a proto.
 protos: $(VENV)/.dev-installed
 	$(BIN)/python tools/codegen.py
 

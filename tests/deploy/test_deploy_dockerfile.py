@@ -90,12 +90,17 @@ def test_dockerignore_keeps_local_state_out():
         ".env",
         "pixforge.egg-info/PKG-INFO",
         "models/.trt_cache/engine.bin",
+        "pixforge/v1/translation_pb2.py",  # a local install's stubs: the image generates its own
+        "pixforge/kserve/v2/grpc_service_pb2_grpc.py",
     ):
         assert ignore.excluded(path), f"{path} would be sent to the Docker daemon"
     for path in (
         "pyproject.toml",
         "service/server.py",
-        "pixforge/v1/translation_pb2.py",
+        "pixforge/v1/__init__.py",
+        "protos/pixforge/v1/translation.proto",
+        "third_party/kserve/pixforge/kserve/v2/grpc_service.proto",
+        "tools/codegen.py",
         "training/configs/facades.yaml",
         "models/x/1/model.onnx",
         "deploy/check_gpu_libs.py",
@@ -108,6 +113,7 @@ def test_wheel_stage_copies_every_package_folder(path, dockerfile, dockerfile_tr
     parsed = dockerfile if path == "Dockerfile" else dockerfile_train
     copied = {src.strip("/") for c in parsed.stage("wheel").all("COPY") for src in c.operands()[:-1]}
     needed = {"pyproject.toml", "setup.py", "README.md", "pixforge", *setup_folders()}
+    needed |= {"tools/codegen.py", "protos", "third_party"}  # the build generates the gRPC stubs
     assert needed <= copied, f"the wheel would miss {needed - copied}"
 
 

@@ -1,4 +1,4 @@
-"""protos/pixforge/kserve/v2/grpc_service.proto is wire-compatible with tritonclient's stubs.
+"""third_party/kserve/pixforge/kserve/v2/grpc_service.proto is wire-compatible with tritonclient's stubs.
 
 Every message our proto defines must exist in tritonclient's descriptor with the same fields
 (name, number, type, repeated, message type, oneof), and every RPC with the same path, types and
