@@ -189,6 +189,14 @@ def _add_eval(sub) -> None:
         metavar="N",
         help="style translation: training steps of the domain classifier (default 300)",
     )
+    p.add_argument(
+        "--render-size",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="colourisation: the longest side the model runs at, as the server's "
+        "colorization.render_size (default: the server's default; with --server, the server's own)",
+    )
 
 
 def _add_serve(sub) -> None:

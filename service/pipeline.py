@@ -236,6 +236,20 @@ def render_shape(height: int, width: int, render_size: int, size_multiple: int) 
     return max(1, round(height * factor)), max(1, round(width * factor))
 
 
+def render_copy(pixels: np.ndarray, render_size: int, size_multiple: int) -> np.ndarray | None:
+    """The smaller copy a colourisation model runs on, or None when the photo fits ``render_size``.
+
+    Shared by the server and ``pixforge eval`` (training/model_eval/runner.py), so a local
+    evaluation measures what the server returns.
+    """
+    h, w = pixels.shape[:2]
+    if max(h, w) <= render_size:
+        return None
+    rh, rw = render_shape(h, w, render_size, size_multiple)
+    small = cv2.resize(pixels, (rw, rh), interpolation=cv2.INTER_AREA)
+    return small.reshape(rh, rw, -1)
+
+
 def join_chroma(original: np.ndarray, colour_small: np.ndarray) -> np.ndarray:
     """Full-resolution L of ``original`` + upscaled a/b of ``colour_small`` -> uint8 RGB.
 
@@ -613,10 +627,10 @@ class Pipeline:
         h, w = pixels.shape[:2]
         self._check_output(contract, w, h)
         render = options.render_size or self.colorization.render_size
-        if contract.task == "colorization" and contract.output_channels == 3 and max(h, w) > render:
-            rh, rw = render_shape(h, w, render, contract.size_multiple)
-            small = cv2.resize(pixels, (rw, rh), interpolation=cv2.INTER_AREA)
-            small = small.reshape(rh, rw, -1)
+        small = None
+        if contract.task == "colorization" and contract.output_channels == 3:
+            small = render_copy(pixels, render, contract.size_multiple)
+        if small is not None:
             small_out, used_tile = self._run_model(small, runtime, tile, overlap, stats, cancel)
             return join_chroma(pixels, small_out), used_tile
         return self._run_model(pixels, runtime, tile, overlap, stats, cancel)

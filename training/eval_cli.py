@@ -16,9 +16,11 @@ from pixforge.errors import PixforgeError
 from .model_eval import EvalOptions, evaluate, markdown, open_runner, write_outputs
 
 
-def _header(info, data: str, reverse) -> str:
+def _header(info, data: str, reverse, render_size: int = 0) -> str:
     line = f"{info.name} v{info.version} ({info.task}" + (f", x{info.scale}" if info.scale > 1 else "") + ")"
     line += f" on {data} — {info.location}, {info.provider}"
+    if info.task == "colorization" and render_size:
+        line += f", rendered at <= {render_size} px"
     if reverse is not None:
         line += f"; reverse model {reverse.name} v{reverse.version}"
     return line
@@ -36,14 +38,20 @@ def run(args: argparse.Namespace) -> int:
         if not Path(args.data).is_dir():
             raise PixforgeError(f"data folder {args.data} does not exist or is not a folder")
         location = {"repo": getattr(args, "repo", None), "server": getattr(args, "server", None)}
-        runner = open_runner(args.model, version=getattr(args, "version", None), **location)
+        runner = open_runner(
+            args.model,
+            version=getattr(args, "version", None),
+            render_size=getattr(args, "render_size", None) or 0,
+            **location,
+        )
         runners.append(runner)
         reverse = None
         if getattr(args, "reverse_model", None):
             reverse = open_runner(args.reverse_model, **location)
             runners.append(reverse)
         report = evaluate(runner, args.data, options, reverse)
-        print(_header(runner.info, args.data, reverse.info if reverse else None))
+        render = getattr(runner, "render_size", 0)
+        print(_header(runner.info, args.data, reverse.info if reverse else None, render))
         print()
         print(markdown(report), end="")
         if args.out:

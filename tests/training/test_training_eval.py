@@ -206,6 +206,47 @@ def test_eval_colorization_skips_gray_truth_and_scores_gray_output(tmp_path, rep
     assert abs(m["psnr"] - m["psnr_gray"]) < 0.3 and m["psnr_gray"] < 30
 
 
+def test_eval_colorization_renders_like_the_server(tmp_path, capsys):
+    """A photo larger than render_size: local eval runs the same smaller copy the server runs."""
+    from loopback import loopback_values
+
+    from pixforge.service.config import load_config
+    from pixforge.service.server import serve
+
+    models = tmp_path / "models"
+    models.mkdir()
+    _export(
+        models,
+        "colour",
+        {"arch": "unet", "depth": 3, "in_channels": 1, "out_channels": 2},
+        task="colorization",
+        color_space="lab",
+    )  # random weights: the output depends on the render
+    _photos(tmp_path / "data", 2, seed=8)  # 40 x 48: larger than a 32-pixel render
+
+    def results(name, *argv):
+        rc, out, err = _eval(
+            capsys, models, "--model", "colour", "--data", tmp_path / "data", "--out", tmp_path / name, *argv
+        )
+        assert rc == 0, err
+        return out, json.loads((tmp_path / name / "results.json").read_text())["metrics"]
+
+    handle = serve(
+        load_config(
+            overrides=loopback_values(models, colorization__render_size=32, batching__shape_bucket=0), env={}
+        )
+    )
+    try:
+        _, remote = results("remote", "--server", f"127.0.0.1:{handle.port}")
+    finally:
+        handle.stop(0)
+    out, rendered = results("local32", "--render-size", "32")
+    _, whole = results("local")  # the default render size (512) keeps these photos whole
+    assert "rendered at <= 32 px" in out
+    assert rendered["psnr"] == pytest.approx(remote["psnr"], abs=0.05)
+    assert abs(whole["psnr"] - rendered["psnr"]) > 0.05
+
+
 # ------------------------------------------------------------------------------------ paired translation
 
 

@@ -3,8 +3,10 @@
 Both runners take and return uint8 RGB (H, W, 3) arrays and apply the model's contract the way
 the server does: the input is converted to the model's channel count, reflect-padded at the
 bottom/right to a multiple of ``size_multiple`` and the output cropped back to ``scale`` times
-the input size. Locally the whole image is one call (no tiling); through ``--server`` the server
-decides (it may tile large images).
+the input size. A colourisation model runs on a copy no larger than ``render_size`` whose chroma
+is joined with the full-resolution luminance, as the server does (``colorization.render_size``).
+Locally the whole image is one call (no tiling); through ``--server`` the server decides (it may
+tile large images).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pixforge.codec import to_channels as codec_to_channels
 from pixforge.contract import INPUT_NAME, contract_from_session
 from pixforge.errors import ContractError
 from pixforge.repository import default_repository, latest_versions, scan_repository
+from pixforge.service.config import ColorizationConfig
+from pixforge.service.pipeline import join_chroma, render_copy
 from pixforge.service.tiling import pad_to, round_up
 
 from ..data.files import file_sha256
@@ -131,9 +135,13 @@ class Runner(abc.ABC):
 
 
 class LocalRunner(Runner):
-    """An onnxruntime session on a repository's model file (CUDA when it really works, else CPU)."""
+    """An onnxruntime session on a repository's model file (CUDA when it really works, else CPU).
 
-    def __init__(self, name: str, version: int, path: Path):
+    Args:
+        render_size: colourisation: the longest side the model runs at (0: the server's default).
+    """
+
+    def __init__(self, name: str, version: int, path: Path, render_size: int = 0):
         import onnxruntime as ort
 
         # The server's probe: onnxruntime-gpu lists CUDA even where it cannot load; ask ctypes first.
@@ -159,8 +167,16 @@ class LocalRunner(Runner):
             provider=self.session.get_providers()[0],
             sha256=file_sha256(path),
         )
+        self.render_size = render_size or ColorizationConfig().render_size
 
     def _run(self, image: np.ndarray) -> np.ndarray:
+        if self.info.task == "colorization" and self.info.output_channels == 3:
+            small = render_copy(image, self.render_size, self.info.size_multiple)
+            if small is not None:
+                return join_chroma(image, self._whole(small))
+        return self._whole(image)
+
+    def _whole(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
         padded = pad_to_multiple(image, self.info.size_multiple)
         out = self.session.run(None, {INPUT_NAME: padded[None]})[0][0]
@@ -230,9 +246,17 @@ def find_model(repo: Path, name: str, version: int | None) -> tuple[int, Path]:
 
 
 def open_runner(
-    name: str, *, version: int | None = None, repo: str | Path | None = None, server: str | None = None
+    name: str,
+    *,
+    version: int | None = None,
+    repo: str | Path | None = None,
+    server: str | None = None,
+    render_size: int = 0,
 ) -> Runner:
     """A runner for model `name` from a repository (default: the bundled one) or a server.
+
+    ``render_size`` (colourisation, 0 = the server's default) applies to local runs; a server uses
+    its own ``colorization.render_size``.
 
     Raises:
         EvalError: unknown model or version, invalid model file, unreachable server.
@@ -241,4 +265,4 @@ def open_runner(
         return ServerRunner(server, name, version)
     repo_path = Path(repo) if repo else default_repository()
     found_version, path = find_model(repo_path, name, version)
-    return LocalRunner(name, found_version, path)
+    return LocalRunner(name, found_version, path, render_size)
