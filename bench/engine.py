@@ -13,6 +13,8 @@ median of the per-round ratios. Variants:
 - ``ort_uint8_fp16`` / ``ort_uint8_int8``: the served graph's precision variants on the CPU
   provider: the exporter's ``model.fp16.onnx`` and an int8 QDQ graph from the exporter's quantiser
   (every convolution, calibrated on smooth synthetic images of the first case's size).
+- ``ort_uint8_openvino``: the served graph on onnxruntime-openvino's OpenVINO provider (CPU, same
+  threads), only where onnxruntime has that provider (``engine.providers: [openvino, cpu]``).
 - on a usable GPU: ``eager_cuda`` (+ ``_fp16`` autocast), ``ort_cuda`` (+ the fp16 variant) and
   ``ort_trt`` (+ fp16 engines) when onnxruntime has those providers.
 
@@ -43,7 +45,15 @@ from .stats import interleave, progress, round_ratios, summarize
 
 GOAL_RATIO = 1.3
 SERVED_GOAL_RATIO = 1.0  # served model (the precision the server picks here) vs torch.compile fp32, batch 1
-CPU_ENGINES = ("eager", "compile", "ort", "ort_uint8", "ort_uint8_fp16", "ort_uint8_int8")
+CPU_ENGINES = (
+    "eager",
+    "compile",
+    "ort",
+    "ort_uint8",
+    "ort_uint8_fp16",
+    "ort_uint8_int8",
+    "ort_uint8_openvino",
+)
 GPU_ENGINES = ("eager_cuda", "eager_cuda_fp16", "ort_cuda", "ort_cuda_fp16", "ort_trt", "ort_trt_fp16")
 # torch.compile takes tens of seconds per shape; the precision variants take a second to make
 QUICK_ENGINES = ("eager", "ort", "ort_uint8", "ort_uint8_fp16", "ort_uint8_int8")
@@ -187,6 +197,12 @@ def _gpu_state() -> tuple[bool, bool, bool, str]:
     return torch.cuda.is_available(), gpu.cuda, gpu.tensorrt, gpu.reason
 
 
+def _openvino_available() -> bool:
+    import onnxruntime as ort
+
+    return "OpenVINOExecutionProvider" in ort.get_available_providers()
+
+
 def _engines(settings, torch_cuda: bool, ort_cuda: bool, ort_trt: bool) -> list[str]:
     wanted = settings.engines or list(QUICK_ENGINES if settings.quick else CPU_ENGINES) + list(GPU_ENGINES)
     unknown = [e for e in wanted if e not in CPU_ENGINES + GPU_ENGINES]
@@ -201,6 +217,9 @@ def _engines(settings, torch_cuda: bool, ort_cuda: bool, ort_trt: bool) -> list[
         "ort_cuda_fp16": ort_cuda,
         "ort_trt": ort_trt,
         "ort_trt_fp16": ort_trt,
+        # onnxruntime-openvino replaces onnxruntime(-gpu): most machines lack it, so it is left out
+        # without a note unless --engines asked for it.
+        "ort_uint8_openvino": _openvino_available(),
     }
     out = [e for e in wanted if usable.get(e, True)]
     if "eager" not in out:
@@ -330,6 +349,11 @@ class _Model:
             return lambda: sess.run(None, {"image": u8})
         if engine == "ort_uint8_int8":
             sess = self._session(engine, self._int8(u8.shape[1]), ["CPUExecutionProvider"])
+            return lambda: sess.run(None, {"image": u8})
+        if engine == "ort_uint8_openvino":
+            # configured as the server configures it (service.engine.select_providers)
+            openvino = ("OpenVINOExecutionProvider", {"device_type": "CPU", "num_of_threads": self.threads})
+            sess = self._session(engine, self.served_path, [openvino, "CPUExecutionProvider"])
             return lambda: sess.run(None, {"image": u8})
         if engine == "ort_cuda":
             sess = self._session(engine, self.served_path, ["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -494,8 +518,9 @@ def run_suite(settings) -> SuiteRecord:
             "Generators with random weights (speed does not depend on them), float NCHW input for the "
             "PyTorch and `ort` variants, uint8 NHWC for the served graph (`ort_uint8`) and its precision "
             "variants (`ort_uint8_fp16`: the exporter's fp16 file; `ort_uint8_int8`: int8 QDQ convolutions "
-            "from the exporter's quantiser, calibrated on synthetic images), all on the CPU provider. All "
-            "variants of a case run interleaved; `x eager` is the median of the per-round throughput "
+            "from the exporter's quantiser, calibrated on synthetic images), all on the CPU provider "
+            "(`ort_uint8_openvino`, only where onnxruntime-openvino is installed: its OpenVINO provider). "
+            "All variants of a case run interleaved; `x eager` is the median of the per-round throughput "
             "ratios. GFLOP/s counts 2 FLOPs per multiply-accumulate of the generator's convolutions; "
             "`% peak` divides it by this CPU's practical fp32 peak (best `torch.matmul` of two square "
             "matrices, same threads), int8 and fp16 rows included. "

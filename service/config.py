@@ -34,7 +34,8 @@ from pixforge.settings import build, suggest
 
 from .errors import ServerConfigError
 
-PROVIDERS = ("tensorrt", "cuda", "cpu")
+# openvino is onnxruntime-openvino's OpenVINOExecutionProvider: CPU-class, opt-in per server.
+PROVIDERS = ("tensorrt", "cuda", "openvino", "cpu")
 CUDNN_SEARCH = ("HEURISTIC", "EXHAUSTIVE")
 ARENA_STRATEGIES = ("kSameAsRequested", "kNextPowerOfTwo")
 LOG_FORMATS = ("text", "json")
@@ -58,7 +59,9 @@ class EngineConfig:
     """onnxruntime session settings (one session per model version)."""
 
     providers: tuple[str, ...] = setting(
-        ("cuda", "cpu"), "execution providers in order of preference: tensorrt (opt-in), cuda, cpu"
+        ("cuda", "cpu"),
+        "execution providers in order of preference: tensorrt (opt-in), cuda, "
+        "openvino (opt-in, needs onnxruntime-openvino), cpu",
     )
     device_id: int = setting(0, "GPU index for cuda/tensorrt")
     intra_op_threads: int = setting(0, "CPU threads per session; 0 = CPUs available to the process")

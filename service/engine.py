@@ -1,9 +1,9 @@
 """onnxruntime session wrapper: one :class:`Engine` per model version (no torch, no gRPC).
 
-It picks the execution provider (TensorRT opt-in -> CUDA -> CPU, filtered by what actually works
-on this machine), sets the session options a server wants, validates the model contract, warms
-the session up, and runs uint8 NHWC batches. Provider failures are probed *before* asking
-onnxruntime for them, so a CPU-only machine logs one clear line instead of onnxruntime's
+It picks the execution provider (TensorRT opt-in -> CUDA -> OpenVINO opt-in -> CPU, filtered by
+what actually works on this machine), sets the session options a server wants, validates the model
+contract, warms the session up, and runs uint8 NHWC batches. Provider failures are probed *before*
+asking onnxruntime for them, so a CPU-only machine logs one clear line instead of onnxruntime's
 multi-line "failed to load libcublasLt" errors.
 """
 
@@ -46,8 +46,11 @@ ort.set_default_logger_severity(3)
 ORT_PROVIDER = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
+# OpenVINO (device_type CPU) is deliberately not here: it runs on the CPU, takes host memory
+# inputs (no IO binding) and wants the CPU precision order.
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 # Precision variants in the order `engine.precision: auto` tries them, fastest first. On CPU fp16
 # comes last: onnxruntime's CPU provider has few fp16 kernels, so an fp16 graph runs as fp32 with
@@ -192,6 +195,17 @@ def select_providers(
                     },
                 )
             )
+        elif name == "openvino":
+            # Only onnxruntime-openvino has it; that package replaces onnxruntime(-gpu) rather than
+            # sitting beside it, so asking onnxruntime is the whole probe (no libraries to dlopen).
+            if ORT_PROVIDER[name] not in ort.get_available_providers():
+                skipped.append("openvino (onnxruntime-openvino is not installed)")
+                continue
+            # OpenVINO runs its own thread pool; size it like the session's intra-op pool so that
+            # engine.intra_op_threads bounds the server's CPU use with either provider.
+            providers.append(
+                (ORT_PROVIDER[name], {"device_type": "CPU", "num_of_threads": intra_op_threads(cfg)})
+            )
         elif name == "cuda":
             if not gpu.cuda:
                 skipped.append(f"cuda ({gpu.reason or 'unavailable'})")
@@ -236,6 +250,11 @@ def choose_model_file(
     return precision, files[precision]
 
 
+def intra_op_threads(cfg: EngineConfig) -> int:
+    """Threads per session: ``engine.intra_op_threads``, or (0) every CPU the process may use."""
+    return cfg.intra_op_threads or available_cpus()
+
+
 def session_options(cfg: EngineConfig) -> ort.SessionOptions:
     """Session options for serving: full graph optimisation, threads sized to the CPUs we may use."""
     opts = ort.SessionOptions()
@@ -243,7 +262,7 @@ def session_options(cfg: EngineConfig) -> ort.SessionOptions:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.enable_mem_pattern = True
     opts.enable_cpu_mem_arena = True
-    opts.intra_op_num_threads = cfg.intra_op_threads or available_cpus()
+    opts.intra_op_num_threads = intra_op_threads(cfg)
     opts.inter_op_num_threads = cfg.inter_op_threads
     opts.log_severity_level = 3
     spin = "1" if cfg.allow_spinning else "0"
@@ -284,7 +303,7 @@ class Engine:
             )
         self.skipped = skipped
         reference = Path(path)
-        on_gpu = any((p[0] if isinstance(p, tuple) else p) in GPU_PROVIDERS for p in providers)
+        on_gpu = any(provider_name(p) in GPU_PROVIDERS for p in providers)
         files = model_files(reference)
         precision, path = choose_model_file(files, auto_order(on_gpu), config.precision)
         if config.precision not in ("auto", precision):
@@ -301,12 +320,7 @@ class Engine:
         if any(isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in providers) and cache_dir:
             cache_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        try:
-            self._session = ort.InferenceSession(
-                str(path), sess_options=session_options(config), providers=providers
-            )
-        except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise ContractError(f"{path} is not a loadable ONNX model: {_first_line(exc)}") from exc
+        self._session = _open_session(path, config, providers)
         self.contract: ModelContract = contract_from_session(self._session)
         self.precision: str = self.contract.metadata.get("precision", "fp32")
         if self.precision != precision:
@@ -315,6 +329,21 @@ class Engine:
                 f"its precision ({variant_file(self.precision)})"
             )
         self.provider: str = self._session.get_providers()[0]
+        if self.provider == ORT_PROVIDER["openvino"] and self.contract.norm_channels:
+            # onnxruntime-openvino (seen with 1.24.1) compiles initializers that are also graph
+            # inputs as constants: the tiling-statistics feeds (norm_mode, norm_stats, tile_core)
+            # would be ignored, so tiled images would come out normalised tile by tile (norm_sums with
+            # one row). Such a model runs on the other providers; onnxruntime always adds the CPU one.
+            others = [p for p in providers if provider_name(p) != ORT_PROVIDER["openvino"]]
+            self._session = _open_session(path, config, others or [ORT_PROVIDER["cpu"]])
+            self.provider = self._session.get_providers()[0]
+            self.skipped = [*skipped, "openvino (ignores this model's tiling-statistics inputs)"]
+            log.warning(
+                "model %s has per-image normalisation inputs, which the OpenVINO provider ignores; "
+                "running it on %s",
+                self.name,
+                self.provider,
+            )
         # IO binding on GPU providers; the output lives on this device until copied back once.
         self.output_device: str | None = "cuda" if self.provider in GPU_PROVIDERS else None
         self.load_ms = (time.perf_counter() - start) * 1000.0
@@ -429,6 +458,18 @@ class Engine:
         self._session = None
 
 
+def provider_name(provider: str | tuple[str, dict]) -> str:
+    """The name of one entry of :func:`select_providers`' list (a name or ``(name, options)``)."""
+    return provider[0] if isinstance(provider, tuple) else provider
+
+
+def _open_session(path: Path, config: EngineConfig, providers: list) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), sess_options=session_options(config), providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise ContractError(f"{path} is not a loadable ONNX model: {_first_line(exc)}") from exc
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -448,21 +489,22 @@ def trt_cache_dir(cfg: EngineConfig, repository: Path) -> Path:
 def expected_provider(cfg: EngineConfig) -> str:
     """The onnxruntime provider a model loaded now would run on ('none' if no configured one works)."""
     providers, _ = select_providers(cfg, probe_gpu())
-    if not providers:
-        return "none"
-    return providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+    return provider_name(providers[0]) if providers else "none"
 
 
 def gpu_log_line(cfg: EngineConfig) -> str:
     """The single line the server logs about execution providers at start-up."""
     gpu = probe_gpu()
-    wanted = [p for p in cfg.providers if p != "cpu"]
-    if not wanted:
-        return "execution provider: CPU (configured)"
+    wanted = [p for p in cfg.providers if p in ("tensorrt", "cuda")]
     if ("cuda" in wanted and gpu.cuda) or ("tensorrt" in wanted and gpu.tensorrt):
         kind = "TensorRT" if "tensorrt" in wanted and gpu.tensorrt else "CUDA"
         return f"execution provider: GPU ({kind}, device {cfg.device_id})"
-    fallback = "CPU" if "cpu" in cfg.providers else "none"
-    return (
-        f"execution provider: {fallback} ({', '.join(wanted)} unavailable: {gpu.reason or 'unknown reason'})"
-    )
+    # No GPU provider runs: name the CPU-class provider that does (the first one onnxruntime gets;
+    # it takes every node it supports) and why configured ones are unavailable.
+    providers, _ = select_providers(cfg, gpu)
+    first = provider_name(providers[0]) if providers else ""
+    runs = {"OpenVINOExecutionProvider": "OpenVINO CPU", "CPUExecutionProvider": "CPU"}.get(first, "none")
+    missing = [f"{', '.join(wanted)} unavailable: {gpu.reason or 'unknown reason'}"] if wanted else []
+    if "openvino" in cfg.providers and ORT_PROVIDER["openvino"] not in ort.get_available_providers():
+        missing.append("openvino unavailable: onnxruntime-openvino is not installed")
+    return f"execution provider: {runs} ({'; '.join(missing) or 'configured'})"

@@ -15,6 +15,7 @@ nn = torch.nn
 
 from pixforge.bench.engine import (  # noqa: E402 - after the torch skip
     SERVED_GOAL_RATIO,
+    _engines,
     gflops,
     served_engine,
     served_goal,
@@ -55,6 +56,19 @@ def test_count_macs_includes_the_functional_bicubic_convolution():
     layer = BicubicPhases(3, 2)
     k = layer.weight.shape[-1]
     assert count_macs(layer, (1, 3, 8, 8)) == 12 * 8 * 8 * 3 * k * k
+
+
+def test_openvino_variant_only_where_onnxruntime_has_it(monkeypatch):
+    import types
+
+    import onnxruntime
+
+    settings = types.SimpleNamespace(engines=None, quick=False)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert "ort_uint8_openvino" not in _engines(settings, False, False, False)  # skipped silently
+    listed = ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: listed)
+    assert "ort_uint8_openvino" in _engines(settings, False, False, False)
 
 
 def test_gflops_from_macs_and_throughput():

@@ -94,6 +94,14 @@ def test_validation_names_the_key(values, fragment):
         build_config(values)
 
 
+def test_openvino_is_an_opt_in_provider():
+    assert load_config(env={}).engine.providers == ("cuda", "cpu")  # not in the default
+    cfg = load_config(env={"PIXFORGE_ENGINE_PROVIDERS": "OpenVINO,cpu"})
+    assert cfg.engine.providers == ("openvino", "cpu")
+    with pytest.raises(ConfigError, match="unknown provider 'openvin'.*tensorrt, cuda, openvino, cpu"):
+        build_config({"engine.providers": ["openvin", "cpu"]})
+
+
 def test_yaml_errors_name_file_and_key(tmp_path):
     bad_key = tmp_path / "a.yaml"
     bad_key.write_text("batching:\n  max_batch: 3\n")

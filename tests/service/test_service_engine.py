@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from service_helpers import (
@@ -13,6 +15,7 @@ from service_helpers import (
     write_garbage,
 )
 
+import pixforge.service.engine as engine_module
 from pixforge.errors import ContractError
 from pixforge.service.config import EngineConfig, available_cpus
 from pixforge.service.engine import (
@@ -52,6 +55,102 @@ def test_select_providers_without_gpu_falls_back_quietly():
     assert providers == ["CPUExecutionProvider"]
     assert skipped == ["cuda (no NVIDIA driver)"]
     assert select_providers(EngineConfig(providers=("cuda",)), no_gpu)[0] == []
+
+
+NO_GPU = GpuStatus(cuda=False, tensorrt=False, reason="no NVIDIA driver")
+OPENVINO = "OpenVINOExecutionProvider"
+
+
+def _ort_lists(monkeypatch, *names):
+    # onnxruntime-openvino is not installed in CI: pretend about what onnxruntime reports.
+    listed = [*names, "CPUExecutionProvider"]
+    monkeypatch.setattr(engine_module.ort, "get_available_providers", lambda: listed)
+
+
+def test_select_providers_openvino_in_order_with_the_session_threads(monkeypatch):
+    _ort_lists(monkeypatch, OPENVINO)
+    cfg = EngineConfig(providers=("cuda", "openvino", "cpu"), intra_op_threads=3)
+    providers, skipped = select_providers(cfg, GpuStatus(cuda=True, tensorrt=False, reason=""))
+    assert providers[0][0] == "CUDAExecutionProvider" and providers[2] == "CPUExecutionProvider"
+    assert providers[1] == (OPENVINO, {"device_type": "CPU", "num_of_threads": 3}) and not skipped
+    # intra_op_threads 0: OpenVINO gets the same count the session's intra-op pool does
+    auto = EngineConfig(providers=("openvino", "cpu"))
+    providers, skipped = select_providers(auto, NO_GPU)
+    assert providers == [
+        (OPENVINO, {"device_type": "CPU", "num_of_threads": session_options(auto).intra_op_num_threads}),
+        "CPUExecutionProvider",
+    ]
+    assert providers[0][1]["num_of_threads"] == available_cpus() and not skipped
+    assert expected_provider(auto) == OPENVINO
+
+
+def test_openvino_skipped_with_a_note_when_not_installed(monkeypatch, tmp_path):
+    _ort_lists(monkeypatch)
+    providers, skipped = select_providers(EngineConfig(providers=("openvino", "cpu")), NO_GPU)
+    assert providers == ["CPUExecutionProvider"]
+    assert skipped == ["openvino (onnxruntime-openvino is not installed)"]
+    path = build_sr2(tmp_path / "sr" / "1" / "model.onnx")
+    with pytest.raises(RuntimeError, match=r"none of the configured providers \(openvino\).*not installed"):
+        Engine(path, EngineConfig(providers=("openvino",)))
+
+
+class _ReportsOpenVINO:
+    """A real CPU session that reports the providers it was asked for, as an OpenVINO one would."""
+
+    opened: list[list[str]] = []
+
+    def __init__(self, path, sess_options=None, providers=()):
+        self.names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        self.opened.append(self.names)
+        self._real = _REAL_SESSION(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    def get_providers(self):
+        return self.names
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+_REAL_SESSION = engine_module.ort.InferenceSession
+
+
+def test_engine_runs_openvino_as_a_cpu_provider_but_not_for_norm_models(monkeypatch, tmp_path, caplog):
+    _ort_lists(monkeypatch, OPENVINO)
+    monkeypatch.setattr(engine_module.ort, "InferenceSession", _ReportsOpenVINO)
+    monkeypatch.setattr(_ReportsOpenVINO, "opened", [])
+    path = build_sr2(tmp_path / "sr" / "1" / "model.onnx")
+    engine = Engine(path, EngineConfig(providers=("openvino", "cpu"), intra_op_threads=1))
+    assert engine.provider == OPENVINO and engine.output_device is None  # host memory, no IO binding
+    assert engine.run(np.stack([rgb_image(6, 8, 0)])).shape == (1, 12, 16, 3)
+    # A model with tiling-statistics inputs (norm layers): OpenVINO would ignore those feeds.
+    real_contract = engine_module.contract_from_session
+    monkeypatch.setattr(
+        engine_module,
+        "contract_from_session",
+        lambda session: dataclasses.replace(real_contract(session), norm_channels=(4,)),
+    )
+    _ReportsOpenVINO.opened.clear()
+    norm = Engine(path, EngineConfig(providers=("openvino", "cpu"), intra_op_threads=1))
+    assert norm.provider == "CPUExecutionProvider"
+    assert _ReportsOpenVINO.opened == [[OPENVINO, "CPUExecutionProvider"], ["CPUExecutionProvider"]]
+    assert "openvino (ignores this model's tiling-statistics inputs)" in norm.skipped
+    assert "OpenVINO provider ignores" in caplog.text
+    only = Engine(path, EngineConfig(providers=("openvino",), intra_op_threads=1))
+    assert only.provider == "CPUExecutionProvider"  # onnxruntime's implicit CPU fallback
+
+
+def test_log_line_names_openvino(monkeypatch):
+    monkeypatch.setattr(engine_module, "_gpu_status", NO_GPU)
+    _ort_lists(monkeypatch, OPENVINO)
+    ov = EngineConfig(providers=("openvino", "cpu"))
+    assert gpu_log_line(ov) == "execution provider: OpenVINO CPU (configured)"
+    assert gpu_log_line(EngineConfig(providers=("cuda", "openvino", "cpu"))) == (
+        "execution provider: OpenVINO CPU (cuda unavailable: no NVIDIA driver)"
+    )
+    _ort_lists(monkeypatch)
+    assert gpu_log_line(ov) == (
+        "execution provider: CPU (openvino unavailable: onnxruntime-openvino is not installed)"
+    )
 
 
 def test_session_options_sized_to_the_machine():
