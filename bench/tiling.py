@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pixforge.service.config import MAX_MESSAGE_BYTES
+
 from .report import Plot, SuiteRecord, Table
 from .serverproc import MIB, ServerProcess, base_server_config, png_bytes, sample_image, translate_call
 from .serving import export_model
@@ -86,7 +88,7 @@ def run_suite(settings) -> SuiteRecord:
                 # room for the largest output (4096 px -> 16384 px = 268 MP) in one message
                 "limits": {
                     "max_output_pixels": max(64_000_000, out_edge * out_edge),
-                    "max_message_bytes": 2_000_000_000,
+                    "max_message_bytes": MAX_MESSAGE_BYTES,
                 },
             }
             progress(f"tiling: {size}x{size} -> {out_edge}x{out_edge}")

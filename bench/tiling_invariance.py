@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pixforge.service.config import MAX_MESSAGE_BYTES
+
 from .report import SuiteRecord, Table
 from .serverproc import ServerProcess, base_server_config, png_bytes, sample_image
 from .stats import progress
@@ -92,7 +94,8 @@ def run_invariance(record: SuiteRecord, settings, threads: int, size: int) -> No
             outputs, times, peaks, tiles = {}, {}, {}, {}
             for mode, tile in (("tiled", 0), ("whole", WHOLE_TILE)):
                 progress(f"tiling: {name} {size}x{size} {mode}")
-                server_cfg = {**base_server_config(threads), "limits": {"max_message_bytes": 2_000_000_000}}
+                limits = {"max_message_bytes": MAX_MESSAGE_BYTES}
+                server_cfg = {**base_server_config(threads), "limits": limits}
                 with ServerProcess(repo, server_cfg, Path(tmp), f"{name}-{mode}") as server:
                     reply, seconds = _translate(server.address, name, payload, tile, render)
                     peaks[mode] = server.memory().get("peak_rss_mib")

@@ -43,6 +43,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 NORM_STAT_METHODS = ("exact", "downscaled", "per_tile")  # service/norm_stats.py METHODS
 ENGINE_PRECISIONS = ("auto", *PRECISIONS)
 MIB = 1024 * 1024
+# The largest limits.max_message_bytes: gRPC's own ceiling sits a quarter above it and must stay
+# within gRPC's int32 lengths.
+MAX_MESSAGE_BYTES = 1536 * MIB
 
 
 def _doc(text: str) -> dict:
@@ -435,8 +438,7 @@ _BOUNDS: dict[str, tuple[int, int | None]] = {
     "tiling.min_tile_size": (8, None),
     "limits.max_input_pixels": (1, None),
     "limits.max_output_pixels": (1, None),
-    # gRPC's own ceiling sits a quarter above it and must stay within gRPC's int32 lengths.
-    "limits.max_message_bytes": (1024, 1536 * MIB),
+    "limits.max_message_bytes": (1024, MAX_MESSAGE_BYTES),
     "colorization.render_size": (16, None),
     "stream.max_in_flight": (1, None),
 }

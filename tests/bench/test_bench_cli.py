@@ -58,3 +58,13 @@ def test_serving_quick_through_the_real_server(tmp_path):
     )
     assert len(data["goals"]) == 2
     assert not (tmp_path / "benchmarks.md").exists()  # --no-report
+
+
+def test_tiling_quick_through_real_servers(tmp_path):
+    """Each size gets its own server process configured by the bench (its limits must be valid)."""
+    rc = main(["bench", "tiling", "--quick", "--out", str(tmp_path), "--threads", "1", "--no-report"])
+    assert rc == 0
+    data = json.loads((tmp_path / "bench" / "tiling.json").read_text())
+    assert data["suite"] == "tiling" and data["quick"] is True
+    rows = [r for r in data["results"] if "tiles" in r]
+    assert len(rows) >= 2 and all(r["working_mib"] is not None and r["times_s"] for r in rows)
