@@ -195,7 +195,7 @@ def _add_eval(sub) -> None:
         default=0,
         metavar="PX",
         help="colourisation: the longest side the model runs at, as the server's "
-        "colorization.render_size (default: the server's default; with --server, the server's own)",
+        "colorization.render_size (default: the server's default; with --server, sent with each request)",
     )
 
 

@@ -231,13 +231,10 @@ def test_eval_colorization_renders_like_the_server(tmp_path, capsys):
         assert rc == 0, err
         return out, json.loads((tmp_path / name / "results.json").read_text())["metrics"]
 
-    handle = serve(
-        load_config(
-            overrides=loopback_values(models, colorization__render_size=32, batching__shape_bucket=0), env={}
-        )
-    )
+    handle = serve(load_config(overrides=loopback_values(models, batching__shape_bucket=0), env={}))
     try:
-        _, remote = results("remote", "--server", f"127.0.0.1:{handle.port}")
+        # the server's own render_size is 512: --render-size travels with each request
+        _, remote = results("remote", "--server", f"127.0.0.1:{handle.port}", "--render-size", "32")
     finally:
         handle.stop(0)
     out, rendered = results("local32", "--render-size", "32")

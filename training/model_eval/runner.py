@@ -188,9 +188,15 @@ class LocalRunner(Runner):
 
 
 class ServerRunner(Runner):
-    """Sends each image as PNG bytes to a pixforge server's Translate RPC (pixforge.client)."""
+    """Sends each image as PNG bytes to a pixforge server's Translate RPC (pixforge.client).
 
-    def __init__(self, target: str, name: str, version: int | None, timeout: float = 300.0):
+    Args:
+        render_size: colourisation: sent with each request (0: the server's own setting).
+    """
+
+    def __init__(
+        self, target: str, name: str, version: int | None, timeout: float = 300.0, render_size: int = 0
+    ):
         from pixforge.client import Client, ClientError, NotFoundError
 
         self.client = Client(target, timeout=timeout)
@@ -210,11 +216,14 @@ class ServerRunner(Runner):
             name, remote.version, remote, location=f"server {target}", provider=remote.provider
         )
         self._client_error = ClientError
+        self.render_size = render_size
 
     def _run(self, image: np.ndarray) -> np.ndarray:
         png = encode_image(image if image.shape[2] == 3 else image[:, :, 0], "png")  # lossless
         try:
-            out = self.client.translate(png, self.info.name, as_array=True, version=self.info.version)
+            out = self.client.translate(
+                png, self.info.name, as_array=True, version=self.info.version, render_size=self.render_size
+            )
         except self._client_error as exc:
             raise EvalError(f"the server failed on an image: {exc}") from None
         return out
@@ -255,14 +264,14 @@ def open_runner(
 ) -> Runner:
     """A runner for model `name` from a repository (default: the bundled one) or a server.
 
-    ``render_size`` (colourisation, 0 = the server's default) applies to local runs; a server uses
-    its own ``colorization.render_size``.
+    ``render_size``: colourisation, the longest side the model runs at; 0 = the server's default
+    locally, the server's own ``colorization.render_size`` through ``server``.
 
     Raises:
         EvalError: unknown model or version, invalid model file, unreachable server.
     """
     if server:
-        return ServerRunner(server, name, version)
+        return ServerRunner(server, name, version, render_size=render_size)
     repo_path = Path(repo) if repo else default_repository()
     found_version, path = find_model(repo_path, name, version)
     return LocalRunner(name, found_version, path, render_size)
