@@ -197,10 +197,15 @@ def _gpu_state() -> tuple[bool, bool, bool, str]:
     return torch.cuda.is_available(), gpu.cuda, gpu.tensorrt, gpu.reason
 
 
-def _openvino_available() -> bool:
-    import onnxruntime as ort
+def _openvino(threads: int = 0) -> list:
+    """The OpenVINO provider entry exactly as the server builds it (``threads`` 0: every CPU the
+    process may use), [] where onnxruntime has no such provider."""
+    from pixforge.service.config import EngineConfig
+    from pixforge.service.engine import probe_gpu, select_providers
 
-    return "OpenVINOExecutionProvider" in ort.get_available_providers()
+    config = EngineConfig(providers=("openvino",), intra_op_threads=threads)
+    providers, _ = select_providers(config, probe_gpu())
+    return providers
 
 
 def _engines(settings, torch_cuda: bool, ort_cuda: bool, ort_trt: bool) -> list[str]:
@@ -219,7 +224,7 @@ def _engines(settings, torch_cuda: bool, ort_cuda: bool, ort_trt: bool) -> list[
         "ort_trt_fp16": ort_trt,
         # onnxruntime-openvino replaces onnxruntime(-gpu): most machines lack it, so it is left out
         # without a note unless --engines asked for it.
-        "ort_uint8_openvino": _openvino_available(),
+        "ort_uint8_openvino": bool(_openvino()),
     }
     out = [e for e in wanted if usable.get(e, True)]
     if "eager" not in out:
@@ -351,9 +356,7 @@ class _Model:
             sess = self._session(engine, self._int8(u8.shape[1]), ["CPUExecutionProvider"])
             return lambda: sess.run(None, {"image": u8})
         if engine == "ort_uint8_openvino":
-            # configured as the server configures it (service.engine.select_providers)
-            openvino = ("OpenVINOExecutionProvider", {"device_type": "CPU", "num_of_threads": self.threads})
-            sess = self._session(engine, self.served_path, [openvino, "CPUExecutionProvider"])
+            sess = self._session(engine, self.served_path, [*_openvino(self.threads), "CPUExecutionProvider"])
             return lambda: sess.run(None, {"image": u8})
         if engine == "ort_cuda":
             sess = self._session(engine, self.served_path, ["CUDAExecutionProvider", "CPUExecutionProvider"])

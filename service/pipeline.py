@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -236,16 +237,30 @@ def render_shape(height: int, width: int, render_size: int, size_multiple: int) 
     return max(1, round(height * factor)), max(1, round(width * factor))
 
 
-def render_copy(pixels: np.ndarray, render_size: int, size_multiple: int) -> np.ndarray | None:
-    """The smaller copy a colourisation model runs on, or None when the photo fits ``render_size``.
+class RenderTarget(Protocol):
+    """What :func:`render_copy` reads of a model (a ModelContract, or eval's EvaluatedModel)."""
+
+    @property
+    def task(self) -> str: ...
+
+    @property
+    def output_channels(self) -> int: ...
+
+    @property
+    def size_multiple(self) -> int: ...
+
+
+def render_copy(pixels: np.ndarray, render_size: int, model: RenderTarget) -> np.ndarray | None:
+    """The smaller copy a colourisation model runs on; None for other models and for photos that
+    fit ``render_size``.
 
     Shared by the server and ``pixforge eval`` (training/model_eval/runner.py), so a local
     evaluation measures what the server returns.
     """
     h, w = pixels.shape[:2]
-    if max(h, w) <= render_size:
+    if model.task != "colorization" or model.output_channels != 3 or max(h, w) <= render_size:
         return None
-    rh, rw = render_shape(h, w, render_size, size_multiple)
+    rh, rw = render_shape(h, w, render_size, model.size_multiple)
     small = cv2.resize(pixels, (rw, rh), interpolation=cv2.INTER_AREA)
     return small.reshape(rh, rw, -1)
 
@@ -627,9 +642,7 @@ class Pipeline:
         h, w = pixels.shape[:2]
         self._check_output(contract, w, h)
         render = options.render_size or self.colorization.render_size
-        small = None
-        if contract.task == "colorization" and contract.output_channels == 3:
-            small = render_copy(pixels, render, contract.size_multiple)
+        small = render_copy(pixels, render, contract)
         if small is not None:
             small_out, used_tile = self._run_model(small, runtime, tile, overlap, stats, cancel)
             return join_chroma(pixels, small_out), used_tile

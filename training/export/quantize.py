@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from pixforge.codec import to_channels
 from pixforge.contract import INPUT_NAME, OUTPUT_NAME, ModelContract
 from pixforge.errors import PixforgeError
 
@@ -122,9 +123,8 @@ def task_samples(images: list[np.ndarray], contract: ModelContract) -> list[Samp
     out = []
     for image in images:
         if contract.input_channels == 1 and image.ndim == 3 and image.shape[2] >= 3:
-            # a luminance model: the BT.601 luma of the colour image, as the codec would decode it
-            luma = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-            image = np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
+            # a luminance model: the BT.601 luma the codec gives such a model
+            image = to_channels(np.ascontiguousarray(image[..., :3]), 1)
         if contract.task == "super_resolution":
             hr = _crop(image, EVAL_EDGE * s, m * s)
             out.append(Sample(downscale(hr, s), hr))

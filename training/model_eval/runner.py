@@ -170,10 +170,9 @@ class LocalRunner(Runner):
         self.render_size = render_size or ColorizationConfig().render_size
 
     def _run(self, image: np.ndarray) -> np.ndarray:
-        if self.info.task == "colorization" and self.info.output_channels == 3:
-            small = render_copy(image, self.render_size, self.info.size_multiple)
-            if small is not None:
-                return join_chroma(image, self._whole(small))
+        small = render_copy(image, self.render_size, self.info)
+        if small is not None:
+            return join_chroma(image, self._whole(small))
         return self._whole(image)
 
     def _whole(self, image: np.ndarray) -> np.ndarray:
