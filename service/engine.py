@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from pixforge.contract import (
     INPUT_NAME,
+    KEY_NORM_CHANNELS,
     NORM_MODE_INPUT,
     NORM_STATS_INPUT,
     NORM_SUMS_OUTPUT,
@@ -52,11 +53,13 @@ ORT_PROVIDER = {
 # OpenVINO (device_type CPU) is deliberately not here: it runs on the CPU, takes host memory
 # inputs (no IO binding) and wants the CPU precision order.
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-# Precision variants in the order `engine.precision: auto` tries them, fastest first. On CPU fp16
-# comes last: onnxruntime's CPU provider has few fp16 kernels, so an fp16 graph runs as fp32 with
-# casts around most nodes and is measurably slower than the fp32 file. int8 comes first only where
-# the CPU has VNNI or AMX-INT8 (pixforge.hardware.fast_int8); on plain AVX2 it measured within
-# noise of fp32 (docs/serving.md, "Precision variants"). On GPU, fp16 (tensor cores) comes first.
+# Precision variants in the order `engine.precision: auto` tries them, fastest first, where it does
+# not time them (GPU providers; CPU with engine.measure_precision off). On CPU fp16 comes last:
+# onnxruntime's CPU provider has few fp16 kernels, so an fp16 graph runs as fp32 with casts around
+# most nodes and is measurably slower than the fp32 file. int8 comes first only where the CPU has
+# VNNI or AMX-INT8 (pixforge.hardware.fast_int8); on plain AVX2 whether it wins depends on the model
+# and the thread count (docs/serving.md, "Precision variants"), which is why a CPU server times the
+# variants by default. On GPU, fp16 (tensor cores) comes first.
 AUTO_ORDER = {
     "cpu_int8": ("int8", "fp32", "bf16", "fp16"),
     "cpu": ("fp32", "int8", "bf16", "fp16"),
@@ -250,6 +253,57 @@ def choose_model_file(
     return precision, files[precision]
 
 
+# `engine.precision: auto` on a CPU times the version's files of these precisions at load (fp16 is
+# never a candidate beside them: the CPU provider runs it as fp32 with casts, always slower).
+MEASURED_PRECISIONS = ("fp32", "int8", "bf16")
+# A reduced-precision file replaces fp32 only when it is at least this much faster: fp32 is the
+# reference quality, and medians of a few runs on a busy machine differ by a few per cent.
+MEASURED_MARGIN = 0.05
+# Edge of the timed image: the model's warm-up size, capped so timing two or three files costs a
+# second or two of load time; the ratio between precisions measured the same at 256 and 512 px.
+PROBE_EDGE = 256
+PROBE_ROUNDS = 5
+
+
+def measured_candidates(files: dict[str, Path], config: EngineConfig, on_gpu: bool) -> tuple[str, ...]:
+    """The precisions `engine.precision: auto` times at load: on a CPU with
+    ``engine.measure_precision`` on, the version's fp32 / int8 / bf16 files when it has two or more."""
+    if on_gpu or config.precision != "auto" or not config.measure_precision:
+        return ()
+    found = tuple(p for p in MEASURED_PRECISIONS if p in files)
+    return found if len(found) > 1 else ()
+
+
+def pick_by_speed(ms: dict[str, float], reference: str = "fp32") -> str:
+    """The precision to run given each one's measured time in ms: the fastest, unless it beats
+    ``reference`` (when measured) by less than :data:`MEASURED_MARGIN`."""
+    fastest = min(ms, key=lambda p: ms[p])
+    if reference in ms and ms[fastest] > ms[reference] * (1.0 - MEASURED_MARGIN):
+        return reference
+    return fastest
+
+
+def time_sessions(sessions: dict[str, ort.InferenceSession], edge: int, channels: int) -> dict[str, float]:
+    """Fastest ms per session of one uint8 ``edge`` x ``edge`` image, after a warm-up run each.
+
+    The sessions run interleaved, round by round, so a burst of load elsewhere on the machine hits
+    every precision alike, and each keeps its fastest round: other work on the CPU (a server loads
+    its models while others serve, a training may run beside it) only ever adds time, so the
+    minimum is the estimate of the file's own speed that noise disturbs least (seen at start-up
+    beside a training: medians of 3 rounds 246 vs 236 ms where quiet runs differ by 11 %).
+    """
+    image = np.zeros((1, edge, edge, channels), np.uint8)
+    for session in sessions.values():
+        session.run([OUTPUT_NAME], {INPUT_NAME: image})
+    times: dict[str, list[float]] = {p: [] for p in sessions}
+    for _ in range(PROBE_ROUNDS):
+        for precision, session in sessions.items():
+            start = time.perf_counter()
+            session.run([OUTPUT_NAME], {INPUT_NAME: image})
+            times[precision].append((time.perf_counter() - start) * 1000.0)
+    return {p: min(t) for p, t in times.items()}
+
+
 def intra_op_threads(cfg: EngineConfig) -> int:
     """Threads per session: ``engine.intra_op_threads``, or (0) every CPU the process may use."""
     return cfg.intra_op_threads or available_cpus()
@@ -305,22 +359,44 @@ class Engine:
         reference = Path(path)
         on_gpu = any(provider_name(p) in GPU_PROVIDERS for p in providers)
         files = model_files(reference)
-        precision, path = choose_model_file(files, auto_order(on_gpu), config.precision)
-        if config.precision not in ("auto", precision):
+        if read_metadata(reference).get(KEY_NORM_CHANNELS) and _uses_openvino(providers):
+            # onnxruntime-openvino (seen with 1.24.1) compiles initializers that are also graph
+            # inputs as constants: the tiling-statistics feeds (norm_mode, norm_stats, tile_core)
+            # would be ignored, so tiled images would come out normalised tile by tile (norm_sums
+            # with one row). Such a model runs on the other providers (onnxruntime always adds the
+            # CPU one), decided from the metadata so no session is built twice.
+            providers = [p for p in providers if provider_name(p) != ORT_PROVIDER["openvino"]]
+            providers = providers or [ORT_PROVIDER["cpu"]]
+            self.skipped = [*skipped, "openvino (ignores this model's tiling-statistics inputs)"]
             log.warning(
-                "model %s has no %s variant; running %s (%s)",
+                "model %s has per-image normalisation inputs, which the OpenVINO provider ignores; "
+                "running it on %s",
                 self.name,
-                config.precision,
-                precision,
-                path.name,
+                provider_name(providers[0]),
             )
-        self.path = path
         # every precision this version has on disk, in PRECISIONS order
         self.variants: tuple[str, ...] = tuple(p for p in PRECISIONS if p in files)
         if any(isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in providers) and cache_dir:
             cache_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        self._session = _open_session(path, config, providers)
+        # {precision: median ms at load} when auto timed the variants (empty otherwise)
+        self.precision_ms: dict[str, float] = {}
+        candidates = measured_candidates(files, config, on_gpu)
+        if candidates:
+            precision, self._session = self._fastest_variant(files, candidates, config, providers)
+            path = files[precision]
+        else:
+            precision, path = choose_model_file(files, auto_order(on_gpu), config.precision)
+            if config.precision not in ("auto", precision):
+                log.warning(
+                    "model %s has no %s variant; running %s (%s)",
+                    self.name,
+                    config.precision,
+                    precision,
+                    path.name,
+                )
+            self._session = _open_session(path, config, providers)
+        self.path = path
         self.contract: ModelContract = contract_from_session(self._session)
         self.precision: str = self.contract.metadata.get("precision", "fp32")
         if self.precision != precision:
@@ -329,25 +405,31 @@ class Engine:
                 f"its precision ({variant_file(self.precision)})"
             )
         self.provider: str = self._session.get_providers()[0]
-        if self.provider == ORT_PROVIDER["openvino"] and self.contract.norm_channels:
-            # onnxruntime-openvino (seen with 1.24.1) compiles initializers that are also graph
-            # inputs as constants: the tiling-statistics feeds (norm_mode, norm_stats, tile_core)
-            # would be ignored, so tiled images would come out normalised tile by tile (norm_sums with
-            # one row). Such a model runs on the other providers; onnxruntime always adds the CPU one.
-            others = [p for p in providers if provider_name(p) != ORT_PROVIDER["openvino"]]
-            self._session = _open_session(path, config, others or [ORT_PROVIDER["cpu"]])
-            self.provider = self._session.get_providers()[0]
-            self.skipped = [*skipped, "openvino (ignores this model's tiling-statistics inputs)"]
-            log.warning(
-                "model %s has per-image normalisation inputs, which the OpenVINO provider ignores; "
-                "running it on %s",
-                self.name,
-                self.provider,
-            )
         # IO binding on GPU providers; the output lives on this device until copied back once.
         self.output_device: str | None = "cuda" if self.provider in GPU_PROVIDERS else None
         self.load_ms = (time.perf_counter() - start) * 1000.0
         self.warmup_ms = 0.0
+
+    def _fastest_variant(
+        self, files: dict[str, Path], candidates: tuple[str, ...], config: EngineConfig, providers: list
+    ) -> tuple[str, ort.InferenceSession]:
+        """Open each candidate precision's file, time them (:func:`time_sessions`), keep the one
+        :func:`pick_by_speed` picks; the others' sessions are dropped."""
+        sessions = {p: _open_session(files[p], config, providers) for p in candidates}
+        contract = contract_from_session(sessions[candidates[0]])
+        edge = min(config.warmup_size or contract.tile_size, PROBE_EDGE)
+        edge = -(-edge // contract.size_multiple) * contract.size_multiple
+        self.precision_ms = time_sessions(sessions, edge, contract.input_channels)
+        precision = pick_by_speed(self.precision_ms)
+        log.info(
+            "model %s: precision variants timed at %dx%d on this CPU: %s; running %s",
+            self.name,
+            edge,
+            edge,
+            ", ".join(f"{p} {ms:.1f} ms" for p, ms in self.precision_ms.items()),
+            precision,
+        )
+        return precision, sessions[precision]
 
     # -- running
 
@@ -456,6 +538,10 @@ class Engine:
     def close(self) -> None:
         """Drop the session (its memory is freed once no run holds it)."""
         self._session = None
+
+
+def _uses_openvino(providers: list) -> bool:
+    return any(provider_name(p) == ORT_PROVIDER["openvino"] for p in providers)
 
 
 def provider_name(provider: str | tuple[str, dict]) -> str:

@@ -14,13 +14,23 @@ from pixforge.cli import main
 from pixforge.contract import read_metadata
 from pixforge.errors import ContractError
 from pixforge.service.config import EngineConfig
-from pixforge.service.engine import AUTO_ORDER, Engine, auto_order, choose_model_file, model_files
+from pixforge.service.engine import (
+    AUTO_ORDER,
+    Engine,
+    auto_order,
+    choose_model_file,
+    measured_candidates,
+    model_files,
+    pick_by_speed,
+)
 from pixforge.service.errors import ServerConfigError
 from pixforge.service.metrics import Metrics
 from pixforge.service.repository import ModelRegistry
 from pixforge.service.servicer import model_info
 
 CPU_ONLY = EngineConfig(providers=("cpu",), intra_op_threads=1, warmup=False)
+# the fixed-order tests: precision variants not timed at load
+FIXED_ORDER = replace(CPU_ONLY, measure_precision=False)
 
 
 def _version(tmp_path, reference: str, *variants: str):
@@ -57,7 +67,7 @@ def test_choose_model_file(tmp_path, reference, variants, order, requested, expe
 
 
 def test_cpu_engine_runs_fp32_variant_and_lists_all(tmp_path):
-    engine = Engine(_version(tmp_path, "fp16", "fp32"), CPU_ONLY)
+    engine = Engine(_version(tmp_path, "fp16", "fp32"), CPU_ONLY)  # one CPU precision: nothing to time
     try:
         assert (engine.precision, engine.path.name, engine.variants) == (
             "fp32",
@@ -66,6 +76,65 @@ def test_cpu_engine_runs_fp32_variant_and_lists_all(tmp_path):
         )
         image = rgb_image(8, 8)[None]
         assert np.array_equal(engine.run(image), 255 - image)
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    ("ms", "expected"),
+    [
+        ({"fp32": 100.0, "int8": 80.0}, "int8"),
+        ({"fp32": 100.0, "int8": 97.0}, "fp32"),  # under the 5 % margin: the reference quality stays
+        ({"fp32": 100.0, "int8": 130.0}, "fp32"),
+        ({"fp32": 100.0, "int8": 90.0, "bf16": 70.0}, "bf16"),
+        ({"int8": 50.0, "bf16": 49.0}, "bf16"),  # no fp32 file: simply the fastest
+    ],
+)
+def test_pick_by_speed(ms, expected):
+    assert pick_by_speed(ms) == expected
+
+
+def test_measured_candidates(tmp_path):
+    files = model_files(_version(tmp_path, "fp32", "int8", "fp16"))
+    assert measured_candidates(files, CPU_ONLY, on_gpu=False) == ("fp32", "int8")  # fp16 never on CPU
+    assert measured_candidates(files, CPU_ONLY, on_gpu=True) == ()
+    assert measured_candidates(files, FIXED_ORDER, on_gpu=False) == ()
+    assert measured_candidates(files, replace(CPU_ONLY, precision="fp32"), on_gpu=False) == ()
+    assert measured_candidates({"fp32": files["fp32"], "fp16": files["fp16"]}, CPU_ONLY, on_gpu=False) == ()
+
+
+def test_cpu_engine_runs_the_variant_it_timed_fastest(tmp_path, monkeypatch):
+    reference = _version(tmp_path, "fp32", "int8")
+    monkeypatch.setattr("pixforge.service.engine.fast_int8", lambda: False)  # the fixed order says fp32
+    timed = []
+
+    def fake_timing(sessions, edge, channels):
+        timed.append((sorted(sessions), edge, channels))
+        return {"fp32": 100.0, "int8": 60.0}
+
+    monkeypatch.setattr("pixforge.service.engine.time_sessions", fake_timing)
+    engine = Engine(reference, replace(CPU_ONLY, warmup_size=20))
+    try:
+        assert (engine.precision, engine.path.name) == ("int8", "model.int8.onnx")
+        assert engine.precision_ms == {"fp32": 100.0, "int8": 60.0}
+        assert timed == [(["fp32", "int8"], 20, 3)]  # the warm-up edge, a multiple of 4
+        image = rgb_image(8, 8)[None]
+        assert np.array_equal(engine.run(image), 255 - image)
+    finally:
+        engine.close()
+    fixed = Engine(reference, FIXED_ORDER)
+    try:
+        assert (fixed.precision, fixed.precision_ms) == ("fp32", {})
+    finally:
+        fixed.close()
+
+
+def test_cpu_engine_times_its_variants_for_real(tmp_path):
+    engine = Engine(_version(tmp_path, "fp32", "int8"), CPU_ONLY)
+    try:
+        assert sorted(engine.precision_ms) == ["fp32", "int8"]
+        assert all(ms > 0 for ms in engine.precision_ms.values())
+        assert engine.precision == pick_by_speed(engine.precision_ms)
     finally:
         engine.close()
 
