@@ -197,6 +197,12 @@ def _add_eval(sub) -> None:
         help="colourisation: the longest side the model runs at, as the server's "
         "colorization.render_size (default: the server's default; with --server, sent with each request)",
     )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "bf16", "int8"],
+        help="evaluate that precision variant of the version (model.int8.onnx, ...; default: its "
+        "reference model.onnx); local only: a server runs the variant it picked at load",
+    )
 
 
 def _add_serve(sub) -> None:

@@ -18,7 +18,7 @@ from .model_eval import EvalOptions, evaluate, markdown, open_runner, write_outp
 
 def _header(info, data: str, reverse, render_size: int = 0) -> str:
     line = f"{info.name} v{info.version} ({info.task}" + (f", x{info.scale}" if info.scale > 1 else "") + ")"
-    line += f" on {data} — {info.location}, {info.provider}"
+    line += f" on {data} — {info.location} ({info.metadata.get('precision', 'fp32')}), {info.provider}"
     if info.task == "colorization" and render_size:
         line += f", rendered at <= {render_size} px"
     if reverse is not None:
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
             args.model,
             version=getattr(args, "version", None),
             render_size=getattr(args, "render_size", None) or 0,
+            precision=getattr(args, "precision", None),
             **location,
         )
         runners.append(runner)

@@ -273,6 +273,35 @@ def test_eval_paired_direction_comes_from_metadata(tmp_path, repo, capsys):
     assert "direction BtoA" in out
 
 
+def test_eval_precision_runs_that_variant_file(tmp_path, capsys):
+    repo = tmp_path / "models"
+    _gather_model(repo, "roll", "paired_translation", (1, 2, 0), direction="AtoB")
+    # an "int8 variant" that is visibly different: no channel roll at all
+    _gather_model(
+        tmp_path / "other", "roll", "paired_translation", (0, 1, 2), direction="AtoB", precision="int8"
+    )
+    (tmp_path / "other" / "roll" / "1" / "model.onnx").rename(repo / "roll" / "1" / "model.int8.onnx")
+    rng = np.random.default_rng(7)
+    a = smooth_image(rng, 32, 32)
+    write_rgb(tmp_path / "pairs" / "0.png", np.concatenate([a, a[..., [1, 2, 0]]], axis=1))
+    tables = {}
+    for precision in (None, "int8"):
+        flag = ["--precision", precision] if precision else []
+        rc, out, err = _eval(capsys, repo, "--model", "roll", "--data", tmp_path / "pairs", *flag)
+        assert rc == 0, err
+        name = "model.int8.onnx (int8)" if precision else "model.onnx (fp32)"
+        assert name in out.splitlines()[0]
+        tables[precision] = out
+    # the reference rolls the channels exactly (PSNR at its 100 dB cap); the variant file does not
+    assert "100.00" in tables[None] and "100.00" not in tables["int8"]
+    for argv, message in (
+        (["--precision", "fp16"], "has no fp16 file (precisions there: fp32, int8)"),
+        (["--precision", "int8", "--server", "127.0.0.1:1"], "--precision picks a local model file"),
+    ):
+        rc, out, err = _eval(capsys, repo, "--model", "roll", "--data", tmp_path / "pairs", *argv)
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
 # ------------------------------------------------------------------------------------ style translation
 
 

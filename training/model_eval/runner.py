@@ -253,6 +253,20 @@ def find_model(repo: Path, name: str, version: int | None) -> tuple[int, Path]:
     return entry.version, entry.path
 
 
+def precision_file(reference: Path, precision: str) -> Path:
+    """The file of a model version that holds ``precision`` (the reference or a variant).
+
+    Raises:
+        EvalError: the version has no file of that precision (the message lists the ones it has).
+    """
+    from pixforge.service.engine import model_files
+
+    files = model_files(reference)
+    if precision not in files:
+        raise EvalError(f"{reference.parent} has no {precision} file (precisions there: {', '.join(files)})")
+    return files[precision]
+
+
 def open_runner(
     name: str,
     *,
@@ -260,17 +274,27 @@ def open_runner(
     repo: str | Path | None = None,
     server: str | None = None,
     render_size: int = 0,
+    precision: str | None = None,
 ) -> Runner:
     """A runner for model `name` from a repository (default: the bundled one) or a server.
 
     ``render_size``: colourisation, the longest side the model runs at; 0 = the server's default
     locally, the server's own ``colorization.render_size`` through ``server``.
+    ``precision``: run that precision variant of the version (local only; default: its reference
+    ``model.onnx``).
 
     Raises:
-        EvalError: unknown model or version, invalid model file, unreachable server.
+        EvalError: unknown model, version or precision, invalid model file, unreachable server.
     """
     if server:
+        if precision:
+            raise EvalError(
+                "--precision picks a local model file; a server runs the precision variant it chose "
+                "at load (GetModel / `pixforge models` say which)"
+            )
         return ServerRunner(server, name, version, render_size=render_size)
     repo_path = Path(repo) if repo else default_repository()
     found_version, path = find_model(repo_path, name, version)
+    if precision:
+        path = precision_file(path, precision)
     return LocalRunner(name, found_version, path, render_size)
