@@ -257,7 +257,7 @@ def choose_model_file(
 # never a candidate beside them: the CPU provider runs it as fp32 with casts, always slower).
 MEASURED_PRECISIONS = ("fp32", "int8", "bf16")
 # A reduced-precision file replaces fp32 only when it is at least this much faster: fp32 is the
-# reference quality, and medians of a few runs on a busy machine differ by a few per cent.
+# reference quality, and timings of a few runs on a busy machine differ by a few per cent.
 MEASURED_MARGIN = 0.05
 # Edge of the timed image: the model's warm-up size, capped so timing two or three files costs a
 # second or two of load time; the ratio between precisions measured the same at 256 and 512 px.
@@ -379,7 +379,7 @@ class Engine:
         if any(isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in providers) and cache_dir:
             cache_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        # {precision: median ms at load} when auto timed the variants (empty otherwise)
+        # {precision: fastest ms at load} when auto timed the variants (empty otherwise)
         self.precision_ms: dict[str, float] = {}
         candidates = measured_candidates(files, config, on_gpu)
         if candidates:
@@ -414,9 +414,25 @@ class Engine:
         self, files: dict[str, Path], candidates: tuple[str, ...], config: EngineConfig, providers: list
     ) -> tuple[str, ort.InferenceSession]:
         """Open each candidate precision's file, time them (:func:`time_sessions`), keep the one
-        :func:`pick_by_speed` picks; the others' sessions are dropped."""
-        sessions = {p: _open_session(files[p], config, providers) for p in candidates}
-        contract = contract_from_session(sessions[candidates[0]])
+        :func:`pick_by_speed` picks; the others' sessions are dropped.
+
+        A file that does not load is left out with a warning (the fixed order would never have
+        opened a variant it did not pick, so a broken one must not take the version down); the
+        version fails only when none loads.
+        """
+        sessions: dict[str, ort.InferenceSession] = {}
+        errors: list[ContractError] = []
+        for precision in candidates:
+            try:
+                sessions[precision] = _open_session(files[precision], config, providers)
+            except ContractError as exc:
+                log.warning("model %s: %s variant left out: %s", self.name, precision, exc)
+                errors.append(exc)
+        if not sessions:
+            raise errors[0]
+        if len(sessions) == 1:
+            return next(iter(sessions.items()))
+        contract = contract_from_session(next(iter(sessions.values())))
         edge = min(config.warmup_size or contract.tile_size, PROBE_EDGE)
         edge = -(-edge // contract.size_multiple) * contract.size_multiple
         self.precision_ms = time_sessions(sessions, edge, contract.input_channels)

@@ -129,6 +129,20 @@ def test_cpu_engine_runs_the_variant_it_timed_fastest(tmp_path, monkeypatch):
         fixed.close()
 
 
+def test_a_variant_that_does_not_load_is_left_out(tmp_path, caplog):
+    reference = _version(tmp_path, "fp32", "int8")
+    (reference.parent / "model.int8.onnx").write_bytes(b"not an onnx file")
+    engine = Engine(reference, CPU_ONLY)
+    try:
+        assert (engine.precision, engine.path.name, engine.precision_ms) == ("fp32", "model.onnx", {})
+        assert "int8 variant left out" in caplog.text
+    finally:
+        engine.close()
+    reference.write_bytes(b"broken too")
+    with pytest.raises(ContractError):
+        Engine(reference, CPU_ONLY)
+
+
 def test_cpu_engine_times_its_variants_for_real(tmp_path):
     engine = Engine(_version(tmp_path, "fp32", "int8"), CPU_ONLY)
     try:
