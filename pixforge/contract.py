@@ -51,9 +51,25 @@ OPTIONAL_KEYS = (
     "arch",  # generator architecture name from the training registry
     "receptive_radius",  # v2: input pixels on each side that can change an output pixel
     "norm_channels",  # v2: channels of each per-image norm layer ("16,32"), "" when there are none
+    "int8_speedup",  # int8 variants: "<cpu class>:<fp32 time / int8 time>" measured at export
 )
 KEY_RECEPTIVE_RADIUS = "receptive_radius"
 KEY_NORM_CHANNELS = "norm_channels"
+KEY_INT8_SPEEDUP = "int8_speedup"
+
+
+def parse_speedups(text: str) -> dict[str, float]:
+    """``int8_speedup`` metadata ("no-vnni:1.12", or several comma-separated) as {cpu class: ratio};
+    entries that do not parse are left out (an unknown format must not stop a model loading)."""
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        cls, _, ratio = item.strip().partition(":")
+        try:
+            out[cls] = float(ratio)
+        except ValueError:
+            continue
+    return out
+
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "image_out"

@@ -83,15 +83,10 @@ class EngineConfig:
     )
     precision: str = setting(
         "auto",
-        "which precision variant of a model to run: auto (on a CPU the version's fp32 / int8 / bf16 "
-        "files are timed at load and the fastest runs, fp32 unless another is 5% faster; on a GPU "
+        "which precision variant of a model to run: auto (CPU: int8 where the CPU has VNNI/AMX or "
+        "the int8 file's export measured it >= 5% faster on a CPU like this one, else fp32; GPU: "
         "fp16, then fp32), or fp32 / fp16 / bf16 / int8 (that variant where a model has it, else "
-        "its reference model.onnx)",
-    )
-    measure_precision: bool = setting(
-        True,
-        "with precision auto on a CPU, time the precision variants at load; off: a fixed order "
-        "(int8 first only on CPUs with VNNI or AMX-INT8, else fp32)",
+        "auto's choice)",
     )
     fp16: bool = setting(False, "TensorRT builds fp16 engines (from whichever file runs)")
     trt_engine_cache_path: str = setting("", "TensorRT engine cache folder; '' = <models>/.trt_cache")

@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from pixforge.contract import (
     INPUT_NAME,
+    KEY_INT8_SPEEDUP,
     KEY_NORM_CHANNELS,
     NORM_MODE_INPUT,
     NORM_STATS_INPUT,
@@ -29,10 +30,11 @@ from pixforge.contract import (
     TILE_CORE_INPUT,
     ModelContract,
     contract_from_session,
+    parse_speedups,
     read_metadata,
 )
 from pixforge.errors import ContractError
-from pixforge.hardware import fast_int8
+from pixforge.hardware import fast_int8, int8_cpu_class
 from pixforge.repository import PRECISIONS, variant_file, variant_files
 
 from .config import EngineConfig, available_cpus
@@ -53,13 +55,12 @@ ORT_PROVIDER = {
 # OpenVINO (device_type CPU) is deliberately not here: it runs on the CPU, takes host memory
 # inputs (no IO binding) and wants the CPU precision order.
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-# Precision variants in the order `engine.precision: auto` tries them, fastest first, where it does
-# not time them (GPU providers; CPU with engine.measure_precision off). On CPU fp16 comes last:
-# onnxruntime's CPU provider has few fp16 kernels, so an fp16 graph runs as fp32 with casts around
-# most nodes and is measurably slower than the fp32 file. int8 comes first only where the CPU has
-# VNNI or AMX-INT8 (pixforge.hardware.fast_int8); on plain AVX2 whether it wins depends on the model
-# and the thread count (docs/serving.md, "Precision variants"), which is why a CPU server times the
-# variants by default. On GPU, fp16 (tensor cores) comes first.
+# Precision variants in the order `engine.precision: auto` tries them, fastest first. On CPU fp16
+# comes last: onnxruntime's CPU provider has few fp16 kernels, so an fp16 graph runs as fp32 with
+# casts around most nodes and is measurably slower than the fp32 file. int8 comes first where the
+# CPU has VNNI or AMX-INT8 (pixforge.hardware.fast_int8); on plain AVX2 whether it wins depends on
+# the model (docs/serving.md, "Precision variants"), so there it comes first only for an int8 file
+# whose export measured it faster (MIN_INT8_SPEEDUP). On GPU, fp16 (tensor cores) comes first.
 AUTO_ORDER = {
     "cpu_int8": ("int8", "fp32", "bf16", "fp16"),
     "cpu": ("fp32", "int8", "bf16", "fp16"),
@@ -67,11 +68,19 @@ AUTO_ORDER = {
 }
 
 
-def auto_order(on_gpu: bool) -> tuple[str, ...]:
-    """The precisions `engine.precision: auto` tries, fastest first, on this machine."""
+def auto_order(on_gpu: bool, files: dict[str, Path] | None = None) -> tuple[str, ...]:
+    """The precisions `engine.precision: auto` tries, fastest first, on this machine.
+
+    On a CPU without VNNI/AMX, int8 comes first for a version whose int8 file records a speed-up of
+    at least :data:`MIN_INT8_SPEEDUP` measured on such a CPU (``files``: :func:`model_files`).
+    """
     if on_gpu:
         return AUTO_ORDER["gpu"]
-    return AUTO_ORDER["cpu_int8" if fast_int8() else "cpu"]
+    if fast_int8():
+        return AUTO_ORDER["cpu_int8"]
+    if files and "int8" in files and recorded_int8_speedup(files["int8"]) >= MIN_INT8_SPEEDUP:
+        return AUTO_ORDER["cpu_int8"]
+    return AUTO_ORDER["cpu"]
 
 
 # Substrings of onnxruntime/CUDA error messages that mean "out of device memory".
@@ -253,55 +262,22 @@ def choose_model_file(
     return precision, files[precision]
 
 
-# `engine.precision: auto` on a CPU times the version's files of these precisions at load (fp16 is
-# never a candidate beside them: the CPU provider runs it as fp32 with casts, always slower).
-MEASURED_PRECISIONS = ("fp32", "int8", "bf16")
-# A reduced-precision file replaces fp32 only when it is at least this much faster: fp32 is the
-# reference quality, and timings of a few runs on a busy machine differ by a few per cent.
-MEASURED_MARGIN = 0.05
-# Edge of the timed image: the model's warm-up size, capped so timing two or three files costs a
-# second or two of load time; the ratio between precisions measured the same at 256 and 512 px.
-PROBE_EDGE = 256
-PROBE_ROUNDS = 5
+# An int8 variant runs first on a CPU without VNNI/AMX only when the exporter measured it at least
+# this much faster than fp32 on a CPU of the same class (metadata int8_speedup): fp32 is the
+# reference quality, and a few per cent is within what two timings of the same file differ by.
+# Recorded at export rather than timed at load, so every process on a machine (a restarted server,
+# `convert --models`, each replica) picks the same file and gives byte-identical outputs.
+MIN_INT8_SPEEDUP = 1.05
 
 
-def measured_candidates(files: dict[str, Path], config: EngineConfig, on_gpu: bool) -> tuple[str, ...]:
-    """The precisions `engine.precision: auto` times at load: on a CPU with
-    ``engine.measure_precision`` on, the version's fp32 / int8 / bf16 files when it has two or more."""
-    if on_gpu or config.precision != "auto" or not config.measure_precision:
-        return ()
-    found = tuple(p for p in MEASURED_PRECISIONS if p in files)
-    return found if len(found) > 1 else ()
-
-
-def pick_by_speed(ms: dict[str, float], reference: str = "fp32") -> str:
-    """The precision to run given each one's measured time in ms: the fastest, unless it beats
-    ``reference`` (when measured) by less than :data:`MEASURED_MARGIN`."""
-    fastest = min(ms, key=lambda p: ms[p])
-    if reference in ms and ms[fastest] > ms[reference] * (1.0 - MEASURED_MARGIN):
-        return reference
-    return fastest
-
-
-def time_sessions(sessions: dict[str, ort.InferenceSession], edge: int, channels: int) -> dict[str, float]:
-    """Fastest ms per session of one uint8 ``edge`` x ``edge`` image, after a warm-up run each.
-
-    The sessions run interleaved, round by round, so a burst of load elsewhere on the machine hits
-    every precision alike, and each keeps its fastest round: other work on the CPU (a server loads
-    its models while others serve, a training may run beside it) only ever adds time, so the
-    minimum is the estimate of the file's own speed that noise disturbs least (seen at start-up
-    beside a training: medians of 3 rounds 246 vs 236 ms where quiet runs differ by 11 %).
-    """
-    image = np.zeros((1, edge, edge, channels), np.uint8)
-    for session in sessions.values():
-        session.run([OUTPUT_NAME], {INPUT_NAME: image})
-    times: dict[str, list[float]] = {p: [] for p in sessions}
-    for _ in range(PROBE_ROUNDS):
-        for precision, session in sessions.items():
-            start = time.perf_counter()
-            session.run([OUTPUT_NAME], {INPUT_NAME: image})
-            times[precision].append((time.perf_counter() - start) * 1000.0)
-    return {p: min(t) for p, t in times.items()}
+def recorded_int8_speedup(path: Path) -> float:
+    """The speed-up over fp32 the exporter measured for an int8 file on a CPU of this machine's
+    class (:func:`pixforge.hardware.int8_cpu_class`); 0.0 when none is recorded or readable."""
+    try:
+        recorded = parse_speedups(read_metadata(path).get(KEY_INT8_SPEEDUP, ""))
+    except ContractError:
+        return 0.0  # the load itself will report the broken file
+    return recorded.get(int8_cpu_class(), 0.0)
 
 
 def intra_op_threads(cfg: EngineConfig) -> int:
@@ -379,22 +355,27 @@ class Engine:
         if any(isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in providers) and cache_dir:
             cache_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        # {precision: fastest ms at load} when auto timed the variants (empty otherwise)
-        self.precision_ms: dict[str, float] = {}
-        candidates = measured_candidates(files, config, on_gpu)
-        if candidates:
-            precision, self._session = self._fastest_variant(files, candidates, config, providers)
-            path = files[precision]
-        else:
-            precision, path = choose_model_file(files, auto_order(on_gpu), config.precision)
-            if config.precision not in ("auto", precision):
-                log.warning(
-                    "model %s has no %s variant; running %s (%s)",
-                    self.name,
-                    config.precision,
-                    precision,
-                    path.name,
-                )
+        order = auto_order(on_gpu, files)
+        precision, path = choose_model_file(files, order, config.precision)
+        if config.precision not in ("auto", precision):
+            log.warning(
+                "model %s has no %s variant; running %s (%s)",
+                self.name,
+                config.precision,
+                precision,
+                path.name,
+            )
+        try:
+            self._session = _open_session(path, config, providers)
+        except ContractError as exc:
+            if path == reference or config.precision != "auto":
+                raise
+            # A variant auto picked that does not load must not take the version down: the
+            # reference runs instead (the fixed order would never have opened a variant it did not
+            # pick, so a broken one went unnoticed before too).
+            log.warning("model %s: %s left out, running %s: %s", self.name, path.name, reference.name, exc)
+            precision = read_metadata(reference).get("precision", "fp32")
+            path = reference
             self._session = _open_session(path, config, providers)
         self.path = path
         self.contract: ModelContract = contract_from_session(self._session)
@@ -409,43 +390,6 @@ class Engine:
         self.output_device: str | None = "cuda" if self.provider in GPU_PROVIDERS else None
         self.load_ms = (time.perf_counter() - start) * 1000.0
         self.warmup_ms = 0.0
-
-    def _fastest_variant(
-        self, files: dict[str, Path], candidates: tuple[str, ...], config: EngineConfig, providers: list
-    ) -> tuple[str, ort.InferenceSession]:
-        """Open each candidate precision's file, time them (:func:`time_sessions`), keep the one
-        :func:`pick_by_speed` picks; the others' sessions are dropped.
-
-        A file that does not load is left out with a warning (the fixed order would never have
-        opened a variant it did not pick, so a broken one must not take the version down); the
-        version fails only when none loads.
-        """
-        sessions: dict[str, ort.InferenceSession] = {}
-        errors: list[ContractError] = []
-        for precision in candidates:
-            try:
-                sessions[precision] = _open_session(files[precision], config, providers)
-            except ContractError as exc:
-                log.warning("model %s: %s variant left out: %s", self.name, precision, exc)
-                errors.append(exc)
-        if not sessions:
-            raise errors[0]
-        if len(sessions) == 1:
-            return next(iter(sessions.items()))
-        contract = contract_from_session(next(iter(sessions.values())))
-        edge = min(config.warmup_size or contract.tile_size, PROBE_EDGE)
-        edge = -(-edge // contract.size_multiple) * contract.size_multiple
-        self.precision_ms = time_sessions(sessions, edge, contract.input_channels)
-        precision = pick_by_speed(self.precision_ms)
-        log.info(
-            "model %s: precision variants timed at %dx%d on this CPU: %s; running %s",
-            self.name,
-            edge,
-            edge,
-            ", ".join(f"{p} {ms:.1f} ms" for p, ms in self.precision_ms.items()),
-            precision,
-        )
-        return precision, sessions[precision]
 
     # -- running
 

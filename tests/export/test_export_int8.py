@@ -10,7 +10,8 @@ from export_helpers import KINDS, ort_run, quiet, tiny_generator
 
 from pixforge.cli import main
 from pixforge.codec import encode_image
-from pixforge.contract import check_variant, load_contract
+from pixforge.contract import check_variant, load_contract, parse_speedups
+from pixforge.hardware import int8_cpu_class
 from pixforge.training.export import ExportConfig, ParityError, export_generator, quantize
 from pixforge.training.export.parity import psnr
 
@@ -43,6 +44,12 @@ def test_int8_variant_is_written_within_tolerance(kind, repo):
     assert report.passed and report.quantized >= 1
     sidecar = json.loads((result.path.parent / "model.json").read_text())
     assert sidecar["variants"]["int8"]["int8"]["metric"] == report.metric
+    # the speed-up over fp32 measured here, under this CPU's class: what a CPU server follows
+    recorded = parse_speedups(quantized.metadata["int8_speedup"])
+    assert list(recorded) == [int8_cpu_class()] and recorded[int8_cpu_class()] > 0
+    assert sidecar["variants"]["int8"]["int8"]["speedup"][int8_cpu_class()] == pytest.approx(
+        recorded[int8_cpu_class()], abs=0.01
+    )
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(variant)).graph.node}

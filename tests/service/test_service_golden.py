@@ -2,9 +2,9 @@
 
 Each model is loaded by the server's own registry (Engine on CPU, one thread, the reference
 model.onnx of each version), its contract is compared with the recorded one, and a fixed synthetic
-image goes through Pipeline.translate (PNG in, PNG out, the server's whole path). A small centre crop of the output and the per-channel mean of
-the whole output must match golden/shipped_models.json within 1 grey level (onnxruntime versions
-may round differently).
+image goes through Pipeline.translate (PNG in, PNG out, the server's whole path). A small centre
+crop of the output and the per-channel mean of the whole output must match
+golden/shipped_models.json within 1 grey level (onnxruntime versions may round differently).
 
 A model file that changed since the expectations were recorded fails with the command that
 records them again; after replacing or retraining a model (and checking its samples):

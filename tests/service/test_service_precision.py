@@ -19,9 +19,8 @@ from pixforge.service.engine import (
     Engine,
     auto_order,
     choose_model_file,
-    measured_candidates,
     model_files,
-    pick_by_speed,
+    recorded_int8_speedup,
 )
 from pixforge.service.errors import ServerConfigError
 from pixforge.service.metrics import Metrics
@@ -29,8 +28,6 @@ from pixforge.service.repository import ModelRegistry
 from pixforge.service.servicer import model_info
 
 CPU_ONLY = EngineConfig(providers=("cpu",), intra_op_threads=1, warmup=False)
-# the fixed-order tests: precision variants not timed at load
-FIXED_ORDER = replace(CPU_ONLY, measure_precision=False)
 
 
 def _version(tmp_path, reference: str, *variants: str):
@@ -67,7 +64,7 @@ def test_choose_model_file(tmp_path, reference, variants, order, requested, expe
 
 
 def test_cpu_engine_runs_fp32_variant_and_lists_all(tmp_path):
-    engine = Engine(_version(tmp_path, "fp16", "fp32"), CPU_ONLY)  # one CPU precision: nothing to time
+    engine = Engine(_version(tmp_path, "fp16", "fp32"), CPU_ONLY)
     try:
         assert (engine.precision, engine.path.name, engine.variants) == (
             "fp32",
@@ -80,77 +77,65 @@ def test_cpu_engine_runs_fp32_variant_and_lists_all(tmp_path):
         engine.close()
 
 
+def _int8_version(tmp_path, speedup: str | None):
+    """fp32 reference + int8 variant whose metadata records ``speedup`` ("no-vnni:1.12")."""
+    folder = tmp_path / "m" / "1"
+    build_invert(folder / "model.onnx", precision="fp32")
+    extra = {"int8_speedup": speedup} if speedup is not None else {}
+    build_invert(folder / "model.int8.onnx", precision="int8", **extra)
+    return folder / "model.onnx"
+
+
 @pytest.mark.parametrize(
-    ("ms", "expected"),
+    ("speedup", "expected"),
     [
-        ({"fp32": 100.0, "int8": 80.0}, "int8"),
-        ({"fp32": 100.0, "int8": 97.0}, "fp32"),  # under the 5 % margin: the reference quality stays
-        ({"fp32": 100.0, "int8": 130.0}, "fp32"),
-        ({"fp32": 100.0, "int8": 90.0, "bf16": 70.0}, "bf16"),
-        ({"int8": 50.0, "bf16": 49.0}, "bf16"),  # no fp32 file: simply the fastest
+        ("no-vnni:1.12", "int8"),  # measured faster on a CPU like this one
+        ("no-vnni:1.03", "fp32"),  # under the 5 % margin: the reference quality stays
+        ("vnni:1.90", "fp32"),  # measured on another class of CPU: not trusted here
+        ("vnni:1.9, no-vnni:1.2", "int8"),
+        ("no-vnni:fast", "fp32"),  # unparsable: ignored, the model still loads
+        (None, "fp32"),  # an int8 file from before the measurement
     ],
 )
-def test_pick_by_speed(ms, expected):
-    assert pick_by_speed(ms) == expected
-
-
-def test_measured_candidates(tmp_path):
-    files = model_files(_version(tmp_path, "fp32", "int8", "fp16"))
-    assert measured_candidates(files, CPU_ONLY, on_gpu=False) == ("fp32", "int8")  # fp16 never on CPU
-    assert measured_candidates(files, CPU_ONLY, on_gpu=True) == ()
-    assert measured_candidates(files, FIXED_ORDER, on_gpu=False) == ()
-    assert measured_candidates(files, replace(CPU_ONLY, precision="fp32"), on_gpu=False) == ()
-    assert measured_candidates({"fp32": files["fp32"], "fp16": files["fp16"]}, CPU_ONLY, on_gpu=False) == ()
-
-
-def test_cpu_engine_runs_the_variant_it_timed_fastest(tmp_path, monkeypatch):
-    reference = _version(tmp_path, "fp32", "int8")
-    monkeypatch.setattr("pixforge.service.engine.fast_int8", lambda: False)  # the fixed order says fp32
-    timed = []
-
-    def fake_timing(sessions, edge, channels):
-        timed.append((sorted(sessions), edge, channels))
-        return {"fp32": 100.0, "int8": 60.0}
-
-    monkeypatch.setattr("pixforge.service.engine.time_sessions", fake_timing)
-    engine = Engine(reference, replace(CPU_ONLY, warmup_size=20))
+def test_cpu_without_vnni_runs_int8_only_where_its_export_measured_it_faster(
+    tmp_path, monkeypatch, speedup, expected
+):
+    monkeypatch.setattr("pixforge.service.engine.fast_int8", lambda: False)
+    monkeypatch.setattr("pixforge.hardware.fast_int8", lambda: False)
+    reference = _int8_version(tmp_path, speedup)
+    engine = Engine(reference, CPU_ONLY)
     try:
-        assert (engine.precision, engine.path.name) == ("int8", "model.int8.onnx")
-        assert engine.precision_ms == {"fp32": 100.0, "int8": 60.0}
-        assert timed == [(["fp32", "int8"], 20, 3)]  # the warm-up edge, a multiple of 4
+        assert engine.precision == expected
         image = rgb_image(8, 8)[None]
         assert np.array_equal(engine.run(image), 255 - image)
     finally:
         engine.close()
-    fixed = Engine(reference, FIXED_ORDER)
-    try:
-        assert (fixed.precision, fixed.precision_ms) == ("fp32", {})
-    finally:
-        fixed.close()
+    # every process on the machine decides the same from the same files: no timing at load
+    assert auto_order(False, model_files(reference))[0] == expected
 
 
-def test_a_variant_that_does_not_load_is_left_out(tmp_path, caplog):
-    reference = _version(tmp_path, "fp32", "int8")
+def test_recorded_speedup_is_read_for_this_cpu_class(tmp_path, monkeypatch):
+    reference = _int8_version(tmp_path, "vnni:1.9,no-vnni:1.2")
+    int8 = reference.parent / "model.int8.onnx"
+    monkeypatch.setattr("pixforge.hardware.fast_int8", lambda: False)
+    assert recorded_int8_speedup(int8) == pytest.approx(1.2)
+    monkeypatch.setattr("pixforge.hardware.fast_int8", lambda: True)
+    assert recorded_int8_speedup(int8) == pytest.approx(1.9)
+    assert recorded_int8_speedup(reference) == 0.0
+
+
+def test_a_chosen_variant_that_does_not_load_falls_back_to_the_reference(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("pixforge.service.engine.fast_int8", lambda: True)  # int8 first
+    reference = _int8_version(tmp_path, None)
     (reference.parent / "model.int8.onnx").write_bytes(b"not an onnx file")
     engine = Engine(reference, CPU_ONLY)
     try:
-        assert (engine.precision, engine.path.name, engine.precision_ms) == ("fp32", "model.onnx", {})
-        assert "int8 variant left out" in caplog.text
+        assert (engine.precision, engine.path.name) == ("fp32", "model.onnx")
+        assert "model.int8.onnx left out" in caplog.text
     finally:
         engine.close()
-    reference.write_bytes(b"broken too")
-    with pytest.raises(ContractError):
-        Engine(reference, CPU_ONLY)
-
-
-def test_cpu_engine_times_its_variants_for_real(tmp_path):
-    engine = Engine(_version(tmp_path, "fp32", "int8"), CPU_ONLY)
-    try:
-        assert sorted(engine.precision_ms) == ["fp32", "int8"]
-        assert all(ms > 0 for ms in engine.precision_ms.values())
-        assert engine.precision == pick_by_speed(engine.precision_ms)
-    finally:
-        engine.close()
+    with pytest.raises(ContractError):  # asked for explicitly: no silent substitute
+        Engine(reference, replace(CPU_ONLY, precision="int8"))
 
 
 def test_auto_order_follows_the_cpu(monkeypatch):

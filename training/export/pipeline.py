@@ -23,11 +23,20 @@ import torch
 from torch import nn
 
 from pixforge import __version__
-from pixforge.contract import INPUT_NAME, OUTPUT_NAME, TASKS, ModelContract, contract_from_session
+from pixforge.contract import (
+    INPUT_NAME,
+    KEY_INT8_SPEEDUP,
+    OUTPUT_NAME,
+    TASKS,
+    ModelContract,
+    contract_from_session,
+)
 from pixforge.errors import ContractError, PixforgeError
+from pixforge.hardware import int8_cpu_class
 from pixforge.repository import variant_file
 
 from . import parity as parity_mod
+from .int8_speed import int8_speedup
 from .norm_stats import NormStatsError, add_norm_statistics_io
 from .onnx_build import export_onnx
 from .parity import ParityReport, round_up
@@ -383,6 +392,15 @@ def export_generator(
                 f"< {int8_report.threshold:.3f}) even with half its convolutions in fp32; nothing written. "
                 "Export without --int8, or calibrate on more (and more typical) images."
             )
+        speedup, timing = int8_speedup(model, model8, contract)
+        cpu_class = int8_cpu_class()
+        int8_report.speedup = {cpu_class: round(speedup, 2), **timing}
+        metadata8 = {p.key: p.value for p in model8.metadata_props}
+        _set_metadata(model8, {**metadata8, KEY_INT8_SPEEDUP: f"{cpu_class}:{speedup:.2f}"})
+        log(
+            f"  int8 speed-up over fp32 on this CPU ({cpu_class}, {timing['edge']}x{timing['edge']}): "
+            f"{speedup:.2f}x ({timing['ms']['fp32']} vs {timing['ms']['int8']} ms)"
+        )
         variants["int8"] = model8
     sidecar = _sidecar(contract, model, cfg, report, notes, optimized, variants, int8_report)
     if tile_costs is not None:
