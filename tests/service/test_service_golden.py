@@ -64,8 +64,8 @@ def pipeline():
     missing = [name for name in SHIPPED if not (MODELS / name / "1" / "model.onnx").is_file()]
     if missing:
         pytest.fail(f"shipped models missing from models/: {missing}")
-    # The reference model.onnx of each version, always: a CPU server may time a version's int8
-    # variant faster and run it, and int8 kernels differ between CPUs (VNNI or not).
+    # The reference model.onnx of each version, always: a CPU server may run a version's int8
+    # variant instead, and int8 kernels round differently between CPUs (VNNI or not).
     cfg = test_config(MODELS, **{"engine.warmup": False, "engine.precision": "fp32"})
     registry = ModelRegistry(MODELS, cfg.engine, cfg.batching, engine_factory=None)
     registry.reload()
