@@ -370,9 +370,8 @@ class Engine:
         except ContractError as exc:
             if path == reference or config.precision != "auto":
                 raise
-            # A variant auto picked that does not load must not take the version down: the
-            # reference runs instead (the fixed order would never have opened a variant it did not
-            # pick, so a broken one went unnoticed before too).
+            # A broken variant that auto picked costs its speed, not the model: the reference
+            # runs instead (asked for by name, it fails loudly above).
             log.warning("model %s: %s left out, running %s: %s", self.name, path.name, reference.name, exc)
             precision = read_metadata(reference).get("precision", "fp32")
             path = reference
