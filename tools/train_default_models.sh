@@ -49,12 +49,12 @@ pixforge export runs/sr_x4_gan/blend-alpha0.8.pt --name sr-x4-gan --repo "$repo"
   --description "x4 super-resolution, perceptual variant (LR-space residual net: L1 pre-training + LSGAN fine-tune, blended 0.8 toward the GAN), CPU-trained default model"
 
 # Style translation, CycleGAN apple <-> orange (ResNet ngf 16, 6 blocks, resize-conv upsampling,
-# 128 crops), 7000 steps. (The shipped run stopped at step 2857 and resumed with --resume and the
-# same overrides.) Tile size measured at export (the default).
+# 128 crops, identity weight 0.25: see models/apple2orange/README.md), 7000 steps. orange2apple's
+# tile size is measured at export (the default); apple2orange's is given (512; see its card).
 pixforge train training/configs/style_translation.yaml --data "$data/apple2orange" --out runs/a2o \
   --set train.steps=7000 --set train.num_workers=1 --set train.checkpoint_every=1000 \
-  --set train.val_every=2500 | tee /tmp/a2o.log
-pixforge export runs/a2o/checkpoints/G_A-step0007000.pt --name apple2orange --repo "$repo" \
+  --set train.val_every=2500 --set train.lambda_identity=0.25 | tee /tmp/a2o.log
+pixforge export runs/a2o/checkpoints/G_A-step0007000.pt --name apple2orange --repo "$repo" --tile-size 512 \
   --description "style translation apple -> orange (CycleGAN G_A), CPU-trained default model"
 pixforge export runs/a2o/checkpoints/G_B-step0007000.pt --name orange2apple --repo "$repo" \
   --description "style translation orange -> apple (CycleGAN G_B), CPU-trained default model"
