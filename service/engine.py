@@ -238,12 +238,18 @@ def select_providers(
     return providers, skipped
 
 
-def model_files(reference: Path) -> dict[str, Path]:
+def model_files(reference: Path, metadata: dict[str, str] | None = None) -> dict[str, Path]:
     """{precision: file} of a model version: its variants and the reference ``model.onnx`` under
     the precision its metadata states (files from before that key existed were fp32). A variant
-    file of the reference's own precision wins over the reference."""
-    precision = read_metadata(reference).get("precision", "fp32")
-    return {precision: reference, **variant_files(reference.parent)}
+    file of the reference's own precision wins over the reference.
+
+    Args:
+        metadata: the reference's metadata when the caller has read it already (it is read from
+            the file otherwise: the whole file, so a loader reads it once).
+    """
+    if metadata is None:
+        metadata = read_metadata(reference)
+    return {metadata.get("precision", "fp32"): reference, **variant_files(reference.parent)}
 
 
 def choose_model_file(
@@ -334,8 +340,9 @@ class Engine:
         self.skipped = skipped
         reference = Path(path)
         on_gpu = any(provider_name(p) in GPU_PROVIDERS for p in providers)
-        files = model_files(reference)
-        if read_metadata(reference).get(KEY_NORM_CHANNELS) and _uses_openvino(providers):
+        metadata = read_metadata(reference)  # one read of the file serves every check below
+        files = model_files(reference, metadata)
+        if metadata.get(KEY_NORM_CHANNELS) and _uses_openvino(providers):
             # onnxruntime-openvino (seen with 1.24.1) compiles initializers that are also graph
             # inputs as constants: the tiling-statistics feeds (norm_mode, norm_stats, tile_core)
             # would be ignored, so tiled images would come out normalised tile by tile (norm_sums
@@ -373,7 +380,7 @@ class Engine:
             # A broken variant that auto picked costs its speed, not the model: the reference
             # runs instead (asked for by name, it fails loudly above).
             log.warning("model %s: %s left out, running %s: %s", self.name, path.name, reference.name, exc)
-            precision = read_metadata(reference).get("precision", "fp32")
+            precision = metadata.get("precision", "fp32")
             path = reference
             self._session = _open_session(path, config, providers)
         self.path = path
