@@ -15,14 +15,15 @@ ever adds time, so the minimum is the estimate noise disturbs least.
 
 from __future__ import annotations
 
-import tempfile
-import time
-from pathlib import Path
+import functools
 
 import numpy as np
 import onnx
 
 from pixforge.contract import INPUT_NAME, OUTPUT_NAME, ModelContract
+
+from .parity import round_up
+from .tile_size import time_interleaved
 
 EDGE = 256  # input pixels a side: sr-x4's ratio measured the same at 256 and 512
 ROUNDS = 7
@@ -36,23 +37,17 @@ def time_models(models: dict[str, onnx.ModelProto], edge: int, channels: int) ->
     from pixforge.service.engine import session_options
 
     image = np.zeros((1, edge, edge, channels), np.uint8)
-    with tempfile.TemporaryDirectory(prefix="pixforge-speed-") as tmp:
-        sessions = {}
-        for name, model in models.items():
-            path = Path(tmp) / f"{name}.onnx"
-            onnx.save(model, str(path))
-            sessions[name] = ort.InferenceSession(
-                str(path), sess_options=session_options(EngineConfig()), providers=["CPUExecutionProvider"]
-            )
-        for session in sessions.values():
-            session.run([OUTPUT_NAME], {INPUT_NAME: image})
-        times: dict[str, list[float]] = {name: [] for name in sessions}
-        for _ in range(ROUNDS):
-            for name, session in sessions.items():
-                start = time.perf_counter()
-                session.run([OUTPUT_NAME], {INPUT_NAME: image})
-                times[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: min(t) for name, t in times.items()}
+    calls = {}
+    for name, model in models.items():
+        session = ort.InferenceSession(
+            model.SerializeToString(),
+            sess_options=session_options(EngineConfig()),
+            providers=["CPUExecutionProvider"],
+        )
+        calls[name] = functools.partial(session.run, [OUTPUT_NAME], {INPUT_NAME: image})
+        calls[name]()  # warm-up
+    times = time_interleaved(calls, ROUNDS)
+    return {name: min(t) * 1000.0 for name, t in times.items()}
 
 
 def int8_speedup(fp32: onnx.ModelProto, int8: onnx.ModelProto, contract: ModelContract) -> tuple[float, dict]:
@@ -62,7 +57,6 @@ def int8_speedup(fp32: onnx.ModelProto, int8: onnx.ModelProto, contract: ModelCo
         fp32, int8: the reference graph and its int8 variant.
         contract: their model contract (tile size, size multiple, input channels).
     """
-    edge = min(contract.tile_size, EDGE)
-    edge = -(-edge // contract.size_multiple) * contract.size_multiple
+    edge = round_up(min(contract.tile_size, EDGE), contract.size_multiple)
     ms = time_models({"fp32": fp32, "int8": int8}, edge, contract.input_channels)
     return ms["fp32"] / ms["int8"], {"edge": edge, "ms": {k: round(v, 1) for k, v in ms.items()}}

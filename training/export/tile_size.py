@@ -17,17 +17,20 @@ overrides the file's value (docs/serving.md).
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import onnx
 
 from pixforge.contract import INPUT_NAME
 
-from .parity import make_session
+from .parity import make_session, round_up
 
+K = TypeVar("K")
 CANDIDATES = (128, 256, 512, 1024)
 MAX_OUTPUT_EDGE = 2048
 WITHIN = 1.10  # a tile whose cost per pixel is within 10 % of the best counts as "as fast"
@@ -40,10 +43,20 @@ BUDGET_SECONDS = 1.0
 def candidate_edges(size_multiple: int, scale: int) -> list[int]:
     """Candidate tile edges in input pixels: multiples of ``size_multiple`` whose output stays
     within :data:`MAX_OUTPUT_EDGE` (at least one: the smallest multiple)."""
-    edges = sorted(
-        {-(-c // size_multiple) * size_multiple for c in CANDIDATES if c * scale <= MAX_OUTPUT_EDGE}
-    )
+    edges = sorted({round_up(c, size_multiple) for c in CANDIDATES if c * scale <= MAX_OUTPUT_EDGE})
     return edges or [size_multiple]
+
+
+def time_interleaved(calls: dict[K, Callable[[], object]], rounds: int) -> dict[K, list[float]]:
+    """Seconds of each call in each of ``rounds`` rounds, the calls interleaved round by round so
+    background load hits them alike (warm-up runs are the caller's)."""
+    times: dict[K, list[float]] = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[key].append(time.perf_counter() - start)
+    return times
 
 
 def measure(model: onnx.ModelProto, edges: list[int], channels: int, scale: int) -> dict[int, float]:
@@ -59,13 +72,8 @@ def measure(model: onnx.ModelProto, edges: list[int], channels: int, scale: int)
         session.run(None, {INPUT_NAME: inputs[e]})
         if time.perf_counter() - start > BUDGET_SECONDS:
             break
-    edges = list(inputs)
-    times: dict[int, list[float]] = {e: [] for e in edges}
-    for _ in range(ROUNDS):
-        for e in edges:
-            start = time.perf_counter()
-            session.run(None, {INPUT_NAME: inputs[e]})
-            times[e].append(time.perf_counter() - start)
+    calls = {e: functools.partial(session.run, None, {INPUT_NAME: x}) for e, x in inputs.items()}
+    times = time_interleaved(calls, ROUNDS)
     return {e: statistics.median(t) * 1000.0 / ((e * scale) ** 2 / 1e6) for e, t in times.items()}
 
 
