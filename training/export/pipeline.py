@@ -394,7 +394,7 @@ def export_generator(
             )
         speedup, timing = int8_speedup(model, model8, contract)
         cpu_class = int8_cpu_class()
-        int8_report.speedup = {cpu_class: round(speedup, 2), **timing}
+        int8_report.speedup = {"cpu_class": cpu_class, "ratio": round(speedup, 2), **timing}
         metadata8 = {p.key: p.value for p in model8.metadata_props}
         _set_metadata(model8, {**metadata8, KEY_INT8_SPEEDUP: f"{cpu_class}:{speedup:.2f}"})
         log(
