@@ -127,8 +127,6 @@ def train_cyclegan(ctx: RunContext, max_steps: int | None = None, resume: bool =
         # Frozen Ds: G's backward computes no gradients for their weights (D steps separately).
         set_requires_grad(d_a, False)
         set_requires_grad(d_b, False)
-        # set_to_none: no memset per step, and allreduce_grads counts missing grads as zeros.
-        opt.g.zero_grad(set_to_none=True)
         with rt.autocast():
             fake_b = g_a(real_a)
             rec_a = g_b(fake_b)  # A -> B -> A: the cycle that stands in for the missing pairs
@@ -151,7 +149,7 @@ def train_cyclegan(ctx: RunContext, max_steps: int | None = None, resume: bool =
         # DDP by hand: average before the step, so every rank applies the same update; an inf on
         # one rank becomes inf everywhere, so the scaler skips the step on all ranks alike.
         allreduce_grads(rt, g_a, g_b)
-        opt.scaler.step(opt.g)
+        opt.step(opt.g)
         # After the optimiser step, from the averaged weights: every rank's EMA stays identical.
         if ema_a is not None:
             ema_a.update(g_a, step)
@@ -160,7 +158,6 @@ def train_cyclegan(ctx: RunContext, max_steps: int | None = None, resume: bool =
         # discriminator update (fakes from the history pools)
         set_requires_grad(d_a, True)
         set_requires_grad(d_b, True)
-        opt.d.zero_grad(set_to_none=True)
         # detach: D's loss must not reach the generators, which have already stepped.
         pooled_b = pool_b.query(fake_b.detach())
         pooled_a = pool_a.query(fake_a.detach())
@@ -176,7 +173,7 @@ def train_cyclegan(ctx: RunContext, max_steps: int | None = None, resume: bool =
         # D_A and D_B share no weights: one backward of the sum is two independent updates.
         opt.scaler.scale(loss_d_a + loss_d_b).backward()
         allreduce_grads(rt, d_a, d_b)
-        opt.scaler.step(opt.d)
+        opt.step(opt.d)
         # One scale update per step, after both optimisers (GradScaler's rule for several
         # optimisers); the schedules then advance: the learning rate is a function of the step.
         opt.end_step()

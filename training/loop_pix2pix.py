@@ -143,8 +143,6 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
         # discriminator update (before G's, as junyanz: G's adversarial term then uses the new D)
         if phase != "pretrain_g":
             set_requires_grad(discriminator, True)
-            # set_to_none: no memset per step, and allreduce_grads counts missing grads as zeros.
-            opt.d.zero_grad(set_to_none=True)
             with rt.autocast():
                 # detach: D's loss must not reach G's weights; G gets its own backward below.
                 pred_fake = discriminator(d_input(fake_out.detach()))
@@ -165,14 +163,13 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
             # DDP by hand: average before the step, so every rank applies the same update; an
             # inf on one rank becomes inf everywhere, so the scaler skips the step on all ranks.
             allreduce_grads(rt, discriminator)
-            opt.scaler.step(opt.d)
+            opt.step(opt.d)
             losses["D"] = loss_d
 
         # generator update
         if phase != "pretrain_d":
             # Frozen D: G's backward then computes no gradients for D's weights (junyanz does the same).
             set_requires_grad(discriminator, False)
-            opt.g.zero_grad(set_to_none=True)
             with rt.autocast():
                 # fp32 whatever autocast's op lists say (they differ between CUDA and CPU): a
                 # reduced-precision mean over every pixel loses the small errors late training is about.
@@ -199,7 +196,7 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
                     loss_g = loss_g + loss_perc
             opt.scaler.scale(loss_g).backward()
             allreduce_grads(rt, generator)
-            opt.scaler.step(opt.g)
+            opt.step(opt.g)
             # After the optimiser step, from the averaged weights: every rank's EMA stays identical.
             if ema is not None:
                 ema.update(generator, step)
