@@ -160,3 +160,32 @@ def test_pixel_and_multiscale_discriminators():
     assert len(out) == 3
     assert [tuple(s[-1].shape[-2:]) for s in out] == [(14, 22), (6, 10), (2, 4)]
     assert all(len(s) == 5 for s in out)
+
+
+def _saved_bytes(net: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """Bytes of the distinct storages autograd keeps for the backward of one forward pass."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = net(x)
+    return sum(storages.values()), y
+
+
+def test_unet_keeps_each_skip_once_for_the_backward(monkeypatch):
+    # The down path's LeakyReLU runs in place on the level above's skip (as junyanz's does): a
+    # copying one would keep both the skip and its activation alive until the backward.
+    torch.manual_seed(0)
+    net = _gen(arch="unet", ngf=4, depth=4, norm="batch").train()
+    x = torch.randn(1, 3, 32, 32)
+    lean, y = _saved_bytes(net, x)
+    skips = [4 * 16 * 16, 8 * 8 * 8, 16 * 4 * 4]  # levels 0-2's down outputs, read by levels 1-3
+    leaky_relu = torch.nn.functional.leaky_relu
+    copying_leaky_relu = lambda t, slope, inplace=False: leaky_relu(t, slope)  # noqa: E731
+    monkeypatch.setattr(torch.nn.functional, "leaky_relu", copying_leaky_relu)
+    copying, y_copying = _saved_bytes(net, x)
+    assert copying - lean == 4 * sum(skips)
+    assert torch.equal(y, y_copying)  # relu(leaky(skip)) == relu(skip): the same output

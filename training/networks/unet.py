@@ -74,7 +74,11 @@ class UNetLevel(nn.Module):
 
     def down(self, x: torch.Tensor) -> torch.Tensor:
         if not self.outermost:
-            x = F.leaky_relu(x, 0.2)
+            # In place, as junyanz's LeakyReLU(0.2, True): x is the level above's skip, so the up
+            # path then reads leaky(skip), and relu(leaky(s)) == relu(s) gives the same output.
+            # Training keeps one tensor per level instead of two (the norm above saved its input,
+            # not x; autograd refuses the backward if a saved tensor was overwritten).
+            x = F.leaky_relu(x, 0.2, inplace=True)
         return self.down_norm(self.down_conv(x))
 
     def up(self, x: torch.Tensor) -> torch.Tensor:
