@@ -71,7 +71,8 @@ class Int8Report:
     kept_float: list[str] = field(default_factory=list)  # convolution nodes left in fp32
     quantized: int = 0  # convolution nodes in int8
     images: int = 0
-    # {cpu class: fp32 time / int8 time, "edge": px, "ms": {...}} measured at export (int8_speed.py)
+    # {"cpu_class": ..., "ratio": fp32 time / int8 time, "edge": px, "ms": {...}} measured at export
+    # (int8_speed.py)
     speedup: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
