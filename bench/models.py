@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from pixforge.training.export import (
     to_inference_semantics,
 )
 from pixforge.training.export.onnx_build import optimize_offline
+from pixforge.training.export.subpixel import subpixel_rewrites
 from pixforge.training.registry import GeneratorConfig, build_generator, generator_preset
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "training" / "configs"
@@ -208,8 +210,9 @@ def export_served(
 def export_float(generator: nn.Module, spec: ModelSpec, path: Path) -> Path:
     """Export the raw float NCHW network (input ``input``, dynamic N/H/W) like the real exporter does.
 
-    Same exporter (TorchScript, opset 17, constant folding) and the same offline BASIC optimisation
-    as :mod:`pixforge.training.export.onnx_build`, so only the uint8 wrapper differs.
+    Same exporter (TorchScript, opset 17, constant folding), the same offline BASIC optimisation
+    as :mod:`pixforge.training.export.onnx_build` and the same sub-pixel rewrites, so only the uint8
+    wrapper differs.
     """
     module = inference_module(generator)
     multiple = int(generator.size_multiple)
@@ -236,6 +239,12 @@ def export_float(generator: nn.Module, spec: ModelSpec, path: Path) -> Path:
         )
     model = onnx.load_from_string(buffer.getvalue())
     model, _ = optimize_offline(model)
+    # the exporter's sub-pixel rewrites, probed at two consecutive multiples of the size multiple
+    probes = [
+        {FLOAT_INPUT: np.zeros((1, spec.config.in_channels, h, w), np.float32)}
+        for h, w in ((edge, edge + multiple), (edge + multiple, edge))
+    ]
+    model, _ = subpixel_rewrites(model, probes)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
@@ -275,12 +284,14 @@ def quantize_served(served: Path, dst: Path, calibration: list[np.ndarray]) -> P
     """
     import onnxruntime as ort
 
-    from pixforge.training.export.quantize import _quantize
+    from pixforge.training.export.quantize import _quantize, quantizable
 
     ort.set_default_logger_severity(3)  # initializer-as-input warnings of the norm-statistics inputs
     logging.disable(logging.WARNING)  # onnxruntime.quantization's "consider pre-processing" advice
     try:
-        _quantize(served, dst, calibration, exclude=[])
+        with tempfile.TemporaryDirectory(prefix="pixforge-bench-int8-") as tmp:
+            source, copies = quantizable(served, Path(tmp))
+            _quantize(source, dst, calibration, exclude=copies)
     finally:
         logging.disable(logging.NOTSET)
     return dst

@@ -85,6 +85,7 @@ def _output_options(args) -> dict:
         "opset": args.opset,
         "verify": not args.no_verify,
         "description": args.description or "",
+        "subpixel": not getattr(args, "no_subpixel", False),
     }
 
 

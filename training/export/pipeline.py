@@ -42,6 +42,7 @@ from .onnx_build import export_onnx
 from .parity import ParityReport, round_up
 from .quantize import Int8Report, int8_variant
 from .receptive_field import receptive_radius
+from .subpixel import subpixel_rewrites
 from .tile_size import measured_tile_size
 from .wrapper import COLOR_SPACES, INFERENCE_SEMANTICS, SelfEnsemble, build_export_module
 from .writer import SIDECAR_FILE, check_name, choose_version, write_model_version
@@ -79,6 +80,10 @@ class ExportConfig:
         min_fp16_psnr: fp16 exports below this PSNR vs fp32 (dB) are refused.
         self_ensemble: export the x8 geometric self-ensemble of the generator (8 runs per image;
             generators without normalisation layers only).
+        subpixel: rewrite transposed convolutions, nearest x2 + 3x3 convolutions and narrow
+            stride-1 convolutions of the fp32 graph into phase convolutions (subpixel.py: same
+            function, run at the speed of onnxruntime's CPU convolutions); the fp16 variant is left
+            as exported.
     """
 
     task: str
@@ -95,6 +100,7 @@ class ExportConfig:
     description: str = ""
     min_fp16_psnr: float = parity_mod.MIN_FP16_PSNR_DB
     self_ensemble: bool = False
+    subpixel: bool = True
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -340,6 +346,16 @@ def export_generator(
     )
     log(f"exporting fp32 graph (opset {cfg.opset}, dynamic batch/height/width)")
     model, optimized = export(wrapper)
+    rewrites: list[str] = []
+    if cfg.subpixel:
+        # probes at two consecutive multiples of size_multiple in each dimension (subpixel.py)
+        probes = [
+            {INPUT_NAME: parity_mod.parity_batch(hh, ww, cfg.input_channels)[:1]}
+            for hh, ww in ((h, h + size_multiple), (h + size_multiple, h))
+        ]
+        model, rewrites = subpixel_rewrites(model, probes)
+        for line in rewrites:
+            log(f"sub-pixel rewrite: {line}")
 
     report = None
     inputs = parity_mod.parity_inputs(size_multiple, cfg.input_channels, list(parity_images))
@@ -403,6 +419,7 @@ def export_generator(
         )
         variants["int8"] = model8
     sidecar = _sidecar(contract, model, cfg, report, notes, optimized, variants, int8_report)
+    sidecar["onnx"]["subpixel_rewrites"] = rewrites
     if tile_costs is not None:
         sidecar["tile_size_measurement"] = {
             "ms_per_output_megapixel_cpu": {str(e): round(c, 1) for e, c in tile_costs.items()},

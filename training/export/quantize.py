@@ -7,6 +7,9 @@ models broken to 26 dB):
   activations uint8 without ``reduce_range``: the combination onnxruntime fuses into its u8s8
   QLinearConv kernels. Normalisation, colour conversion and the uint8 I/O stay in float, so the
   per-image statistics that instance norm needs are not quantised.
+- Graphs with sub-pixel rewrites (subpixel.py) compute their phase kernels from the file's weights;
+  those are folded into constants first (onnxruntime's BASIC offline pass) so the quantiser sees
+  constant weights, and the interleave copies stay in float (they only move values).
 - Activation ranges come from MinMax calibration on crops of the user's images (``--calibration``):
   the images the model will see, not random noise.
 - Some layers cannot be quantised without visible loss (a fixed bicubic skip filter, the last
@@ -37,7 +40,9 @@ from pixforge.errors import PixforgeError
 
 from ..data.super_resolution import downscale
 from ..metrics import psnr, psnr_y
+from .onnx_build import optimize_offline
 from .parity import make_session
+from .subpixel import interleave_nodes
 
 QUANTIZED_OPS = ("Conv", "ConvTranspose")
 # (metric name, compared with, tolerance): see the module docstring.
@@ -162,6 +167,24 @@ def score(
     return float(np.mean(finite)) if finite else math.inf
 
 
+def quantizable(fp32_path: Path, work: Path) -> tuple[Path, list[str]]:
+    """The graph to quantise and the interleave copies to leave in float (subpixel.py).
+
+    A graph with phase kernels computed from its weights is folded into constants first (written
+    into ``work``): the quantiser needs constant weights to quantise per channel.
+    """
+    model = onnx.load(str(fp32_path))
+    copies = interleave_nodes(model)
+    if not copies:
+        return fp32_path, []
+    folded, done = optimize_offline(model)
+    if not done:
+        raise QuantizationError(f"{fp32_path}: its phase kernels could not be folded into constants")
+    path = work / "folded.onnx"
+    onnx.save(folded, str(path))
+    return path, copies
+
+
 def _quantize(src: Path, dst: Path, calibration: list[np.ndarray], exclude: list[str]) -> None:
     try:
         from onnxruntime.quantization import (
@@ -224,16 +247,17 @@ def quantize_int8(
     metric, kind, tolerance = TOLERANCES[contract.task]
     fp32_value = score(contract.task, samples, fp32_out, fp32_out, contract.scale)
     threshold = fp32_value - tolerance * GATE_SHARE if kind == "fp32" else tolerance
-    convs = [n.name for n in onnx.load(str(fp32_path)).graph.node if n.op_type in QUANTIZED_OPS]
-    if not convs:
-        raise QuantizationError(f"{fp32_path} has no convolutions to quantise")
-
     with tempfile.TemporaryDirectory(prefix="pixforge-int8-") as tmp:
         work = Path(tmp)
+        source, copies = quantizable(fp32_path, work)
+        convs = [n.name for n in onnx.load(str(source)).graph.node if n.op_type in QUANTIZED_OPS]
+        convs = [name for name in convs if name not in copies]
+        if not convs:
+            raise QuantizationError(f"{fp32_path} has no convolutions to quantise")
 
         def trial(exclude: list[str], tag: str) -> tuple[Path, float]:
             path = work / f"{tag}.onnx"
-            _quantize(fp32_path, path, calibration, exclude)
+            _quantize(source, path, calibration, exclude + copies)
             return path, score(contract.task, samples, run_model(path, samples), fp32_out, contract.scale)
 
         path, value = trial([], "all")
