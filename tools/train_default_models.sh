@@ -54,22 +54,23 @@ pixforge export runs/sr_x4_gan/blend-alpha0.8.pt --name sr-x4-gan --repo "$repo"
   --description "x4 super-resolution, perceptual variant (LR-space residual net: L1 pre-training + LSGAN fine-tune, blended 0.8 toward the GAN), CPU-trained default model"
 
 # Style translation, CycleGAN apple <-> orange (ResNet ngf 16, 6 blocks, resize-conv upsampling,
-# 128 crops, identity weight 0.25: see models/apple2orange/README.md), 7000 steps. orange2apple's
-# tile size is measured at export (the default); apple2orange's is given (512; see its card).
+# 128 crops, identity weight 0.25: see models/apple2orange/README.md), 7000 steps. The tile sizes
+# are given (512 / 256, measured before the sub-pixel rewrites; see the cards): the per-pixel
+# measurement ignores tile overlap, and the faster graph would pick 128 px tiles.
 pixforge train training/configs/style_translation.yaml --data "$data/apple2orange" --out runs/a2o \
   --set train.steps=7000 --set train.num_workers=1 --set train.checkpoint_every=1000 \
   --set train.val_every=2500 --set train.lambda_identity=0.25 | tee /tmp/a2o.log
 pixforge export runs/a2o/checkpoints/G_A-step0007000.pt --name apple2orange --repo "$repo" --tile-size 512 \
   --description "style translation apple -> orange (CycleGAN G_A), CPU-trained default model"
-pixforge export runs/a2o/checkpoints/G_B-step0007000.pt --name orange2apple --repo "$repo" \
+pixforge export runs/a2o/checkpoints/G_B-step0007000.pt --name orange2apple --repo "$repo" --tile-size 256 \
   --description "style translation orange -> apple (CycleGAN G_B), CPU-trained default model"
 
 # Paired translation demo: facade labels -> photo (pix2pix, resize-conv upsampling), 8000 steps.
 pixforge train training/configs/facades.yaml --data "$data/facades" --out runs/facades \
   --set train.steps=8000 --set train.num_workers=1 --set train.val_every=4000 \
   --set train.checkpoint_every=1000 | tee /tmp/facades.log
-pixforge export "$(tail -n 1 /tmp/facades.log | sed 's/^checkpoint: //')" --name facades --repo "$repo" \
-  --description "paired translation: facade labels -> photo (pix2pix U-Net + PatchGAN), CPU-trained demo model"
+pixforge export "$(tail -n 1 /tmp/facades.log | sed 's/^checkpoint: //')" --name facades --repo "$repo" --tile-size 512 \
+  --description "paired translation: facade labels -> photo (pix2pix U-Net with resize-conv upsampling + PatchGAN), CPU-trained demo model"
 
 pixforge models list --repo "$repo"
 # Re-measure every card (needs the data; see docs/training.md "Evaluating a model").
