@@ -276,3 +276,24 @@ def test_tile_size_rule():
     assert candidate_edges(100, 1) == [200, 300, 600, 1100]
     assert choose({128: 30.0, 256: 20.0, 512: 19.0, 1024: 18.5}) == 256
     assert choose({128: 30.0, 256: 25.0}) == 256
+
+
+def test_export_cli_no_subpixel_keeps_the_traced_graph(tmp_path, capsys):
+    import json
+
+    ckpt = tmp_path / "G.pt"
+    _pixforge_checkpoint(ckpt)
+    repo = tmp_path / "models"
+    common = ["export", str(ckpt), "--repo", str(repo), "--tile-size", "64"]
+    assert main([*common, "--name", "fast"]) == 0
+    assert "sub-pixel rewrite: " in capsys.readouterr().out
+    assert main([*common, "--name", "traced", "--no-subpixel"]) == 0
+    assert "sub-pixel rewrite" not in capsys.readouterr().out
+    rewrites = {
+        name: json.loads((repo / name / "1" / "model.json").read_text())["onnx"]["subpixel_rewrites"]
+        for name in ("fast", "traced")
+    }
+    assert rewrites["fast"] and rewrites["traced"] == []
+    batch = np.random.default_rng(0).integers(0, 256, (2, 8, 12, 3), dtype=np.uint8)
+    fast, traced = (ort_run(repo / name / "1" / "model.onnx", batch) for name in ("fast", "traced"))
+    assert np.abs(fast.astype(int) - traced).max() <= 1

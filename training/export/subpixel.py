@@ -30,7 +30,13 @@ times 1.0, a copy (measured 2-10x faster than ``DepthToSpace`` for the same move
 The function of the graph does not change: the same products are summed in another order (the
 upsampling rewrite adds taps before multiplying), so outputs match to float rounding; the exporter's
 parity check compares the rewritten graph with PyTorch, and only float32 graphs are rewritten.
-Node names start with ``subpixel/``; the int8 quantiser leaves the interleave copies in float.
+
+The phase kernels are computed in the graph from the original weight tensors (Gather / MatMul /
+Pad / Reshape of initialisers), which keep their names: onnxruntime folds those nodes into constant
+weights when it creates a session (before its NCHWc layout pass), the file stays the size of the
+traced one, and ``pixforge export --from onnx`` still finds every weight by name. Node names start
+with ``subpixel/``; the int8 quantiser folds the kernels first and leaves the interleave copies in
+float.
 """
 
 from __future__ import annotations
