@@ -37,7 +37,7 @@ python tools/pair_halves.py "$data/facades/train" "$colour_data/train/facades/tr
 python tools/pair_halves.py "$data/facades/val" "$colour_data/train/facades/val" --half A
 pixforge train training/configs/colorization.yaml --data "$colour_data" --out runs/colorization | tee /tmp/colorization.log
 pixforge export "$(tail -n 1 /tmp/colorization.log | sed 's/^checkpoint: //')" --name colorization --repo "$repo" \
-  --tile-size 512 \
+  --tile-size 512 --int8 --calibration "$data/sr/train/BSD200" \
   --description "colourisation (U-Net without normalisation, Lab L->ab, Huber, native-resolution crops of sr/train and facades photos), CPU-trained default model"
 
 # Super-resolution x4, GAN (NoGAN style): the sr_x4 run's state at step 10000 continued for 2000
@@ -78,5 +78,6 @@ pixforge eval --repo "$repo" --model sr-x4 --data "$data/sr/test"
 pixforge eval --repo "$repo" --model sr-x4 --precision int8 --data "$data/sr/test"
 pixforge eval --repo "$repo" --model sr-x4-gan --data "$data/sr/test"
 pixforge eval --repo "$repo" --model colorization --data "$data/sr/test"
+pixforge eval --repo "$repo" --model colorization --precision int8 --data "$data/sr/test"
 pixforge eval --repo "$repo" --model facades --data "$data/facades/test"
 pixforge eval --repo "$repo" --model apple2orange --reverse-model orange2apple --data "$data/apple2orange" --classifier-steps 800
