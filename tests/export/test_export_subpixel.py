@@ -107,9 +107,10 @@ def test_rewrite_keeps_the_function_and_the_weights(module, channels, gone):
     assert len(copies) == 1 and _ops(rewritten).count("ConvTranspose") == 1
     convs = [n for n in rewritten.graph.node if n.op_type == "Conv"]
     kernels = [list(a.ints) for n in convs for a in n.attribute if a.name == "kernel_shape"]
-    if gone.endswith("Conv"):  # the narrow conv's k x k kernel became a smaller one over 2x2 blocks
+    if gone.endswith("Conv"):  # the narrow conv became a stride-2 one with a (k+1) x (k+1) kernel
         k = int(gone.split("x")[0])
-        assert [k, k] not in kernels and "SpaceToDepth" in _ops(rewritten)
+        strides = [list(a.ints) for n in convs for a in n.attribute if a.name == "strides"]
+        assert kernels == [[k + 1, k + 1]] and strides == [[2, 2]]
     else:
         assert kernels and all(ks == [2, 2] for ks in kernels)
     # the weights keep their names and values: a re-export reads them from the file
@@ -124,7 +125,7 @@ def test_rewrite_keeps_the_function_and_the_weights(module, channels, gone):
 
 def test_narrow_rewrite_needs_even_sizes_at_every_probe():
     model = _onnx(_NarrowHead(), 16)
-    # an odd probe size: SpaceToDepth could not take the input, so the conv stays as it is
+    # an odd probe size: the stride-2 phases would not cover the output, so the conv stays as it is
     _, notes = subpixel_rewrites(model, _probes(16, ((8, 10), (9, 8))))
     assert notes == []
     _, notes = subpixel_rewrites(model, [])  # no probes: never

@@ -242,6 +242,18 @@ def add_norm_statistics_io(model: onnx.ModelProto) -> tuple[onnx.ModelProto, lis
     nodes: list[onnx.NodeProto] = []
     pieces: list[str] = []
     offset = 0
+    # Every layer's mode (a 1-element tensor) and If condition (mode > 0), split once from norm_mode:
+    # 3 nodes for the graph instead of 3 per layer (each small node costs a dispatch per run).
+    ones = top.const(np.ones(len(channels)), np.int64, "ones")
+    modes = [top.name("mode") for _ in channels]
+    conds = [top.name("use_stats") for _ in channels]
+    above = top.op("Greater", [MODE_INPUT, top.const(0.5)], "above")
+    top.nodes += [
+        helper.make_node("Split", [MODE_INPUT, ones], modes, name=top.name("split_modes"), axis=0),
+        helper.make_node("Split", [above, ones], conds, name=top.name("split_conds"), axis=0),
+    ]
+    nodes.extend(top.nodes)
+    top.nodes = []
     for node in graph.node:
         if node.op_type not in NORM_OPS:
             nodes.append(node)
@@ -251,11 +263,7 @@ def add_norm_statistics_io(model: onnx.ModelProto) -> tuple[onnx.ModelProto, lis
         prefix = f"norm_stats/layer{k}"
         eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
         dtype = _elem_type(typed, node.input[0])
-        # this layer's mode: a 1-element slice of norm_mode, and the If condition (mode > 0)
-        mode = top.op("Slice", [MODE_INPUT, top.const([k], np.int64), top.const([k + 1], np.int64)], "mode")
-        cond = top.op("Greater", [top.op("ReduceMax", [mode], keepdims=0), top.const(0.5)], "use_stats")
-        nodes.extend(top.nodes)
-        top.nodes = []
+        mode, cond = modes[k], conds[k]
         then_g = _stats_branch(
             prefix + "/then", node.input[0], node.input[1], node.input[2], eps, dtype, c, offset, mode
         )
