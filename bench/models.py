@@ -40,7 +40,7 @@ from pixforge.training.export import (
     to_inference_semantics,
 )
 from pixforge.training.export.onnx_build import optimize_offline
-from pixforge.training.export.subpixel import subpixel_rewrites
+from pixforge.training.export.subpixel import probe_shapes, subpixel_rewrites
 from pixforge.training.registry import GeneratorConfig, build_generator, generator_preset
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "training" / "configs"
@@ -239,10 +239,10 @@ def export_float(generator: nn.Module, spec: ModelSpec, path: Path) -> Path:
         )
     model = onnx.load_from_string(buffer.getvalue())
     model, _ = optimize_offline(model)
-    # the exporter's sub-pixel rewrites, probed at two consecutive multiples of the size multiple
+    # the exporter's sub-pixel rewrites, probed as the exporter probes them
     probes = [
         {FLOAT_INPUT: np.zeros((1, spec.config.in_channels, h, w), np.float32)}
-        for h, w in ((edge, edge + multiple), (edge + multiple, edge))
+        for h, w in probe_shapes(edge, multiple)
     ]
     model, _ = subpixel_rewrites(model, probes)
     path.parent.mkdir(parents=True, exist_ok=True)

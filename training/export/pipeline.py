@@ -42,7 +42,7 @@ from .onnx_build import export_onnx
 from .parity import ParityReport, round_up
 from .quantize import Int8Report, int8_variant
 from .receptive_field import receptive_radius
-from .subpixel import subpixel_rewrites
+from .subpixel import probe_shapes, subpixel_rewrites
 from .tile_size import measured_tile_size
 from .wrapper import COLOR_SPACES, INFERENCE_SEMANTICS, SelfEnsemble, build_export_module
 from .writer import SIDECAR_FILE, check_name, choose_version, write_model_version
@@ -348,10 +348,9 @@ def export_generator(
     model, optimized = export(wrapper)
     rewrites: list[str] = []
     if cfg.subpixel:
-        # probes at two consecutive multiples of size_multiple in each dimension (subpixel.py)
         probes = [
             {INPUT_NAME: parity_mod.parity_batch(hh, ww, cfg.input_channels)[:1]}
-            for hh, ww in ((h, h + size_multiple), (h + size_multiple, h))
+            for hh, ww in probe_shapes(h, size_multiple)
         ]
         model, rewrites = subpixel_rewrites(model, probes)
         for line in rewrites:

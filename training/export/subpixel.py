@@ -61,11 +61,12 @@ class _Graph:
     the nodes of the rewrite in progress."""
 
     model: onnx.ModelProto
-    inits: dict[str, onnx.TensorProto] = field(default_factory=dict)
-    consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
-    taken: set[str] = field(default_factory=set)
-    new_inits: list[onnx.TensorProto] = field(default_factory=list)
-    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    # derived from the model in __post_init__, not arguments
+    inits: dict[str, onnx.TensorProto] = field(init=False, default_factory=dict)
+    consumers: dict[str, list[onnx.NodeProto]] = field(init=False, default_factory=dict)
+    taken: set[str] = field(init=False, default_factory=set)
+    new_inits: list[onnx.TensorProto] = field(init=False, default_factory=list)
+    nodes: list[onnx.NodeProto] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         g = self.model.graph
@@ -310,6 +311,12 @@ def _even_inputs(model: onnx.ModelProto, tensors: list[str], probe_feeds: list[d
     return even
 
 
+def probe_shapes(edge: int, multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The (H, W) probe sizes :func:`subpixel_rewrites` needs: ``edge`` and ``edge + multiple``
+    (consecutive multiples of the model's size multiple) in each dimension."""
+    return (edge, edge + multiple), (edge + multiple, edge)
+
+
 def subpixel_rewrites(
     model: onnx.ModelProto, probe_feeds: list[dict] = ()
 ) -> tuple[onnx.ModelProto, list[str]]:
@@ -318,8 +325,9 @@ def subpixel_rewrites(
     Args:
         model: a float32 graph (not modified).
         probe_feeds: input feeds at sizes the model accepts, among them two consecutive multiples
-            of its size multiple in height and in width; the narrow-convolution rewrite applies
-            only where the convolution's input was even-sized for all of them (none: never).
+            of its size multiple in height and in width (:func:`probe_shapes`); the
+            narrow-convolution rewrite applies only where the convolution's input was even-sized
+            for all of them (none: never).
 
     Returns:
         (the rewritten model, one line per rewritten node saying what it became).
