@@ -290,7 +290,7 @@ def quantize_served(served: Path, dst: Path, calibration: list[np.ndarray]) -> P
     logging.disable(logging.WARNING)  # onnxruntime.quantization's "consider pre-processing" advice
     try:
         with tempfile.TemporaryDirectory(prefix="pixforge-bench-int8-") as tmp:
-            source, copies = quantizable(served, Path(tmp))
+            source, _, copies = quantizable(served, Path(tmp))
             _quantize(source, dst, calibration, exclude=copies)
     finally:
         logging.disable(logging.NOTSET)

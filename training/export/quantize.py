@@ -167,8 +167,9 @@ def score(
     return float(np.mean(finite)) if finite else math.inf
 
 
-def quantizable(fp32_path: Path, work: Path) -> tuple[Path, list[str]]:
-    """The graph to quantise and the interleave copies to leave in float (subpixel.py).
+def quantizable(fp32_path: Path, work: Path) -> tuple[Path, onnx.ModelProto, list[str]]:
+    """The graph to quantise (its path and its parsed model) and the interleave copies to leave in
+    float (subpixel.py).
 
     A graph with phase kernels computed from its weights is folded into constants first (written
     into ``work``): the quantiser needs constant weights to quantise per channel.
@@ -176,13 +177,13 @@ def quantizable(fp32_path: Path, work: Path) -> tuple[Path, list[str]]:
     model = onnx.load(str(fp32_path))
     copies = interleave_nodes(model)
     if not copies:
-        return fp32_path, []
+        return fp32_path, model, []
     folded, done = optimize_offline(model)
     if not done:
         raise QuantizationError(f"{fp32_path}: its phase kernels could not be folded into constants")
     path = work / "folded.onnx"
     onnx.save(folded, str(path))
-    return path, copies
+    return path, folded, copies
 
 
 def _quantize(src: Path, dst: Path, calibration: list[np.ndarray], exclude: list[str]) -> None:
@@ -249,9 +250,8 @@ def quantize_int8(
     threshold = fp32_value - tolerance * GATE_SHARE if kind == "fp32" else tolerance
     with tempfile.TemporaryDirectory(prefix="pixforge-int8-") as tmp:
         work = Path(tmp)
-        source, copies = quantizable(fp32_path, work)
-        convs = [n.name for n in onnx.load(str(source)).graph.node if n.op_type in QUANTIZED_OPS]
-        convs = [name for name in convs if name not in copies]
+        source, parsed, copies = quantizable(fp32_path, work)
+        convs = [n.name for n in parsed.graph.node if n.op_type in QUANTIZED_OPS and n.name not in copies]
         if not convs:
             raise QuantizationError(f"{fp32_path} has no convolutions to quantise")
 

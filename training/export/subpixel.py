@@ -65,6 +65,8 @@ class _Graph:
     inits: dict[str, onnx.TensorProto] = field(init=False, default_factory=dict)
     consumers: dict[str, list[onnx.NodeProto]] = field(init=False, default_factory=dict)
     taken: set[str] = field(init=False, default_factory=set)
+    # the next suffix to try per hint, so naming stays linear in the names made
+    next_suffix: dict[str, int] = field(init=False, default_factory=dict)
     new_inits: list[onnx.TensorProto] = field(init=False, default_factory=list)
     nodes: list[onnx.NodeProto] = field(init=False, default_factory=list)
 
@@ -80,9 +82,11 @@ class _Graph:
         self.taken.update(v.name for v in list(g.input) + list(g.output))
 
     def name(self, hint: str) -> str:
-        base, k = PREFIX + hint, 0
+        base = PREFIX + hint
+        k = self.next_suffix.get(base, 0)
         while f"{base}_{k}" in self.taken:
             k += 1
+        self.next_suffix[base] = k + 1
         self.taken.add(f"{base}_{k}")
         return f"{base}_{k}"
 
