@@ -86,7 +86,8 @@ class DataConfig:
     load_size: int = 286  # resize target before cropping (resize_and_crop, scale_width)
     crop_size: int = 256  # training crop; super_resolution: the HIGH-resolution crop
     flip: bool = True  # random horizontal flip (same flip for input and target)
-    scale_min: float = 1.0  # preprocess crop: zoom training crops out by s in [scale_min, 1]
+    scale_min: float = 1.0  # preprocess crop: zoom training crops by s in [scale_min, scale_max]
+    scale_max: float = 1.0  # (s < 1 zooms out, s > 1 zooms in; both 1: native scale)
     max_items: int = 0  # use at most this many training files (0 = all); junyanz max_dataset_size
     # --- super_resolution only: LR inputs are made on the fly from HR crops
     scale: int = 4  # 2 | 3 | 4
@@ -418,11 +419,13 @@ def validate(cfg: ExperimentConfig) -> None:
         _require(value >= 0, key, f"must be >= 0; got {value}")
     _require(data.jpeg_quality <= 95, "data.jpeg_quality", f"must be <= 95; got {data.jpeg_quality}")
     _require(0 < data.scale_min <= 1, "data.scale_min", f"must be in (0, 1]; got {data.scale_min}")
-    _require(
-        data.scale_min == 1 or data.preprocess == "crop",
-        "data.scale_min",
-        f"zooms the 'crop' preprocess only; got preprocess {data.preprocess}",
-    )
+    _require(data.scale_max >= 1, "data.scale_max", f"must be >= 1; got {data.scale_max}")
+    for key, value in (("data.scale_min", data.scale_min), ("data.scale_max", data.scale_max)):
+        _require(
+            value == 1 or data.preprocess == "crop",
+            key,
+            f"zooms the 'crop' preprocess only; got preprocess {data.preprocess}",
+        )
     _require(data.blur_sigma >= 0, "data.blur_sigma", "must be >= 0")
     _require(data.noise_sigma >= 0, "data.noise_sigma", "must be >= 0")
     _require(0.0 <= data.degrade_prob <= 1.0, "data.degrade_prob", "must be in [0, 1]")

@@ -109,6 +109,8 @@ def test_load_config_applies_set(tmp_path):
         ({"data": {"preprocess": "crop", "scale_min": 0}}, "data.scale_min"),
         ({"data": {"preprocess": "crop", "scale_min": 1.5}}, "data.scale_min"),
         ({"data": {"preprocess": "resize_and_crop", "scale_min": 0.5}}, "data.scale_min"),
+        ({"data": {"preprocess": "crop", "scale_max": 0.5}}, "data.scale_max"),
+        ({"data": {"preprocess": "resize_and_crop", "scale_max": 2.0}}, "data.scale_max"),
         ({"data": {"mode": "super_resolution", "scale": 4, "crop_size": 66}}, "data.crop_size"),
         ({"data": {"mode": "super_resolution", "scale": 5, "crop_size": 100}}, "data.scale"),
         ({"data": {"mode": "colorization"}, "generator": {"in_channels": 3}}, "generator.in_channels"),

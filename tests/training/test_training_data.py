@@ -165,6 +165,29 @@ def test_zoomed_crops_see_up_to_one_over_scale_min_of_the_photo():
     assert np.median(spans) < 1.6 * crop  # log-uniform: half the draws below s = 0.71
 
 
+def test_zoomed_in_crops_see_down_to_one_over_scale_max_of_the_photo():
+    img, crop = _ramp(240), 64
+    zoom = Geometry("crop", 0, crop, False, 8, scale_max=4.0)
+    spans = []
+    for seed in range(40):
+        (out,) = zoom.apply([img], np.random.default_rng(seed))
+        assert out.shape == (crop, crop, 3)
+        spans.append(int(out[0, -1, 0]) - int(out[0, 0, 0]) + 1)
+    assert min(spans) >= crop / 4 - 2 and max(spans) <= crop + 2
+    assert min(spans) < crop / 2  # some crops really are enlarged
+    assert crop / 2 - 4 < np.median(spans) < crop / 2 + 6  # log-uniform: median s = 2
+
+
+def test_zoom_range_spans_both_ways():
+    img, crop = _ramp(240), 64
+    zoom = Geometry("crop", 0, crop, False, 8, scale_min=0.5, scale_max=2.0)
+    spans = [
+        int(o[0, -1, 0]) - int(o[0, 0, 0]) + 1
+        for o in (zoom.apply([img], np.random.default_rng(s))[0] for s in range(60))
+    ]
+    assert min(spans) < crop * 0.8 and max(spans) > crop * 1.25
+
+
 def test_zoom_is_training_only_and_off_by_default():
     img = _ramp(128)
     zoom = Geometry("crop", 0, 64, True, 8, scale_min=0.5)
@@ -175,6 +198,10 @@ def test_zoom_is_training_only_and_off_by_default():
     one = Geometry("crop", 0, 64, True, 8, scale_min=1.0)
     a = one.apply([img], np.random.default_rng(3))[0]
     assert np.array_equal(a, plain.apply([img], np.random.default_rng(3))[0])
+    # scale_max 1 too
+    assert np.array_equal(
+        Geometry("crop", 0, 64, True, 8, scale_max=1.0).apply([img], np.random.default_rng(3))[0], a
+    )
     # a photo no larger than the crop cannot be zoomed out: native scale, never upsampled
     small = _ramp(64)
     for seed in range(4):

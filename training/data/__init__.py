@@ -61,7 +61,9 @@ def build_datasets(cfg, root: str | Path, *, size_multiple: int, seed: int) -> D
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
-    geometry = Geometry(cfg.preprocess, cfg.load_size, cfg.crop_size, cfg.flip, size_multiple, cfg.scale_min)
+    geometry = Geometry(
+        cfg.preprocess, cfg.load_size, cfg.crop_size, cfg.flip, size_multiple, cfg.scale_min, cfg.scale_max
+    )
     if cfg.mode == "unaligned":
         split_a, split_b = split_unaligned(root, cfg.val_holdout, cfg.max_items)
         train = UnalignedDataset(split_a.train, split_b.train, geometry, seed=seed, train=True)

@@ -8,9 +8,10 @@ reproducible on resume and independent of the number of loader workers.
 Preprocess modes (junyanz names):
 - resize_and_crop: resize to load_size x load_size, random crop crop_size (eval: resize straight
   to crop_size, so the whole image is seen).
-- crop: random crop crop_size from the image as is (eval: centre crop). With scale_min < 1 the
-  training crop is zoomed out first: a window of crop_size / s pixels, s drawn log-uniformly in
-  [scale_min, 1], shrunk to crop_size (the same as shrinking the photo by s, then cropping).
+- crop: random crop crop_size from the image as is (eval: centre crop). With scale_min < 1 or
+  scale_max > 1 the training crop is zoomed: a window of crop_size / s pixels, s drawn
+  log-uniformly in [scale_min, scale_max], resized to crop_size (the same as resizing the photo by
+  s, then cropping): s < 1 zooms out (shrinks), s > 1 zooms in (enlarges, bicubic).
 - scale_width: resize so width = load_size keeping the aspect ratio (height at least crop_size),
   then random crop crop_size (eval: width = crop_size, then centre crop crop_size).
 - none: keep the image, only cut it down to a multiple of the generator's size_multiple
@@ -119,7 +120,8 @@ class Geometry:
     crop_size: int
     flip: bool
     size_multiple: int
-    scale_min: float = 1.0  # preprocess crop, training only: zoom-out range (1 = native scale)
+    scale_min: float = 1.0  # preprocess crop, training only: zoom range [scale_min, scale_max]
+    scale_max: float = 1.0  # (1, 1 = native scale)
 
     def apply(self, images: list[np.ndarray], rng: np.random.Generator | None) -> list[np.ndarray]:
         """Resize + crop/flip the images of one item per the mode, all with the same random
@@ -131,7 +133,7 @@ class Geometry:
             TooSmallError: an image is smaller than the crop or the size multiple.
         """
         mode = self.preprocess
-        if mode == "crop" and rng is not None and self.scale_min < 1.0:
+        if mode == "crop" and rng is not None and (self.scale_min < 1.0 or self.scale_max > 1.0):
             zoomed = self._zoomed_crop(images, rng)
             if zoomed is not None:
                 return zoomed
@@ -147,19 +149,22 @@ class Geometry:
         return [apply_params(img, p) for img in resized]
 
     def _zoomed_crop(self, images: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray] | None:
-        """A training crop seen from further away, or None when the image is too small to zoom.
+        """A training crop seen from further away or closer up, or None when the image is too
+        small for the crop.
 
         Why: a model trained on native-scale crops only ever sees objects at the size they have in
-        the training photos; a close-up (a face filling a 512-pixel photo) then looks like nothing
-        it knows (a plain bright surface: sky) and gets the wrong colour. Cutting a larger window
-        and shrinking it (INTER_AREA) shows the same objects smaller and with more context.
+        the training photos. A close-up (a face filling a 512-pixel photo) then looks like nothing
+        it knows (a plain bright surface: sky or wall) and gets the wrong colour. Enlarging a
+        smaller window (s > 1) shows the photos' small objects, faces among them, at close-up size;
+        shrinking a larger one (s < 1, INTER_AREA) shows them smaller, with more context.
         """
         h, w = images[0].shape[:2]
         crop = self.crop_size
         if min(h, w) < crop:
             return None  # the plain path raises TooSmallError with the sizes
-        low = max(self.scale_min, crop / min(h, w))
-        s = float(np.exp(rng.uniform(np.log(low), 0.0))) if low < 1.0 else 1.0
-        side = min(h, w, int(round(crop / s)))
+        low = max(self.scale_min, crop / min(h, w))  # a window larger than the photo cannot be cut
+        high = max(self.scale_max, low)
+        s = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if low < high else low
+        side = max(1, min(h, w, int(round(crop / s))))
         p = sample_params(rng, h, w, side, self.flip)
         return [resize(apply_params(img, p), crop, crop) for img in images]
