@@ -45,6 +45,8 @@ class Settings:
         models, engines: names from the flags (None = the suite's default).
         steps: measured training steps. workers: data-loader worker counts (training suite).
         max_call_seconds: engine cases estimated slower are skipped.
+        rounds: how many times the variants of a case alternate (None = the suite's default);
+            more rounds make the median of the per-round ratios steadier on a noisy machine.
         tag: a name for this run (e.g. "gpu"), kept beside the untagged run in its own
             ``<suite>-<tag>.json`` and report section instead of replacing it.
     """
@@ -61,6 +63,7 @@ class Settings:
     steps: int | None = None
     workers: list[int] | None = None
     max_call_seconds: float = 30.0
+    rounds: int | None = None
     tag: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -88,6 +91,7 @@ class Settings:
         duration = number("duration", 0, strict=True)
         steps = number("steps", 1)
         max_call = number("max-call-seconds", 0, strict=True)
+        rounds = number("rounds", 1)
         tag = getattr(args, "tag", None) or ""
         if tag and not re.fullmatch(r"[a-z0-9][a-z0-9_]*", tag):
             raise ValueError(f"--tag must be lowercase letters, digits and '_', got {tag!r}")
@@ -106,6 +110,7 @@ class Settings:
             steps=steps,
             workers=_workers(getattr(args, "workers", None)),
             max_call_seconds=max_call or 30.0,
+            rounds=rounds,
             tag=tag,
             extra={
                 k: v

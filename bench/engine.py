@@ -97,7 +97,7 @@ def _resolve(settings) -> dict:
         "sizes": settings.sizes or ([64] if quick else [256, 512]),
         "batches": settings.batches or ([1] if quick else [1, 4, 16]),
         "duration": settings.duration or (1.0 if quick else 10.0),
-        "rounds": 2 if quick else 4,
+        "rounds": settings.rounds or (2 if quick else 4),
         "threads": settings.resolved_threads(),
         "max_call_seconds": settings.max_call_seconds,
         "peak_matrix": 2048 if quick else 4096,

@@ -43,7 +43,7 @@ def resolve(settings, full_model: str = "facades") -> dict:
         "size": (settings.sizes or [64 if quick else 256])[0],
         "concurrency": settings.concurrency or ([1, 4] if quick else [1, 2, 4, 8, 16]),
         "duration": settings.duration or (1.0 if quick else 10.0),
-        "rounds": 1 if quick else 3,
+        "rounds": settings.rounds or (1 if quick else 3),
         "threads": settings.resolved_threads(),
     }
 

@@ -334,6 +334,12 @@ def _add_bench(sub) -> None:
         help="intra-op threads for torch and onnxruntime alike (default: CPUs available)",
     )
     p.add_argument("--duration", type=float, help="seconds of measurement per case (default 10, --quick 1)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="engine, serving and batching suites: how many times the variants of a case alternate "
+        "(default engine 4, serving 3; --quick fewer): more rounds, a steadier median ratio",
+    )
     p.add_argument("--models", help="generators, e.g. unet_256,resnet_9blocks,facades,style_translation")
     p.add_argument("--concurrency", help="client concurrency levels, e.g. 1,2,4,8,16 (serving, batching)")
     p.add_argument("--engines", help="engine suite variants to run (default all that apply), e.g. eager,ort")

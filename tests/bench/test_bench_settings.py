@@ -36,6 +36,8 @@ def test_settings_parse_lists_and_numbers(tmp_path):
             "3",
             "--max-call-seconds",
             "7",
+            "--rounds",
+            "12",
             "--quick",
         )
     )
@@ -44,6 +46,18 @@ def test_settings_parse_lists_and_numbers(tmp_path):
     assert s.models == ["unet_256", "facades"] and s.engines is None
     assert (s.threads, s.duration, s.steps, s.max_call_seconds, s.quick) == (2, 0.5, 3, 7.0, True)
     assert s.resolved_threads() == 2
+    assert s.rounds == 12
+
+
+def test_rounds_reach_the_suites(tmp_path):
+    from pixforge.bench.engine import _resolve
+    from pixforge.bench.serving import resolve
+
+    default = Settings.from_args(_args("engine", "--out", str(tmp_path)))
+    assert default.rounds is None
+    assert (_resolve(default)["rounds"], resolve(default, full_model="x")["rounds"]) == (4, 3)
+    more = Settings.from_args(_args("engine", "--out", str(tmp_path), "--rounds", "20"))
+    assert (_resolve(more)["rounds"], resolve(more, full_model="x")["rounds"]) == (20, 20)
 
 
 def test_settings_defaults(tmp_path):
@@ -73,6 +87,7 @@ def test_settings_defaults(tmp_path):
         (["--duration", "0"], "--duration"),
         (["--steps", "0"], "--steps"),
         (["--max-call-seconds", "-2"], "--max-call-seconds"),
+        (["--rounds", "0"], "--rounds"),
         (["--tag", "../x"], "--tag"),
     ],
 )
