@@ -3,6 +3,9 @@
 Every discriminator returns list[list[Tensor]]: one list per scale holding the intermediate feature
 maps (after each LeakyReLU) with the raw prediction map (logits) last, so the GAN loss reads `[-1]`
 and feature matching reads `[:-1]`.
+
+The LeakyReLUs run in place, as junyanz's: the conv or norm output they overwrite is read by no
+backward, and a separate output would only free it again mid-forward (a hole in glibc's heap).
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ class PatchGANDiscriminator(nn.Module):
             raise ValueError(f"PatchGAN n_layers must be >= 1, got {n_layers}")
         bias = conv_uses_bias(norm)
         layers: list[nn.Module] = [
-            nn.Sequential(nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2))
+            nn.Sequential(
+                nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)
+            )
         ]
         mult = 1
         for n in range(1, n_layers + 1):
@@ -36,7 +41,7 @@ class PatchGANDiscriminator(nn.Module):
                 nn.Sequential(
                     nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1, bias=bias),
                     make_norm(norm, ndf * mult),
-                    nn.LeakyReLU(0.2),
+                    nn.LeakyReLU(0.2, inplace=True),
                 )
             )
         layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
@@ -61,9 +66,11 @@ class PixelDiscriminator(nn.Module):
         bias = conv_uses_bias(norm)
         self.layers = nn.ModuleList(
             [
-                nn.Sequential(nn.Conv2d(in_channels, ndf, 1), nn.LeakyReLU(0.2)),
+                nn.Sequential(nn.Conv2d(in_channels, ndf, 1), nn.LeakyReLU(0.2, inplace=True)),
                 nn.Sequential(
-                    nn.Conv2d(ndf, ndf * 2, 1, bias=bias), make_norm(norm, ndf * 2), nn.LeakyReLU(0.2)
+                    nn.Conv2d(ndf, ndf * 2, 1, bias=bias),
+                    make_norm(norm, ndf * 2),
+                    nn.LeakyReLU(0.2, inplace=True),
                 ),
                 nn.Conv2d(ndf * 2, 1, 1),
             ]

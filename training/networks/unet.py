@@ -82,7 +82,10 @@ class UNetLevel(nn.Module):
         return self.down_norm(self.down_conv(x))
 
     def up(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.up_norm(self.up_conv(F.relu(x))))
+        # In place, as junyanz's ReLU(True): x is a fresh concatenation (or the innermost conv's
+        # output) that no backward reads, so a separate ReLU output would only free it again
+        # mid-forward, a hole in glibc's heap per level.
+        return self.dropout(self.up_norm(self.up_conv(F.relu(x, inplace=True))))
 
 
 class UNetGenerator(EncoderDecoderGenerator):
