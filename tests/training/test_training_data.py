@@ -152,39 +152,36 @@ def _ramp(size: int) -> np.ndarray:
     return np.repeat(np.tile(np.arange(size, dtype=np.uint8), (size, 1))[:, :, None], 3, axis=2)
 
 
-def test_zoomed_crops_see_up_to_one_over_scale_min_of_the_photo():
-    img, crop = _ramp(240), 64
-    zoom = Geometry("crop", 0, crop, False, 8, scale_min=0.5)
+def _spans(zoom: Geometry, seeds: int) -> list[int]:
+    """How wide a window of a 240-pixel ramp each of `seeds` training crops was cut from."""
+    img, crop = _ramp(240), zoom.crop_size
     spans = []
-    for seed in range(40):
+    for seed in range(seeds):
         (out,) = zoom.apply([img], np.random.default_rng(seed))
         assert out.shape == (crop, crop, 3)
         spans.append(int(out[0, -1, 0]) - int(out[0, 0, 0]) + 1)
+    return spans
+
+
+def test_zoomed_crops_see_up_to_one_over_scale_min_of_the_photo():
+    crop = 64
+    spans = _spans(Geometry("crop", 0, crop, False, 8, scale_min=0.5), 40)
     assert min(spans) >= crop - 2 and max(spans) <= 2 * crop + 2
     assert max(spans) > 1.5 * crop  # some crops really are zoomed out
     assert np.median(spans) < 1.6 * crop  # log-uniform: half the draws below s = 0.71
 
 
 def test_zoomed_in_crops_see_down_to_one_over_scale_max_of_the_photo():
-    img, crop = _ramp(240), 64
-    zoom = Geometry("crop", 0, crop, False, 8, scale_max=4.0)
-    spans = []
-    for seed in range(40):
-        (out,) = zoom.apply([img], np.random.default_rng(seed))
-        assert out.shape == (crop, crop, 3)
-        spans.append(int(out[0, -1, 0]) - int(out[0, 0, 0]) + 1)
+    crop = 64
+    spans = _spans(Geometry("crop", 0, crop, False, 8, scale_max=4.0), 40)
     assert min(spans) >= crop / 4 - 2 and max(spans) <= crop + 2
     assert min(spans) < crop / 2  # some crops really are enlarged
     assert crop / 2 - 4 < np.median(spans) < crop / 2 + 6  # log-uniform: median s = 2
 
 
 def test_zoom_range_spans_both_ways():
-    img, crop = _ramp(240), 64
-    zoom = Geometry("crop", 0, crop, False, 8, scale_min=0.5, scale_max=2.0)
-    spans = [
-        int(o[0, -1, 0]) - int(o[0, 0, 0]) + 1
-        for o in (zoom.apply([img], np.random.default_rng(s))[0] for s in range(60))
-    ]
+    crop = 64
+    spans = _spans(Geometry("crop", 0, crop, False, 8, scale_min=0.5, scale_max=2.0), 60)
     assert min(spans) < crop * 0.8 and max(spans) > crop * 1.25
 
 
