@@ -121,7 +121,7 @@ class Geometry:
     flip: bool
     size_multiple: int
     scale_min: float = 1.0  # preprocess crop, training only: zoom range [scale_min, scale_max]
-    scale_max: float = 1.0  # (1, 1 = native scale)
+    scale_max: float = 1.0  # (both 1: native scale)
 
     def apply(self, images: list[np.ndarray], rng: np.random.Generator | None) -> list[np.ndarray]:
         """Resize + crop/flip the images of one item per the mode, all with the same random

@@ -188,15 +188,10 @@ def _branch_outputs(names: list[str], dtype: int) -> list[onnx.ValueInfoProto]:
     return [helper.make_tensor_value_info(n, t, None) for n, t in zip(names, types, strict=True)]
 
 
-def _plain_branch(prefix: str, node: onnx.NodeProto, c: int, dtype: int) -> onnx.GraphProto:
-    """Mode 0: the original node; zero sums of the right width."""
+def _plain_branch(prefix: str, node: onnx.NodeProto, eps: float, c: int, dtype: int) -> onnx.GraphProto:
+    """Mode 0: the original node (epsilon ``eps``); zero sums of the right width."""
     b = _Builder(prefix)
-    y = b.op(
-        "InstanceNormalization",
-        list(node.input),
-        "y",
-        epsilon=next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5),
-    )
+    y = b.op("InstanceNormalization", list(node.input), "y", epsilon=eps)
     zeros_c = b.const(np.zeros((1, c), np.float32), hint="zeros_c")
     outs = [
         b.op("Identity", [y], "out_y"),
@@ -267,7 +262,7 @@ def add_norm_statistics_io(model: onnx.ModelProto) -> tuple[onnx.ModelProto, lis
         then_g = _stats_branch(
             prefix + "/then", node.input[0], node.input[1], node.input[2], eps, dtype, c, offset, mode
         )
-        else_g = _plain_branch(prefix + "/else", node, c, dtype)
+        else_g = _plain_branch(prefix + "/else", node, eps, c, dtype)
         outs = [node.output[0], f"{prefix}/sum", f"{prefix}/m2", f"{prefix}/count"]
         nodes.append(
             helper.make_node("If", [cond], outs, name=f"{prefix}/if", then_branch=then_g, else_branch=else_g)
