@@ -55,6 +55,14 @@ class RequestCancelledError(ServiceError):
     """The caller cancelled the request or its deadline passed; its pending work was dropped."""
 
 
+class DeadlineExceededError(RequestCancelledError):
+    """The caller's deadline passed before the request finished; its pending work was dropped.
+
+    A subclass, so code that drops cancelled work handles both; the status differs, because a
+    client told CANCELLED would believe it (not the clock) gave up.
+    """
+
+
 class InferenceError(ServiceError):
     """The model failed while running, or returned something that breaks its contract."""
 

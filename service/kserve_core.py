@@ -35,7 +35,7 @@ from .kserve_tensors import parse_version
 from .metrics import Metrics
 from .pipeline import ArrayJob, ArrayResult, CancelToken, Pipeline, TranslateOptions
 from .repository import ModelRegistry, ModelState, ModelVersion
-from .runner import RequestRunner
+from .runner import RequestRunner, interrupted_code
 from .servicer import log_failure
 from .statistics import RequestRecorder
 from .text_limits import MAX_MODEL_NAME, MAX_VERSION_TEXT, check_text
@@ -207,7 +207,11 @@ class KServeCore:
                 cancel,
             )
         except BaseException as exc:
-            code = "CANCELLED" if not isinstance(exc, Exception) else log_failure(exc, request_id, model)
+            code = (
+                interrupted_code(remaining, start)
+                if not isinstance(exc, Exception)
+                else log_failure(exc, request_id, model)
+            )
             stats.failed(code, exc)
             raise
         finally:

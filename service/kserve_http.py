@@ -619,7 +619,10 @@ class KServeHTTP:
         except Exception as exc:
             status, code, message, headers = http_status(exc, request_id)
             expired = deadline is not None and loop.time() >= deadline
-            timed_out = isinstance(exc, asyncio.TimeoutError) or code is grpc.StatusCode.CANCELLED
+            timed_out = isinstance(exc, asyncio.TimeoutError) or code in (
+                grpc.StatusCode.CANCELLED,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
             if timeout_s is not None and expired and timed_out:
                 status = HTTP_STATUS[grpc.StatusCode.DEADLINE_EXCEEDED]
                 message = f"the request's timeout ({timeout_s * 1e6:.0f} us) passed before it finished"

@@ -46,7 +46,7 @@ from pixforge.errors import ImageEncodeError, ImageTooLargeError
 
 from .batcher import TileFeed
 from .config import BatchingConfig, ColorizationConfig, LimitsConfig, TilingConfig
-from .errors import InvalidRequestError, RequestCancelledError
+from .errors import DeadlineExceededError, InvalidRequestError, RequestCancelledError
 from .norm_stats import FULL_CORE, MODE_FROZEN, image_statistics
 from .repository import ModelRegistry, ModelRuntime
 from .text_limits import MAX_MODEL_NAME, MAX_OUTPUT_FORMAT, MAX_REQUEST_ID, check_text, quote
@@ -168,27 +168,46 @@ def new_request_id() -> str:
 
 
 class CancelToken:
-    """Set when the caller goes away (client cancel or deadline); callbacks drop queued work."""
+    """Set when the caller goes away (client cancel or deadline); callbacks drop queued work.
+
+    It remembers why: work dropped because the deadline passed raises DeadlineExceededError, so
+    the caller is told DEADLINE_EXCEEDED, not CANCELLED (which would say the client gave up).
+    """
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[], None]] = []
+        self._expired = False
 
     @property
     def cancelled(self) -> bool:
         """Whether the caller went away."""
         return self._event.is_set()
 
-    def cancel(self) -> None:
-        """Mark cancelled and run the registered callbacks once."""
+    @property
+    def expired(self) -> bool:
+        """Whether it was cancelled because the caller's deadline passed."""
+        return self._expired
+
+    def cancel(self, expired: bool = False) -> None:
+        """Mark cancelled (``expired``: by the deadline) and run the registered callbacks once."""
         with self._lock:
             if self._event.is_set():
                 return
+            self._expired = expired
             self._event.set()
             callbacks, self._callbacks = self._callbacks, []
         for cb in callbacks:
             cb()
+
+    def expire(self) -> None:
+        """Cancel because the caller's deadline passed."""
+        self.cancel(expired=True)
+
+    def follow(self, parent: CancelToken) -> Callable[[], None]:
+        """Be cancelled, for the same reason, when ``parent`` is; returns a function that unlinks."""
+        return parent.add_callback(lambda: self.cancel(parent.expired))
 
     def add_callback(self, cb: Callable[[], None]) -> Callable[[], None]:
         """Run ``cb`` on cancel (at once if already cancelled); returns a function that unregisters it."""
@@ -204,10 +223,16 @@ class CancelToken:
             if cb in self._callbacks:
                 self._callbacks.remove(cb)
 
+    def error(self) -> RequestCancelledError:
+        """The error that reports this cancellation to the caller."""
+        if self._expired:
+            return DeadlineExceededError("the request's deadline passed before it finished")
+        return RequestCancelledError("request cancelled by the client")
+
     def check(self) -> None:
-        """Raise RequestCancelledError if cancelled."""
+        """Raise :meth:`error` if cancelled."""
         if self._event.is_set():
-            raise RequestCancelledError("request cancelled (client gone or deadline passed)")
+            raise self.error()
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -581,7 +606,7 @@ class Pipeline:
             # A child token: a failing image cancels its siblings without cancelling the caller's
             # token, which a stream shares between all of its requests.
             local = CancelToken()
-            unregister = cancel.add_callback(local.cancel)
+            unregister = local.follow(cancel)
 
             def one(i: int) -> tuple[np.ndarray, int]:
                 return self._translate_pixels(images[i], runtime, job.options, tile, overlap, stats[i], local)
@@ -732,7 +757,7 @@ class Pipeline:
                 # Future.result() (unlike futures.wait()) wakes up when a pending future is cancelled.
                 results = [f.result() for f in futures]
             except concurrent.futures.CancelledError:
-                raise RequestCancelledError("request cancelled (client gone or deadline passed)") from None
+                raise cancel.error() from None
             finally:
                 unregister()
                 for f in futures:  # on any error, drop the siblings still queued

@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from .admission import Admission, Ticket
+from .errors import DeadlineExceededError
 from .pipeline import CancelToken
 
 T = TypeVar("T")
+
+# How close to its deadline a cancelled call counts as expired (see interrupted_code).
+DEADLINE_SLACK_S = 0.1
 
 
 class RequestRunner:
@@ -57,17 +62,21 @@ class RequestRunner:
 
         Raises:
             AdmissionRejected: refused by admission.
-            RequestCancelledError: the caller went away or the deadline passed before the work ran.
+            DeadlineExceededError: the deadline passed before the work finished (or on arrival).
+            RequestCancelledError: the caller went away before the work finished.
             asyncio.CancelledError: the RPC was cancelled while waiting (the work was cancelled too).
             Whatever ``work`` raises.
         """
+        if time_remaining is not None and time_remaining <= 0:
+            # Expired on arrival: say so, rather than let admission refuse it as too slow.
+            raise DeadlineExceededError("the request's deadline had passed when it arrived")
         loop = asyncio.get_running_loop()
         token = CancelToken()
-        unlink = cancel.add_callback(token.cancel) if cancel is not None else (lambda: None)
+        unlink = token.follow(cancel) if cancel is not None else (lambda: None)
         deadline_timer = None
         if time_remaining is not None:
             # Fires even when nothing polls the token, so tiles queued in a batcher are dropped.
-            deadline_timer = loop.call_later(max(0.0, time_remaining), token.cancel)
+            deadline_timer = loop.call_later(max(0.0, time_remaining), token.expire)
         try:
             ticket = await self.admission.acquire(model, pixels, time_remaining)
             context = contextvars.copy_context()  # keeps the request id on the worker's log lines
@@ -100,3 +109,21 @@ def time_remaining(context) -> float | None:
     """Seconds until a grpc.aio context's deadline, None without one."""
     remaining = context.time_remaining()
     return None if remaining is None else max(0.0, remaining)
+
+
+def interrupted_code(time_remaining: float | None, started: float) -> str:
+    """The status name for a request whose RPC was cancelled under it (asyncio.CancelledError).
+
+    gRPC cancels the handler both when the client cancels and when the deadline passes; the clock
+    tells which, so metrics and logs say DEADLINE_EXCEEDED as the caller's status does. A client
+    enforces its own deadline and cancels the call a transit time before the server's copy of it
+    runs out, so a cancel within :data:`DEADLINE_SLACK_S` of the deadline counts as the deadline.
+
+    Args:
+        time_remaining: seconds to the deadline when the request began (None: no deadline).
+        started: ``time.perf_counter()`` when the request began.
+    """
+    if time_remaining is None:
+        return "CANCELLED"
+    expired = time.perf_counter() - started >= time_remaining - DEADLINE_SLACK_S
+    return "DEADLINE_EXCEEDED" if expired else "CANCELLED"

@@ -28,6 +28,7 @@ from pixforge.v1 import translation_pb2_grpc as pb_grpc
 from .admission import AdmissionRejected
 from .config import LimitsConfig, StreamConfig
 from .errors import (
+    DeadlineExceededError,
     InferenceError,
     InvalidRequestError,
     ModelControlDisabledError,
@@ -45,7 +46,7 @@ from .logs import request_context, request_id_var
 from .metrics import Metrics
 from .pipeline import CancelToken, Pipeline, TranslateJob, TranslateOptions, TranslateResult, new_request_id
 from .repository import ModelRegistry, ModelState, ModelVersion
-from .runner import RequestRunner, time_remaining
+from .runner import RequestRunner, interrupted_code, time_remaining
 from .statistics import RequestRecorder
 from .streaming import ordered_responses
 from .text_limits import MAX_MODEL_NAME, MAX_REQUEST_ID, check_text
@@ -77,6 +78,7 @@ ERROR_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
     (RepositoryUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (NotOfferedError, grpc.StatusCode.UNIMPLEMENTED),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (RequestCancelledError, grpc.StatusCode.CANCELLED),
     (InferenceError, grpc.StatusCode.INTERNAL),
     (ContractError, grpc.StatusCode.INTERNAL),
@@ -272,7 +274,9 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
             )
         except BaseException as exc:
             code = (
-                "CANCELLED" if not isinstance(exc, Exception) else log_failure(exc, job.request_id, job.model)
+                interrupted_code(remaining, start)
+                if not isinstance(exc, Exception)
+                else log_failure(exc, job.request_id, job.model)
             )
             stats.failed(code, exc)
             raise

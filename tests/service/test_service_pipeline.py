@@ -19,6 +19,7 @@ from service_helpers import (
 
 from pixforge.service.engine import Engine
 from pixforge.service.errors import (
+    DeadlineExceededError,
     InvalidRequestError,
     ModelNotFoundError,
     ModelNotReadyError,
@@ -190,5 +191,28 @@ def test_cancelled_token_stops_before_work(tmp_path):
         token2.cancel()
         token2.add_callback(lambda: fired.append(2))  # already cancelled: runs at once
         assert fired == [1, 2]
+    finally:
+        registry.close()
+
+
+def test_token_says_whether_the_deadline_or_the_client_ended_the_work(tmp_path):
+    build_invert(tmp_path / "m" / "1" / "model.onnx")
+    registry, pipeline = make_registry(tmp_path)
+    try:
+        expired = CancelToken()
+        expired.expire()
+        with pytest.raises(DeadlineExceededError):
+            pipeline.translate(TranslateJob("m", png(rgb_image(8, 8))), expired)
+        cancelled = CancelToken()
+        cancelled.cancel()
+        with pytest.raises(RequestCancelledError) as info:
+            cancelled.check()
+        assert not isinstance(info.value, DeadlineExceededError)
+        # A child token (a stream item's, a batch's images) reports its parent's reason.
+        for parent, error in ((CancelToken(), DeadlineExceededError), (CancelToken(), RequestCancelledError)):
+            child = CancelToken()
+            child.follow(parent)
+            parent.cancel(expired=error is DeadlineExceededError)
+            assert type(child.error()) is error
     finally:
         registry.close()

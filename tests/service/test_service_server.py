@@ -304,6 +304,9 @@ def test_queue_full_is_resource_exhausted(stub, handle, control):
 def test_deadline_frees_queued_work(stub, handle, control):
     runtime = handle.registry.runtime("invert")
     cancelled_before = runtime.batcher.stats.cancelled
+    metrics = handle.metrics.registry
+    labels = {"model": "invert", "code": "DEADLINE_EXCEEDED"}
+    expired_before = metrics.get_sample_value("pixforge_request_failures_total", labels) or 0
     gate = control.gate("invert")
     try:
         first = stub.Translate.future(
@@ -326,6 +329,10 @@ def test_deadline_frees_queued_work(stub, handle, control):
     assert wait_for(lambda: runtime.batcher.stats.cancelled > cancelled_before)
     assert control.calls["invert"] == calls_before
     assert wait_for(lambda: runtime.in_flight == 0)
+    # The server, too, calls it a deadline (not a client cancel): its status, metrics and logs.
+    assert wait_for(
+        lambda: (metrics.get_sample_value("pixforge_request_failures_total", labels) or 0) > expired_before
+    )
     translate(stub, "invert", rgb_image(8, 8))
 
 
