@@ -55,7 +55,7 @@ class RequestCancelledError(ServiceError):
     """The caller cancelled the request or its deadline passed; its pending work was dropped."""
 
 
-class DeadlineExceededError(RequestCancelledError):
+class RequestExpiredError(RequestCancelledError):
     """The caller's deadline passed before the request finished; its pending work was dropped.
 
     A subclass, so code that drops cancelled work handles both; the status differs, because a

@@ -46,7 +46,7 @@ from pixforge.errors import ImageEncodeError, ImageTooLargeError
 
 from .batcher import TileFeed
 from .config import BatchingConfig, ColorizationConfig, LimitsConfig, TilingConfig
-from .errors import DeadlineExceededError, InvalidRequestError, RequestCancelledError
+from .errors import InvalidRequestError, RequestCancelledError, RequestExpiredError
 from .norm_stats import FULL_CORE, MODE_FROZEN, image_statistics
 from .repository import ModelRegistry, ModelRuntime
 from .text_limits import MAX_MODEL_NAME, MAX_OUTPUT_FORMAT, MAX_REQUEST_ID, check_text, quote
@@ -170,7 +170,7 @@ def new_request_id() -> str:
 class CancelToken:
     """Set when the caller goes away (client cancel or deadline); callbacks drop queued work.
 
-    It remembers why: work dropped because the deadline passed raises DeadlineExceededError, so
+    It remembers why: work dropped because the deadline passed raises RequestExpiredError, so
     the caller is told DEADLINE_EXCEEDED, not CANCELLED (which would say the client gave up).
     """
 
@@ -226,7 +226,7 @@ class CancelToken:
     def error(self) -> RequestCancelledError:
         """The error that reports this cancellation to the caller."""
         if self._expired:
-            return DeadlineExceededError("the request's deadline passed before it finished")
+            return RequestExpiredError("the request's deadline passed before it finished")
         return RequestCancelledError("request cancelled by the client")
 
     def check(self) -> None:

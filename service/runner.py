@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from .admission import Admission, Ticket
-from .errors import DeadlineExceededError
+from .errors import RequestExpiredError
 from .pipeline import CancelToken
 
 T = TypeVar("T")
@@ -62,14 +62,14 @@ class RequestRunner:
 
         Raises:
             AdmissionRejected: refused by admission.
-            DeadlineExceededError: the deadline passed before the work finished (or on arrival).
+            RequestExpiredError: the deadline passed before the work finished (or on arrival).
             RequestCancelledError: the caller went away before the work finished.
             asyncio.CancelledError: the RPC was cancelled while waiting (the work was cancelled too).
             Whatever ``work`` raises.
         """
         if time_remaining is not None and time_remaining <= 0:
             # Expired on arrival: say so, rather than let admission refuse it as too slow.
-            raise DeadlineExceededError("the request's deadline had passed when it arrived")
+            raise RequestExpiredError("the request's deadline had passed when it arrived")
         loop = asyncio.get_running_loop()
         token = CancelToken()
         unlink = token.follow(cancel) if cancel is not None else (lambda: None)

@@ -28,7 +28,6 @@ from pixforge.v1 import translation_pb2_grpc as pb_grpc
 from .admission import AdmissionRejected
 from .config import LimitsConfig, StreamConfig
 from .errors import (
-    DeadlineExceededError,
     InferenceError,
     InvalidRequestError,
     ModelControlDisabledError,
@@ -39,6 +38,7 @@ from .errors import (
     QueueFullError,
     RepositoryUnavailableError,
     RequestCancelledError,
+    RequestExpiredError,
     ShuttingDownError,
 )
 from .interceptors import OversizedMessage
@@ -78,7 +78,7 @@ ERROR_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
     (RepositoryUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (NotOfferedError, grpc.StatusCode.UNIMPLEMENTED),
-    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (RequestExpiredError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (RequestCancelledError, grpc.StatusCode.CANCELLED),
     (InferenceError, grpc.StatusCode.INTERNAL),
     (ContractError, grpc.StatusCode.INTERNAL),

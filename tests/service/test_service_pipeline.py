@@ -19,12 +19,12 @@ from service_helpers import (
 
 from pixforge.service.engine import Engine
 from pixforge.service.errors import (
-    DeadlineExceededError,
     InvalidRequestError,
     ModelNotFoundError,
     ModelNotReadyError,
     QueueFullError,
     RequestCancelledError,
+    RequestExpiredError,
 )
 from pixforge.service.pipeline import (
     CancelToken,
@@ -201,18 +201,18 @@ def test_token_says_whether_the_deadline_or_the_client_ended_the_work(tmp_path):
     try:
         expired = CancelToken()
         expired.expire()
-        with pytest.raises(DeadlineExceededError):
+        with pytest.raises(RequestExpiredError):
             pipeline.translate(TranslateJob("m", png(rgb_image(8, 8))), expired)
         cancelled = CancelToken()
         cancelled.cancel()
         with pytest.raises(RequestCancelledError) as info:
             cancelled.check()
-        assert not isinstance(info.value, DeadlineExceededError)
+        assert not isinstance(info.value, RequestExpiredError)
         # A child token (a stream item's, a batch's images) reports its parent's reason.
-        for parent, error in ((CancelToken(), DeadlineExceededError), (CancelToken(), RequestCancelledError)):
+        for parent, error in ((CancelToken(), RequestExpiredError), (CancelToken(), RequestCancelledError)):
             child = CancelToken()
             child.follow(parent)
-            parent.cancel(expired=error is DeadlineExceededError)
+            parent.cancel(expired=error is RequestExpiredError)
             assert type(child.error()) is error
     finally:
         registry.close()

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from pixforge.service.admission import Admission
-from pixforge.service.errors import DeadlineExceededError, RequestCancelledError
+from pixforge.service.errors import RequestCancelledError, RequestExpiredError
 from pixforge.service.pipeline import CancelToken
 from pixforge.service.runner import DEADLINE_SLACK_S, RequestRunner, interrupted_code
 
@@ -32,7 +32,7 @@ def test_expired_on_arrival_is_deadline_exceeded_and_never_runs():
     runner = make_runner()
     ran = []
     try:
-        with pytest.raises(DeadlineExceededError):
+        with pytest.raises(RequestExpiredError):
             asyncio.run(runner.run("m", 1, 0.0, lambda token: ran.append(1)))
         assert ran == [] and runner.admission.running == 0
     finally:
@@ -51,7 +51,7 @@ def test_deadline_passing_mid_work_is_deadline_exceeded():
         raise AssertionError("the deadline never cancelled the work")
 
     try:
-        with pytest.raises(DeadlineExceededError):
+        with pytest.raises(RequestExpiredError):
             asyncio.run(runner.run("m", 1, 0.2, work))
         assert started.is_set()
     finally:
@@ -65,7 +65,7 @@ def test_a_cancelled_parent_is_a_cancel_not_a_deadline():
     try:
         with pytest.raises(RequestCancelledError) as info:
             asyncio.run(runner.run("m", 1, 30.0, lambda token: token.check(), parent))
-        assert not isinstance(info.value, DeadlineExceededError)
+        assert not isinstance(info.value, RequestExpiredError)
     finally:
         runner.close()
 
