@@ -52,7 +52,8 @@ class ShuttingDownError(ServiceError):
 
 
 class RequestCancelledError(ServiceError):
-    """The caller cancelled the request or its deadline passed; its pending work was dropped."""
+    """The caller cancelled the request (or, as RequestExpiredError, its deadline passed); its
+    pending work was dropped."""
 
 
 class RequestExpiredError(RequestCancelledError):
