@@ -329,7 +329,7 @@ def test_deadline_frees_queued_work(stub, handle, control):
     assert wait_for(lambda: runtime.batcher.stats.cancelled > cancelled_before)
     assert control.calls["invert"] == calls_before
     assert wait_for(lambda: runtime.in_flight == 0)
-    # The server, too, calls it a deadline (not a client cancel): its status, metrics and logs.
+    # The server, too, counted it as a deadline (DEADLINE_EXCEEDED in its metrics), not a cancel.
     assert wait_for(
         lambda: (metrics.get_sample_value("pixforge_request_failures_total", labels) or 0) > expired_before
     )
