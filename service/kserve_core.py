@@ -35,8 +35,8 @@ from .kserve_tensors import parse_version
 from .metrics import Metrics
 from .pipeline import ArrayJob, ArrayResult, CancelToken, Pipeline, TranslateOptions
 from .repository import ModelRegistry, ModelState, ModelVersion
-from .runner import RequestRunner, interrupted_code
-from .servicer import log_failure
+from .runner import RequestRunner
+from .servicer import failure_code
 from .statistics import RequestRecorder
 from .text_limits import MAX_MODEL_NAME, MAX_VERSION_TEXT, check_text
 
@@ -207,11 +207,7 @@ class KServeCore:
                 cancel,
             )
         except BaseException as exc:
-            code = (
-                interrupted_code(remaining, start)
-                if not isinstance(exc, Exception)
-                else log_failure(exc, request_id, model)
-            )
+            code = failure_code(exc, request_id, model, remaining, start)
             stats.failed(code, exc)
             raise
         finally:

@@ -76,7 +76,7 @@ class RequestRunner:
         deadline_timer = None
         if time_remaining is not None:
             # Fires even when nothing polls the token, so tiles queued in a batcher are dropped.
-            deadline_timer = loop.call_later(max(0.0, time_remaining), token.expire)
+            deadline_timer = loop.call_later(time_remaining, token.expire)
         try:
             ticket = await self.admission.acquire(model, pixels, time_remaining)
             context = contextvars.copy_context()  # keeps the request id on the worker's log lines

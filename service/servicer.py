@@ -138,8 +138,18 @@ async def run_unary(context, message_id: str, call):
         await context.abort(code, message)
 
 
-def log_failure(exc: BaseException, request_id: str, model: str) -> str:
-    """Log a failed request (traceback only for unexpected errors); returns its status code name."""
+def failure_code(
+    exc: BaseException, request_id: str, model: str, remaining: float | None, started: float
+) -> str:
+    """The status code name a failed request counts under in metrics and statistics.
+
+    An error is logged (traceback only for unexpected ones). Anything that is not an Exception is
+    gRPC cancelling the RPC under the request: not logged, and the clock tells a deadline from a
+    client cancel (:func:`~pixforge.service.runner.interrupted_code`; ``remaining`` and
+    ``started`` as it takes them).
+    """
+    if not isinstance(exc, Exception):
+        return interrupted_code(remaining, started)
     status, message = status_for_error(exc, request_id)
     code = status.name
     if status is grpc.StatusCode.INTERNAL and not isinstance(
@@ -273,11 +283,7 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
                 job.model, pixels, remaining, lambda token: self._pipeline.translate(job, token), cancel
             )
         except BaseException as exc:
-            code = (
-                interrupted_code(remaining, start)
-                if not isinstance(exc, Exception)
-                else log_failure(exc, job.request_id, job.model)
-            )
+            code = failure_code(exc, job.request_id, job.model, remaining, start)
             stats.failed(code, exc)
             raise
         finally:
