@@ -115,6 +115,10 @@ class TrainConfig:
     amp: str = "none"  # none | bf16 | fp16 (fp16 uses a GradScaler)
     channels_last: bool = False
     cudnn_benchmark: bool = True  # CUDA only; ignored when deterministic
+    # --- fine-tuning: a fresh run's generator starts from these weights (init_from.py; CycleGAN:
+    # init_from is G_A, init_from_b G_B): a pixforge checkpoint, a pixforge model.onnx or a junyanz .pth
+    init_from: str | None = None
+    init_from_b: str | None = None
     # --- length and batches
     batch_size: int = 1  # per process (under torchrun the global batch is batch_size * world_size)
     num_workers: int = 2
@@ -472,6 +476,11 @@ def validate(cfg: ExperimentConfig) -> None:
             "train.fid_inception_weights",
             f"file not found: {t.fid_inception_weights}",
         )
+    _require(
+        not t.init_from_b or cfg.model == "cyclegan",
+        "train.init_from_b",
+        "is CycleGAN's G_B; pix2pix has one generator (train.init_from)",
+    )
     if cfg.model == "cyclegan":
         _require(
             t.lambda_feat == 0,

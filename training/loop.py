@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import ExperimentConfig
+from .init_from import initial_generators
 from .loop_cyclegan import train_cyclegan
 from .loop_pix2pix import train_pix2pix
 from .run_context import RunContext, TrainResult
@@ -47,16 +48,21 @@ def train(
         TrainResult (checkpoint paths, final metrics, step counts).
 
     Raises:
-        ExperimentConfigError / DataError: bad settings or data (nothing is trained).
+        ExperimentConfigError / DataError / InitFromError: bad settings, data or train.init_from
+            file (nothing is trained).
     """
     t = cfg.train
     rt = setup_runtime(t.device, t.amp, t.channels_last, t.cudnn_benchmark, t.deterministic, t.seed)
     log = None
     try:
+        # Before the run directory exists: a wrong init_from file trains nothing and leaves nothing.
+        init = {} if resume else initial_generators(cfg)
         path = open_run_dir(rt, cfg, Path(run_dir) if run_dir else None, Path(runs_root), run_name, resume)
         log = RunLog(path, enabled=rt.is_main, tensorboard=t.tensorboard)
         with StopRequest() as stop:
-            ctx = RunContext(cfg=cfg, rt=rt, run_dir=path, data_root=Path(data_root), log=log, stop=stop)
+            ctx = RunContext(
+                cfg=cfg, rt=rt, run_dir=path, data_root=Path(data_root), log=log, stop=stop, init=init
+            )
             if on_start is not None:
                 on_start(ctx)
             return LOOPS[cfg.model](ctx, max_steps=max_steps, resume=resume)

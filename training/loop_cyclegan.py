@@ -19,6 +19,7 @@ from .data import DataError
 from .ema import EMA
 from .evaluation import evaluate_cyclegan
 from .image_pool import ImagePool
+from .init_from import load_initial
 from .losses import GANLoss, cycle_loss, gradient_penalty, identity_loss
 from .optim import Optimizers
 from .registry import build_discriminator, build_generator
@@ -35,9 +36,10 @@ def train_cyclegan(ctx: RunContext, max_steps: int | None = None, resume: bool =
 
     # --- build nets
     # setup_runtime seeded every rank alike and rt.prepare broadcasts rank 0's weights, so all
-    # ranks start from the same four networks (gradients are averaged by hand, allreduce_grads).
-    g_a = rt.prepare(build_generator(cfg.generator), cfg.generator.norm)
-    g_b = rt.prepare(build_generator(cfg.generator), cfg.generator.norm)
+    # ranks start from the same four networks (gradients are averaged by hand, allreduce_grads);
+    # the generators from train.init_from / init_from_b's weights when fine-tuning.
+    g_a = rt.prepare(load_initial(build_generator(cfg.generator), ctx.init.get("G_A")), cfg.generator.norm)
+    g_b = rt.prepare(load_initial(build_generator(cfg.generator), ctx.init.get("G_B")), cfg.generator.norm)
     d_a = rt.prepare(build_discriminator(cfg.discriminator), cfg.discriminator.norm)
     d_b = rt.prepare(build_discriminator(cfg.discriminator), cfg.discriminator.norm)
     # Validation and the checkpoints use the averages: they smooth the adversarial jitter away.

@@ -20,6 +20,7 @@ from . import checkpoint as ckpt
 from .data import DataError
 from .ema import EMA
 from .evaluation import evaluate_paired
+from .init_from import load_initial
 from .losses import (
     GANLoss,
     VGGPerceptualLoss,
@@ -53,8 +54,11 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
 
     # --- build nets
     # setup_runtime seeded every rank alike and rt.prepare broadcasts rank 0's weights, so all
-    # ranks start from one G and one D (gradients are averaged by hand, runtime.allreduce_grads).
-    generator = rt.prepare(build_generator(cfg.generator), cfg.generator.norm)
+    # ranks start from one G and one D (gradients are averaged by hand, runtime.allreduce_grads);
+    # G from train.init_from's weights when fine-tuning.
+    generator = rt.prepare(
+        load_initial(build_generator(cfg.generator), ctx.init.get("G")), cfg.generator.norm
+    )
     discriminator = rt.prepare(build_discriminator(cfg.discriminator), cfg.discriminator.norm)
     # The EMA copy is what validation and the checkpoint use: it averages out the step-to-step
     # jitter of adversarial updates, which the raw weights keep.

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ExperimentConfig
+from .init_from import SourceGenerator
 from .run_log import RunLog
 from .runtime import Runtime, StopRequest
 
@@ -25,6 +26,9 @@ class RunContext:
     data_root: Path
     log: RunLog
     stop: StopRequest = field(default_factory=StopRequest)
+    # fine-tuning: the weights each named generator starts from (init_from.initial_generators;
+    # empty on --resume, where the resume state has them)
+    init: dict[str, SourceGenerator] = field(default_factory=dict)
 
     @property
     def ckpt_dir(self) -> Path:

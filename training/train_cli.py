@@ -92,19 +92,25 @@ def run(args) -> int:
         if not Path(args.data).is_dir():
             raise DataError(f"--data: folder not found: {args.data}")
         if args.dry_run:
+            from .init_from import initial_generators
             from .registry import build_generator
 
             multiple = build_generator(cfg.generator).size_multiple
             bundle = build_datasets(cfg.data, args.data, size_multiple=multiple, seed=cfg.train.seed)
+            init = {} if args.resume else initial_generators(cfg)
             print(json.dumps(config_to_dict(cfg), indent=2))
             for line in bundle.summary:
                 print(f"data: {line}")
+            for name, source in init.items():
+                print(f"{name} would start from {source.describe()}")
             print(f"run directory: {run_dir or f'runs/{stem}-NNN (next free number)'}")
             return 0
 
         def announce(ctx) -> None:
             if ctx.rt.is_main:
                 print(f"run directory: {ctx.run_dir}", file=sys.stderr)
+                for name, source in ctx.init.items():
+                    print(f"{name} starts from {source.describe()}", file=sys.stderr)
                 # A missing tensorboard package under the default `tensorboard: true` is said once,
                 # when the run starts, not again on every --resume unless the user asked for it.
                 if ctx.cfg.train.tensorboard and (
