@@ -142,5 +142,6 @@ def check_resume_layout(state: dict, data: TrainData) -> None:
     if state.get("steps_per_epoch") != data.steps_per_epoch:
         raise DataError(
             f"the data changed since this run started: {state.get('steps_per_epoch')} steps per "
-            f"epoch then, {data.steps_per_epoch} now; resume with the same --data and batch size"
+            f"epoch then, {data.steps_per_epoch} now; resume with the same --data and batch size, or "
+            "start a new run from this one's generator with --set train.init_from=CHECKPOINT"
         )
