@@ -64,6 +64,7 @@ def test_pix2pix_starts_from_a_checkpoint(source_run, tmp_path):
     assert max((fresh_weights[k] - start[k]).abs().max().item() for k in start) > 1e-3
     # the run records where it started (config.json, and the checkpoint's training config)
     assert json.loads((tmp_path / "tuned" / "config.json").read_text())["train"]["init_from"] == str(source)
+    assert GeneratorCheckpoint.load(tuned.checkpoint).training_config["train"]["init_from"] == str(source)
 
 
 def test_starts_from_an_exported_onnx_model(source_run, tmp_path):
