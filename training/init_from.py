@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,7 +34,10 @@ from pixforge.errors import PixforgeError
 from . import legacy
 from .checkpoint import CheckpointFormatError, GeneratorCheckpoint
 from .config import ExperimentConfig
-from .registry import GeneratorConfig
+from .registry import GeneratorConfig, build_generator
+
+if TYPE_CHECKING:  # run_context.py imports this module
+    from .run_context import RunContext
 
 FREE_FIELDS = ("init_type", "init_gain", "dropout")  # may differ between the source and the config
 
@@ -144,3 +148,14 @@ def load_initial(generator: torch.nn.Module, source: SourceGenerator | None) -> 
             first = str(exc).splitlines()[0]
             raise InitFromError(f"cannot start from {source.path}: the weights do not fit: {first}") from exc
     return generator
+
+
+def start_generator(ctx: RunContext, name: str) -> torch.nn.Module:
+    """Generator `name` ("G"; CycleGAN "G_A", "G_B") of a loop: built from the config, with the
+    `init_from` weights when fine-tuning, prepared for the runtime.
+
+    The source's tensors leave `ctx.init` once loaded, so the run does not hold a second copy of
+    the generator's weights for its whole length.
+    """
+    generator = load_initial(build_generator(ctx.cfg.generator), ctx.init.pop(name, None))
+    return ctx.rt.prepare(generator, ctx.cfg.generator.norm)

@@ -19,10 +19,10 @@ from .data import DataError
 from .ema import EMA
 from .evaluation import evaluate_cyclegan
 from .image_pool import ImagePool
-from .init_from import load_initial
+from .init_from import start_generator
 from .losses import GANLoss, cycle_loss, gradient_penalty, identity_loss
 from .optim import Optimizers
-from .registry import build_discriminator, build_generator
+from .registry import build_discriminator
 from .run_context import RunContext, TrainResult
 from .runtime import allreduce_grads, set_requires_grad
 from .snapshots import load_resume, resume_entries, save_snapshot
@@ -38,8 +38,7 @@ def train_cyclegan(ctx: RunContext, max_steps: int | None = None, resume: bool =
     # setup_runtime seeded every rank alike and rt.prepare broadcasts rank 0's weights, so all
     # ranks start from the same four networks (gradients are averaged by hand, allreduce_grads);
     # the generators from train.init_from / init_from_b's weights when fine-tuning.
-    g_a = rt.prepare(load_initial(build_generator(cfg.generator), ctx.init.get("G_A")), cfg.generator.norm)
-    g_b = rt.prepare(load_initial(build_generator(cfg.generator), ctx.init.get("G_B")), cfg.generator.norm)
+    g_a, g_b = start_generator(ctx, "G_A"), start_generator(ctx, "G_B")
     d_a = rt.prepare(build_discriminator(cfg.discriminator), cfg.discriminator.norm)
     d_b = rt.prepare(build_discriminator(cfg.discriminator), cfg.discriminator.norm)
     # Validation and the checkpoints use the averages: they smooth the adversarial jitter away.

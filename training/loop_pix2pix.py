@@ -20,7 +20,7 @@ from . import checkpoint as ckpt
 from .data import DataError
 from .ema import EMA
 from .evaluation import evaluate_paired
-from .init_from import load_initial
+from .init_from import start_generator
 from .losses import (
     GANLoss,
     VGGPerceptualLoss,
@@ -32,7 +32,7 @@ from .losses import (
 )
 from .networks.common import bicubic_upsample
 from .optim import Optimizers
-from .registry import build_discriminator, build_generator
+from .registry import build_discriminator
 from .run_context import RunContext, TrainResult
 from .runtime import allreduce_grads, set_requires_grad
 from .snapshots import load_resume, resume_entries, save_snapshot
@@ -56,9 +56,7 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
     # setup_runtime seeded every rank alike and rt.prepare broadcasts rank 0's weights, so all
     # ranks start from one G and one D (gradients are averaged by hand, runtime.allreduce_grads);
     # G from train.init_from's weights when fine-tuning.
-    generator = rt.prepare(
-        load_initial(build_generator(cfg.generator), ctx.init.get("G")), cfg.generator.norm
-    )
+    generator = start_generator(ctx, "G")
     discriminator = rt.prepare(build_discriminator(cfg.discriminator), cfg.discriminator.norm)
     # The EMA copy is what validation and the checkpoint use: it averages out the step-to-step
     # jitter of adversarial updates, which the raw weights keep.

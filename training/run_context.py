@@ -27,7 +27,7 @@ class RunContext:
     log: RunLog
     stop: StopRequest = field(default_factory=StopRequest)
     # fine-tuning: the weights each named generator starts from (init_from.initial_generators;
-    # empty on --resume, where the resume state has them)
+    # empty on --resume, where the resume state has them; init_from.start_generator takes each out)
     init: dict[str, SourceGenerator] = field(default_factory=dict)
 
     @property
