@@ -232,7 +232,9 @@ class ServiceConfig:
         "most open RPCs (idle streams included; health and readiness probes exempt); beyond: "
         "RESOURCE_EXHAUSTED. An open RPC holds no thread, only a little memory",
     )
-    codec_workers: int = setting(0, "threads decoding/encoding stream items; 0 = 4 x CPUs (max 32)")
+    codec_workers: int = setting(
+        0, "threads running the images of one KServe request concurrently; 0 = 4 x CPUs (max 32)"
+    )
     grace_seconds: float = setting(10.0, "on SIGTERM, time in-flight requests get to finish")
     kserve: bool = setting(
         True,
