@@ -95,6 +95,8 @@ class FakeServicer(pb_grpc.ImageTranslationServicer):
         fail_codes: status codes the next Translate calls abort with, in order.
         stream_break_after: abort the next stream with UNAVAILABLE after this many responses.
         seen_metadata: invocation metadata of the last call.
+        stream_deadlines: seconds each TranslateStream call had left when it arrived (None: no
+            deadline).
     """
 
     def __init__(self):
@@ -103,6 +105,7 @@ class FakeServicer(pb_grpc.ImageTranslationServicer):
         self.fail_codes: list[grpc.StatusCode] = []
         self.stream_break_after: int | None = None
         self.seen_metadata: dict[str, str] = {}
+        self.stream_deadlines: list[float | None] = []
         self.lock = threading.Lock()
 
     def _count(self, method: str, context) -> None:
@@ -143,6 +146,8 @@ class FakeServicer(pb_grpc.ImageTranslationServicer):
 
     def TranslateStream(self, request_iterator, context):
         self._count("TranslateStream", context)
+        with self.lock:
+            self.stream_deadlines.append(context.time_remaining())
         sent = 0
         for item in request_iterator:
             with self.lock:

@@ -372,21 +372,23 @@ def test_in_process_convert_names_missing_models_and_excludes_server(capsys, mod
 
 
 def test_tile_flag_reaches_the_server(capsys, model_repo, tmp_path, monkeypatch):
-    from pixforge.clients.client import Client
+    from pixforge.service.pipeline import Pipeline
 
+    # Spied where the server unpacks the request (--models runs the server in this process), so
+    # the options must have crossed the client's request building and the gRPC message.
     seen = []
-    real = Client.translate_many
+    real = Pipeline.translate
 
-    def spy(self, *args, **kwargs):
-        seen.append((kwargs.get("tile_size"), kwargs.get("tile_overlap")))
-        return real(self, *args, **kwargs)
+    def spy(self, job, *args, **kwargs):
+        seen.append((job.options.tile_size, job.options.tile_overlap))
+        return real(self, job, *args, **kwargs)
 
-    monkeypatch.setattr(Client, "translate_many", spy)
+    monkeypatch.setattr(Pipeline, "translate", spy)
     src = flat_inputs(tmp_path / "in", 2, size=160)
     out = tmp_path / "out"
     args = ["--models", str(model_repo), "--model", "invert", str(src), "--output", str(out)]
     assert main(["convert", *args, "--tile", "64", "--tile-overlap", "8"]) == 0
-    assert seen == [(64, 8)]
+    assert seen == [(64, 8), (64, 8)]
     expected = 255 - make_image(0, h=160, w=160)
     assert (decode_image((out / "img000.png").read_bytes()).pixels == expected).all()
 

@@ -117,6 +117,11 @@ def test_stream_rotation_keeps_every_stream_deadline_finite(fake_server):
     assert [r.index for r in results] == list(range(40)) and all(r.ok for r in results)
     assert fake_server.servicer.stream_items == 40
     assert fake_server.servicer.calls["TranslateStream"] > 1
+    # Each stream carries its own deadline: stream_duration + the per-item timeout from its start
+    # (10.01 s; gRPC sends the timeout rounded up to three significant digits: 10.1 s).
+    deadlines = fake_server.servicer.stream_deadlines
+    assert len(deadlines) == fake_server.servicer.calls["TranslateStream"]
+    assert all(d is not None and 9.0 < d <= 10.2 for d in deadlines), deadlines
 
 
 def test_async_translate_many_with_a_sync_or_async_source(fake_server):

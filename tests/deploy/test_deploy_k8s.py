@@ -262,6 +262,14 @@ def test_custom_resources_have_their_required_fields(render, variant):
         CRD_CHECKS[obj["kind"]](obj)
 
 
+@needs_kubectl
+def test_every_custom_resource_kind_is_rendered_by_some_variant(render):
+    # Most variants render no custom resource, so the per-variant check above is empty for them:
+    # this keeps it from passing unseen if a kustomization stopped rendering one.
+    rendered = {(o["apiVersion"], o["kind"]) for variant in VARIANTS for o in render(variant)}
+    assert CRD_KINDS <= rendered, f"never rendered: {sorted(CRD_KINDS - rendered)}"
+
+
 # --------------------------------------------------------------------------- the server's view
 
 

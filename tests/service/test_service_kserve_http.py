@@ -42,14 +42,9 @@ from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
 from pixforge.service.config import config_from_args, load_config
 from pixforge.service.errors import ConfigError
-from pixforge.service.kserve_core import KServeCore
 from pixforge.service.kserve_http import HTTP_STATUS, uint8_json_list
 from pixforge.service.server import serve
 from pixforge.v1 import translation_pb2 as pb
-
-needs_management = pytest.mark.skipif(
-    not hasattr(KServeCore, "model_config"), reason="KServeCore has no management operations yet"
-)
 
 
 @pytest.fixture(scope="module")
@@ -634,7 +629,6 @@ def test_metrics_port_serves_only_metrics_and_http_port_can_be_off(start_server,
 # --------------------------------------------------------------------------- management extensions
 
 
-@needs_management
 def test_model_config_statistics_and_index(server, client):
     config = client.get_model_config("sr2")
     assert config["name"] == "sr2" and config["platform"] == "onnxruntime_onnx"
@@ -661,7 +655,6 @@ def test_model_config_statistics_and_index(server, client):
     assert error_of(client.unload_model, "sr2").status() == "400"
 
 
-@needs_management
 def test_load_and_unload(start_server, tmp_path):
     build_invert(tmp_path / "models" / "invert" / "1" / "model.onnx")
     handle, _ = start_server(test_config(tmp_path / "models", http_port=-1, model_control=True))

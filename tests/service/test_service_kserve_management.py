@@ -24,7 +24,7 @@ from service_helpers import EngineControl, png, rgb_image, run_triton_client, te
 from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
 from pixforge.service.admission import AdmissionRejected
-from pixforge.service.errors import InferenceError, OutOfMemoryError, QueueFullError
+from pixforge.service.errors import InferenceError, ModelNotFoundError, OutOfMemoryError, QueueFullError
 from pixforge.service.metrics import Metrics
 from pixforge.service.statistics import RequestRecorder, Statistics, failure_reason
 from pixforge.v1 import translation_pb2 as pb
@@ -389,7 +389,7 @@ def test_unload_survives_reload_and_load_reads_the_repository_again(start_server
     assert sorted(summary.loaded) == ["sr2/1", "sr2/2"] and registry.unloaded() == {}
     assert registry.describe("sr2").version == 2
     shutil.rmtree(repo_copy / "sr2")
-    with pytest.raises(Exception, match="not in the repository"):
+    with pytest.raises(ModelNotFoundError, match="not in the repository"):
         registry.load("sr2")
 
 

@@ -170,7 +170,13 @@ def test_large_photo_colourises_in_one_pass(tmp_path):
         gray = pipeline.translate(
             TranslateJob("color", png(photo[:, :, :1]), options=TranslateOptions(render_size=256))
         )
-        assert decode(gray.image).shape == photo.shape  # a gray photo gets colour too
+        gray_out = decode(gray.image)
+        assert gray_out.ndim == 3 and gray_out.shape == photo.shape  # a gray photo gets colour too:
+        gray3 = np.repeat(photo[:, :, :1], 3, axis=2)  # the model's tint of it, as the model sees it
+        lab_ref = cv2.cvtColor(color_reference(gray3).astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
+        lab_gray = cv2.cvtColor(gray_out.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
+        assert np.abs(lab_ref[..., 1:]).mean() > 5  # the tint is a colour, not gray
+        assert np.abs(lab_gray[..., 1:] - lab_ref[..., 1:])[5:-5, 5:-5].max() < 2.5
     finally:
         registry.close()
 
@@ -178,14 +184,23 @@ def test_large_photo_colourises_in_one_pass(tmp_path):
 @pytest.mark.parametrize("expired", [False, True], ids=["client_cancel", "deadline"])
 def test_cancelled_token_stops_before_work(tmp_path, expired):
     build_invert(tmp_path / "m" / "1" / "model.onnx")
-    registry, pipeline = make_registry(tmp_path)
+    calls = []
+
+    class Counting(Engine):
+        def _run_session(self, batch):
+            calls.append(batch.shape)
+            return super()._run_session(batch)
+
+    registry, pipeline = make_registry(tmp_path, Counting)
     try:
+        calls.clear()  # the warm-up's run
         token = CancelToken()
         token.cancel(expired=expired)
         with pytest.raises(RequestCancelledError) as info:
             pipeline.translate(TranslateJob("m", png(rgb_image(8, 8))), token)
         # The error (so the status) says whether the deadline or the client ended the work.
         assert isinstance(info.value, RequestExpiredError) is expired
+        assert calls == []  # the model never ran
         assert registry.runtime("m").in_flight == 0
         fired = []
         token2 = CancelToken()

@@ -191,9 +191,15 @@ def test_wrong_extension_does_not_matter():
 
 def test_header_sizes_match_for_every_format():
     img = _rgb(21, 37)
-    for ext in (".png", ".jpg", ".webp", ".bmp", ".tiff"):
+    for ext, name in (
+        (".png", "png"),
+        (".jpg", "jpeg"),
+        (".webp", "webp"),
+        (".bmp", "bmp"),
+        (".tiff", "tiff"),
+    ):
         fmt, w, h = codec.read_header(_encode_cv(img, ext))
-        assert (w, h) == (37, 21), ext
+        assert (fmt, w, h) == (name, 37, 21), ext
 
 
 def test_to_channels():
@@ -387,7 +393,8 @@ def test_every_exif_orientation_is_exact_for_each_conversion_path(orientation):
     for data in (in_place, with_alpha, deep):
         dec = codec.decode_image(_with_exif_orientation(data, orientation))
         np.testing.assert_array_equal(dec.pixels, codec.apply_orientation(img, orientation))
-        if dec.alpha is not None:
+        assert (dec.alpha is not None) is (data is with_alpha)
+        if data is with_alpha:
             np.testing.assert_array_equal(dec.alpha, codec.apply_orientation(alpha, orientation))
 
 
