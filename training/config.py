@@ -263,6 +263,13 @@ def load_yaml(path: str | os.PathLike) -> dict:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ExperimentConfigError("config", f"{p} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:  # e.g. an image passed where the config goes
+        raise ExperimentConfigError(
+            "config",
+            f"{p} is not a YAML text file (not UTF-8: byte {exc.object[exc.start]:#04x} at {exc.start})",
+        ) from None
+    except OSError as exc:
+        raise ExperimentConfigError("config", f"cannot read {p}: {exc.strerror or exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

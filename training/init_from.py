@@ -102,6 +102,16 @@ def mismatches(source: GeneratorConfig, target: GeneratorConfig) -> dict[str, tu
     return {k: (a[k], b[k]) for k in a if k not in FREE_FIELDS and a[k] != b[k]}
 
 
+def describe_mismatches(
+    diff: dict[str, tuple[object, object]], there: str, section: str = "generator"
+) -> tuple[str, str]:
+    """A `mismatches` result as text: ("ngf: 8 here, 24 <there>", "--set <section>.ngf=24"), the
+    differing fields and the overrides that would make the config match the other side again."""
+    fields = ", ".join(f"{k}: {v[1]!r} here, {v[0]!r} {there}" for k, v in diff.items())
+    sets = " ".join(f"--set {section}.{k}={v[0]}" for k, v in diff.items())
+    return fields, sets
+
+
 def initial_generators(cfg: ExperimentConfig) -> dict[str, SourceGenerator]:
     """The generators a fresh run of `cfg` starts from, by network name ("G"; CycleGAN "G_A", "G_B").
 
@@ -125,8 +135,7 @@ def initial_generators(cfg: ExperimentConfig) -> dict[str, SourceGenerator]:
             )
         diff = mismatches(source.cfg, cfg.generator)
         if diff:
-            fields = ", ".join(f"{k}: {v[1]!r} here, {v[0]!r} in the file" for k, v in diff.items())
-            sets = " ".join(f"--set generator.{k}={v[0]}" for k, v in diff.items())
+            fields, sets = describe_mismatches(diff, "in the file")
             raise InitFromError(
                 f"train.{key}: {path} ({source.kind}) holds another generator ({fields}); "
                 f"train the same architecture: {sets}"

@@ -17,7 +17,7 @@ from .init_from import initial_generators
 from .loop_cyclegan import train_cyclegan
 from .loop_pix2pix import train_pix2pix
 from .run_context import RunContext, TrainResult
-from .run_dir import open_run_dir
+from .run_dir import discard_unstarted_run, open_run_dir
 from .run_log import RunLog
 from .runtime import StopRequest, setup_runtime, teardown_runtime
 
@@ -49,15 +49,18 @@ def train(
 
     Raises:
         ExperimentConfigError / DataError / InitFromError: bad settings, data or train.init_from
-            file (nothing is trained).
+            file (nothing is trained). A run directory this call created is removed again when
+            the run fails before its first checkpoint; a resume that fails leaves its run as it was.
     """
     t = cfg.train
     rt = setup_runtime(t.device, t.amp, t.channels_last, t.cudnn_benchmark, t.deterministic, t.seed)
-    log = None
+    log, path, created = None, None, False
     try:
         # Before the run directory exists: a wrong init_from file trains nothing and leaves nothing.
         init = {} if resume else initial_generators(cfg)
-        path = open_run_dir(rt, cfg, Path(run_dir) if run_dir else None, Path(runs_root), run_name, resume)
+        path, created = open_run_dir(
+            rt, cfg, Path(run_dir) if run_dir else None, Path(runs_root), run_name, resume
+        )
         log = RunLog(path, enabled=rt.is_main, tensorboard=t.tensorboard)
         with StopRequest() as stop:
             ctx = RunContext(
@@ -66,6 +69,15 @@ def train(
             if on_start is not None:
                 on_start(ctx)
             return LOOPS[cfg.model](ctx, max_steps=max_steps, resume=resume)
+    except BaseException:
+        # Data, settings or Ctrl-C before the first checkpoint: a folder this call made, holding
+        # nothing to resume, would only block the same --out on the next try.
+        if log is not None:
+            log.close()  # the tensorboard writer keeps files open in it
+            log = None
+        if created:
+            discard_unstarted_run(rt, path)
+        raise
     finally:
         if log is not None:
             log.close()

@@ -24,6 +24,7 @@ from .losses import GANLoss, cycle_loss, gradient_penalty, identity_loss
 from .optim import Optimizers
 from .registry import build_discriminator
 from .run_context import RunContext, TrainResult
+from .run_dir import resume_load_errors, write_run_config
 from .runtime import allreduce_grads, set_requires_grad
 from .snapshots import load_resume, resume_entries, save_snapshot
 from .step_hooks import StepHooks
@@ -72,19 +73,21 @@ def train_cyclegan(ctx: RunContext, max_steps: int | None = None, resume: bool =
     # --- resume
     step, metrics = 0, {}
     if resume:
-        state, step, metrics = load_resume(ctx, data, opt)
-        for name, net in (("G_A", g_a), ("G_B", g_b), ("D_A", d_a), ("D_B", d_b)):
-            net.load_state_dict(state["nets"][name])
-        if ema_a is not None:
-            # Restarting the averages from the raw weights would throw away what they have smoothed.
-            if "G_A_ema" not in state["nets"]:
-                raise DataError("train.ema is on but the resume state has no EMA weights")
-            ema_a.load_state_dict(state["nets"]["G_A_ema"])
-            ema_b.load_state_dict(state["nets"]["G_B_ema"])
-        # The pools are part of the run: an empty pool would show D only fresh fakes for a while.
-        pool_a.load_state_dict(state["pools"]["A"])
-        pool_b.load_state_dict(state["pools"]["B"])
+        with resume_load_errors(ctx.run_dir):
+            state, step, metrics = load_resume(ctx, data, opt)
+            for name, net in (("G_A", g_a), ("G_B", g_b), ("D_A", d_a), ("D_B", d_b)):
+                net.load_state_dict(state["nets"][name])
+            if ema_a is not None:
+                # Restarting the averages from the raw weights would throw away what they have smoothed.
+                if "G_A_ema" not in state["nets"]:
+                    raise DataError("train.ema is on but the resume state has no EMA weights")
+                ema_a.load_state_dict(state["nets"]["G_A_ema"])
+                ema_b.load_state_dict(state["nets"]["G_B_ema"])
+            # The pools are part of the run: an empty pool would show D only fresh fakes for a while.
+            pool_a.load_state_dict(state["pools"]["A"])
+            pool_b.load_state_dict(state["pools"]["B"])
         ckpt.restore_rng_state(state["rng"])  # last: nothing above may draw random numbers
+        write_run_config(rt, cfg, ctx.run_dir)  # only now: a resume that fails leaves config.json alone
     # --max-steps cuts the run short without changing its schedule (see the optimisers above).
     stop_at = min(data.total_steps, max_steps) if max_steps else data.total_steps
 

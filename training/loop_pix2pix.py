@@ -34,6 +34,7 @@ from .networks.common import bicubic_upsample
 from .optim import Optimizers
 from .registry import build_discriminator
 from .run_context import RunContext, TrainResult
+from .run_dir import resume_load_errors, write_run_config
 from .runtime import allreduce_grads, set_requires_grad
 from .snapshots import load_resume, resume_entries, save_snapshot
 from .step_hooks import StepHooks
@@ -79,15 +80,17 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
     # --- resume
     step, metrics = 0, {}
     if resume:
-        state, step, metrics = load_resume(ctx, data, opt)
-        generator.load_state_dict(state["nets"]["G"])
-        discriminator.load_state_dict(state["nets"]["D"])
-        if ema is not None:
-            # Restarting the average from the raw weights would throw away what it has smoothed.
-            if "G_ema" not in state["nets"]:
-                raise DataError("train.ema is on but the resume state has no EMA weights")
-            ema.load_state_dict(state["nets"]["G_ema"])
+        with resume_load_errors(ctx.run_dir):
+            state, step, metrics = load_resume(ctx, data, opt)
+            generator.load_state_dict(state["nets"]["G"])
+            discriminator.load_state_dict(state["nets"]["D"])
+            if ema is not None:
+                # Restarting the average from the raw weights would throw away what it has smoothed.
+                if "G_ema" not in state["nets"]:
+                    raise DataError("train.ema is on but the resume state has no EMA weights")
+                ema.load_state_dict(state["nets"]["G_ema"])
         ckpt.restore_rng_state(state["rng"])  # last: nothing above may draw random numbers
+        write_run_config(rt, cfg, ctx.run_dir)  # only now: a resume that fails leaves config.json alone
     # --max-steps cuts the run short without changing its schedule (see the optimisers above).
     stop_at = min(data.total_steps, max_steps) if max_steps else data.total_steps
 

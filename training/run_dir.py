@@ -7,12 +7,17 @@ other rank receives its path, so all ranks of a DDP run write to the same place.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
 from pathlib import Path
 
+from pixforge.errors import PixforgeError
+
 from .checkpoint import RESUME_FILE
-from .config import ExperimentConfig, save_config_json
+from .config import ExperimentConfig, load_config_json, save_config_json
 from .data import DataError
+from .init_from import describe_mismatches, mismatches
 from .runtime import Runtime, broadcast_object
 
 _RUN_RE = re.compile(r"^(?P<stem>.+)-(?P<num>\d{3,})$")
@@ -39,29 +44,109 @@ def latest_run_dir(runs_root: Path, stem: str) -> Path | None:
     return found[-1] if found else None
 
 
+def _architecture_change(run_dir: Path, saved: ExperimentConfig, cfg: ExperimentConfig) -> str | None:
+    """Why `cfg` cannot continue a run saved with `saved` (None when its networks are the same).
+
+    The resume state holds the weights of the saved networks: a `--set` that reshapes them would
+    fail deep inside load_state_dict, so the fields are named here, before anything is written.
+    """
+    for section in ("generator", "discriminator"):
+        diff = mismatches(getattr(saved, section), getattr(cfg, section))
+        if diff:
+            fields, sets = describe_mismatches(diff, "in the run", section)
+            return (
+                f"cannot resume {run_dir} with another {section} ({fields}): its resume state holds "
+                f"the weights of the run's own; resume with the same one ({sets}) or start a new run "
+                "from its generator with --set train.init_from=CHECKPOINT"
+            )
+    return None
+
+
 def open_run_dir(
     rt: Runtime, cfg: ExperimentConfig, run_dir: Path | None, runs_root: Path, stem: str, resume: bool
-) -> Path:
+) -> tuple[Path, bool]:
     """Create (or, on resume, reuse) the run directory on rank 0 and share its path with all ranks.
 
+    A fresh run's config.json is written here; on resume it is left as it is until the resume
+    state has loaded (write_run_config), so a resume that fails does not change the run.
+
+    Returns:
+        (the run directory, whether this call created it: only such a folder may be removed again
+        by discard_unstarted_run)
+
     Raises:
-        DataError: resuming a folder without a resume state, or starting over an existing run.
+        DataError: resuming a folder without a resume state or with other networks, starting over
+            an existing run, or a path that cannot be a folder.
     """
-    problem = None
+    problem, created = None, False
     if rt.is_main:
         if run_dir is None:
             run_dir = next_run_dir(runs_root, stem)
         run_dir = Path(run_dir)
+        saved = run_dir / "config.json"
         if resume:
             if not (run_dir / "checkpoints" / RESUME_FILE).is_file():
                 problem = f"nothing to resume in {run_dir} (no checkpoints/{RESUME_FILE})"
-        elif (run_dir / "config.json").exists():
+            elif saved.is_file():
+                problem = _architecture_change(run_dir, load_config_json(saved), cfg)
+        elif saved.exists():
             problem = f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
         if problem is None:
-            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (run_dir / "samples").mkdir(exist_ok=True)
-            save_config_json(cfg, run_dir / "config.json")
-    run_dir, problem = broadcast_object(rt, (str(run_dir), problem))
+            created = not run_dir.exists()
+            try:
+                (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+                (run_dir / "samples").mkdir(exist_ok=True)
+            except OSError as exc:  # a file in the way (FileExistsError / NotADirectoryError), no rights
+                problem = f"cannot create the run directory {run_dir}: {exc.strerror or exc}"
+            else:
+                if not resume:
+                    save_config_json(cfg, saved)
+    run_dir, problem, created = broadcast_object(rt, (str(run_dir), problem, created))
     if problem:
         raise DataError(problem)
-    return Path(run_dir)
+    return Path(run_dir), created
+
+
+def write_run_config(rt: Runtime, cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Record a resumed run's config (with its `--set` overrides) once the resume state has loaded."""
+    if rt.is_main:
+        save_config_json(cfg, run_dir / "config.json")
+
+
+@contextlib.contextmanager
+def resume_load_errors(run_dir: Path):
+    """Turn a resume state that does not load into this run's networks and optimisers into one
+    DataError line.
+
+    open_run_dir already refuses other networks by their config; this catches the rest (a config.json
+    edited by hand, or written by a resume that then failed), whose torch errors would otherwise end
+    the run with a traceback.
+    """
+    try:
+        yield
+    except PixforgeError:
+        raise
+    except (RuntimeError, ValueError, KeyError) as exc:
+        # load_state_dict's first line only names the class; the second names the tensor at fault.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = f"no {exc} entry" if isinstance(exc, KeyError) else " ".join(lines[:2]) or type(exc).__name__
+        raise DataError(
+            f"cannot resume {run_dir}: its resume state does not fit this config ({first}); resume with "
+            "the settings it was trained with"
+        ) from exc
+
+
+def discard_unstarted_run(rt: Runtime, run_dir: Path) -> None:
+    """Remove a run directory that open_run_dir created for a run which then failed before its
+    first checkpoint (rank 0; the caller knows it created the folder).
+
+    Left behind, it would hold a config.json and nothing to resume, so the same command, once the
+    data is fixed, would be refused with "already holds a run". A folder with any file under
+    checkpoints/ is kept: that is training someone may want back.
+    """
+    if not rt.is_main or not run_dir.is_dir():
+        return
+    ckpt_dir = run_dir / "checkpoints"
+    if ckpt_dir.is_dir() and any(p.is_file() for p in ckpt_dir.rglob("*")):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)

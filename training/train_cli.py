@@ -59,6 +59,12 @@ def _resolve(args):
 
     stem = Path(args.config).stem
     run_dir = Path(args.out) if args.out else None
+    if run_dir is not None:
+        # Said before any work: otherwise a file in the way surfaces as an OSError once the run
+        # directory is created, after the config and data have been read.
+        there = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
+        if there is not None and not there.is_dir():
+            raise DataError(f"--out: {there} is a file, not a folder")
     if not args.resume:
         return load_config(args.config, args.set), run_dir, stem
     if run_dir is None:

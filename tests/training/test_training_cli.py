@@ -131,6 +131,69 @@ def test_existing_run_dir_needs_resume(workdir, capsys):
     assert "pass --resume" in capsys.readouterr().err
 
 
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("pixforge train: error: ")
+    return err
+
+
+def test_resume_with_another_architecture_fails_in_one_line_and_leaves_the_run_alone(workdir, capsys):
+    assert main(["train", "tiny.yaml", "--data", "data", "--out", "r", "--max-steps", "1"]) == 0
+    saved = (workdir / "r" / "config.json").read_bytes()
+    capsys.readouterr()
+    resume = ["train", "tiny.yaml", "--data", "data", "--out", "r", "--resume"]
+    assert main([*resume, "--set", "generator.ngf=8"]) == 2
+    err = _one_line_error(capsys)
+    assert "another generator (ngf: 8 here, 4 in the run)" in err and "--set generator.ngf=4" in err
+    assert main([*resume, "--set", "discriminator.n_layers=3"]) == 2
+    assert "--set discriminator.n_layers=2" in _one_line_error(capsys)
+    assert (workdir / "r" / "config.json").read_bytes() == saved  # so a plain --resume still works
+    assert main([*resume, "--max-steps", "2"]) == 0
+
+
+def test_resume_state_that_does_not_load_is_one_line(workdir, capsys):
+    # A config.json that no longer matches the resume state (what a failed resume with another
+    # architecture used to leave behind): the loaded weights do not fit, said in one line.
+    assert main(["train", "tiny.yaml", "--data", "data", "--out", "r", "--max-steps", "1"]) == 0
+    saved = workdir / "r" / "config.json"
+    config = json.loads(saved.read_text())
+    config["generator"]["ngf"] = 8
+    saved.write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["train", "tiny.yaml", "--data", "data", "--out", "r", "--resume"]) == 2
+    err = _one_line_error(capsys)
+    assert "cannot resume r: its resume state does not fit this config" in err and "size mismatch" in err
+
+
+def test_failed_run_leaves_no_run_dir_behind(workdir, capsys):
+    (workdir / "empty").mkdir()
+    assert main(["train", "tiny.yaml", "--data", "empty", "--out", "r3"]) == 2
+    assert "no training images" in _one_line_error(capsys)
+    assert not (workdir / "r3").exists()
+    assert main(["train", "tiny.yaml", "--data", "empty"]) == 2
+    assert not any((workdir / "runs").iterdir())  # runs/tiny-001 is gone too
+    # A folder that was there before the failed run is not this run's to remove.
+    (workdir / "mine").mkdir()
+    assert main(["train", "tiny.yaml", "--data", "empty", "--out", "mine"]) == 2
+    assert (workdir / "mine").is_dir()
+    capsys.readouterr()
+    assert main(["train", "tiny.yaml", "--data", "data", "--out", "r3", "--max-steps", "1"]) == 0
+
+
+@pytest.mark.parametrize("out", ["f.png", "f.png/run"])
+def test_out_that_is_a_file_is_one_line(workdir, capsys, out):
+    (workdir / "f.png").write_bytes(b"\x89PNG\r\n")
+    assert main(["train", "tiny.yaml", "--data", "data", "--out", out]) == 2
+    assert "--out: f.png is a file, not a folder" in _one_line_error(capsys)
+
+
+def test_binary_config_file_is_one_line(workdir, capsys):
+    (workdir / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    assert main(["train", "x.png", "--data", "data"]) == 2
+    assert "config: x.png is not a YAML text file (not UTF-8" in _one_line_error(capsys)
+    assert not (workdir / "runs").exists()
+
+
 def test_bad_files_are_reported_in_the_summary(workdir, capsys):
     (workdir / "data" / "train" / "broken.png").write_text("not a png")
     with pytest.warns(UserWarning, match="broken.png"):
