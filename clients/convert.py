@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import stat
 import sys
 import threading
 import time
@@ -106,9 +108,10 @@ class ConvertOptions:
             raise UsageError(f"--concurrency must be >= 1, got {args.concurrency}")
         if os.sep in args.suffix or (os.altsep and os.altsep in args.suffix):
             raise UsageError(f"--suffix must not contain a path separator: {args.suffix!r}")
-        timeout = getattr(args, "timeout", None) or 300.0
-        if timeout <= 0:
-            raise UsageError(f"--timeout must be > 0 seconds, got {timeout}")
+        timeout = getattr(args, "timeout", None)
+        timeout = 300.0 if timeout is None else timeout  # 0 is refused below, not taken as "default"
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise UsageError(f"--timeout must be a finite number of seconds > 0, got {timeout}")
         if not args.model.strip():
             raise UsageError("--model must not be empty")
         models_dir = getattr(args, "models", None)
@@ -125,11 +128,20 @@ class ConvertOptions:
             raise UsageError("--tile and --tile-overlap must be >= 0 (0 = the model's default)")
         retry_seconds = getattr(args, "retry_seconds", None)
         retry_seconds = DEFAULT_RETRY_SECONDS if retry_seconds is None else retry_seconds
-        if retry_seconds < 0:
-            raise UsageError(f"--retry-seconds must be >= 0, got {retry_seconds}")
+        if not math.isfinite(retry_seconds) or retry_seconds < 0:
+            raise UsageError(f"--retry-seconds must be a finite number of seconds >= 0, got {retry_seconds}")
         for path in args.inputs:
-            if not os.path.exists(path):
-                raise UsageError(f"input not found: {path}")
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                raise UsageError(f"input not found: {path}") from None
+            # A folder walk only picks regular files; a named one must be one too: a named pipe
+            # blocks its reader forever and a device such as /dev/zero never ends.
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise UsageError(
+                    f"input is not a regular file or folder: {path} (a pipe, device or socket); "
+                    "name image files or folders"
+                )
         if os.path.exists(args.output) and not os.path.isdir(args.output):
             raise UsageError(f"--output exists and is not a folder: {args.output}")
         out_real = os.path.realpath(args.output)

@@ -8,6 +8,7 @@ Exit codes: 0 SERVING; 1 NOT_SERVING or unknown service; 2 the server could not 
 
 from __future__ import annotations
 
+import math
 import sys
 
 import grpc
@@ -31,8 +32,8 @@ def check(server: str, service: str = "", timeout: float = 5.0) -> tuple[int, st
         target, _ = resolve_target(server)
     except TargetError as exc:
         return 2, f"bad --server: {exc}"
-    if timeout <= 0:
-        return 2, f"--timeout must be > 0 seconds, got {timeout}"
+    if not math.isfinite(timeout) or timeout <= 0:
+        return 2, f"--timeout must be a finite number of seconds > 0, got {timeout}"
     what = f"service {service!r}" if service else "server"
     with grpc.insecure_channel(target, options=[("grpc.enable_retries", 0)]) as channel:
         stub = health_pb2_grpc.HealthStub(channel)

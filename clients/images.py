@@ -9,7 +9,7 @@ on request, a uint8 array in the same layout (RGBA when the image has alpha).
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import stat
 
 import numpy as np
 
@@ -40,15 +40,35 @@ def image_bytes(image: ImageInput) -> bytes:
     if isinstance(image, (bytearray, memoryview)):
         return bytes(image)
     if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
         try:
-            return Path(image).read_bytes()
+            return _read_regular_file(path)
         except OSError as exc:
-            raise ImageInputError(
-                f"cannot read image file {os.fspath(image)!r}: {exc.strerror or exc}"
-            ) from None
+            raise ImageInputError(f"cannot read image file {path!r}: {exc.strerror or exc}") from None
     if isinstance(image, np.ndarray):
         return _encode_array(image)
     raise ImageInputError(f"an image must be bytes, a path or a numpy array, not {type(image).__name__}")
+
+
+def _read_regular_file(path: str) -> bytes:
+    """The bytes of a regular file. Anything else is refused before it is opened: a named pipe
+    blocks its reader until a writer comes (forever), a device such as /dev/zero never ends.
+
+    Raises:
+        ImageInputError: the path is not a regular file.
+        OSError: it cannot be read.
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ImageInputError(
+            f"cannot read image file {path!r}: not a regular file (a pipe, device or socket)"
+        )
+    # O_NONBLOCK: should the path become a pipe after the check, open() returns instead of waiting
+    # for a writer, and fstat() refuses it; a regular file reads the same either way.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageInputError(f"cannot read image file {path!r}: not a regular file")
+        return fh.read()
 
 
 def _encode_array(array: np.ndarray) -> bytes:

@@ -101,7 +101,9 @@ def walk(inputs: list[str], opts: WalkOptions) -> Iterator[tuple[str, Job | str]
     symlinked folders are not followed (no cycles). An output folder inside an input folder is
     never descended into; when the output folder IS an input folder (in-place conversion, which
     needs a --suffix), files named like outputs (``*<suffix><ext>``) are left out, so a re-run
-    never converts its own results. Temp files of interrupted runs are never inputs.
+    never converts its own results. Temp files of interrupted runs are never inputs. A file
+    reached twice (named twice, named and inside a named folder, or through a symlink) is yielded
+    once, where it is first reached: inputs are deduplicated by resolved path.
 
     Args:
         inputs: files and folders from the command line (checked to exist by the caller).
@@ -111,19 +113,33 @@ def walk(inputs: list[str], opts: WalkOptions) -> Iterator[tuple[str, Job | str]
         ("job", Job), ("ignored", path) or ("unreadable", "path: reason").
     """
     out_real = os.path.realpath(opts.output)
+    # Hashes of the resolved paths yielded so far (8 bytes a file, not paths, so memory stays flat):
+    # the same file reached twice would otherwise be converted twice, or fail as its own collision.
+    seen: set[int] = set()
     for root in inputs:
         if not os.path.isdir(root):
-            yield "job", Job(root, opts.output_for(os.path.basename(root)))
+            if _first_time(os.path.realpath(root), seen):
+                yield "job", Job(root, opts.output_for(os.path.basename(root)))
             continue
         in_place = os.path.realpath(root) == out_real
-        yield from _walk_dir(root, "", opts, out_real, in_place)
+        yield from _walk_dir(root, "", opts, out_real, in_place, seen)
+
+
+def _first_time(real_path: str, seen: set[int]) -> bool:
+    """Whether a file's resolved path is new to this walk (and remember it)."""
+    key = hash(real_path)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
 
 
 def _walk_dir(
-    root: str, rel: str, opts: WalkOptions, out_real: str, in_place: bool
+    root: str, rel: str, opts: WalkOptions, out_real: str, in_place: bool, seen: set[int]
 ) -> Iterator[tuple[str, Job | str]]:
     # A generator over scandir: a folder's entries stream through; only sub-folder names wait.
     folder = os.path.join(root, rel) if rel else root
+    folder_real = os.path.realpath(folder)  # once per folder: only symlinked files need their own
     subdirs: list[str] = []  # only names of sub-folders are kept, never files
     try:
         with os.scandir(folder) as entries:
@@ -131,6 +147,7 @@ def _walk_dir(
                 try:
                     is_dir = entry.is_dir(follow_symlinks=False)
                     is_file = not is_dir and entry.is_file()
+                    is_link = is_file and entry.is_symlink()
                 except OSError:
                     continue
                 rel_path = os.path.join(rel, entry.name) if rel else entry.name
@@ -141,6 +158,9 @@ def _walk_dir(
                     if entry.name.endswith(TMP_SUFFIX) or entry.name == REPORT_NAME:
                         continue
                     if in_place and opts.looks_like_output(entry.name):
+                        continue
+                    real = os.path.realpath(entry.path) if is_link else os.path.join(folder_real, entry.name)
+                    if not _first_time(real, seen):
                         continue
                     if opts.wanted(entry.name):
                         yield "job", Job(entry.path, opts.output_for(rel_path))
@@ -153,7 +173,7 @@ def _walk_dir(
         path = os.path.join(folder, name)
         if os.path.realpath(path) == out_real:
             continue
-        yield from _walk_dir(root, os.path.join(rel, name) if rel else name, opts, out_real, in_place)
+        yield from _walk_dir(root, os.path.join(rel, name) if rel else name, opts, out_real, in_place, seen)
 
 
 def count_inputs(inputs: list[str], opts: WalkOptions) -> int:

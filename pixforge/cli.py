@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import select
 import sys
@@ -81,6 +82,35 @@ def _tile_size_arg(text: str) -> int | str:
         raise argparse.ArgumentTypeError(
             f"must be a whole number of pixels or 'auto', got {text!r}"
         ) from None
+
+
+# gRPC turns a timeout into an absolute deadline in int64 nanoseconds since 1970, which overflows
+# in 2262: from about 7e9 s on, every call fails at once with DEADLINE_EXCEEDED. Far above any real
+# wait, far below that.
+MAX_TIMEOUT_S = 10_000_000.0  # about 116 days
+
+
+def _seconds(text: str, *, zero: bool, most: float | None = None) -> float:
+    """A finite number of seconds, > 0 (>= 0 when `zero`), at most `most`; else an argparse error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value):  # float() takes inf and nan: no deadline at all, or nonsense
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text!r}")
+    if value < 0 or (value == 0 and not zero):
+        raise argparse.ArgumentTypeError(f"must be {'>= 0' if zero else '> 0'} seconds, got {text!r}")
+    if most is not None and value > most:
+        raise argparse.ArgumentTypeError(f"must be at most {most:.0f} seconds, got {text!r}")
+    return value
+
+
+def _timeout_arg(text: str) -> float:
+    return _seconds(text, zero=False, most=MAX_TIMEOUT_S)
+
+
+def _retry_seconds_arg(text: str) -> float:
+    return _seconds(text, zero=True)
 
 
 def _add_export(sub) -> None:
@@ -267,16 +297,19 @@ def _add_convert(sub) -> None:
     p.add_argument("--suffix", default="", help="append this to each output file's stem")
     p.add_argument("--dry-run", action="store_true", help="list what would be converted and exit")
     p.add_argument("--token", help="bearer token (default: $PIXFORGE_TOKEN)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per image (default 300)")
+    p.add_argument(
+        "--timeout", type=_timeout_arg, default=300.0, help="seconds allowed per image (> 0; default 300)"
+    )
     p.add_argument("--tile", type=int, default=0, help="tile size in input pixels (default: the model's)")
     p.add_argument(
         "--tile-overlap", type=int, default=0, help="overlap between tiles (default: from the model)"
     )
     p.add_argument(
         "--retry-seconds",
-        type=float,
+        type=_retry_seconds_arg,
         default=120.0,
-        help="keep retrying an image for this long while the server is restarting or busy (default 120)",
+        help="keep retrying an image for this long while the server is restarting or busy "
+        "(0: 5 retries at most; default 120)",
     )
     p.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
     p.add_argument("--root-cert", help="PEM root certificate(s) to trust for TLS (implies --tls)")
@@ -308,7 +341,7 @@ def _add_health(sub) -> None:
     )
     p.add_argument("--server", default="localhost:50051", help="server HOST:PORT")
     p.add_argument("--service", default="", help="service or model name ('' = overall)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    p.add_argument("--timeout", type=_timeout_arg, default=5.0, help="seconds (> 0; default 5)")
 
 
 def _add_bench(sub) -> None:

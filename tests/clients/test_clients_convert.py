@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -182,6 +183,103 @@ def test_same_stem_collision_and_output_inside_input(capsys, real_server, tmp_pa
         assert code == 1
         assert [r["code"] for r in report_rows(out_dir)] == ["OUTPUT_COLLISION"]
     assert files_under(out_dir) == {"x.png", REPORT_NAME}
+
+
+def test_the_same_file_given_twice_is_converted_once(capsys, real_server, tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    (src / "x.png").write_bytes(encode_image(make_image(1)))
+    (src / "sub" / "y.png").write_bytes(encode_image(make_image(2)))
+    (src / "notes.txt").write_text("not an image")
+    os.symlink(src, tmp_path / "link")  # the same folder under another name
+    out_dir = tmp_path / "out"
+    # Named twice, named and inside a named folder, and the folder again through a symlink: no
+    # duplicate is an OUTPUT_COLLISION with itself, none is converted (or ignored) twice.
+    inputs = [
+        str(src / "x.png"),
+        str(src / "x.png"),
+        str(src),
+        str(tmp_path / "link"),
+        str(src / "sub" / "y.png"),
+    ]
+    code, out, err = convert(capsys, real_server.address, *inputs, "--output", str(out_dir), "--recursive")
+    assert code == 0, err
+    assert "converted 2, skipped 0, failed 0, ignored 1" in out and "FAILED" not in err
+    assert files_under(out_dir) == {"x.png", "sub/y.png"}
+    code, out, _ = convert(
+        capsys, real_server.address, *inputs, "--output", str(out_dir), "--recursive", "--dry-run"
+    )
+    assert code == 0 and "would convert 0, skip 2 (output exists), fail 0, ignore 1" in out
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_an_input_that_is_no_regular_file_is_refused_unread(capsys, tmp_path):
+    from pixforge.clients.images import ImageInputError, image_bytes
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    unreachable = f"127.0.0.1:{free_port()}"  # refused before any server is asked
+    specials = [fifo] + [Path(d) for d in ("/dev/zero",) if os.path.exists(d)]
+    for special in specials:  # reading them would block for ever (fifo) or never end (/dev/zero)
+        code, _, err = convert(
+            capsys, unreachable, str(special), "--output", str(tmp_path / "o"), "--dry-run"
+        )
+        assert code == 2 and "input is not a regular file or folder" in err and err.count("\n") == 1
+    # The client library refuses a pipe too, at once rather than waiting for a writer.
+    outcome: list[str] = []
+
+    def read() -> None:
+        try:
+            image_bytes(str(fifo))
+        except ImageInputError as exc:
+            outcome.append(str(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # the bug: unblock the reader by writing, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert not reader.is_alive() and outcome and "not a regular file" in outcome[0]
+
+
+@pytest.mark.parametrize(
+    "flag, value, why",
+    [
+        ("--timeout", "inf", "finite"),
+        ("--timeout", "nan", "finite"),
+        ("--timeout", "0", "> 0"),
+        ("--timeout", "-1", "> 0"),
+        ("--timeout", "1e300", "at most"),  # gRPC's deadline overflows: every image would time out
+        ("--timeout", "soon", "number of seconds"),
+        ("--retry-seconds", "nan", "finite"),
+        ("--retry-seconds", "inf", "finite"),
+        ("--retry-seconds", "-1", ">= 0"),
+    ],
+)
+def test_bad_seconds_flags_are_refused_at_parsing(capsys, tmp_path, flag, value, why):
+    (tmp_path / "x.png").write_bytes(encode_image(make_image(1)))
+    with pytest.raises(SystemExit) as info:
+        main(
+            ["convert", "--model", "m", str(tmp_path / "x.png"), "--output", str(tmp_path / "o"), flag, value]
+        )
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument {flag}: must be" in err and why in err and repr(value) in err
+
+
+def test_zero_timeout_is_refused_by_the_options_too_and_zero_retry_seconds_allowed(tmp_path):
+    from types import SimpleNamespace
+
+    from pixforge.cli import build_parser
+    from pixforge.clients.convert import ConvertOptions
+    from pixforge.errors import UsageError
+
+    (tmp_path / "x.png").write_bytes(encode_image(make_image(1)))
+    argv = ["convert", "--model", "m", str(tmp_path / "x.png"), "--output", str(tmp_path / "o")]
+    args = build_parser().parse_args([*argv, "--retry-seconds", "0"])  # 0: no retrying past the attempts
+    assert ConvertOptions.from_args(args).retry_seconds == 0.0
+    for timeout in (0.0, float("inf"), float("nan")):  # a caller building the namespace itself
+        with pytest.raises(UsageError, match="--timeout must be a finite number of seconds > 0"):
+            ConvertOptions.from_args(SimpleNamespace(**{**vars(args), "timeout": timeout}))
 
 
 def test_dry_run_lists_work_and_touches_nothing(capsys, tree, tmp_path):

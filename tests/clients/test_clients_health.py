@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from clients_helpers import cli_env, free_port
 from grpc_health.v1 import health_pb2
 
@@ -39,6 +40,17 @@ def test_unreachable_server_exits_2_with_one_line(capsys):
     assert code == 2 and "cannot connect" in text and text.count("\n") == 1
     code, text = health(capsys, "--server", "no-port-here")
     assert code == 2 and "HOST:PORT" in text
+
+
+@pytest.mark.parametrize(
+    "value, why", [("inf", "finite"), ("nan", "finite"), ("0", "> 0"), ("-1", "> 0"), ("1e300", "at most")]
+)
+def test_bad_timeouts_are_refused_at_parsing(capsys, real_server, value, why):
+    # Before: inf, nan and 1e300 reached gRPC and came back as "no answer within infs".
+    with pytest.raises(SystemExit) as info:
+        main(["health", "--server", real_server.address, "--timeout", value])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "argument --timeout: must be" in err and why in err
 
 
 def test_as_a_subprocess_like_the_docker_healthcheck(real_server):
