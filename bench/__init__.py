@@ -15,6 +15,7 @@ each other relatively and everything else as `pixforge.x` (docs/architecture.md)
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
 import sys
@@ -83,8 +84,11 @@ class Settings:
 
         def number(flag: str, low: float, *, strict: bool = False):
             value = getattr(args, flag.replace("-", "_"), None)
-            if value is not None and (value <= low if strict else value < low):
-                raise ValueError(f"--{flag} must be {'>' if strict else '>='} {low}, got {value}")
+            # not (value >= low) also refuses NaN, which passes every comparison's "else"
+            if value is not None and (
+                not math.isfinite(value) or not (value > low if strict else value >= low)
+            ):
+                raise ValueError(f"--{flag} must be a number {'>' if strict else '>='} {low}, got {value}")
             return value
 
         threads = number("threads", 1)
@@ -97,8 +101,16 @@ class Settings:
             raise ValueError(f"--tag must be lowercase letters, digits and '_', got {tag!r}")
         models = getattr(args, "models", None)
         engines = getattr(args, "engines", None)
+        # Checked before minutes of measurement, not when the report or a later part needs them.
+        out = Path(getattr(args, "out", "docs") or "docs")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file; name a folder for the tables and plots")
+        for flag in ("repo", "image"):
+            given = getattr(args, flag, None)
+            if given and not Path(given).exists():
+                raise ValueError(f"--{flag} {given} does not exist")
         return cls(
-            out=Path(getattr(args, "out", "docs") or "docs"),
+            out=out,
             quick=bool(getattr(args, "quick", False)),
             threads=threads,
             duration=duration,

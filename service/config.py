@@ -352,6 +352,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ServerConfigError(f"cannot read server config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ServerConfigError(f"server config {path} is not UTF-8 text (a YAML file is)") from None
     except yaml.YAMLError as exc:
         raise ServerConfigError(f"server config {path} is not valid YAML: {exc}") from None
     if data is None:

@@ -26,6 +26,15 @@ def _header(info, data: str, reverse, render_size: int = 0) -> str:
     return line
 
 
+def _check_out(out: Path, data: Path) -> None:
+    """Refuse an --out the evaluation cannot use, before it runs."""
+    if out.exists() and not out.is_dir():
+        raise PixforgeError(f"--out {out} is a file; name a folder")
+    if out.resolve().is_relative_to(data.resolve()):
+        # its samples.png would be read as a test image by the next evaluation of that folder
+        raise PixforgeError(f"--out {out} is inside the data folder {data}; write the results elsewhere")
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `pixforge eval`; returns the exit code."""
     runners = []
@@ -37,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if not Path(args.data).is_dir():
             raise PixforgeError(f"data folder {args.data} does not exist or is not a folder")
+        if args.out:
+            _check_out(Path(args.out), Path(args.data))
         location = {"repo": getattr(args, "repo", None), "server": getattr(args, "server", None)}
         runner = open_runner(
             args.model,
@@ -51,6 +62,14 @@ def run(args: argparse.Namespace) -> int:
             reverse = open_runner(args.reverse_model, **location)
             runners.append(reverse)
         report = evaluate(runner, args.data, options, reverse)
+        if not report.counts.get("images"):
+            # An empty table with exit 0 reads as a result; a script must see the failure.
+            skipped = report.extra.get("skipped", [])
+            why = f"; first: {skipped[0]['file']}: {skipped[0]['reason']}" if skipped else ""
+            notes = " ".join(report.notes)
+            raise PixforgeError(
+                f"no image in {args.data} could be evaluated ({len(skipped)} skipped{why}) {notes}".strip()
+            )
         render = getattr(runner, "render_size", 0)
         print(_header(runner.info, args.data, reverse.info if reverse else None, render))
         print()

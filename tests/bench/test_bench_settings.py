@@ -89,9 +89,16 @@ def test_settings_defaults(tmp_path):
         (["--max-call-seconds", "-2"], "--max-call-seconds"),
         (["--rounds", "0"], "--rounds"),
         (["--tag", "../x"], "--tag"),
+        (["--duration", "nan"], "--duration"),
+        (["--max-call-seconds", "inf"], "--max-call-seconds"),
+        (["--out", __file__], "--out"),  # an existing file
+        (["--image", "no/such.png"], "--image"),
+        (["--repo", "no/such/repo"], "--repo"),
     ],
 )
 def test_settings_reject_bad_values_naming_the_flag(argv, flag):
+    # before any measurement: an existing file as --out or a missing --image / --repo used to
+    # surface only after the suite ran (or minutes into it)
     with pytest.raises(ValueError, match=flag):
         Settings.from_args(_args("engine", *argv))
 

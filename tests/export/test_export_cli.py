@@ -139,6 +139,8 @@ def test_export_cli_fp16_version_and_errors(tmp_path, capsys):
         ([str(ckpt), "--task", "colorization"], "--task applies to --from junyanz only"),
         ([str(ckpt), "--opset", "9"], "--opset must be >= 13"),
         ([str(ckpt), "--tile-size", "30"], "not a multiple"),
+        ([str(ckpt), "--tile-size", "4096"], "within 16..2048"),
+        ([str(ckpt), "--tile-size", "8"], "within 16..2048"),
     ):
         assert main(["export", *argv, "--name", "x", "--repo", repo]) == 2, argv
         err = capsys.readouterr().err

@@ -88,3 +88,19 @@ def test_int8_needs_calibration_images(tmp_path, capsys):
     (photos / "a.png").write_bytes(encode_image(_photos(1)[0]))
     assert main([*argv[:-1], "--calibration", str(photos)]) == 2  # without --int8
     assert "--calibration applies to --int8 only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "task,channels", [("style_translation", 3), ("super_resolution", 3), ("colorization", 1)]
+)
+def test_calibration_images_take_the_models_channels(task, channels):
+    # A calibration folder may hold gray and colour photos: each reaches the model as the server
+    # would give it (gray repeated to RGB, colour reduced to luma), not with its own channel count.
+    from pixforge.contract import ModelContract
+
+    scale = 2 if task == "super_resolution" else 1
+    contract = ModelContract(task, scale, channels, 3, 8, 64, {}, "2")
+    colour = _photos(1, 64)[0]
+    gray = colour[:, :, :1].copy()
+    for sample in quantize.task_samples([colour, gray, gray[:, :, 0]], contract):
+        assert sample.input.ndim == 3 and sample.input.shape[2] == channels

@@ -113,6 +113,10 @@ def test_yaml_errors_name_file_and_key(tmp_path):
         load_config(bad_yaml, env={})
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml", env={})
+    binary = tmp_path / "c.png"  # an image passed as --config by mistake
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(binary, env={})
 
 
 def test_env_names():

@@ -363,7 +363,19 @@ def test_eval_bad_input_is_one_line_and_exit_2(tmp_path, repo, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "style" / "testA").mkdir(parents=True)
     _photos(tmp_path / "photos", 1, seed=0, h=16, w=16)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_text("not an image")
+    gray = cv2.cvtColor(smooth_image(np.random.default_rng(5), 40, 48), cv2.COLOR_RGB2GRAY)
+    write_rgb(tmp_path / "grayonly" / "gray.png", np.repeat(gray[:, :, None], 3, axis=2))
     cases = [
+        # nothing measurable is a failure, not an empty table with exit 0
+        (["--model", "sr", "--data", tmp_path / "junk"], "could be evaluated (1 skipped; first: "),
+        (["--model", "colour", "--data", tmp_path / "grayonly"], "could be evaluated"),
+        (
+            ["--model", "sr", "--data", tmp_path / "photos", "--out", tmp_path / "photos" / "o"],
+            "inside the data",
+        ),
+        (["--model", "sr", "--data", tmp_path / "photos", "--out", tmp_path / "junk" / "a.png"], "is a file"),
         (["--model", "nope", "--data", tmp_path / "photos"], "no model 'nope'"),
         (["--model", "sr", "--version", 7, "--data", tmp_path / "photos"], "no version 7"),
         (["--model", "sr", "--data", tmp_path / "empty"], "no images under"),

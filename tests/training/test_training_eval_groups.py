@@ -45,7 +45,9 @@ def test_measure_groups_rows_per_group_skips_and_leaves_out(tmp_path):
     assert sorted(s["file"].rsplit("/", 1)[-1] for s in found.skipped) == ["3.png", "4.png"]
     assert found.left_out == 1
     assert found.counts(extra=1) == {"images": 3, "extra": 1, "skipped": 2}
-    assert found.skipped_notes() == ["2 image(s) skipped (unreadable or too small); see results.json"]
+    assert found.skipped_notes() == [
+        "2 image(s) skipped (unreadable or too small; listed in results.json with --out)"
+    ]
     assert found.extra() == {"skipped": found.skipped}
     # samples prefer each group's first image
     assert [int(s[0][0, 0, 0]) for s in found.samples] == [10, 30]

@@ -123,8 +123,11 @@ class ExportConfig:
             )
         if self.opset < MIN_OPSET:
             raise ExportError(f"--opset must be >= {MIN_OPSET}, got {self.opset}")
-        if self.tile_size is not None and self.tile_size < 1:
-            raise ExportError(f"tile_size must be positive, got {self.tile_size}")
+        if self.tile_size is not None and not MIN_TILE_SIZE <= self.tile_size <= MAX_TILE_SIZE:
+            raise ExportError(
+                f"tile size must be within {MIN_TILE_SIZE}..{MAX_TILE_SIZE} input pixels, "
+                f"got {self.tile_size}"
+            )
 
     @property
     def generator_channels(self) -> tuple[int, int]:
@@ -144,6 +147,13 @@ class ExportResult:
     optimized: bool = False
     variants: tuple[str, ...] = ()  # precision variants written beside model.onnx
     int8: Int8Report | None = None
+
+
+# Bounds of a recommended tile. Above the server's default tiling.max_tile_size (2048) a server
+# warms the model up at a size no request may ask for (a 100000-pixel tile asked it for 28 GiB);
+# below 16 the overlap of every tile outweighs its content and a photo takes thousands of calls.
+MIN_TILE_SIZE = 16
+MAX_TILE_SIZE = 2048
 
 
 def default_tile_size(size_multiple: int, scale: int) -> int:

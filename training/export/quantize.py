@@ -131,9 +131,10 @@ def task_samples(images: list[np.ndarray], contract: ModelContract) -> list[Samp
     m, s = contract.size_multiple, contract.scale
     out = []
     for image in images:
-        if contract.input_channels == 1 and image.ndim == 3 and image.shape[2] >= 3:
-            # a luminance model: the BT.601 luma the codec gives such a model
-            image = to_channels(np.ascontiguousarray(image[..., :3]), 1)
+        # What the server feeds the model: a gray photo repeated to RGB for an RGB model, the BT.601
+        # luma of a colour one for a luminance model (calibration folders mix both).
+        image = image if image.ndim == 3 else image[:, :, None]
+        image = to_channels(np.ascontiguousarray(image[..., :3]), contract.input_channels)
         if contract.task == "super_resolution":
             hr = _crop(image, EVAL_EDGE * s, m * s)
             out.append(Sample(downscale(hr, s), hr))

@@ -48,7 +48,10 @@ class GroupResults:
         """A report note about skipped files, if any."""
         if not self.skipped:
             return []
-        return [f"{len(self.skipped)} image(s) skipped (unreadable or too small); see results.json"]
+        return [
+            f"{len(self.skipped)} image(s) skipped "
+            "(unreadable or too small; listed in results.json with --out)"
+        ]
 
     def extra(self) -> dict:
         """The skipped files with their reasons, for results.json."""

@@ -215,7 +215,7 @@ def evaluate_style(
     if reverse is None:
         notes.append("cycle PSNR needs --reverse-model (the opposite-direction model).")
     if skipped:
-        notes.append(f"{len(skipped)} image(s) skipped (unreadable); see results.json")
+        notes.append(f"{len(skipped)} image(s) skipped (unreadable; listed in results.json with --out)")
     return TaskReport(
         task="style_translation",
         columns=COLUMNS,
