@@ -45,6 +45,17 @@ def make_registry(repo, factory=None, **overrides) -> tuple[ModelRegistry, Pipel
     return registry, Pipeline(registry, cfg.tiling, cfg.limits, cfg.colorization, cfg.batching)
 
 
+def counting_engine(calls: list) -> type[Engine]:
+    """An Engine class that appends each model call's batch shape to `calls`."""
+
+    class Counting(Engine):
+        def _run_session(self, batch):
+            calls.append(batch.shape)
+            return super()._run_session(batch)
+
+    return Counting
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -147,12 +158,8 @@ def test_join_chroma_keeps_luminance_and_takes_colour():
 
 def test_large_photo_colourises_in_one_pass(tmp_path):
     build_color(tmp_path / "color" / "1" / "model.onnx")
-    calls = []
-
-    class Counting(Engine):
-        def _run_session(self, batch):
-            calls.append(batch.shape)
-            return super()._run_session(batch)
+    calls: list[tuple[int, ...]] = []
+    Counting = counting_engine(calls)
 
     registry, pipeline = make_registry(tmp_path, Counting)
     try:
@@ -184,12 +191,8 @@ def test_large_photo_colourises_in_one_pass(tmp_path):
 @pytest.mark.parametrize("expired", [False, True], ids=["client_cancel", "deadline"])
 def test_cancelled_token_stops_before_work(tmp_path, expired):
     build_invert(tmp_path / "m" / "1" / "model.onnx")
-    calls = []
-
-    class Counting(Engine):
-        def _run_session(self, batch):
-            calls.append(batch.shape)
-            return super()._run_session(batch)
+    calls: list[tuple[int, ...]] = []
+    Counting = counting_engine(calls)
 
     registry, pipeline = make_registry(tmp_path, Counting)
     try:
