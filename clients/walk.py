@@ -13,6 +13,7 @@ merge their trees like ``rsync src/ dst/``. The extension is the output format's
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,10 +53,26 @@ class Job(os.PathLike):
         return f"Job({self.src!r} -> {self.dst!r})"
 
 
+NAME_MAX_BYTES = 255  # a file name's limit on Linux, macOS and Windows file systems alike
+
+
 def temp_path(dst: str) -> str:
-    """The temp file name for an output: hidden, in the same folder (so os.replace is atomic)."""
+    """The temp file name for an output: hidden, in the same folder (so os.replace is atomic).
+
+    An output whose name is near the limit would get a temp name over it (the prefix and suffix
+    add 14 bytes) and fail to write: its temp name is then cut and made unique again by a digest
+    of the full name, still ending in TMP_SUFFIX so walks skip it.
+    """
     head, tail = os.path.split(dst)
-    return os.path.join(head, f".{tail}{TMP_SUFFIX}")
+    name = f".{tail}{TMP_SUFFIX}"
+    if len(os.fsencode(name)) <= NAME_MAX_BYTES:
+        return os.path.join(head, name)
+    digest = "-" + hashlib.sha256(os.fsencode(tail)).hexdigest()[:16]
+    room = NAME_MAX_BYTES - len(os.fsencode(f".{digest}{TMP_SUFFIX}"))
+    cut = tail
+    while len(os.fsencode(cut)) > room:  # by characters: a multi-byte one is never split
+        cut = cut[:-1]
+    return os.path.join(head, f".{cut}{digest}{TMP_SUFFIX}")
 
 
 @dataclass(frozen=True)

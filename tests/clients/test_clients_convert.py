@@ -422,6 +422,18 @@ def test_killed_run_resumes_with_every_file_exactly_once(capsys, slow_server, re
 # ---------------------------------------- in-process --models, tiles, progress, full disk, restarts
 
 
+def test_an_output_name_near_the_file_name_limit_converts(capsys, model_repo, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    name = "n" * 240 + ".png"  # 244 bytes: its temp name used to be 258, over the limit
+    (src / name).write_bytes(encode_image(make_image(0, h=24, w=24)))
+    out = tmp_path / "out"
+    args = ["--models", str(model_repo), "--model", "invert", str(src), "--output", str(out)]
+    assert main(["convert", *args]) == 0, capsys.readouterr().err
+    assert (decode_image((out / name).read_bytes()).pixels == 255 - make_image(0, h=24, w=24)).all()
+    assert os.listdir(out) == [name]  # no temp file left
+
+
 def flat_inputs(root: Path, n: int, size: int = 24) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):

@@ -139,3 +139,17 @@ def test_an_output_that_is_its_own_input_is_refused(tmp_path):
     )
     tally = convert_mod.Tally(opts.walk.output, progress=False, write_report=False)
     assert list(convert_mod.plan(opts, tally)) == [] and tally.failed == 1
+
+
+def test_temp_name_of_a_name_near_the_limit_stays_within_it():
+    # 14 bytes of prefix and suffix pushed a 242-byte output name over the 255-byte limit.
+    from pixforge.clients.walk import NAME_MAX_BYTES, temp_path
+
+    short = temp_path(os.path.join("out", "a.png"))
+    assert short == os.path.join("out", f".a.png{TMP_SUFFIX}")  # unchanged where it fits
+    names = ["x" * 246 + "1.png", "x" * 246 + "2.png", "é" * 122 + ".png"]
+    temps = [os.path.basename(temp_path(os.path.join("out", n))) for n in names]
+    for temp in temps:
+        assert len(os.fsencode(temp)) <= NAME_MAX_BYTES and temp.endswith(TMP_SUFFIX)
+        assert temp.startswith(".")
+    assert len(set(temps)) == 3  # names that share their first 240 bytes keep distinct temp files
