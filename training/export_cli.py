@@ -58,12 +58,20 @@ def arch_name(cfg: GeneratorConfig) -> str:
 
 
 def _load_error(exc: Exception) -> str:
-    # torch's weights_only message is a paragraph; the line naming the offending class is the useful one.
+    """One line for a checkpoint torch.load could not read (its own message is a paragraph that
+    suggests weights_only=False, which is not the fix for a file that is no checkpoint at all)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    named = [ln for ln in lines if ln.startswith("WeightsUnpickler error")]
-    return (named or lines or [type(exc).__name__])[0] + (
-        " (checkpoints must hold plain types only: dicts, lists, numbers, strings, tensors)" if named else ""
-    )
+    if isinstance(exc, EOFError) or any(ln.startswith("Unsupported operand") for ln in lines):
+        return "the file holds no torch.save data (empty, truncated or another kind of file)"
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            detail = line.split("WeightsUnpickler error:", 1)[1].strip() or " ".join(lines[i + 1 : i + 2])
+            return (
+                f"WeightsUnpickler error: {detail} (checkpoints must hold plain types only: dicts, "
+                "lists, numbers, strings, tensors)"
+            )
+    # The type says what broke where the text alone is a bare number or nothing ("KeyError: 101").
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _junyanz_only(args, records: str) -> None:

@@ -51,6 +51,19 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 13  # Resize(cubic) half-pixel semantics and the ops the wrapper uses are stable from 13
 
 
+def _max_opset() -> int:
+    """The newest opset torch's exporter (the TorchScript one, which export uses) can write.
+
+    Asked before the export so that `--opset 1000` is one line, not torch's graph dump and error.
+    """
+    try:
+        from torch.onnx import _constants  # private, so read defensively
+
+        return int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return 10_000  # unknown: leave the check to the exporter
+
+
 class ExportError(PixforgeError, RuntimeError):
     """The export cannot proceed (bad configuration or a generator that breaks the contract)."""
 
@@ -123,6 +136,8 @@ class ExportConfig:
             )
         if self.opset < MIN_OPSET:
             raise ExportError(f"--opset must be >= {MIN_OPSET}, got {self.opset}")
+        if self.opset > _max_opset():
+            raise ExportError(f"--opset must be <= {_max_opset()} (this torch's exporter), got {self.opset}")
         if self.tile_size is not None and not MIN_TILE_SIZE <= self.tile_size <= MAX_TILE_SIZE:
             raise ExportError(
                 f"tile size must be within {MIN_TILE_SIZE}..{MAX_TILE_SIZE} input pixels, "
