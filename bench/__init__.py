@@ -84,10 +84,7 @@ class Settings:
 
         def number(flag: str, low: float, *, strict: bool = False):
             value = getattr(args, flag.replace("-", "_"), None)
-            # not (value >= low) also refuses NaN, which passes every comparison's "else"
-            if value is not None and (
-                not math.isfinite(value) or not (value > low if strict else value >= low)
-            ):
+            if value is not None and (not math.isfinite(value) or (value <= low if strict else value < low)):
                 raise ValueError(f"--{flag} must be a number {'>' if strict else '>='} {low}, got {value}")
             return value
 

@@ -50,6 +50,12 @@ from .writer import SIDECAR_FILE, check_name, choose_version, write_model_versio
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # Resize(cubic) half-pixel semantics and the ops the wrapper uses are stable from 13
 
+# Bounds of a recommended tile. Above the server's default tiling.max_tile_size (2048) a server
+# warms the model up at a size no request may ask for (a 100000-pixel tile asked it for 28 GiB);
+# below 16 the overlap of every tile outweighs its content and a photo takes thousands of calls.
+MIN_TILE_SIZE = 16
+MAX_TILE_SIZE = 2048
+
 
 def _max_opset() -> int:
     """The newest opset torch's exporter (the TorchScript one, which export uses) can write.
@@ -136,8 +142,9 @@ class ExportConfig:
             )
         if self.opset < MIN_OPSET:
             raise ExportError(f"--opset must be >= {MIN_OPSET}, got {self.opset}")
-        if self.opset > _max_opset():
-            raise ExportError(f"--opset must be <= {_max_opset()} (this torch's exporter), got {self.opset}")
+        top = _max_opset()
+        if self.opset > top:
+            raise ExportError(f"--opset must be <= {top} (this torch's exporter), got {self.opset}")
         if self.tile_size is not None and not MIN_TILE_SIZE <= self.tile_size <= MAX_TILE_SIZE:
             raise ExportError(
                 f"tile size must be within {MIN_TILE_SIZE}..{MAX_TILE_SIZE} input pixels, "
@@ -162,13 +169,6 @@ class ExportResult:
     optimized: bool = False
     variants: tuple[str, ...] = ()  # precision variants written beside model.onnx
     int8: Int8Report | None = None
-
-
-# Bounds of a recommended tile. Above the server's default tiling.max_tile_size (2048) a server
-# warms the model up at a size no request may ask for (a 100000-pixel tile asked it for 28 GiB);
-# below 16 the overlap of every tile outweighs its content and a photo takes thousands of calls.
-MIN_TILE_SIZE = 16
-MAX_TILE_SIZE = 2048
 
 
 def default_tile_size(size_multiple: int, scale: int) -> int:
