@@ -246,6 +246,12 @@ class ServiceConfig:
         "--model-control-mode=explicit) load and unload the models of the read-only repository; "
         "off: they answer FAILED_PRECONDITION",
     )
+    strict_readiness: bool = setting(
+        True,
+        "ready (health SERVING, /v2/health/ready 200) only while every model of the repository has a "
+        "READY version, as Triton's --strict-readiness; false: while at least one model is READY. "
+        "An empty repository is ready either way",
+    )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = setting("text", "text or json (one JSON object per line)")
     pins: Mapping[str, int] = field(
@@ -361,6 +367,41 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise ServerConfigError(f"server config {path} must be a mapping of keys, got {type(data).__name__}")
     return _flatten_yaml(data, str(path))
+
+
+# PIXFORGE_* variables other tools read (docker-compose interpolation, the Makefile), which a
+# server's environment may well carry: the misspelling check below leaves them alone.
+OTHER_TOOLS_ENV = frozenset(
+    {
+        "PIXFORGE_IMAGE",
+        "PIXFORGE_CPU_IMAGE",
+        "PIXFORGE_TRAINER_IMAGE",
+        "PIXFORGE_GPU",
+        "PIXFORGE_UID",
+        "PIXFORGE_GID",
+        "PIXFORGE_DATA_DIR",
+        "PIXFORGE_RUNS_DIR",
+        "PIXFORGE_MODELS_DIR",
+        "PIXFORGE_GRPC_PUBLISH",
+        "PIXFORGE_HTTP_PUBLISH",
+        "PIXFORGE_METRICS_PUBLISH",
+        "PIXFORGE_EDGE_PUBLISH",
+    }
+)
+
+
+def unknown_env(env: Mapping[str, str]) -> list[str]:
+    """One line per ``PIXFORGE_*`` variable that names no config key (a likely misspelling).
+
+    Warned about, not refused: the variable may belong to a newer or older release sharing the
+    environment, and refusing would take a running deployment down over a harmless leftover.
+    """
+    known = {env_name(k) for k in config_keys()} | set(ENV_ALIASES) | OTHER_TOOLS_ENV
+    return [
+        f"environment variable {name} is not a server setting and is ignored{suggest(name, known)}"
+        for name in sorted(env)
+        if name.startswith("PIXFORGE_") and name not in known
+    ]
 
 
 def read_env(env: Mapping[str, str]) -> dict[str, Any]:

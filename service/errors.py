@@ -39,6 +39,15 @@ class ModelNotReadyError(ServiceError):
     """The model exists but is still loading or failed to load, so it cannot serve now."""
 
 
+class ModelLoadingError(ModelNotReadyError):
+    """The model's version is still loading: a transient state, so the caller should retry.
+
+    A subclass with its own status (UNAVAILABLE, HTTP 503) because clients retry UNAVAILABLE but
+    not FAILED_PRECONDITION: a server restart would otherwise fail every request that arrives
+    while the models load, even with retries on.
+    """
+
+
 class QueueFullError(ServiceError):
     """The model's bounded request queue is full; the caller should back off and retry."""
 

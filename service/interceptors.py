@@ -317,7 +317,13 @@ class MessageSizeInterceptor(grpc.aio.ServerInterceptor):
         behavior = handler.unary_unary or handler.unary_stream
 
         async def refuse(request, context) -> None:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, request.message)
+            # The never-retry advice oversized answers carry too: re-sending the same bytes cannot
+            # succeed, and a client that retried RESOURCE_EXHAUSTED blindly would send them again.
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                request.message,
+                trailing_metadata=(("grpc-retry-pushback-ms", "-1"),),
+            )
 
         if handler.unary_unary:
 

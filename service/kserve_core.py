@@ -28,6 +28,7 @@ from pixforge.contract import ModelContract
 from .errors import (
     InvalidRequestError,
     ModelControlDisabledError,
+    ModelLoadingError,
     ModelNotReadyError,
     NotOfferedError,
 )
@@ -78,7 +79,8 @@ def _loaded_contract(row: ModelVersion) -> ModelContract:
     """
     if row.contract is None:
         reason = f": {row.error}" if row.error else ""
-        raise ModelNotReadyError(
+        error = ModelLoadingError if row.state is ModelState.LOADING else ModelNotReadyError
+        raise error(
             f"model {row.name!r} version {row.version} is {row.state.value.lower()}{reason}"
         )
     return row.contract

@@ -40,6 +40,7 @@ from .batcher import Batcher, BatchObserver
 from .config import BatchingConfig, EngineConfig
 from .engine import Engine, trt_cache_dir
 from .errors import (
+    ModelLoadingError,
     ModelNotFoundError,
     ModelNotReadyError,
     QueueFullError,
@@ -308,13 +309,14 @@ class ModelRegistry:
 
         Raises:
             ModelNotFoundError: unknown model/version.
-            ModelNotReadyError: the version is loading or failed.
+            ModelLoadingError: the version is still loading (transient: UNAVAILABLE).
+            ModelNotReadyError: the version failed to load.
             QueueFullError: the model already has ``queue_size`` requests in flight.
         """
         with self._lock:
             row = self._served_row(name, version)
             if row.state is ModelState.LOADING:
-                raise ModelNotReadyError(
+                raise ModelLoadingError(
                     f"model {name!r} version {row.version} is still loading; retry shortly"
                 )
             if row.state is ModelState.FAILED:

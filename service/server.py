@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -42,7 +43,7 @@ from pixforge.v1 import translation_pb2 as pb
 from pixforge.v1 import translation_pb2_grpc as pb_grpc
 
 from .admission import Admission
-from .config import ServiceConfig, available_cpus, config_from_args, config_to_dict
+from .config import ServiceConfig, available_cpus, config_from_args, config_to_dict, unknown_env
 from .engine import expected_provider, gpu_log_line
 from .errors import ServerConfigError
 from .http_server import HttpEndpoint, metrics_app, tls_context
@@ -117,6 +118,8 @@ class ServerHandle:
         self._stop_lock = threading.Lock()
         self._stopped = threading.Event()
         self.ready = threading.Event()  # set once the initial model load finished
+        self._serving = False  # the overall readiness last published (see _refresh_overall)
+        self._overall_lock = threading.Lock()
 
     @property
     def address(self) -> str:
@@ -140,6 +143,12 @@ class ServerHandle:
         """True once shutdown began (new calls get UNAVAILABLE)."""
         return self._draining
 
+    @property
+    def serving(self) -> bool:
+        """Whether the server is ready: the initial load finished, not draining, and the models
+        meet the readiness rule (``strict_readiness``)."""
+        return self.ready.is_set() and not self._draining and self._serving
+
     # -- model state -> health + metrics
 
     def _on_loop(self, coro, wait: float | None = 5.0):
@@ -160,6 +169,12 @@ class ServerHandle:
         self._on_loop(self._health.set(service, status))
 
     def _model_changed(self, name: str) -> None:
+        self._publish_model(name)
+        if self.ready.is_set():  # during the initial load, _initial_load publishes once at its end
+            self._refresh_overall()
+
+    def _publish_model(self, name: str) -> None:
+        """One model's health status and readiness gauge."""
         try:
             row = self.registry.describe(name)
         except Exception:  # removed from the repository
@@ -173,14 +188,49 @@ class ServerHandle:
         )
         self.metrics.set_ready(name, ready, row.version, row.provider, row.precision)
 
-    def _set_overall(self, serving: bool) -> None:
+    def _models_ready(self) -> bool:
+        """The readiness rule over the registry: every model (strict) or at least one has a READY version.
+
+        A model counts by name, so a broken new version beside a serving one keeps the server
+        ready; an empty repository is ready (there is nothing to wait for, as in Triton).
+        """
+        rows = self.registry.versions()
+        names = {r.name for r in rows}
+        ready = {r.name for r in rows if r.state is ModelState.READY}
+        if not names:
+            return True
+        return ready == names if self.config.strict_readiness else bool(ready)
+
+    def _refresh_overall(self) -> None:
+        """Publish the overall readiness to the health service when it changed."""
+        if self._draining:
+            return  # shutdown owns health now (NOT_SERVING)
+        # Loader threads and the loop may report changes at once: the lock orders the publications,
+        # and they are queued on the loop without waiting, so a caller on the loop cannot deadlock.
+        with self._overall_lock:
+            serving = self._models_ready()
+            if serving == self._serving:
+                return
+            self._serving = serving
+            self._set_overall(serving, wait=None)
+        if serving:
+            log.info("server ready: every model has a READY version")
+        else:
+            log.warning("server not ready: %s", self._not_ready_reason())
+
+    def _not_ready_reason(self) -> str:
+        rows = self.registry.versions()
+        ready = {r.name for r in rows if r.state is ModelState.READY}
+        missing = sorted({r.name for r in rows} - ready)
+        return f"no READY version of {', '.join(missing)}"
+
+    def _set_overall(self, serving: bool, wait: float | None = 5.0) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        self._set_health("", status)
-        self._set_health(SERVICE_NAME, status)
-        if self.config.kserve:
-            self._set_health(KSERVE_SERVICE_NAME, status)
+        services = ["", SERVICE_NAME] + ([KSERVE_SERVICE_NAME] if self.config.kserve else [])
+        for service in services:
+            self._on_loop(self._health.set(service, status), wait=wait)
 
     def _initial_load(self) -> None:
         try:
@@ -189,8 +239,12 @@ class ServerHandle:
             log.exception("initial model load failed")
         if self._draining:
             return
-        self._set_overall(True)
-        self.ready.set()
+        with self._overall_lock:
+            self._serving = self._models_ready()
+            self._set_overall(self._serving)
+            self.ready.set()
+        if not self._serving:
+            log.warning("server not ready: %s", self._not_ready_reason())
         rows = self.registry.versions()
         ready = [r for r in rows if r.state is ModelState.READY]
         failed = [f"{r.name}/{r.version}" for r in rows if r.state is ModelState.FAILED]
@@ -482,7 +536,7 @@ async def _build_server(
             stream=config.stream,
             runner=runner,
             workers=config.codec_workers or min(32, 4 * available_cpus()),
-            server_ready=lambda: handle.ready.is_set() and not handle.draining,
+            server_ready=lambda: handle.serving,
             draining=lambda: handle.draining,
             model_control=config.model_control,
         )
@@ -534,6 +588,8 @@ def run(args) -> int:
         print(json.dumps(config_to_dict(config), indent=2))
         return 0
     configure_logging(config.log_level, config.log_format)
+    for line in unknown_env(os.environ):
+        log.warning("%s", line)
     try:
         handle = serve(config, wait_for_models=False, handle_signals=True)
     except ServerConfigError as exc:

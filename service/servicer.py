@@ -31,6 +31,7 @@ from .errors import (
     InferenceError,
     InvalidRequestError,
     ModelControlDisabledError,
+    ModelLoadingError,
     ModelNotFoundError,
     ModelNotReadyError,
     NotOfferedError,
@@ -73,6 +74,7 @@ ERROR_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ImageDecodeError, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (ModelLoadingError, grpc.StatusCode.UNAVAILABLE),  # before its base class: transient
     (ModelNotReadyError, grpc.StatusCode.FAILED_PRECONDITION),
     (ModelControlDisabledError, grpc.StatusCode.FAILED_PRECONDITION),
     (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),

@@ -16,6 +16,7 @@ from pixforge.service.config import (
     config_to_dict,
     env_name,
     load_config,
+    unknown_env,
 )
 from pixforge.service.errors import ConfigError
 
@@ -136,3 +137,17 @@ def test_every_key_is_documented():
 
 def test_available_cpus_is_positive():
     assert available_cpus() >= 1
+
+
+def test_misspelt_environment_variables_are_named():
+    env = {
+        "PIXFORGE_BATCHING_MAX_BATCH": "4",  # misspelt: the server would silently keep the default
+        "PIXFORGE_PORT": "50051",  # a setting
+        "PIXFORGE_TOKEN": "x",  # an alias
+        "PIXFORGE_IMAGE": "pixforge:cpu",  # docker-compose's, not the server's
+        "HOME": "/root",
+    }
+    lines = unknown_env(env)
+    assert len(lines) == 1
+    assert "PIXFORGE_BATCHING_MAX_BATCH " in lines[0]
+    assert "did you mean 'PIXFORGE_BATCHING_MAX_BATCH_SIZE'" in lines[0]

@@ -50,7 +50,10 @@ from pixforge.v1 import translation_pb2 as pb
 @pytest.fixture(scope="module")
 def server(start_kserve, model_repo):
     return start_kserve(
-        test_config(model_repo, http_port=-1, **SMALL_LIMITS, **{"batching.max_batch_size": 4})
+        # strict_readiness off: the standard repository holds broken models on purpose.
+        test_config(
+            model_repo, http_port=-1, strict_readiness=False, **SMALL_LIMITS, **{"batching.max_batch_size": 4}
+        )
     )
 
 

@@ -40,7 +40,8 @@ KSERVE = "inference.GRPCInferenceService"
 
 @pytest.fixture(scope="module")
 def server(start_kserve, model_repo):
-    return start_kserve(test_config(model_repo, **SMALL_LIMITS))
+    # strict_readiness off: the standard repository holds broken models on purpose.
+    return start_kserve(test_config(model_repo, strict_readiness=False, **SMALL_LIMITS))
 
 
 @pytest.fixture(scope="module")

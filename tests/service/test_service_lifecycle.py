@@ -29,6 +29,7 @@ from service_helpers import (
     write_garbage,
 )
 
+from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.v1 import translation_pb2 as pb
 from pixforge.v1 import translation_pb2_grpc as pb_grpc
 
@@ -61,10 +62,12 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # --------------------------------------------------------------------------- loading and reload
 
 
-def test_loading_model_is_failed_precondition(start_server, tmp_path):
+def test_loading_model_is_unavailable_so_clients_retry(start_kserve, tmp_path):
+    # UNAVAILABLE (which clients retry), not FAILED_PRECONDITION (which they must not): a restart
+    # would otherwise fail every request that arrives while the models load.
     control = EngineControl()
     gate = control.load_gates["invert"] = threading.Event()
-    handle, stub = start_server(test_config(invert_repo(tmp_path)), control, wait_for_models=False)
+    handle, stub, kserve = start_kserve(test_config(invert_repo(tmp_path)), control, wait_for_models=False)
     try:
         assert wait_for(
             lambda: any(
@@ -74,7 +77,15 @@ def test_loading_model_is_failed_precondition(start_server, tmp_path):
         )
         with pytest.raises(grpc.RpcError) as info:
             stub.Translate(request(), timeout=5)
-        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "loading" in info.value.details()
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "loading" in info.value.details()
+        image = rgb_image(8, 8, 0)
+        tensor = kpb.ModelInferRequest.InferInputTensor(name="image", datatype="UINT8", shape=[8, 8, 3])
+        infer = kpb.ModelInferRequest(
+            model_name="invert", inputs=[tensor], raw_input_contents=[image.tobytes()]
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            kserve.ModelInfer(infer, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "loading" in info.value.details()
         assert health_status(handle.address) == NOT_SERVING
         assert health_status(handle.address, "invert") == NOT_SERVING
     finally:
@@ -82,6 +93,65 @@ def test_loading_model_is_failed_precondition(start_server, tmp_path):
     assert handle.wait_until_ready(10)
     assert stub.Translate(request(), timeout=5).version == 1
     assert health_status(handle.address) == SERVING and health_status(handle.address, "invert") == SERVING
+
+
+def server_ready(handle, kserve) -> bool:
+    """The overall readiness as every probe reports it (they must agree)."""
+    grpc_health = health_status(handle.address) == SERVING
+    assert health_status(handle.address, "pixforge.v1.ImageTranslation") == health_status(handle.address)
+    assert kserve.ServerReady(kpb.ServerReadyRequest(), timeout=5).ready == grpc_health
+    assert handle.serving == grpc_health
+    return grpc_health
+
+
+def test_strict_readiness_waits_for_every_model(start_kserve, tmp_path):
+    # Triton's --strict-readiness: a model with no READY version keeps the server out of rotation,
+    # so a rollout with a broken model file stops at the new pod instead of serving without it.
+    repo = invert_repo(tmp_path / "models")
+    write_garbage(repo / "broken" / "1" / "model.onnx")
+    handle, stub, kserve = start_kserve(test_config(repo, poll_seconds=0))
+    assert not server_ready(handle, kserve)
+    assert stub.Translate(request(), timeout=5).version == 1  # the good model still answers
+    assert health_status(handle.address, "invert") == SERVING
+
+    build_invert(repo / "broken" / "1" / "model.onnx")  # fixed: the model loads, the server is ready
+    time.sleep(0.01)
+    handle.reload()
+    assert wait_for(lambda: server_ready(handle, kserve))
+
+    write_garbage(repo / "broken" / "2" / "model.onnx")  # a broken new version beside a serving one
+    handle.reload()
+    assert server_ready(handle, kserve)
+
+    write_garbage(repo / "late" / "1" / "model.onnx")  # a new model that fails: not ready again
+    handle.reload()
+    assert wait_for(lambda: not server_ready(handle, kserve))
+
+
+def test_lenient_readiness_needs_one_model(start_kserve, tmp_path):
+    repo = invert_repo(tmp_path / "models")
+    write_garbage(repo / "broken" / "1" / "model.onnx")
+    handle, _, kserve = start_kserve(test_config(repo, poll_seconds=0, strict_readiness=False))
+    assert server_ready(handle, kserve)
+
+    shutil.rmtree(repo / "invert")  # only the broken model is left: nothing serves
+    handle.reload()
+    assert wait_for(lambda: not server_ready(handle, kserve))
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_every_model_failed_is_not_ready(start_kserve, tmp_path, strict):
+    repo = tmp_path / "models"
+    write_garbage(repo / "broken" / "1" / "model.onnx")
+    handle, _, kserve = start_kserve(test_config(repo, poll_seconds=0, strict_readiness=strict))
+    assert handle.wait_until_ready(5)  # the initial load finished ...
+    assert not server_ready(handle, kserve)  # ... but nothing can serve
+
+
+def test_empty_repository_is_ready(start_kserve, tmp_path):
+    (tmp_path / "models").mkdir()
+    handle, _, kserve = start_kserve(test_config(tmp_path / "models", poll_seconds=0))
+    assert server_ready(handle, kserve)
 
 
 def test_reload_with_broken_versions_keeps_serving(start_server, tmp_path):

@@ -272,6 +272,7 @@ def test_request_over_the_message_limit_is_refused_and_counted(start_server, tmp
         stub.Translate(big, timeout=10)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "limits.max_message_bytes" in info.value.details()
+    assert pushback(info.value) == "-1"  # re-sending the same bytes cannot succeed
     # In a stream the oversized item alone fails (never retried); the others are answered.
     items = [pb.TranslateStreamRequest(request=r) for r in (request(seed=1), big, request(seed=2))]
     responses = list(stub.TranslateStream(iter(items), timeout=30))
