@@ -88,7 +88,7 @@ COPY --from=build-cpu /opt/venv/ /opt/venv/
 ENV PIXFORGE_ENGINE_PROVIDERS=cpu
 USER pixforge
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["pixforge", "health", "--server", "localhost:50051", "--timeout", "4"]
+    CMD ["pixforge", "health", "--server", "localhost:50051", "--service", "pixforge.v1.ImageTranslation", "--timeout", "4"]
 
 # ---------------------------------------------------------------- build-gpu: onnxruntime-gpu + pip CUDA libs
 FROM venv AS build-gpu
@@ -115,4 +115,4 @@ ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     NVIDIA_REQUIRE_CUDA=${CUDA_REQUIREMENT}
 USER pixforge
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["pixforge", "health", "--server", "localhost:50051", "--timeout", "4"]
+    CMD ["pixforge", "health", "--server", "localhost:50051", "--service", "pixforge.v1.ImageTranslation", "--timeout", "4"]

@@ -663,3 +663,37 @@ def available_cpus() -> int:
     if quota:
         count = min(count, max(1, int(quota + 0.5)))
     return max(1, count)
+
+
+# Float accumulators of about one tile row per running request (docs/serving.md "Resource use");
+# an allowance, since their size depends on the image width and tile size of each request.
+TILE_ROW_ALLOWANCE = 64 << 20
+
+
+def worker_count(config: ServiceConfig, cpus: int | None = None) -> int:
+    """Requests processed at once: ``max_workers``, or 2 x CPUs (at least 2) when it is 0."""
+    return config.max_workers or max(2, 2 * (cpus or available_cpus()))
+
+
+def request_memory_bound(config: ServiceConfig, cpus: int | None = None) -> int:
+    """Bytes the requests can hold at worst, models and the runtime not included.
+
+    The formula of docs/serving.md "Resource use": each running request holds its decoded input
+    (at most 4 bytes a pixel), its uint8 RGB output, its encoded response and a tile row of
+    accumulators; each queued request, and each item a running stream has in flight, holds its
+    message. Operators size a container's memory limit from it (deploy/k8s does, tested).
+
+    Args:
+        config: the resolved server config.
+        cpus: CPUs the server gets (default: this machine's, as the server counts them).
+    """
+    limits = config.limits
+    workers = worker_count(config, cpus)
+    one_request = (
+        4 * limits.max_input_pixels
+        + 3 * limits.max_output_pixels
+        + limits.max_message_bytes
+        + TILE_ROW_ALLOWANCE
+    )
+    messages = config.admission.max_queued + workers * config.stream.max_in_flight
+    return workers * one_request + messages * limits.max_message_bytes

@@ -43,7 +43,15 @@ from pixforge.v1 import translation_pb2 as pb
 from pixforge.v1 import translation_pb2_grpc as pb_grpc
 
 from .admission import Admission
-from .config import ServiceConfig, available_cpus, config_from_args, config_to_dict, unknown_env
+from .config import (
+    ServiceConfig,
+    available_cpus,
+    config_from_args,
+    config_to_dict,
+    request_memory_bound,
+    unknown_env,
+    worker_count,
+)
 from .engine import expected_provider, gpu_log_line
 from .errors import ServerConfigError
 from .http_server import HttpEndpoint, metrics_app, tls_context
@@ -225,10 +233,16 @@ class ServerHandle:
         return f"no READY version of {', '.join(missing)}"
 
     def _set_overall(self, serving: bool, wait: float | None = 5.0) -> None:
+        """Publish readiness on the API services (what readiness probes and balancers ask about).
+
+        The server's own entry, ``""``, is left alone: it says the process is up and its initial
+        load finished (liveness and startup probes), so a model that cannot load takes a pod out
+        of rotation without the kubelet restarting it over and over, which would not fix the file.
+        """
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        services = ["", SERVICE_NAME] + ([KSERVE_SERVICE_NAME] if self.config.kserve else [])
+        services = [SERVICE_NAME] + ([KSERVE_SERVICE_NAME] if self.config.kserve else [])
         for service in services:
             self._on_loop(self._health.set(service, status), wait=wait)
 
@@ -242,6 +256,7 @@ class ServerHandle:
         with self._overall_lock:
             self._serving = self._models_ready()
             self._set_overall(self._serving)
+            self._set_health("", health_pb2.HealthCheckResponse.SERVING)  # alive: the load finished
             self.ready.set()
         if not self._serving:
             log.warning("server not ready: %s", self._not_ready_reason())
@@ -410,6 +425,13 @@ def serve(
         (", mTLS)" if config.tls.client_ca_file else ")") if config.tls.enabled else "",
         gpu_log_line(config.engine),
     )
+    # What the limits allow requests to hold at worst: the figure to size a memory limit from.
+    log.info(
+        "%d workers; requests hold at most %.1f GiB beside the models (limits.*, admission.max_queued, "
+        "stream.max_in_flight)",
+        worker_count(config),
+        request_memory_bound(config) / (1 << 30),
+    )
     try:
         _start_http(handle, config)
     except ServerConfigError:
@@ -478,11 +500,6 @@ def _start_endpoint(handle: ServerHandle, endpoint: HttpEndpoint, key: str, port
 
 async def _make_health() -> HealthServicer:
     return HealthServicer()
-
-
-def worker_count(config: ServiceConfig) -> int:
-    """Requests processed at once: ``max_workers``, or 2 x CPUs (at least 2) when it is 0."""
-    return config.max_workers or max(2, 2 * available_cpus())
 
 
 async def _build_server(

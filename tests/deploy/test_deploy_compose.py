@@ -255,7 +255,9 @@ def test_healthcheck_runs_pixforge_health_on_the_grpc_port(compose, dockerfile, 
     args_cfg.config = str(to_host_path(args_cfg.config, bind_mounts(svc)))
     cfg = config_from_args(args_cfg, env=_container_env(dockerfile, svc))
     assert int(port) == cfg.port
-    assert args.service == "", "the overall status turns SERVING once every model is loaded and warmed up"
+    # Readiness: the API's service turns SERVING once every model is loaded and warmed up ("" only
+    # says the process is up, whatever its models).
+    assert args.service == "pixforge.v1.ImageTranslation"
     assert args.timeout < parse_duration(hc["timeout"]), "the probe must give up before Docker kills it"
     assert parse_duration(hc["start_period"]) >= 60, "model load + warm-up needs a long start period"
     assert svc["restart"] in ("unless-stopped", "always")

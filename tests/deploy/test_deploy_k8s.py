@@ -447,6 +447,60 @@ def _selects(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
+# Memory the models and the runtime take beside the requests (onnxruntime sessions and arenas of the
+# shipped models, the interpreter; with CUDA also the CUDA/cuDNN host-side state): an allowance.
+RUNTIME_ALLOWANCE = {"server-cpu": 1.5 * (1 << 30), "server-gpu": 2.5 * (1 << 30)}
+QUANTITY_UNITS = {
+    "Ki": 1 << 10,
+    "Mi": 1 << 20,
+    "Gi": 1 << 30,
+    "Ti": 1 << 40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+}
+
+
+def _bytes(quantity: str) -> float:
+    number, unit = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(quantity)).groups()
+    return float(number) * QUANTITY_UNITS.get(unit, 1)
+
+
+def _server_pods(objs) -> list[tuple[dict, dict]]:
+    """(container, its effective resources) of every server pod a variant renders."""
+    pods = [(c, c["resources"]) for d in _objects(objs, "Deployment") for c in [_container(d)]]
+    for runtime in _objects(objs, "ServingRuntime"):
+        (container,) = [c for c in runtime["spec"]["containers"] if c["name"] == "kserve-container"]
+        # An InferenceService's resources replace the runtime's (KServe merges model into container).
+        services = _objects(objs, "InferenceService") or [None]
+        for service in services:
+            resources = service["spec"]["predictor"]["model"]["resources"] if service else None
+            pods.append((container, resources or container["resources"]))
+    return pods
+
+
+@needs_kubectl
+@pytest.mark.parametrize("variant", SERVER_VARIANTS + ["kserve"])
+def test_memory_limit_holds_the_worst_case_the_limits_allow(render, variant):
+    # A pod killed for memory under load drops every request it holds: the limit must cover what
+    # the server's own limits let requests hold (docs/serving.md "Resource use").
+    from pixforge.service.config import request_memory_bound
+
+    objs = render(variant)
+    pods = _server_pods(objs)
+    assert pods
+    for container, resources in pods:
+        cfg, _, _ = _server_config(container, objs)
+        cpus = int(float(resources["limits"]["cpu"]))
+        need = request_memory_bound(cfg, cpus) + RUNTIME_ALLOWANCE[_image_target(container["image"])]
+        limit = _bytes(resources["limits"]["memory"])
+        assert need <= limit, (
+            f"{container['name']}: requests may hold {need / (1 << 30):.1f} GiB with the models, "
+            f"over the {resources['limits']['memory']} limit"
+        )
+        assert _bytes(resources["requests"]["memory"]) == limit, "requests = limits: no overcommit"
+
+
 @needs_kubectl
 @pytest.mark.parametrize("variant", SERVER_VARIANTS)
 def test_services_pdb_and_hpa_reach_the_pods(render, variant):

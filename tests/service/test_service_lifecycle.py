@@ -96,11 +96,15 @@ def test_loading_model_is_unavailable_so_clients_retry(start_kserve, tmp_path):
 
 
 def server_ready(handle, kserve) -> bool:
-    """The overall readiness as every probe reports it (they must agree)."""
-    grpc_health = health_status(handle.address) == SERVING
-    assert health_status(handle.address, "pixforge.v1.ImageTranslation") == health_status(handle.address)
+    """The readiness as every readiness probe reports it (they must agree)."""
+    grpc_health = health_status(handle.address, "pixforge.v1.ImageTranslation") == SERVING
+    assert health_status(handle.address, "inference.GRPCInferenceService") == health_status(
+        handle.address, "pixforge.v1.ImageTranslation"
+    )
     assert kserve.ServerReady(kpb.ServerReadyRequest(), timeout=5).ready == grpc_health
     assert handle.serving == grpc_health
+    # The server's own entry is liveness: SERVING whatever the models, so no restart loop.
+    assert health_status(handle.address) == SERVING
     return grpc_health
 
 
