@@ -366,7 +366,8 @@ def test_envoy_balances_over_healthy_replicas(compose):
     assert address["address"] in _names_in_network(compose)
     server_ports = {port_parts(p)[1] for p in compose["services"]["server"]["ports"]}
     assert address["port_value"] in server_ports
-    assert "grpc_health_check" in cluster["health_checks"][0]
+    # Readiness, not the process: a replica missing a model gets no calls.
+    assert cluster["health_checks"][0]["grpc_health_check"]["service_name"] == "pixforge.v1.ImageTranslation"
     assert (
         "http2_protocol_options"
         in (
