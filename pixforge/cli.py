@@ -340,7 +340,12 @@ def _add_health(sub) -> None:
         description="A tiny grpc_health_probe: used by the Docker healthcheck.",
     )
     p.add_argument("--server", default="localhost:50051", help="server HOST:PORT")
-    p.add_argument("--service", default="", help="service or model name ('' = overall)")
+    p.add_argument(
+        "--service",
+        default="",
+        help="service or model name ('' = the process is up; pixforge.v1.ImageTranslation = ready, "
+        "every model loaded)",
+    )
     p.add_argument("--timeout", type=_timeout_arg, default=5.0, help="seconds (> 0; default 5)")
 
 
