@@ -12,6 +12,7 @@ the model contract is :mod:`pixforge.contract`'s job and loading it is the serve
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ MODEL_FILE = "model.onnx"
 ENV_MODELS = "PIXFORGE_MODELS"
 # Precisions a variant file may have, as in its name ``model.<precision>.onnx``.
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# A version folder's name: a positive decimal number in ASCII digits, without leading zeros.
+_VERSION_FOLDER = re.compile(r"[1-9][0-9]*")
 
 
 def variant_file(precision: str) -> str:
@@ -56,11 +59,23 @@ def default_repository() -> Path:
     return Path(__file__).resolve().parent.parent / "models"
 
 
+def version_number(folder: str) -> int | None:
+    """The version a folder name spells, or None when it is not a version folder.
+
+    Only the plain decimal form in ASCII digits counts: "3", not "03" (which would be a second
+    folder for version 3), " 3", "¹" or "３" (str.isdigit() accepts the last two, and int()
+    then fails on "¹").
+    """
+    if not _VERSION_FOLDER.fullmatch(folder):
+        return None
+    return int(folder)
+
+
 def scan_repository(repo: str | Path) -> list[ModelEntry]:
     """List every ``<name>/<version>/model.onnx`` under ``repo``, sorted by name then version.
 
     Folders whose name is not a positive integer are not versions and are ignored (a model folder
-    may hold a README.md and sample images beside its versions).
+    may hold a README.md and sample images beside its versions); see :func:`version_number`.
 
     Raises:
         FileNotFoundError: ``repo`` is not a directory.
@@ -71,10 +86,11 @@ def scan_repository(repo: str | Path) -> list[ModelEntry]:
     entries = []
     for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for version_dir in model_dir.iterdir():
-            if version_dir.is_dir() and version_dir.name.isdigit() and int(version_dir.name) > 0:
+            version = version_number(version_dir.name)
+            if version is not None and version_dir.is_dir():
                 model_file = version_dir / MODEL_FILE
                 if model_file.is_file():
-                    entries.append(ModelEntry(model_dir.name, int(version_dir.name), model_file))
+                    entries.append(ModelEntry(model_dir.name, version, model_file))
     return sorted(entries, key=lambda e: (e.name, e.version))
 
 

@@ -29,6 +29,7 @@ from .errors import (
     InvalidRequestError,
     ModelControlDisabledError,
     ModelLoadingError,
+    ModelNotFoundError,
     ModelNotReadyError,
     NotOfferedError,
 )
@@ -39,7 +40,7 @@ from .repository import ModelRegistry, ModelState, ModelVersion
 from .runner import RequestRunner
 from .servicer import failure_code
 from .statistics import RequestRecorder
-from .text_limits import MAX_MODEL_NAME, MAX_VERSION_TEXT, check_text
+from .text_limits import MAX_MODEL_NAME, MAX_VERSION_TEXT, check_text, quote
 
 log = logging.getLogger("pixforge.service.kserve")
 
@@ -80,9 +81,7 @@ def _loaded_contract(row: ModelVersion) -> ModelContract:
     if row.contract is None:
         reason = f": {row.error}" if row.error else ""
         error = ModelLoadingError if row.state is ModelState.LOADING else ModelNotReadyError
-        raise error(
-            f"model {row.name!r} version {row.version} is {row.state.value.lower()}{reason}"
-        )
+        raise error(f"model {row.name!r} version {row.version} is {row.state.value.lower()}{reason}")
     return row.contract
 
 
@@ -197,6 +196,7 @@ class KServeCore:
             parse_start = time.perf_counter()
             images, options = parse()
             parse_ms = (time.perf_counter() - parse_start) * 1000.0
+            self.pipeline.check_array_batch(model, len(images))  # before admission: INVALID_ARGUMENT
             pixels = 0
             if row.contract is not None:
                 pixels = self.pipeline.check_array_response(row.contract, images.shape)
@@ -360,7 +360,16 @@ class KServeCore:
                 f"load parameter(s) {', '.join(refused)} not supported: pixforge loads models only "
                 "from the files in its repository"
             )
-        await asyncio.to_thread(self.registry.load, name)
+        try:
+            await asyncio.to_thread(self.registry.load, name)
+        except ModelNotFoundError as exc:
+            # The registry's message names the repository's folder on the server: keep that for
+            # the log and tell the client only about the model it asked for.
+            log.info("RepositoryModelLoad %s: %s", quote(name), exc)
+            raise ModelNotFoundError(
+                f"model {quote(name)} is not in the model repository (no <version>/model.onnx in a folder "
+                "of that name)"
+            ) from None
 
     async def unload_model(self, name: str) -> None:
         """Take a model out of service until it is loaded again (Triton's RepositoryModelUnload).

@@ -15,7 +15,12 @@ always uses ``raw_output_contents``, as Triton does over gRPC.
 
 from __future__ import annotations
 
+import itertools
+import re
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +29,7 @@ from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 
 from .errors import InvalidRequestError
 from .pipeline import TranslateOptions
+from .text_limits import quote
 
 DATATYPE = "UINT8"  # the protocol's name for the contract's uint8 images
 # Request parameters that map onto pixforge.v1 TranslateOptions (tile_size, ...); other request
@@ -45,6 +51,16 @@ _TYPED_FIELDS = (
     "fp64_contents",
     "bytes_contents",
 )
+# The numpy type and the value range of each integer datatype (JSON ``data`` checks).
+INTEGER_DATATYPES = {
+    name: np.dtype(name.lower())
+    for name in ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")
+}
+# JSON's names for the Python types json.loads makes (messages).
+_JSON_TYPES = {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}
+# Only ASCII digits: str.isdigit() also accepts "¹" or fullwidth "１", which int() then refuses (or
+# reads as another number), so a version or length in them must be refused, not crash as INTERNAL.
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,24 +76,38 @@ class InputImages:
     batched: bool
 
 
+def parse_ascii_int(text: str) -> int | None:
+    """``text`` as a non-negative decimal integer, or None when it is anything else.
+
+    Only ASCII digits, nothing around them: no sign, no whitespace, no "¹" or fullwidth digits
+    (which str.isdigit() accepts). Leading zeros are read as the integer they spell ("01" is 1).
+    """
+    if not _ASCII_DIGITS.fullmatch(text):
+        return None
+    return int(text)
+
+
 def parse_version(text: str, field_name: str = "model_version") -> int:
     """A protocol version string -> pixforge version number (0 = the served one).
 
+    Triton reads versions as integers, so "01" names version 1; whitespace, signs and non-ASCII
+    digits are refused rather than guessed at.
+
     Args:
-        text: "" (the version the server picks) or a decimal version >= 1.
+        text: "" (the version the server picks) or a decimal version >= 1 in ASCII digits.
         field_name: the request field, for the error message.
 
     Raises:
         InvalidRequestError: anything else.
     """
-    text = text.strip()
     if not text:
         return 0
-    if not text.isdigit() or int(text) < 1:
+    number = parse_ascii_int(text)
+    if number is None or number < 1:
         raise InvalidRequestError(
-            f"{field_name} must be empty (latest) or a version number >= 1, got {text!r}"
+            f"{field_name} must be empty (latest) or a version number >= 1 in ASCII digits, got {quote(text)}"
         )
-    return int(text)
+    return number
 
 
 def tensor_specs(contract: ModelContract) -> tuple[list[dict], list[dict]]:
@@ -143,10 +173,27 @@ def check_requested_outputs(request: kpb.ModelInferRequest) -> None:
     """Refuse requested outputs pixforge cannot produce (every model has only ``image_out``).
 
     Raises:
-        InvalidRequestError: an unknown output name or an unsupported output parameter.
+        InvalidRequestError: an unknown output name, an unsupported output parameter, or an output
+            requested more than once.
     """
     for output in request.outputs:
         check_requested_output(output.name, output.parameters)
+    check_requested_output_names([output.name for output in request.outputs])
+
+
+def check_requested_output_names(names: Iterable[str]) -> None:
+    """Refuse an output requested more than once (both fronts).
+
+    Triton refuses it too: the response would carry the tensor twice, or one of two conflicting
+    sets of output parameters would silently win.
+
+    Raises:
+        InvalidRequestError: a name given twice or more.
+    """
+    counts = Counter(names)
+    for name, count in counts.items():
+        if count > 1:
+            raise InvalidRequestError(f"output {quote(name)} is requested {count} times: request it once")
 
 
 def check_requested_output(name: str, parameters) -> None:
@@ -183,10 +230,101 @@ def _typed_elements(tensor: kpb.ModelInferRequest.InferInputTensor, count: int) 
 
 def uint8_elements(name: str, array: np.ndarray) -> np.ndarray:
     """Integer elements as uint8, refused outside 0..255 (both fronts' typed/JSON data)."""
-    if array.size and (int(array.max()) > 255 or int(array.min()) < 0):
-        bad = int(array.max()) if int(array.max()) > 255 else int(array.min())
-        raise InvalidRequestError(f"input {name!r} has element value {bad}: UINT8 elements must be 0..255")
+    check_element_range(name, DATATYPE, array)
     return array.astype(np.uint8)
+
+
+def check_element_range(name: str, datatype: str, values: np.ndarray | list[int]) -> None:
+    """Refuse integer elements outside an integer datatype's range.
+
+    Raises:
+        InvalidRequestError: "element value V: out of range for UINT8 (0..255)".
+    """
+    if not len(values):
+        return
+    info = np.iinfo(INTEGER_DATATYPES[datatype])
+    if isinstance(values, np.ndarray):
+        low, high = values.min(), values.max()
+    else:
+        low, high = min(values), max(values)
+    # Python ints for the comparison: a numpy array of uint64 and a negative bound do not mix.
+    low, high = int(low), int(high)
+    bad = high if high > info.max else low if low < info.min else None
+    if bad is not None:
+        raise InvalidRequestError(
+            f"input {name!r} has element value {bad}: out of range for {datatype} ({info.min}..{info.max})"
+        )
+
+
+def json_elements(name: str, datatype: str, data: Any, shape: list[int], count: int) -> np.ndarray:
+    """A tensor's JSON ``data`` (flat, or nested as ``shape``) as a flat array of ``datatype``.
+
+    JSON has one number type and its own booleans, and numpy would turn ``[true, 1]`` into
+    integers and ``[1, 2**70]`` into floats or objects; the element types are therefore checked
+    on the decoded values themselves: booleans only for BOOL, integers in range for the integer
+    datatypes (values beyond int64 are reported as out of range, not as non-integers).
+
+    Args:
+        name: the input's name (messages).
+        datatype: BOOL or an integer datatype (a key of :data:`INTEGER_DATATYPES`).
+        data: the decoded JSON ``data`` value.
+        shape, count: the tensor's checked shape and element count.
+
+    Raises:
+        InvalidRequestError: not a list, ragged, the wrong size or nesting, or elements of the
+            wrong type or range.
+    """
+    if not isinstance(data, list):
+        raise InvalidRequestError(
+            f"input {name!r} data must be a JSON array, got {_JSON_TYPES.get(type(data), 'null')}"
+        )
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError):
+        raise InvalidRequestError(
+            f"input {name!r} data is a ragged nested list: send a flat list or one nested as {shape}"
+        ) from None
+    if array.size != count:
+        raise InvalidRequestError(
+            f"input {name!r} has {array.size} elements in data, its shape {shape} needs {count}"
+        )
+    if array.ndim > 1 and list(array.shape) != shape:
+        raise InvalidRequestError(
+            f"input {name!r} data is nested as {list(array.shape)}, its shape is {shape}: "
+            "send a flat list or one nested as the shape"
+        )
+    flat = _flatten(data, array.ndim)
+    kinds = set(map(type, flat))
+    if datatype == "BOOL":
+        if kinds - {bool}:
+            raise InvalidRequestError(
+                f"input {name!r} data holds non-boolean elements: BOOL elements are true or false"
+            )
+        return array.reshape(-1).astype(np.bool_)
+    info = np.iinfo(INTEGER_DATATYPES[datatype])
+    if bool in kinds:
+        raise InvalidRequestError(
+            f"input {name!r} data holds booleans (true/false): {datatype} elements are integers "
+            f"{info.min}..{info.max}"
+        )
+    if kinds - {int}:
+        raise InvalidRequestError(
+            f"input {name!r} data holds non-integer elements: {datatype} elements are integers "
+            f"{info.min}..{info.max}"
+        )
+    if array.dtype.kind in "iu":
+        check_element_range(name, datatype, array.reshape(-1))
+        return array.reshape(-1).astype(info.dtype)
+    # Integers beyond int64 made numpy choose floats or objects: range and convert the exact ints.
+    check_element_range(name, datatype, flat)
+    return np.array(flat, dtype=info.dtype)
+
+
+def _flatten(data: list, depth: int) -> list:
+    """The elements of a list nested ``depth`` levels deep (as numpy read it), in order."""
+    for _ in range(depth - 1):
+        data = list(itertools.chain.from_iterable(data))
+    return data
 
 
 def check_inputs(names: list[str]) -> None:

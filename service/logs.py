@@ -1,4 +1,5 @@
-"""Structured logging for the server: request-id context and a one-object-per-line JSON formatter.
+"""Structured logging for the server: request-id context, a one-object-per-line JSON formatter and
+a text formatter whose lines no logged field can break (control characters are escaped).
 
 The request id lives in a ``contextvars.ContextVar`` set by the servicer for the duration of a
 request, so every log line written while handling it (pipeline, tiling, errors) carries it without
@@ -12,6 +13,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -85,13 +87,36 @@ class JsonFormatter(logging.Formatter):
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+# Characters that would end, overwrite or disguise a text log line: C0 and C1 controls, DEL and the
+# Unicode line/paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with its control characters written as Python escapes (``\\n``, ``\\x1b``)."""
+    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+class TextFormatter(logging.Formatter):
+    """:data:`TEXT_FORMAT` lines in which no logged field can start a new line.
+
+    A client's text (an id, a model name, an error message quoting either) could otherwise forge
+    log lines; request ids are refused unless printable, and this is the second line of defence.
+    A traceback, appended after the line, keeps its own newlines.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text", stream=None) -> None:
     """Install one handler on the ``pixforge`` logger (text or JSON lines) at ``level``."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(ContextFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logger = logging.getLogger("pixforge")
     for old in list(logger.handlers):
         logger.removeHandler(old)

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -50,9 +50,10 @@ from .errors import InvalidRequestError, RequestCancelledError, RequestExpiredEr
 from .norm_stats import FULL_CORE, MODE_FROZEN, image_statistics
 from .repository import ModelRegistry, ModelRuntime
 from .text_limits import MAX_MODEL_NAME, MAX_OUTPUT_FORMAT, MAX_REQUEST_ID, check_text, quote
-from .tiling import InferTiles, TilePlan, plan_tiles, run_with_oom_retry
+from .tiling import InferTiles, TilePlan, plan_tiles, round_up, run_with_oom_retry
 
 log = logging.getLogger("pixforge.service.pipeline")
+T = TypeVar("T")
 
 MAX_RENDER_SIZE = 8192
 # Room for a response's other protobuf fields beside the image or tensor bytes.
@@ -64,6 +65,9 @@ MIB = 1024 * 1024
 # cannot have fitted; one that passes is checked again, exactly, after encoding.
 MIN_COMPRESSION = {"png": 0.2, "webp": 0.02, "jpeg": 0.02}
 COLOR_STRIP_ROWS = 256  # rows per strip when joining chroma with full-resolution luminance
+# The least an image of a tensor batch costs in admission, in input pixels: each one takes its own
+# worker hop, batcher slot, padding and output copy, so a batch of 1x1 images is not nearly free.
+MIN_IMAGE_COST_PIXELS = 64 * 64
 
 
 # --------------------------------------------------------------------------- domain types
@@ -160,6 +164,50 @@ def human_bytes(n: float) -> str:
 def _cancel_all(futures: list[Future]) -> None:
     for f in futures:
         f.cancel()
+
+
+def _run_windowed(
+    executor: Executor, run: Callable[[int], T], count: int, window: int, cancel: CancelToken
+) -> list[T]:
+    """``[run(i) for i in range(count)]`` on ``executor``, at most ``window`` calls at a time.
+
+    Submitting a whole batch at once would queue every image on the shared pool ahead of other
+    requests' images, and none of them could be taken back. Here a new call starts only when one
+    finished; after a failure or a cancellation nothing more starts, the queued calls are
+    cancelled and the running ones (which stop at their next tile) are waited for, so no work of
+    the request outlives it.
+
+    Raises:
+        The first call's error (after cancelling ``cancel`` so the siblings stop), else
+        ``cancel``'s error if it was cancelled.
+    """
+    results: list = [None] * count
+    running: dict[Future, int] = {}
+    failure: BaseException | None = None
+    started = 0
+    while True:
+        while started < count and len(running) < window and failure is None and not cancel.cancelled:
+            running[executor.submit(run, started)] = started
+            started += 1
+        if not running:
+            break
+        done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+            index = running.pop(future)
+            if future.cancelled():
+                continue
+            error = future.exception()
+            if error is None:
+                results[index] = future.result()
+            elif failure is None:
+                failure = error
+                cancel.cancel()  # the siblings stop at their next tile
+        if failure is not None or cancel.cancelled:
+            _cancel_all(list(running))  # the ones still queued never start
+    if failure is not None:
+        raise failure
+    cancel.check()
+    return results
 
 
 def new_request_id() -> str:
@@ -463,22 +511,45 @@ class Pipeline:
             )
         return width * height + out_pixels
 
+    def check_array_batch(self, model: str, n: int) -> None:
+        """Refuse a tensor batch of more images than the advertised ``max_batch_size`` (as Triton does).
+
+        ModelConfig advertises ``batching.max_batch_size``; a larger batch would hold a worker,
+        memory and the image pool for as long as the client likes.
+
+        Raises:
+            InvalidRequestError: ``n`` is over the limit.
+        """
+        limit = self.batching.max_batch_size
+        if n > limit:
+            raise InvalidRequestError(
+                f"inference request batch-size must be <= {limit} for {quote(model)} "
+                f"(batching.max_batch_size), got {n}: send at most {limit} images per request"
+            )
+
     def check_array_response(self, contract: ModelContract, shape: tuple[int, ...]) -> int:
         """Refuse, before compute, a tensor batch whose output cannot fit one response.
 
         Returns:
-            The request's cost for admission: input + output pixels.
+            The request's cost for admission: input + output pixels of the padded images, at least
+            :data:`MIN_IMAGE_COST_PIXELS` (and its output) per image.
         """
         n, h, w, _ = shape
         out_pixels = self._check_output(contract, w, h)
         out_bytes = n * out_pixels * contract.output_channels
-        if out_bytes > self.max_response_bytes:
+        limit = self.max_response_bytes
+        if out_bytes > limit:
             raise ImageTooLargeError(
-                f"output tensor would be {human_bytes(out_bytes)}, over the server's message limit of "
-                f"{human_bytes(self.limits.max_message_bytes)} (limits.max_message_bytes): send fewer or "
-                "smaller images per request"
+                f"output tensor would be {human_bytes(out_bytes)}, over the {human_bytes(limit)} a response "
+                f"can carry ({human_bytes(self.limits.max_message_bytes)} limits.max_message_bytes less "
+                f"{human_bytes(RESPONSE_OVERHEAD_BYTES)} for its other fields): send fewer or smaller "
+                "images per request"
             )
-        return n * (h * w + out_pixels)
+        # The model runs on the image padded to its size multiple, never on fewer pixels than that.
+        multiple = contract.size_multiple
+        padded = round_up(h, multiple) * round_up(w, multiple)
+        in_pixels = max(padded, MIN_IMAGE_COST_PIXELS)
+        return n * in_pixels * (1 + contract.scale * contract.scale)
 
     # -- running
 
@@ -558,18 +629,27 @@ class Pipeline:
         )
 
     def translate_arrays(
-        self, job: ArrayJob, cancel: CancelToken | None = None, executor: Executor | None = None
+        self,
+        job: ArrayJob,
+        cancel: CancelToken | None = None,
+        executor: Executor | None = None,
+        window: int = 0,
     ) -> ArrayResult:
         """Translate a batch of decoded images: each one takes exactly :meth:`translate`'s path.
 
         The batch is admitted once (one ``queue_size`` slot, like one Translate call); its images
-        run concurrently on ``executor`` so the batcher can put them into shared inference calls.
+        run concurrently on ``executor`` so the batcher can put them into shared inference calls,
+        at most ``window`` at a time. The protocol fronts refuse batches over ``max_batch_size``
+        first (:meth:`check_array_batch`); the window keeps any batch from filling the shared pool.
 
         Args:
             job: the request; ``job.images`` is uint8 (N, H, W, C) with C the model's input channels.
-            cancel: set when the caller goes away; queued work is dropped and the call raises.
+            cancel: set when the caller goes away or its deadline passes; images not started yet are
+                never started, queued work is dropped and the call raises.
             executor: runs the images concurrently (None: one after the other). Its tasks only wait
                 on the batcher, so it must not be a pool whose tasks call this method themselves.
+            window: most images of this batch on ``executor`` at once (0: ``batching.max_batch_size``,
+                enough to fill one inference call).
 
         Returns:
             The ArrayResult with uint8 (N, H*scale, W*scale, output_channels) images.
@@ -609,22 +689,16 @@ class Pipeline:
             unregister = local.follow(cancel)
 
             def one(i: int) -> tuple[np.ndarray, int]:
+                # The deadline may have passed (or a sibling failed) while this image waited for a
+                # thread: an image whose caller is gone is never started.
+                local.check()
                 return self._translate_pixels(images[i], runtime, job.options, tile, overlap, stats[i], local)
 
             try:
                 if executor is None or n == 1:
                     results = [one(i) for i in range(n)]
                 else:
-                    futures = [executor.submit(one, i) for i in range(n)]
-                    concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
-                    errors = [e for f in futures if f.done() and (e := f.exception()) is not None]
-                    if errors:
-                        local.cancel()
-                        # Let the siblings stop before the lease on the runtime is released, then
-                        # report the error that started it (not a sibling's "cancelled").
-                        concurrent.futures.wait(futures)
-                        raise errors[0]
-                    results = [f.result() for f in futures]
+                    results = _run_windowed(executor, one, n, window or self.batching.max_batch_size, local)
             finally:
                 unregister()
             cancel.check()

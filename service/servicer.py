@@ -163,13 +163,32 @@ def failure_code(
     return code
 
 
+def check_request_id(value: str, field: str = "request_id") -> str:
+    """Return a client's request id if it is at most :data:`MAX_REQUEST_ID` printable ASCII characters.
+
+    The id is echoed in response headers (where aiohttp refuses a newline after the work is done),
+    in response bodies and in every log line of the request: a control character would break the
+    response or forge log lines, and non-ASCII text has no single encoding in a header.
+
+    Raises:
+        InvalidRequestError: too long, or a character outside 0x20-0x7E (the message shows it escaped).
+    """
+    check_text(field, value, MAX_REQUEST_ID)
+    for position, char in enumerate(value):
+        if not " " <= char <= "~":
+            raise InvalidRequestError(
+                f"{field} must be printable ASCII (0x20-0x7E): character {ascii(char)} at position {position}"
+            )
+    return value
+
+
 def message_request_id(message_id: str, stream_index: int = 0) -> str:
     """The id a request is known by: its own field, else the x-request-id header, else a new one.
 
     Raises:
-        InvalidRequestError: the id is over :data:`MAX_REQUEST_ID` characters.
+        InvalidRequestError: the id is over :data:`MAX_REQUEST_ID` characters or not printable ASCII.
     """
-    check_text("request_id", message_id, MAX_REQUEST_ID)
+    check_request_id(message_id)
     header = request_id_var.get()  # x-request-id, length-checked by the interceptor
     if message_id:
         return message_id

@@ -29,6 +29,8 @@ def test_export_versions_increment_and_never_overwrite(repo):
 
 def test_export_version_numbers_are_not_reused_and_names_are_checked(repo):
     (repo / "m" / "3").mkdir(parents=True)  # a version folder without a model still takes its number
+    (repo / "m" / "\u00b9").mkdir()  # not a version (str.isdigit() says it is; int() then fails)
+    (repo / "m" / "samples").mkdir()
     assert choose_version(repo, "m", None) == 4
     with pytest.raises(RepositoryWriteError, match=">= 1"):
         choose_version(repo, "m", 0)

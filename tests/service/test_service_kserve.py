@@ -21,7 +21,8 @@ from pixforge.v1 import translation_pb2 as pb
 
 @pytest.fixture(scope="module")
 def server(start_server, model_repo):
-    return start_server(test_config(model_repo, **{"batching.max_batch_size": 4}))
+    # strict_readiness off: the standard repository holds broken models on purpose.
+    return start_server(test_config(model_repo, strict_readiness=False, **{"batching.max_batch_size": 4}))
 
 
 @pytest.fixture(scope="module")

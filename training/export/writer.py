@@ -19,7 +19,7 @@ import onnx
 
 from pixforge.contract import ModelContract, check_variant, load_contract
 from pixforge.errors import PixforgeError
-from pixforge.repository import MODEL_FILE, variant_file
+from pixforge.repository import MODEL_FILE, variant_file, version_number
 
 SIDECAR_FILE = "model.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -44,9 +44,9 @@ def existing_versions(repo: Path, name: str) -> list[int]:
     model_dir = Path(repo) / name
     if not model_dir.is_dir():
         return []
-    return sorted(
-        int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0
-    )
+    # The server's own rule for version folders, so both agree on what is a version ("¹" is not).
+    versions = (version_number(p.name) for p in model_dir.iterdir() if p.is_dir())
+    return sorted(v for v in versions if v is not None)
 
 
 def choose_version(repo: Path, name: str, version: int | None) -> int:
