@@ -505,11 +505,19 @@ class Pipeline:
         least = int(raw * MIN_COMPRESSION.get(fmt, 0.0))
         if least > self.max_response_bytes:
             raise ImageTooLargeError(
-                f"the {fmt.upper()} output would be at least about {human_bytes(least)}, over the server's "
-                f"message limit of {human_bytes(self.limits.max_message_bytes)} (limits.max_message_bytes): "
-                "send a smaller image" + (" or ask for output_format jpeg" if fmt != "jpeg" else "")
+                f"the {fmt.upper()} output would be at least about {human_bytes(least)}, over the "
+                f"{self._response_room()}: send a smaller image"
+                + (" or ask for output_format jpeg" if fmt != "jpeg" else "")
             )
         return width * height + out_pixels
+
+    def _response_room(self) -> str:
+        """The limit responses are compared against, in words (the value compared, and where from)."""
+        return (
+            f"{human_bytes(self.max_response_bytes)} a response can carry "
+            f"({human_bytes(self.limits.max_message_bytes)} limits.max_message_bytes less "
+            f"{human_bytes(RESPONSE_OVERHEAD_BYTES)} for its other fields)"
+        )
 
     def check_array_batch(self, model: str, n: int) -> None:
         """Refuse a tensor batch of more images than the advertised ``max_batch_size`` (as Triton does).
@@ -540,10 +548,8 @@ class Pipeline:
         limit = self.max_response_bytes
         if out_bytes > limit:
             raise ImageTooLargeError(
-                f"output tensor would be {human_bytes(out_bytes)}, over the {human_bytes(limit)} a response "
-                f"can carry ({human_bytes(self.limits.max_message_bytes)} limits.max_message_bytes less "
-                f"{human_bytes(RESPONSE_OVERHEAD_BYTES)} for its other fields): send fewer or smaller "
-                "images per request"
+                f"output tensor would be {human_bytes(out_bytes)}, over the {self._response_room()}: "
+                "send fewer or smaller images per request"
             )
         # The model runs on the image padded to its size multiple, never on fewer pixels than that.
         multiple = contract.size_multiple
@@ -609,9 +615,8 @@ class Pipeline:
                 # Sending it would fail in gRPC after the fact (and clients would retry the whole
                 # computation): refuse with the reason instead.
                 raise ImageTooLargeError(
-                    f"the encoded {fmt.upper()} output is {human_bytes(len(data))}, over the server's "
-                    f"message limit of {human_bytes(self.limits.max_message_bytes)} "
-                    "(limits.max_message_bytes): send a smaller image or ask for output_format jpeg"
+                    f"the encoded {fmt.upper()} output is {human_bytes(len(data))}, over the "
+                    f"{self._response_room()}: send a smaller image or ask for output_format jpeg"
                 )
             version = runtime.version
         total_ms = (time.perf_counter() - start) * 1000.0

@@ -156,6 +156,8 @@ def test_oversized_response_is_refused_once_with_no_retry(start_server, tmp_path
         stub.Translate(noise, timeout=10)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "limits.max_message_bytes" in info.value.details()
+    # The message names the value compared (the limit less room for the other fields), not only the limit.
+    assert "64 KiB a response can carry (128 KiB limits.max_message_bytes" in info.value.details()
     assert pushback(info.value) == "-1"
     once = images_run(control)
     noise.output_format = "jpeg"  # the same work, a response that fits
