@@ -14,21 +14,32 @@ the requested output, or the request parameter ``binary_data_output``), then the
 header the same way. Errors answer Triton's ``{"error": "<message>"}`` with the status of
 :data:`HTTP_STATUS` (the gRPC code from the one table, :func:`~pixforge.service.servicer.status_for_error`,
 mapped to HTTP).
+
+A request body is read, under :data:`BODY_TIMEOUT_S`, before the call is admitted (counted against
+``max_concurrent_rpcs``): a client that sends its body slowly, or never, holds its connection but no
+call slot. What the headers alone can refuse is refused before any of the body is read (and before
+``100 Continue``): a Content-Length over the limit (413), a Content-Encoding aiohttp does not decode
+(415), an unknown model (404).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable
+import re
+import unicodedata
+import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import grpc
 import numpy as np
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
+from aiohttp import compression_utils as aiohttp_compression
 from prometheus_client import CollectorRegistry
 
 import pixforge
@@ -49,11 +60,12 @@ from .kserve_tensors import (
     check_inputs,
     check_option,
     check_requested_output,
+    check_requested_output_names,
     images_from_flat,
+    json_elements,
     parse_version,
     tensor_specs,
     translate_options,
-    uint8_elements,
 )
 from .logs import request_context
 from .metrics import Metrics
@@ -99,6 +111,34 @@ JSON_BYTES_PER_ELEMENT = 4  # at most "255," per UINT8 element of a JSON output
 _JSON_DIGITS = np.array([f"{i},".encode() for i in range(256)], dtype="S4")  # NUL-padded
 _JSON_CHUNK = 1 << 20  # elements encoded at a time (bounds the temporary arrays)
 
+# A request body that sends nothing for this long is stalled: 408 and the connection is closed (what
+# is still to come could not be told from a next request). The body is read before the call is
+# admitted, so a stalled body holds a connection, not one of the max_concurrent_rpcs slots that
+# gRPC shares; the timeout is between reads, so a large body on a slow link that keeps moving is not
+# cut off. A module constant, not a setting: kserve_app() and KServeHTTP take it as an argument.
+BODY_TIMEOUT_S = 30.0
+# The Content-Encodings aiohttp decodes (its parser passes any other one through undecoded, so the
+# front refuses it with 415 instead of reading compressed bytes as JSON). br and zstd need optional
+# packages; "identity" (or no header) is a body sent as is.
+DECODED_ENCODINGS = ("gzip", "deflate") + tuple(
+    coding
+    for coding, available in (
+        ("br", getattr(aiohttp_compression, "HAS_BROTLI", False)),
+        ("zstd", getattr(aiohttp_compression, "HAS_ZSTD", False)),
+    )
+    if available
+)
+# Response codings the front offers (Accept-Encoding), by preference on equal weights.
+RESPONSE_CODINGS = (("gzip", web.ContentCoding.gzip), ("deflate", web.ContentCoding.deflate))
+# The routes whose handlers read a request body: they admit the call themselves once it is in
+# (KServeHTTP._with_body); the drain middleware counts the others.
+BODY_ROUTES = frozenset({"infer", "infer_version", "repository_index", "load", "unload"})
+# A header value the front writes verbatim: printable ASCII. Anything else a client sent (an id)
+# is percent-encoded: aiohttp refuses control characters in headers (the response would be lost)
+# and non-ASCII text has no portable encoding there.
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")  # RFC 9110 weight syntax
+
 
 def error_body(message: str) -> bytes:
     """Triton's error JSON."""
@@ -127,6 +167,70 @@ def http_status(exc: BaseException, request_id: str = "-") -> tuple[int, grpc.St
         elif pushback > 0:
             headers["Retry-After"] = str(max(1, math.ceil(pushback / 1000)))
     return status, code, message, headers
+
+
+class BodyRefused(Exception):
+    """A request refused from its body's headers or while its body was read (before decoding).
+
+    Attributes:
+        status: the HTTP status (408, 413, 415, 400).
+        code: the status code name the metrics count it under.
+        close: close the connection right after the answer (a stalled or undecodable body: the
+            rest of it could not be told from a next request on the connection).
+    """
+
+    def __init__(self, status: int, code: grpc.StatusCode, message: str, *, close: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.close = close
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds control characters (C0, DEL, C1) or lone surrogates.
+
+    Such a request id would break the ``x-request-id`` header and log lines it is written to.
+    """
+    return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
+
+
+def header_value(text: str) -> str:
+    """Client text as a response header value: verbatim if printable ASCII, else percent-encoded
+    UTF-8 (a CR, LF or other control character would make aiohttp drop the whole response)."""
+    if _HEADER_SAFE.fullmatch(text):
+        return text
+    return urllib.parse.quote(text, safe="", errors="backslashreplace")
+
+
+def response_coding(accept_encoding: str) -> web.ContentCoding | None:
+    """The coding of a response under ``Accept-Encoding`` (RFC 9110, 12.5.3); None: uncompressed.
+
+    Each listed coding weighs its ``q`` (1 without one; an entry with a malformed ``q`` is
+    ignored); a coding not listed weighs what ``*`` does, or 0 without ``*``. The answer is gzip or
+    deflate, whichever weighs more (gzip on a tie), if its weight is above 0 and not below the
+    weight ``identity`` was given explicitly (or through ``*``). No header: uncompressed.
+    """
+    weights: dict[str, float] = {}
+    for entry in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in entry.split(";"))
+        weight = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                value = value.strip()
+                weight = float(value) if _QVALUE.fullmatch(value) else -1.0
+        if coding and weight >= 0:
+            weights.setdefault(coding.lower(), weight)  # a repeated coding: its first entry counts
+    star = weights.get("*")
+    best, best_weight = None, 0.0
+    for name, coding in RESPONSE_CODINGS:
+        weight = weights.get(name, star if star is not None else 0.0)
+        if weight > best_weight:
+            best, best_weight = coding, weight
+    identity = weights.get("identity", star)
+    if best is not None and identity is not None and identity > best_weight:
+        return None
+    return best
 
 
 def uint8_json_list(flat: np.ndarray) -> bytes:
@@ -189,6 +293,30 @@ def _object(value: Any, what: str) -> dict:
     return value
 
 
+def json_header_length(value: str, body_size: int) -> int:
+    """The ``Inference-Header-Content-Length`` value: ASCII digits, at most the body's size.
+
+    ``str.isdigit`` and ``int`` would take other Unicode digits ("¹" passes one and fails the other),
+    and ``int`` refuses over 4300 digits: both checked here, so any value answers 400.
+
+    Raises:
+        InvalidRequestError: not a decimal number of bytes, or larger than the body.
+    """
+    text = value.strip(" \t")
+    if not re.fullmatch(r"[0-9]+", text):
+        raise InvalidRequestError(
+            f"{HEADER_LENGTH} is {quote(value)}: it must be the length of the JSON header in bytes, "
+            f"a decimal number 0..{body_size} for this body"
+        )
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(body_size)) or int(digits) > body_size:
+        raise InvalidRequestError(
+            f"{HEADER_LENGTH} is {quote(value)}, more than the {body_size} bytes of the body: it must be "
+            f"the length of the JSON header, 0..{body_size} bytes for this body"
+        )
+    return int(digits)
+
+
 def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     """Split a request body into its JSON header and binary section and read the header.
 
@@ -200,12 +328,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     if header_length is None:
         text, binary = view, memoryview(b"")
     else:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
-            raise InvalidRequestError(
-                f"{HEADER_LENGTH} is {quote(header_length)}: it must be the length of the JSON header, "
-                f"0..{len(body)} bytes for this body"
-            )
-        n = int(header_length)
+        n = json_header_length(header_length, len(body))
         text, binary = view[:n], view[n:]
     try:
         header = json.loads(bytes(text))
@@ -255,6 +378,8 @@ def binary_outputs(header: dict, parameters: dict) -> bool:
     if not isinstance(outputs, list):
         raise InvalidRequestError(f"outputs must be a JSON array, got {_json_type(outputs)}")
     binary = default
+    names = [o.get("name", "") if isinstance(o, dict) else "" for o in outputs]
+    check_requested_output_names([n if isinstance(n, str) else repr(n) for n in names])
     for output in outputs:
         output = _object(output, "each requested output")
         name = output.get("name", "")
@@ -267,31 +392,6 @@ def binary_outputs(header: dict, parameters: dict) -> bool:
             )
         binary = flag
     return binary
-
-
-def _json_elements(data: Any, shape: list[int], count: int) -> np.ndarray:
-    if not isinstance(data, list):
-        raise InvalidRequestError(f"input {INPUT_NAME!r} data must be a JSON array, got {_json_type(data)}")
-    try:
-        array = np.asarray(data)
-    except (ValueError, TypeError):
-        raise InvalidRequestError(
-            f"input {INPUT_NAME!r} data is a ragged nested list: send a flat list or one nested as {shape}"
-        ) from None
-    if array.size != count:
-        raise InvalidRequestError(
-            f"input {INPUT_NAME!r} has {array.size} elements in data, its shape {shape} needs {count}"
-        )
-    if array.ndim > 1 and list(array.shape) != shape:
-        raise InvalidRequestError(
-            f"input {INPUT_NAME!r} data is nested as {list(array.shape)}, its shape is {shape}: "
-            "send a flat list or one nested as the shape"
-        )
-    if array.dtype.kind not in "iu":
-        raise InvalidRequestError(
-            f"input {INPUT_NAME!r} data holds non-integer elements: {DATATYPE} elements are integers 0..255"
-        )
-    return uint8_elements(INPUT_NAME, array.reshape(-1))
 
 
 def input_images(header: dict, binary: memoryview) -> InputImages:
@@ -342,7 +442,7 @@ def input_images(header: dict, binary: memoryview) -> InputImages:
         raise InvalidRequestError(
             f"input {INPUT_NAME!r} carries no data: send data or binary data (parameters.binary_data_size)"
         )
-    return images_from_flat(_json_elements(tensor["data"], shape, count), shape)
+    return images_from_flat(json_elements(INPUT_NAME, DATATYPE, tensor["data"], shape, count), shape)
 
 
 @dataclass
@@ -410,7 +510,9 @@ class KServeHTTP:
             ``max_concurrent_rpcs`` limit and the graceful-shutdown wait.
         draining: whether shutdown has begun (new requests other than probes get 503).
         registry: the Prometheus registry served at ``/metrics``.
-        max_body_bytes: the request body limit (for the 413 message).
+        max_body_bytes: the request body limit (decoded size; also the most a Content-Length may
+            announce).
+        body_timeout_s: the most seconds a request body may send nothing (:data:`BODY_TIMEOUT_S`).
     """
 
     core: KServeCore
@@ -420,6 +522,7 @@ class KServeHTTP:
     draining: Callable[[], bool]
     registry: CollectorRegistry
     max_body_bytes: int
+    body_timeout_s: float = BODY_TIMEOUT_S
 
     # -- middlewares
 
@@ -434,10 +537,7 @@ class KServeHTTP:
             message = exc.reason
             if exc.status == 413:
                 self.metrics.call_rejected(METHOD, "RESOURCE_EXHAUSTED")
-                message = (
-                    f"request body over the server's limit of {human_bytes(self.max_body_bytes)} "
-                    "(limits.max_message_bytes)"
-                )
+                message = self._too_large()
             elif exc.status == 404:
                 message = f"not found: {quote(request.path)} (the /v2 routes are in docs/serving.md)"
             allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
@@ -445,21 +545,157 @@ class KServeHTTP:
 
     @web.middleware
     async def drain(self, request: web.Request, handler) -> web.StreamResponse:
-        """503 once shutdown began and 429 beyond ``max_concurrent_rpcs`` (probes and /metrics exempt)."""
+        """503 once shutdown began and 429 beyond ``max_concurrent_rpcs`` (probes and /metrics exempt).
+
+        A request with a body is checked here too (no body is read for a refused call) but counted
+        by its handler once the body is in (:meth:`_with_body`).
+        """
         if _exempt_from_drain(request):
             return await handler(request)
+        refusal = self._admission_refusal()
+        if refusal is not None:
+            return refusal
+        route = request.match_info.route
+        if route is not None and route.name in BODY_ROUTES:
+            return await handler(request)
+        with self._counted():
+            return await handler(request)
+
+    def _admission_refusal(self) -> web.Response | None:
+        """The 503 (shutting down) or 429 (``max_concurrent_rpcs`` open calls) for a new call, or None."""
         if self.draining():
             self.metrics.call_rejected(METHOD, "UNAVAILABLE")
             return error_response(503, "server is shutting down; retry on another replica")
-        if self.open_calls is None:
-            return await handler(request)
-        if self.open_calls.over_limit():
+        if self.open_calls is not None and self.open_calls.over_limit():
             self.metrics.call_rejected(METHOD, "RESOURCE_EXHAUSTED")
             return error_response(
                 429, f"server has {self.open_calls.active} open calls (max_concurrent_rpcs); retry later"
             )
-        with self.open_calls.counted():
-            return await handler(request)
+        return None
+
+    def _counted(self) -> contextlib.AbstractContextManager:
+        """Count a call as open (shared with gRPC) for the duration of the block."""
+        return self.open_calls.counted() if self.open_calls is not None else contextlib.nullcontext()
+
+    # -- request bodies
+
+    def _too_large(self, size: int | None = None) -> str:
+        """The 413 message; ``size``: the Content-Length, in bytes (rounding could hide the excess)."""
+        what = "request body" if size is None else f"request body of {size} bytes (Content-Length)"
+        return (
+            f"{what} over the server's limit of {human_bytes(self.max_body_bytes)} (limits.max_message_bytes)"
+        )
+
+    def check_body_headers(self, request: web.Request) -> None:
+        """Refuse a body from its headers alone, before any of it is read.
+
+        Raises:
+            BodyRefused: 415 for a Content-Encoding aiohttp does not decode (it would hand over the
+                encoded bytes as they are), 413 for a Content-Length over ``max_body_bytes``.
+        """
+        encoding = ", ".join(request.headers.getall(hdrs.CONTENT_ENCODING, [])).strip().lower()
+        if encoding not in ("", "identity") and encoding not in DECODED_ENCODINGS:
+            raise BodyRefused(
+                415,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Content-Encoding {quote(encoding)} is not supported: send the body as is or encoded "
+                f"with one of {', '.join(DECODED_ENCODINGS)}",
+            )
+        length = request.content_length
+        if length is not None and length > self.max_body_bytes:
+            raise BodyRefused(413, grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large(length))
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """The request body (decoded), read with :attr:`body_timeout_s` between reads.
+
+        Raises:
+            BodyRefused: the headers' refusals (:meth:`check_body_headers`); 413 when the decoded
+                body passes ``max_body_bytes`` (reading stops there); 408 when it stalls (the
+                connection is closed); 400 when it cannot be decoded (corrupt gzip, br, ...; the
+                connection is closed).
+        """
+        self.check_body_headers(request)
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                chunk = await asyncio.wait_for(request.content.readany(), self.body_timeout_s)
+                if not chunk:
+                    return b"".join(parts)
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise BodyRefused(413, grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large())
+                parts.append(chunk)
+        except asyncio.TimeoutError:
+            expected = request.content_length
+            of = f" of {expected}" if expected is not None else ""
+            raise BodyRefused(
+                408,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the request body stalled: nothing arrived for {self.body_timeout_s:g} s after "
+                f"{size}{of} bytes",
+                close=True,
+            ) from None
+        except web.RequestPayloadError as exc:
+            # aiohttp's decoding error (ContentEncodingError) or a chunked body cut short: the
+            # client's error, never a 500. The stream is broken, so the connection closes (aiohttp
+            # would read on to discard the rest and log the same error as unhandled).
+            detail = getattr(exc.__cause__, "message", "") or " ".join(str(exc).split())
+            raise BodyRefused(
+                400,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request body cannot be read: {detail}",
+                close=True,
+            ) from None
+
+    def _refused(self, exc: BodyRefused) -> web.Response:
+        self.metrics.call_rejected(METHOD, exc.code.name)
+        response = error_response(exc.status, str(exc))
+        if exc.close:
+            response.force_close()
+        return response
+
+    async def _with_body(
+        self, request: web.Request, answer: Callable[[bytes], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Read the request's body, then admit the call (the drain checks again) and answer it.
+
+        The call counts against ``max_concurrent_rpcs`` only once its body is in: a client that
+        sends its body slowly, or not at all, holds its connection, never a call slot.
+        """
+        try:
+            body = await self.read_body(request)
+        except BodyRefused as exc:
+            response = self._refused(exc)
+            if exc.close:
+                # aiohttp would linger reading the rest of the body (up to 10 s) before closing: the
+                # answer is sent here, then the connection closed at once (the returned response is
+                # already finished, so aiohttp sends nothing more).
+                await response.prepare(request)
+                await response.write_eof()
+                request.protocol.force_close()
+            return response
+        refusal = self._admission_refusal()
+        if refusal is not None:
+            return refusal
+        with self._counted():
+            return await answer(body)
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: refuse from the headers (413, 415) before the client sends the
+        body, else invite it (``100 Continue``). Runs before the middlewares (aiohttp's hook)."""
+        if request.version != HttpVersion11:
+            return None  # HTTP/1.0 has no 100 Continue (aiohttp's default does the same)
+        expect = request.headers.get(hdrs.EXPECT, "")
+        if expect.lower() != "100-continue":
+            return error_response(417, f"Expect {quote(expect)} is not supported: only 100-continue is")
+        try:
+            self.check_body_headers(request)
+        except BodyRefused as exc:
+            return self._refused(exc)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is no part of the response (as aiohttp's default)
+        return None
 
     # -- health and metadata
 
@@ -510,34 +746,44 @@ class KServeHTTP:
         except Exception as exc:
             return self._error(exc)
 
-    async def repository_index(self, request: web.Request) -> web.Response:
-        try:
-            body = await _json_body(request)
-            ready = body.get("ready", False)
-            if not isinstance(ready, bool):
-                raise InvalidRequestError(f"'ready' must be a boolean, got {_json_type(ready)}")
-            return json_response(self.core.repository_index(ready))
-        except Exception as exc:
-            return self._error(exc)
+    async def repository_index(self, request: web.Request) -> web.StreamResponse:
+        async def answer(raw: bytes) -> web.Response:
+            try:
+                body = _json_object(raw)
+                ready = body.get("ready", False)
+                if not isinstance(ready, bool):
+                    raise InvalidRequestError(f"'ready' must be a boolean, got {_json_type(ready)}")
+                return json_response(self.core.repository_index(ready))
+            except Exception as exc:
+                return self._error(exc)
 
-    async def load(self, request: web.Request) -> web.Response:
-        name = request.match_info["model"]
-        try:
-            body = await _json_body(request)
-            parameters = _object(body.get("parameters"), "parameters")
-            await self.core.load_model(name, list(parameters))  # config / file: overrides refused
-        except Exception as exc:
-            return self._error(exc)
-        return web.Response(status=200)
+        return await self._with_body(request, answer)
 
-    async def unload(self, request: web.Request) -> web.Response:
+    async def load(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["model"]
-        try:
-            await _json_body(request)  # unload_dependents: pixforge models have no dependents
-            await self.core.unload_model(name)
-        except Exception as exc:
-            return self._error(exc)
-        return web.Response(status=200)
+
+        async def answer(raw: bytes) -> web.Response:
+            try:
+                parameters = _object(_json_object(raw).get("parameters"), "parameters")
+                await self.core.load_model(name, list(parameters))  # config / file: overrides refused
+            except Exception as exc:
+                return self._error(exc)
+            return web.Response(status=200)
+
+        return await self._with_body(request, answer)
+
+    async def unload(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["model"]
+
+        async def answer(raw: bytes) -> web.Response:
+            try:
+                _json_object(raw)  # unload_dependents: pixforge models have no dependents
+                await self.core.unload_model(name)
+            except Exception as exc:
+                return self._error(exc)
+            return web.Response(status=200)
+
+        return await self._with_body(request, answer)
 
     def not_offered(self, feature: str):
         """A handler answering 501 for a Triton extension pixforge does not offer."""
@@ -558,36 +804,102 @@ class KServeHTTP:
 
     # -- inference
 
+    def _rejected(self, exc: BaseException) -> web.Response:
+        """The answer to a request refused before the core saw it (counted as a rejected call)."""
+        status, code, message, headers = http_status(exc)
+        self.metrics.call_rejected(METHOD, code.name)
+        if code is grpc.StatusCode.INTERNAL:
+            log.error("HTTP request failed: %s", message, exc_info=exc)
+        return error_response(status, message, headers)
+
     async def infer(self, request: web.Request) -> web.StreamResponse:
-        """POST .../infer: decode (JSON or binary), run through the core, answer like Triton."""
+        """POST .../infer: decode (JSON or binary), run through the core, answer like Triton.
+
+        The model is looked up and the headers checked before the body is read: an unknown model
+        is 404 without reading (or parsing) a large body.
+        """
         name, version = _model(request)
         header_id = request.headers.get(REQUEST_ID_HEADER, "")
         if len(header_id) > MAX_REQUEST_ID:
-            self.metrics.call_rejected(METHOD, "INVALID_ARGUMENT")
-            return error_response(
-                400,
-                f"{REQUEST_ID_HEADER} header is {len(header_id)} characters long, over the limit of "
-                f"{MAX_REQUEST_ID}: {quote(header_id)}",
+            return self._rejected(
+                InvalidRequestError(
+                    f"{REQUEST_ID_HEADER} header is {len(header_id)} characters long, over the limit "
+                    f"of {MAX_REQUEST_ID}: {quote(header_id)}"
+                )
             )
-        loop = asyncio.get_running_loop()
-        arrived = loop.time()
+        if has_control_characters(header_id):  # aiohttp's parser refuses most; never echo any
+            return self._rejected(
+                InvalidRequestError(
+                    f"{REQUEST_ID_HEADER} header holds control characters: {quote(header_id)}"
+                )
+            )
+        arrived = asyncio.get_running_loop().time()
         with request_context(header_id or "-", METHOD):
             try:
-                body = await request.read()  # over client_max_size: 413 (errors middleware)
-                length = request.headers.get(HEADER_LENGTH)
-                if len(body) > OFF_LOOP_BYTES:  # JSON parsing and numpy conversion take a while
-                    prepared = await loop.run_in_executor(None, prepare_infer, body, length)
-                else:
-                    prepared = prepare_infer(body, length)
-                request_id = message_request_id(prepared.request.id)
-            except web.HTTPException:
-                raise
+                self.core.describe(name, version, "ModelInfer")
             except Exception as exc:
-                status, code, message, headers = http_status(exc)
-                self.metrics.call_rejected(METHOD, code.name)
-                return error_response(status, message, headers)
-            with request_context(request_id, METHOD):
-                return await self._infer(request, name, version, prepared, request_id, arrived)
+                return await self._model_refused(name, version, exc)
+            lengths = request.headers.getall(HEADER_LENGTH, [])
+            if len(lengths) > 1:
+                # Two values could be read either way (a proxy may keep the other one): refused.
+                return self._rejected(
+                    InvalidRequestError(
+                        f"{HEADER_LENGTH} is sent {len(lengths)} times: send it once, the length of the "
+                        "JSON header"
+                    )
+                )
+            length = lengths[0] if lengths else None
+
+            async def answer(body: bytes) -> web.StreamResponse:
+                return await self._decode_and_infer(request, name, version, body, length, arrived)
+
+            return await self._with_body(request, answer)
+
+    async def _model_refused(self, name: str, version: str, refusal: Exception) -> web.StreamResponse:
+        """An unknown model (or a bad name or version): the core's own answer, without the body.
+
+        The core looks the model up first and refuses it before it parses anything, so ``parse``
+        only runs if the model appeared since (loaded meanwhile): the request is refused as it was
+        when it arrived.
+        """
+
+        def parse():
+            raise refusal
+
+        request_id = header_value(message_request_id(""))  # the x-request-id header, or a new id
+        try:
+            await self.core.infer(name, version, parse, request_id, METHOD, None)
+        except Exception as exc:
+            status, _, message, headers = http_status(exc, request_id)
+        else:  # unreachable: parse() raises
+            status, _, message, headers = http_status(refusal, request_id)
+        headers[REQUEST_ID_HEADER] = request_id
+        return error_response(status, message, headers)
+
+    async def _decode_and_infer(
+        self,
+        request: web.Request,
+        name: str,
+        version: str,
+        body: bytes,
+        header_length: str | None,
+        arrived: float,
+    ) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        try:
+            if len(body) > OFF_LOOP_BYTES:  # JSON parsing and numpy conversion take a while
+                prepared = await loop.run_in_executor(None, prepare_infer, body, header_length)
+            else:
+                prepared = prepare_infer(body, header_length)
+            request_id = message_request_id(prepared.request.id)
+            if has_control_characters(request_id):
+                # This front's own guard, whatever message_request_id accepts: the id goes to the
+                # x-request-id header (escaped there anyway: header_value) and to log lines.
+                raise InvalidRequestError(f"id holds control characters: {quote(request_id)}")
+        except Exception as exc:
+            return self._rejected(exc)
+        with request_context(request_id, METHOD):
+            return await self._infer(request, name, version, prepared, request_id, arrived)
 
     async def _infer(
         self,
@@ -626,7 +938,7 @@ class KServeHTTP:
             if timeout_s is not None and expired and timed_out:
                 status = HTTP_STATUS[grpc.StatusCode.DEADLINE_EXCEEDED]
                 message = f"the request's timeout ({timeout_s * 1e6:.0f} us) passed before it finished"
-            headers[REQUEST_ID_HEADER] = request_id
+            headers[REQUEST_ID_HEADER] = header_value(request_id)
             return error_response(status, message, headers)
         parsed = prepared.checked()  # parse() returned: the request's tensors are valid
         images = result.images if parsed.inputs.batched else result.images[0]
@@ -635,7 +947,7 @@ class KServeHTTP:
             envelope["id"] = prepared.request.id
         output: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": DATATYPE, "shape": list(images.shape)}
         envelope["outputs"] = [output]
-        headers = {REQUEST_ID_HEADER: request_id}
+        headers = {REQUEST_ID_HEADER: header_value(request_id)}
         if parsed.binary_output:
             raw = np.ascontiguousarray(images).data.cast("B")
             output["parameters"] = {"binary_data_size": raw.nbytes}
@@ -674,8 +986,10 @@ async def _send(
     """Write a response from parts without joining them (a tensor is not copied again)."""
     response = web.StreamResponse(status=200, headers=headers)
     response.content_type = content_type
-    if _accepts_compression(request):
-        response.enable_compression()
+    # The coding is forced: aiohttp's own choice matches substrings ("gzip;q=0" would get gzip).
+    coding = response_coding(", ".join(request.headers.getall(hdrs.ACCEPT_ENCODING, [])))
+    if coding is not None:
+        response.enable_compression(coding)
     else:
         response.content_length = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
     await response.prepare(request)
@@ -685,14 +999,8 @@ async def _send(
     return response
 
 
-def _accepts_compression(request: web.Request) -> bool:
-    accepted = request.headers.get("Accept-Encoding", "").lower()
-    return "gzip" in accepted or "deflate" in accepted
-
-
-async def _json_body(request: web.Request) -> dict:
+def _json_object(body: bytes) -> dict:
     """A control request's optional JSON object body ({} when empty)."""
-    body = await request.read()
     if not body.strip():
         return {}
     try:
@@ -728,6 +1036,7 @@ def kserve_app(
     max_body_bytes: int,
     open_calls: DrainInterceptor | None = None,
     draining: Callable[[], bool] = lambda: False,
+    body_timeout_s: float | None = None,
 ) -> web.Application:
     """The KServe v2 HTTP/REST application (routes in docs/serving.md).
 
@@ -738,6 +1047,8 @@ def kserve_app(
         max_body_bytes: largest request body (``limits.max_message_bytes``); beyond: 413.
         open_calls: the gRPC drain interceptor whose open-call count HTTP requests share.
         draining: whether shutdown has begun.
+        body_timeout_s: the most seconds a request body may send nothing (None:
+            :data:`BODY_TIMEOUT_S`, read when the application is built).
     """
     front = KServeHTTP(
         core,
@@ -746,6 +1057,7 @@ def kserve_app(
         draining=draining,
         registry=metrics.registry,
         max_body_bytes=max_body_bytes,
+        body_timeout_s=BODY_TIMEOUT_S if body_timeout_s is None else body_timeout_s,
     )
     middlewares = [front.errors, front.drain]
     if tokens:
@@ -758,6 +1070,7 @@ def kserve_app(
                 on_reject=lambda: metrics.call_rejected(METHOD, "UNAUTHENTICATED"),
             )
         )
+    # client_max_size: aiohttp's own reads stop there too (the front reads bodies itself).
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     r = app.router
     r.add_get("/v2", front.server_metadata, name="server_metadata")
@@ -765,15 +1078,17 @@ def kserve_app(
     r.add_get("/v2/health/ready", front.ready, name="ready")
     # /v2/models/stats before /v2/models/{model}: a model named "stats" is shadowed, as in Triton.
     r.add_get("/v2/models/stats", front.statistics, name="stats_all")
+    # The routes with a body answer Expect: 100-continue themselves (413 / 415 before the body).
+    expect = {"expect_handler": front.expect}
     for prefix, suffix in (("/v2/models/{model}", ""), ("/v2/models/{model}/versions/{version}", "_version")):
         r.add_get(prefix, front.model_metadata, name=f"model_metadata{suffix}")
         r.add_get(f"{prefix}/ready", front.model_ready, name=f"model{suffix}_ready")
         r.add_get(f"{prefix}/config", front.model_config, name=f"model_config{suffix}")
         r.add_get(f"{prefix}/stats", front.statistics, name=f"stats{suffix}")
-        r.add_post(f"{prefix}/infer", front.infer, name=f"infer{suffix}")
-    r.add_post("/v2/repository/index", front.repository_index, name="repository_index")
-    r.add_post("/v2/repository/models/{model}/load", front.load, name="load")
-    r.add_post("/v2/repository/models/{model}/unload", front.unload, name="unload")
+        r.add_post(f"{prefix}/infer", front.infer, name=f"infer{suffix}", **expect)
+    r.add_post("/v2/repository/index", front.repository_index, name="repository_index", **expect)
+    r.add_post("/v2/repository/models/{model}/load", front.load, name="load", **expect)
+    r.add_post("/v2/repository/models/{model}/unload", front.unload, name="unload", **expect)
     r.add_get("/metrics", front.metrics_route, name="metrics")
     # Triton extensions pixforge does not offer: 501 with the gRPC front's UNIMPLEMENTED message.
     for path, feature in (
