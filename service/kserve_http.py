@@ -46,7 +46,7 @@ import pixforge
 from pixforge.contract import INPUT_NAME, OUTPUT_NAME
 from pixforge.errors import ImageTooLargeError
 
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, ServiceError
 from .http_server import auth_middleware, metrics_handler
 from .interceptors import REQUEST_ID_HEADER, DrainInterceptor
 from .kserve import EXTENSIONS as GRPC_EXTENSIONS
@@ -169,7 +169,7 @@ def http_status(exc: BaseException, request_id: str = "-") -> tuple[int, grpc.St
     return status, code, message, headers
 
 
-class BodyRefused(Exception):
+class BodyRefused(ServiceError):
     """A request refused from its body's headers or while its body was read (before decoding).
 
     Attributes:
@@ -222,11 +222,12 @@ def response_coding(accept_encoding: str) -> web.ContentCoding | None:
         if coding and weight >= 0:
             weights.setdefault(coding.lower(), weight)  # a repeated coding: its first entry counts
     star = weights.get("*")
-    best, best_weight = None, 0.0
-    for name, coding in RESPONSE_CODINGS:
+    best: web.ContentCoding | None = None
+    best_weight = 0.0
+    for name, option in RESPONSE_CODINGS:
         weight = weights.get(name, star if star is not None else 0.0)
         if weight > best_weight:
-            best, best_weight = coding, weight
+            best, best_weight = option, weight
     identity = weights.get("identity", star)
     if best is not None and identity is not None and identity > best_weight:
         return None
