@@ -13,6 +13,7 @@ but is deprecated: it warns and forwards to `pixforge.client`.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any
 
@@ -24,6 +25,10 @@ def __getattr__(name: str) -> Any:
 
     if name not in client.__all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # `from pixforge.clients import Client` asks twice: the import system's hasattr() check in
+    # importlib._bootstrap._handle_fromlist, then the import itself. Warn on the second only.
+    if sys._getframe(1).f_globals.get("__name__") == "importlib._bootstrap":
+        return getattr(client, name)
     warnings.warn(
         f"pixforge.clients.{name} is deprecated: import it from pixforge.client",
         DeprecationWarning,

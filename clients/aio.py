@@ -5,27 +5,29 @@
 
     async def main():
         async with AsyncClient("localhost:50051") as client:
-            png = await client.translate("photo.jpg", "sr4x")
-            async with contextlib.aclosing(client.translate_many(paths, "sr4x", concurrency=16)) as results:
+            png = await client.translate("photo.jpg", "sr-x4")
+            async with contextlib.aclosing(client.translate_many(paths, "sr-x4", concurrency=16)) as results:
                 async for result in results:
                     ...
 
     asyncio.run(main())
 
-Create it inside a running event loop (grpc.aio channels bind to the loop that first uses
-them). Channel settings, retries, deadlines and load balancing are those of `Client`
-(`ClientConfig`). `translate_many` runs the same algorithm as the sync client, the one in
-stream_core.py (a bounded window of outstanding items over one or more TranslateStream calls,
-per-item results, re-sending unanswered items of a broken stream with backoff): AsyncStreamBatch
-is its asyncio front end, as stream.StreamBatch is its threaded one.
+It may be created anywhere (settings are checked at once); its channel opens on first use, in
+the running event loop, and belongs to that loop (grpc.aio channels do): use it from that loop
+only, or a clear RuntimeError says so. Channel settings, retries, deadlines and load balancing
+are those of `Client` (`ClientConfig`). `translate_many` runs the same algorithm as the sync
+client, the one in stream_core.py (a bounded window of outstanding items over one or more
+TranslateStream calls, per-item results, re-sending unanswered items of a broken stream with
+backoff): AsyncStreamBatch is its asyncio front end, as stream.StreamBatch is its threaded one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 import grpc
 import grpc.aio
@@ -35,10 +37,17 @@ from grpc_health.v1 import health_pb2
 from pixforge.v1 import translation_pb2 as pb
 
 from .client import HEALTH_STATUS_NAMES, ClientBase
-from .errors import ClientError, InvalidArgumentError, UnavailableError, error_from_rpc
+from .errors import (
+    ClientClosedError,
+    ClientError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+    error_from_rpc,
+)
 from .images import ImageInput, ImageInputError, decode_output, image_bytes
 from .stream_core import IDLE_WAIT_S, BatchCore, BatchItem, Pull, StreamState, Wait
-from .types import ModelInfo, TranslateKeywords, TranslateParams, TranslateResult
+from .types import ModelInfo, TranslateKeywords, TranslateParams, TranslateResult, TranslateSettings
 
 if TYPE_CHECKING:
     # Only type checkers read it (annotations are strings here), so Python 3.10 runs without
@@ -70,10 +79,35 @@ class AsyncClient(ClientBase):
     """
 
     _grpc = grpc.aio
+    # Opened on first use, inside the running loop: constructing the client outside one (at
+    # import time, before asyncio.run) must not bind the channel to a loop that never runs it.
+    _lazy_channel = True
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def _open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        super()._open()
+
+    def _live(self) -> Any:
+        """The channel, opened on first use in the running loop (see ClientBase._live).
+
+        Raises:
+            ClientClosedError: the client is closed.
+            RuntimeError: called from another event loop than the one the channel belongs to.
+        """
+        channel = super()._live()
+        if self._loop is not asyncio.get_running_loop():
+            raise RuntimeError(
+                "this AsyncClient's channel belongs to another event loop (grpc.aio channels are "
+                "bound to the loop that opened them): create one client per event loop"
+            )
+        return channel
 
     async def close(self) -> None:
-        """Close the channel, cancelling in-flight calls."""
-        await self._channel.close()
+        """Close the channel, cancelling in-flight calls; later calls raise ClientClosedError."""
+        self._closed = True
+        if self._channel is not None:
+            await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -81,11 +115,75 @@ class AsyncClient(ClientBase):
     async def __aexit__(self, *exc_info) -> None:
         await self.close()
 
-    async def _call(self, method, request, timeout: float | None):
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the channel is connected (see Client.wait_ready).
+
+        Raises:
+            UnavailableError: no server answered in time.
+            ClientClosedError: the client is closed.
+        """
+        budget = self._budget(timeout)
         try:
-            return await method(request, timeout=timeout or self.config.timeout, metadata=self._metadata)
-        except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc, self._target) from None
+            await asyncio.wait_for(self._live().channel_ready(), timeout=budget)
+        except asyncio.TimeoutError:
+            raise UnavailableError(
+                grpc.StatusCode.UNAVAILABLE, "no server became reachable in time", self._target
+            ) from None
+
+    async def _call(self, method, request, timeout: float | None):
+        """One unary call within its deadline budget, re-sent while the server is busy (see retry.py)."""
+        deadline = time.monotonic() + self._budget(timeout)
+        attempt = 1
+        while True:
+            try:
+                return await method(request, timeout=deadline - time.monotonic(), metadata=self._metadata)
+            except grpc.aio.AioRpcError as exc:
+                error = error_from_rpc(exc, self._target)
+            wait = self._retry_wait(error, attempt, deadline)
+            if wait is None:
+                raise error
+            await asyncio.sleep(wait)
+            self._live()  # closed meanwhile: ClientClosedError rather than gRPC's UsageError
+            attempt += 1
+
+    @overload
+    async def translate(
+        self,
+        image: ImageInput,
+        model: str | None = None,
+        output_format: str | None = None,
+        *,
+        params: TranslateParams | None = None,
+        request_id: str = "",
+        as_array: Literal[True],
+        **options: Unpack[TranslateSettings],
+    ) -> np.ndarray: ...
+
+    @overload
+    async def translate(
+        self,
+        image: ImageInput,
+        model: str | None = None,
+        output_format: str | None = None,
+        *,
+        params: None = None,
+        request_id: str = "",
+        as_array: Literal[False] = False,
+        **options: Unpack[TranslateSettings],
+    ) -> bytes: ...
+
+    @overload
+    async def translate(
+        self,
+        image: ImageInput,
+        model: str | None = None,
+        output_format: str | None = None,
+        *,
+        params: TranslateParams | None = None,
+        request_id: str = "",
+        as_array: bool = False,
+        **options: Unpack[TranslateSettings],
+    ) -> bytes | np.ndarray: ...
 
     async def translate(
         self,
@@ -99,11 +197,12 @@ class AsyncClient(ClientBase):
     ) -> bytes | np.ndarray:
         """Translate one image (see Client.translate for arguments, returns and errors)."""
         params = TranslateParams.resolve(params, model, output_format, options)
+        stub = self._api()
         try:
             data = await _read_input(image)
         except ImageInputError as exc:
             raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        response = await self._call(self._stub.Translate, params.request(data, request_id), params.timeout)
+        response = await self._call(stub.Translate, params.request(data, request_id), params.timeout)
         if params.as_array:
             return await asyncio.to_thread(decode_output, response.image)
         return response.image
@@ -130,28 +229,43 @@ class AsyncClient(ClientBase):
 
         Raises:
             InvalidArgumentError: bad options (raised before any traffic).
+            ClientClosedError: the client is closed.
         """
         params = TranslateParams.resolve(params, model, output_format, options)
         core = self._batch_core(params, concurrency, ordered, streams)
-        return AsyncStreamBatch(self._stub, core, images, self._metadata).run()
+        if self._closed:
+            raise ClientClosedError(self._target)
+        return self._run_batch(core, images)
+
+    async def _run_batch(
+        self, core: BatchCore, images: Iterable[ImageInput] | AsyncIterable[ImageInput]
+    ) -> AsyncIterator[TranslateResult]:
+        # translate_many itself is no coroutine and may run outside the loop: the channel opens
+        # here, in the loop that iterates; aclosing forwards an early exit to the batch at once.
+        batch = AsyncStreamBatch(self._api(), core, images, self._metadata)
+        async with contextlib.aclosing(batch.run()) as results:
+            async for result in results:
+                yield result
 
     async def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
         """Every model version the server knows (see Client.list_models)."""
-        response = await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        response = await self._call(self._api().ListModels, pb.ListModelsRequest(), timeout)
         return [ModelInfo.from_proto(m) for m in response.models]
 
     async def get_model(self, name: str, version: int = 0, timeout: float | None = None) -> ModelInfo:
         """Describe one model (see Client.get_model); raises NotFoundError."""
         response = await self._call(
-            self._stub.GetModel, pb.GetModelRequest(name=name, version=version), timeout
+            self._api().GetModel, pb.GetModelRequest(name=name, version=version), timeout
         )
         return ModelInfo.from_proto(response.model)
 
     async def health(self, service: str = "", timeout: float | None = None) -> str:
         """grpc.health.v1 status of the server or of `service` (see Client.health)."""
-        response = await self._call(
-            self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout
-        )
+        request = health_pb2.HealthCheckRequest(service=service)
+        try:
+            response = await self._call(self._health_api().Check, request, timeout)
+        except NotFoundError as exc:
+            raise self._health_error(exc, service) from None
         return HEALTH_STATUS_NAMES.get(response.status, "UNKNOWN")
 
 
@@ -206,7 +320,7 @@ class AsyncStreamBatch:
 
     # ------------------------------------------------------------------ caller side
 
-    async def run(self) -> AsyncIterator[TranslateResult]:
+    async def run(self) -> AsyncGenerator[TranslateResult, None]:
         """Yield TranslateResults (in input order when ordered=True)."""
         workers = [asyncio.create_task(self._worker()) for _ in range(self._core.streams)]
 
@@ -267,6 +381,8 @@ class AsyncStreamBatch:
                 data = await _read_input(source)
             except ImageInputError as exc:
                 self._event(self._core.unreadable, index, source, exc)
+                continue
+            if self._event(self._core.oversized, index, source, data):
                 continue
             return self._event(self._core.admit, stream, index, source, data)
 

@@ -6,21 +6,35 @@ token, deadlines, retries, load balancing and transport options.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
-from pixforge.errors import PixforgeError
-
+from .errors import ClientConfigError as ClientConfigError  # re-exported: its home before errors.py
 from .retry import DEFAULT_MAX_MESSAGE_BYTES, GRPC_MAX_MESSAGE_BYTES, RetryPolicy, channel_options
 from .targets import resolve_target
 
+# gRPC metadata values may hold printable ASCII only; anything else (a token read from a file
+# with its trailing newline) fails every call with INTERNAL "Invalid metadata", far from the cause.
+_METADATA_VALUE = re.compile(r"[\x20-\x7e]*")
 
-class ClientConfigError(PixforgeError, ValueError):
-    """A client setting is invalid (bad target, unreadable certificate, negative timeout...)."""
+
+def check_seconds(name: str, value: object, allow_zero: bool = False) -> None:
+    """Raise ClientConfigError unless `value` is a finite number of seconds > 0 (>= 0 if allowed)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ClientConfigError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -30,11 +44,13 @@ class ClientConfig:
     Attributes:
         target: "host:port", "dns:///host:port", another gRPC target URI, or several
             "host:port" entries (a list or a comma-separated string) to load-balance across.
-        token: bearer token sent as "authorization: Bearer <token>" on every call (None: none).
+        token: bearer token sent as "authorization: Bearer <token>" on every call (None: none);
+            printable ASCII only (what gRPC metadata can carry).
         tls: False for plaintext; True for TLS with the system roots; or the path of a PEM file
             of root certificates to trust (a private CA).
         timeout: default deadline in seconds of every call (translate, list_models, ...).
-        retry: backoff policy for UNAVAILABLE / RESOURCE_EXHAUSTED on idempotent calls.
+        retry: backoff policy for UNAVAILABLE / RESOURCE_EXHAUSTED on idempotent calls (a
+            RetryPolicy, or a dict of its fields, converted).
         load_balancing: "round_robin" (default: spread calls across servers) or "pick_first".
         max_message_bytes: gRPC send limit (largest request).
         max_receive_bytes: gRPC receive limit (largest answer); 0 = gRPC's largest, 2 GiB - 1:
@@ -60,10 +76,12 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if isinstance(self.target, list):
             object.__setattr__(self, "target", tuple(self.target))
-        if self.timeout is None or self.timeout <= 0:
-            raise ClientConfigError(f"timeout must be > 0 seconds, got {self.timeout}")
-        if self.stream_duration <= 0:
-            raise ClientConfigError(f"stream_duration must be > 0 seconds, got {self.stream_duration}")
+        check_seconds("timeout", self.timeout)
+        check_seconds("stream_duration", self.stream_duration)
+        check_seconds("keepalive_s", self.keepalive_s, allow_zero=True)
+        # Frozen: a dict of RetryPolicy fields becomes the policy in place.
+        object.__setattr__(self, "retry", RetryPolicy.coerce(self.retry))
+        self._check_token()
         if self.load_balancing not in ("round_robin", "pick_first"):
             raise ClientConfigError(
                 f"load_balancing must be round_robin or pick_first, got {self.load_balancing!r}"
@@ -77,6 +95,18 @@ class ClientConfig:
             )
         if isinstance(self.tls, str) and not Path(self.tls).is_file():
             raise ClientConfigError(f"TLS root certificate file not found: {self.tls}")
+
+    def _check_token(self) -> None:
+        if self.token is None:
+            return
+        if not isinstance(self.token, str):
+            raise ClientConfigError(f"token must be a string, got {type(self.token).__name__}")
+        if not _METADATA_VALUE.fullmatch(self.token):
+            bad = next(ch for ch in self.token if not " " <= ch <= "~")
+            raise ClientConfigError(
+                f"token contains {bad!r}, which gRPC metadata cannot carry (printable ASCII only); "
+                "a token read from a file keeps its trailing newline: strip it"
+            )
 
     def grpc_target(self) -> tuple[str, int]:
         """Return (gRPC target string, number of servers listed); raises ClientConfigError."""
@@ -106,6 +136,12 @@ class ClientConfig:
             roots = Path(self.tls).read_bytes()
         except OSError as exc:
             raise ClientConfigError(f"cannot read TLS root certificates {self.tls}: {exc.strerror}") from None
+        # gRPC accepts any bytes here and only fails at connect time, as UNAVAILABLE.
+        if b"-----BEGIN" not in roots:
+            raise ClientConfigError(
+                f"TLS root certificate file {self.tls} is not PEM (no '-----BEGIN' line): "
+                "convert a DER file with `openssl x509 -inform der -in FILE -out FILE.pem`"
+            )
         return grpc.ssl_channel_credentials(root_certificates=roots)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:

@@ -1,6 +1,9 @@
 """`pixforge health`: a tiny grpc_health_probe (the Docker HEALTHCHECK runs it).
 
 Asks the server's standard grpc.health.v1 Check once, without retries, and prints one line.
+A list of servers (``--server a:1,b:2``) is probed server by server: one line each, then an
+overall line, and the exit code is the worst one, so the list is healthy only when every server
+is (a round_robin channel over the list would ask just one of them).
 
 Exit codes: 0 SERVING; 1 NOT_SERVING or unknown service; 2 the server could not be reached in
 --timeout seconds (or is not a gRPC health server at all).
@@ -60,6 +63,39 @@ def check(server: str, service: str = "", timeout: float = 5.0) -> tuple[int, st
     return 1, f"{server}: {what} is {status}"
 
 
+def listed_servers(server: str) -> list[str]:
+    """The servers a --server value names: each entry of a comma-separated list ("a:1,b:2", or
+    an "ipv4:"/"ipv6:" address list), else the one target as given (a "dns:///" name, ...)."""
+    if "," not in server:
+        return [server]
+    for prefix in ("ipv4:", "ipv6:"):
+        if server.startswith(prefix):
+            return [prefix + part.strip() for part in server.removeprefix(prefix).split(",")]
+    if "://" in server or server.startswith(("unix:", "unix-abstract:", "vsock:", "xds:", "google-c2p:")):
+        return [server]
+    return [part.strip() for part in server.split(",")]
+
+
+def check_all(server: str, service: str = "", timeout: float = 5.0) -> tuple[int, list[tuple[int, str]]]:
+    """Probe every server a --server value lists (see `check`).
+
+    Returns:
+        (the worst exit code, [(exit code, line)] one per server, plus an overall line when
+        several are listed: SERVING only when every one of them is).
+    """
+    servers = listed_servers(server)
+    results = [check(one, service, timeout) for one in servers]
+    worst = max(code for code, _ in results)
+    if len(servers) > 1:
+        failed = sum(1 for code, _ in results if code)
+        if worst == 0:
+            overall = f"overall: SERVING (all {len(servers)} servers)"
+        else:
+            overall = f"overall: NOT_SERVING ({failed} of {len(servers)} servers failed the check)"
+        results.append((worst, overall))
+    return worst, results
+
+
 def run(args) -> int:
     """Entry point of `pixforge health` (flags in pixforge/cli.py).
 
@@ -67,8 +103,10 @@ def run(args) -> int:
         args: the parsed argparse namespace (server, service, timeout).
 
     Returns:
-        0 SERVING, 1 NOT_SERVING / unknown service, 2 connection error or timeout.
+        0 SERVING (every listed server), 1 NOT_SERVING / unknown service, 2 connection error or
+        timeout (the worst over the listed servers).
     """
-    code, message = check(args.server, args.service, args.timeout)
-    print(message, file=sys.stdout if code == 0 else sys.stderr)
-    return code
+    worst, lines = check_all(args.server, args.service, args.timeout)
+    for code, message in lines:
+        print(message, file=sys.stdout if code == 0 else sys.stderr)
+    return worst

@@ -125,6 +125,8 @@ class StreamBatch:
             except ImageInputError as exc:
                 self._event(self._core.unreadable, index, source, exc)
                 continue
+            if self._event(self._core.oversized, index, source, data):
+                continue
             return self._event(self._core.admit, stream, index, source, data)
 
     def _requests(self, stream: StreamState, first: BatchItem) -> Iterator[pb.TranslateStreamRequest]:

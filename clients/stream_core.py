@@ -7,7 +7,10 @@ whatever the input size and a slow consumer throttles the senders instead of pil
 
 Failure handling, per item: a stream item answered with an error is delivered as a failed
 result; UNAVAILABLE / RESOURCE_EXHAUSTED (on the item or on the whole stream) re-queue the
-unanswered items with backoff until the retry policy gives up, then deliver them as failed. A
+unanswered items with backoff until the retry policy gives up, then deliver them as failed. An
+item over a message-size limit is never re-sent (ClientError.retryable): one over the client's
+own send limit is not even sent, and when a stream dies of an item over the server's limit, only
+the unanswered items over that limit fail; the others are re-sent on a new stream. A
 stream is fed for `stream_duration` seconds and then half-closed, and a fresh one takes over, so
 every stream has a finite deadline (stream_duration + timeout) yet each item gets at least `timeout`.
 
@@ -36,7 +39,14 @@ from pixforge.errors import PixforgeError
 from pixforge.v1 import translation_pb2 as pb
 
 from .config import ClientConfig
-from .errors import ClientError, InternalError, InvalidArgumentError, error_from_code
+from .errors import (
+    ClientError,
+    InternalError,
+    InvalidArgumentError,
+    RequestTooLargeError,
+    UnavailableError,
+    error_from_code,
+)
 from .images import ImageInputError
 from .retry import RetryPolicy
 from .types import TranslateParams, TranslateResult, fill_result
@@ -149,10 +159,9 @@ def result_for_response(
 ) -> tuple[TranslateResult, bool]:
     """Turn a stream response into (result, retryable): retryable failures go back in the queue."""
     if response.error_code:
-        error = error_from_code(response.error_code, response.error_message, target)
         item.pushback_ms = int(response.retry_pushback_ms)
-        retryable = error.retryable and item.pushback_ms >= 0
-        return result_for_error(item, error), retryable
+        error = error_from_code(response.error_code, response.error_message, target, item.pushback_ms)
+        return result_for_error(item, error), error.retryable
     result = TranslateResult(
         index=item.index, source=item.source, request_id=item.request_id, attempts=item.attempts
     )
@@ -212,6 +221,7 @@ class BatchCore:
         self.ordered = ordered
         self.target = target
         self.retry = config.retry
+        self.max_message_bytes = config.max_message_bytes
         self.stream_duration = config.stream_duration
         # A stream is fed for stream_duration; its last item still needs the per-item budget.
         self.call_timeout = config.stream_duration + (params.timeout or config.timeout)
@@ -320,6 +330,24 @@ class BatchCore:
         """The pulled item could not be read or encoded: deliver it as failed."""
         self._deliver(input_error(index, source, exc))
 
+    def oversized(self, index: int, source: Any, data: bytes) -> bool:
+        """Whether the pulled, encoded item is over this client's send limit, and then delivered
+        as failed: gRPC would end the whole stream (failing the items in flight with it) and the
+        item would never fit on a new one. The front end then pulls the next item."""
+        item = BatchItem(index=index, source=source, request_id=f"{self.prefix}-{index}", data=data)
+        size = self.request(item).ByteSize()
+        if size <= self.max_message_bytes:
+            return False
+        reason = (
+            f"request message is {size} bytes, over this client's send limit of {self.max_message_bytes} "
+            "bytes (max_message_bytes; not sent, not retried)"
+        )
+        error = RequestTooLargeError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, reason, self.target, -1, self.max_message_bytes
+        )
+        self._deliver(result_for_error(item, error))
+        return True
+
     def admit(self, stream: StreamState, index: int, source: Any, data: bytes) -> BatchItem | None:
         """The pulled item is encoded: the item to send on `stream`, or None to half-close it
         (it closed meanwhile: the item waits in the retry queue for another stream)."""
@@ -387,7 +415,21 @@ class BatchCore:
             grpc.StatusCode.INTERNAL, "the server ended the stream without answering every item", self.target
         )
         for item in leftovers:
-            self.fail_or_retry(item, error, now)
+            self.fail_or_retry(item, self._leftover_error(item, error), now)
+
+    def _leftover_error(self, item: BatchItem, error: ClientError) -> ClientError:
+        """What an unanswered item of a stream that ended with `error` failed of.
+
+        A stream killed by one request over the server's limit (gRPC ends the whole call) fails
+        every unanswered item with that error; an item within the limit was only a bystander, so
+        it fails as UNAVAILABLE instead, and is re-sent on a new stream.
+        """
+        if not isinstance(error, RequestTooLargeError) or not error.limit:
+            return error
+        if self.request(item).ByteSize() > error.limit:
+            return error
+        reason = f"its stream ended because another request was over the server's limit ({error.message})"
+        return UnavailableError(grpc.StatusCode.UNAVAILABLE, reason, self.target)
 
     # ------------------------------------------------------------------ the caller's side
 

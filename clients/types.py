@@ -5,6 +5,7 @@ Shared by the sync and the asyncio client so both build identical requests and r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, TypedDict
 
@@ -19,6 +20,22 @@ from .errors import ClientError, InvalidArgumentError
 from .images import decode_output
 
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def check_call_timeout(timeout: object) -> None:
+    """Refuse a per-call timeout gRPC would misread (negative, nan, inf: an instant or no deadline).
+
+    None and 0 mean "the client's config.timeout" and pass.
+
+    Raises:
+        InvalidArgumentError: not a finite number of seconds >= 0.
+    """
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout):
+        raise InvalidArgumentError(_INVALID, f"timeout must be a finite number of seconds, got {timeout!r}")
+    if timeout < 0:
+        raise InvalidArgumentError(_INVALID, f"timeout must be >= 0 seconds (0: the default), got {timeout}")
 
 
 @dataclass(frozen=True)
@@ -130,7 +147,19 @@ class TranslateResult:
         return self.error is None
 
 
-class TranslateKeywords(TypedDict, total=False):
+class TranslateSettings(TypedDict, total=False):
+    """TranslateKeywords less ``as_array``, which translate()'s overloads spell out to type its
+    return value (np.ndarray or bytes)."""
+
+    version: int
+    quality: int
+    tile_size: int
+    tile_overlap: int
+    render_size: int
+    timeout: float | None
+
+
+class TranslateKeywords(TranslateSettings, total=False):
     """The keyword arguments of translate() / translate_many() that set a TranslateParams field.
 
     Each one is the field of the same name; only the keywords a caller passes are set (typed for
@@ -138,12 +167,6 @@ class TranslateKeywords(TypedDict, total=False):
     """
 
     as_array: bool
-    version: int
-    quality: int
-    tile_size: int
-    tile_overlap: int
-    render_size: int
-    timeout: float | None
 
 
 @dataclass(frozen=True)
@@ -165,8 +188,8 @@ class TranslateParams:
             translate_many() (None or 0 = the client's config.timeout).
 
     Raises:
-        InvalidArgumentError: empty model name, unknown format, quality out of range or a
-            negative size option.
+        InvalidArgumentError: empty model name, unknown format, quality out of range, a
+            negative size option, or a negative / non-finite timeout.
     """
 
     model: str
@@ -192,6 +215,7 @@ class TranslateParams:
         for name in ("version", "tile_size", "tile_overlap", "render_size"):
             if getattr(self, name) < 0:
                 raise InvalidArgumentError(_INVALID, f"{name} must be >= 0, got {getattr(self, name)}")
+        check_call_timeout(self.timeout)
 
     @classmethod
     def resolve(

@@ -20,6 +20,7 @@ from pixforge.clients.client import Client
 from pixforge.clients.config import ClientConfig, ClientConfigError
 from pixforge.clients.errors import (
     CancelledError,
+    ClientClosedError,
     ClientError,
     DeadlineExceededError,
     FailedPreconditionError,
@@ -28,6 +29,7 @@ from pixforge.clients.errors import (
     NotFoundError,
     PermissionDeniedError,
     ReceiveLimitError,
+    RequestTooLargeError,
     ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
@@ -49,6 +51,7 @@ __all__ = [
     "TranslateResult",
     "ClientError",
     "CancelledError",
+    "ClientClosedError",
     "DeadlineExceededError",
     "FailedPreconditionError",
     "InternalError",
@@ -56,6 +59,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "ReceiveLimitError",
+    "RequestTooLargeError",
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",

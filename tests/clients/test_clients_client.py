@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
-from clients_helpers import make_image, png, start_server
+from clients_helpers import free_port, make_image, png, start_server
 
 import pixforge.client as public
 from pixforge.client import (
@@ -18,6 +21,7 @@ from pixforge.client import (
     InvalidArgumentError,
     NotFoundError,
     UnauthenticatedError,
+    UnavailableError,
 )
 from pixforge.codec import decode_image, encode_image
 
@@ -94,7 +98,8 @@ def test_list_and_get_models(client):
 def test_health(client):
     assert client.health() == "SERVING"
     assert client.health("invert") == "SERVING"
-    with pytest.raises(NotFoundError):
+    # Before: NOT_FOUND with an empty message (the standard health servicer sends no details).
+    with pytest.raises(NotFoundError, match="no health status for 'nope'"):
         client.health("nope")
 
 
@@ -129,6 +134,82 @@ def test_async_client_against_the_real_server(real_server):
     assert [m.name for m in models] == ["invert"] and info.name == "invert" and status == "SERVING"
     assert [r.ok for r in results] == [True] * 6 + [False]
     assert len({r.image for r in results[:6]}) == 1
+
+
+def test_async_client_made_outside_the_loop_opens_its_channel_in_it(real_server):
+    # Before: the channel was bound at construction, and its first call in asyncio.run failed
+    # with a raw RuntimeError ("attached to a different loop").
+    client = AsyncClient(real_server.address, timeout=20)
+
+    async def main():
+        await client.wait_ready()
+        return await client.health()
+
+    assert asyncio.run(main()) == "SERVING"
+
+    async def other_loop():
+        with pytest.raises(RuntimeError, match="one client per event loop"):
+            await client.health()
+
+    asyncio.run(other_loop())
+
+
+def test_async_wait_ready_times_out_with_unavailable():
+    async def main():
+        async with AsyncClient(f"127.0.0.1:{free_port()}") as client:
+            with pytest.raises(UnavailableError, match="reachable"):
+                await client.wait_ready(0.2)
+
+    asyncio.run(main())
+
+
+def test_the_deprecated_import_path_warns_once():
+    # Before: `from pixforge.clients import X` warned twice (the import system's hasattr check,
+    # then the import itself).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec("from pixforge.clients import Client as _", {})
+    assert [str(w.message) for w in caught] == [
+        "pixforge.clients.Client is deprecated: import it from pixforge.client"
+    ]
+
+
+def test_translate_is_typed_by_as_array(tmp_path):
+    """mypy sees np.ndarray with as_array=True and bytes without it (overloads on translate)."""
+    api = pytest.importorskip("mypy.api")
+    root = Path(__file__).resolve().parents[2]
+    view = tmp_path / "pixforge"  # the installed layout, as tools/typecheck.py builds it
+    view.mkdir()
+    for entry in (root / "pixforge").iterdir():
+        if entry.name != "__pycache__":
+            (view / entry.name).symlink_to(entry)
+    (view / "service").symlink_to(root / "service", target_is_directory=True)
+    (view / "clients").symlink_to(root / "clients", target_is_directory=True)
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text(
+        "from typing import assert_type\n"
+        "import numpy as np\n"
+        "from pixforge.client import AsyncClient, Client, TranslateParams\n"
+        "def f(c: Client, flag: bool) -> None:\n"
+        "    assert_type(c.translate(b'', 'm'), bytes)\n"
+        "    assert_type(c.translate(b'', 'm', quality=90), bytes)\n"
+        "    assert_type(c.translate(b'', 'm', as_array=True), np.ndarray)\n"
+        "    assert_type(c.translate(b'', 'm', as_array=flag), bytes | np.ndarray)\n"
+        "    assert_type(c.translate(b'', params=TranslateParams('m')), bytes | np.ndarray)\n"
+        "async def g(c: AsyncClient) -> None:\n"
+        "    assert_type(await c.translate(b'', 'm'), bytes)\n"
+        "    assert_type(await c.translate(b'', 'm', as_array=True), np.ndarray)\n"
+    )
+    config = str(root / "pyproject.toml")
+    cache = str(tmp_path / ".mypy_cache")
+    args = ["--config-file", config, "--cache-dir", cache, "--no-incremental", str(snippet)]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # the view's pixforge/ comes first on mypy's search path
+    try:
+        out, err, status = api.run(args)
+    finally:
+        os.chdir(cwd)
+    assert status == 0, out + err
 
 
 def test_token_is_sent_and_required(token_server):

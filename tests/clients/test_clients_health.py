@@ -62,3 +62,19 @@ def test_as_a_subprocess_like_the_docker_healthcheck(real_server):
         timeout=60,
     )
     assert proc.returncode == 0 and "SERVING" in proc.stdout and not proc.stderr
+
+
+def test_a_list_of_servers_is_serving_only_when_every_one_is(capsys, real_server, fake_server):
+    down = f"127.0.0.1:{free_port()}"
+    # Before: one round_robin channel over the list asked one server and said SERVING.
+    code, text = health(capsys, "--server", f"{real_server.address},{down}", "--timeout", "2")
+    lines = text.strip().splitlines()
+    assert code == 2 and len(lines) == 3
+    assert f"{real_server.address}: server is SERVING" in text and f"{down}: cannot connect" in text
+    assert "overall: NOT_SERVING (1 of 2 servers failed the check)" in text
+    fake_server.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    code, text = health(capsys, "--server", f"{real_server.address},{fake_server.address}")
+    assert code == 1 and "overall: NOT_SERVING" in text
+    fake_server.health.set("", health_pb2.HealthCheckResponse.SERVING)
+    code, text = health(capsys, "--server", f"{real_server.address}, {fake_server.address}")
+    assert code == 0 and "overall: SERVING (all 2 servers)" in text

@@ -11,6 +11,8 @@ from clients_helpers import make_image, png
 from pixforge.client import (
     NO_RETRY,
     Client,
+    ClientConfigError,
+    FailedPreconditionError,
     InvalidArgumentError,
     ResourceExhaustedError,
     RetryPolicy,
@@ -22,13 +24,14 @@ from pixforge.codec import decode_image
 FAST = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
 
 
-def test_service_config_retries_only_idempotent_unary_methods_on_the_two_codes():
+def test_service_config_retries_only_idempotent_unary_methods_on_unavailable():
     config = json.loads(service_config(RetryPolicy(max_attempts=9), "round_robin"))
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     (method,) = config["methodConfig"]
     assert {n["method"] for n in method["name"]} == {"Translate", "ListModels", "GetModel"}
     policy = method["retryPolicy"]
-    assert policy["retryableStatusCodes"] == ["UNAVAILABLE", "RESOURCE_EXHAUSTED"]
+    # RESOURCE_EXHAUSTED is retried by the client, which can tell "busy" from "over a limit".
+    assert policy["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert policy["maxAttempts"] == 5  # gRPC's own cap
     assert "methodConfig" not in json.loads(service_config(NO_RETRY))
 
@@ -48,6 +51,35 @@ def test_backoff_is_bounded_and_grows():
         assert all(0 <= policy.backoff(retry) <= cap for _ in range(50))
     with pytest.raises(ValueError):
         RetryPolicy(max_attempts=0)
+
+
+@pytest.mark.parametrize(
+    "settings, why",
+    [
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"max_attempts": 2.5}, "max_attempts"),
+        ({"initial_backoff": float("nan")}, "initial_backoff"),
+        ({"max_backoff": float("inf")}, "max_backoff"),
+        ({"multiplier": 0.5}, "multiplier"),
+        ({"retry_seconds": -1}, "retry_seconds"),
+    ],
+)
+def test_a_bad_retry_policy_is_a_client_config_error(settings, why):
+    # Before: a bare ValueError (nan and inf passed).
+    with pytest.raises(ClientConfigError, match=why):
+        RetryPolicy(**settings)
+    with pytest.raises(ClientConfigError, match=why):
+        Client("127.0.0.1:1", retry=settings)
+
+
+def test_retry_may_be_given_as_a_dict_of_its_fields():
+    # Before: AttributeError ('dict' object has no attribute 'max_attempts') building the channel.
+    with Client("127.0.0.1:1", retry={"max_attempts": 2, "retry_seconds": 10}) as client:
+        assert client.config.retry == RetryPolicy(max_attempts=2, retry_seconds=10)
+    with pytest.raises(ClientConfigError, match="unknown retry setting 'attempts'"):
+        Client("127.0.0.1:1", retry={"attempts": 2})
+    with pytest.raises(ClientConfigError, match="RetryPolicy or a dict"):
+        Client("127.0.0.1:1", retry=3)
 
 
 @pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED])
@@ -75,6 +107,18 @@ def test_retries_give_up_after_max_attempts_with_a_typed_error(fake_server):
     with Client(fake_server.address, retry=FAST, timeout=10) as client, pytest.raises(ResourceExhaustedError):
         client.translate(png(3), "invert")
     assert fake_server.servicer.calls["Translate"] == FAST.max_attempts
+
+
+def test_failed_precondition_is_not_retried_and_unavailable_is(fake_server):
+    # The server answers "model still loading" with UNAVAILABLE: retried until the model is up.
+    fake_server.servicer.fail_codes = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE]
+    with Client(fake_server.address, retry=FAST, timeout=10) as client:
+        assert client.translate(png(5), "invert")
+        assert fake_server.servicer.calls["Translate"] == 3
+        fake_server.servicer.fail_codes = [grpc.StatusCode.FAILED_PRECONDITION]
+        with pytest.raises(FailedPreconditionError, match="injected failure"):
+            client.translate(png(5), "invert")
+    assert fake_server.servicer.calls["Translate"] == 4
 
 
 def test_no_retry_policy_and_non_retryable_codes_fail_at_once(fake_server):

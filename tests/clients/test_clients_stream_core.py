@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from pixforge.client import ClientConfig, InternalError, InvalidArgumentError, RetryPolicy, UnavailableError
+from pixforge.clients.errors import RequestTooLargeError, error_from_code
 from pixforge.clients.images import ImageInputError
 from pixforge.clients.stream_core import (
     IDLE_WAIT_S,
@@ -103,7 +104,8 @@ def test_the_end_of_the_input_half_closes_and_finishes_the_batch():
 def test_a_response_without_a_known_id_answers_the_oldest_pending_item():
     core = make_core()
     stream = StreamState()
-    send_new(core, stream), send_new(core, stream)
+    send_new(core, stream)
+    send_new(core, stream)
     assert core.match(stream, "").index == 0
     assert core.match(stream, "b-1").index == 1
     assert core.match(stream, "") is None  # a stray response
@@ -173,6 +175,48 @@ def test_item_errors_are_delivered_unless_retryable_and_a_negative_pushback_mean
     # The server's pushback is the least wait: not due before t=7.
     assert core.next_step(StreamState(), 6.9) == Wait(pytest.approx(0.1))
     assert core.next_step(StreamState(), 7.0).index == 2
+
+
+def test_failed_precondition_is_delivered_and_unavailable_is_retried():
+    # "Model still loading" is UNAVAILABLE (retried); a model that cannot serve is final.
+    core = make_core(concurrency=2)
+    stream = StreamState()
+    send_new(core, stream)
+    send_new(core, stream)
+    settle(core, stream, answer(0, "b-0", grpc.StatusCode.FAILED_PRECONDITION))
+    settle(core, stream, answer(1, "b-1", grpc.StatusCode.UNAVAILABLE), now=1.0)
+    (delivered,) = core.drain()
+    assert delivered.index == 0 and delivered.error.code_name == "FAILED_PRECONDITION"
+    assert core.next_step(StreamState(), 2.0).index == 1  # re-sent after the backoff
+
+
+def test_a_stream_killed_by_an_oversized_request_fails_that_item_only():
+    core = make_core(concurrency=2)
+    stream = StreamState()
+    big = send_new(core, stream)
+    assert core.next_step(stream, 0.0) is PULL
+    small = core.admit(stream, core.pulled(), "small", b"x")
+    big.data = b"x" * 500  # over the limit below; the other item is not
+    error = error_from_code(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "SERVER: Received message larger than max (520 vs. 100)", "t"
+    )
+    assert isinstance(error, RequestTooLargeError) and error.limit == 100
+    core.end_stream(stream, error, now=0.0)
+    (failed,) = core.drain()
+    assert failed.index == big.index and failed.error is error and failed.attempts == 1
+    assert core.next_step(StreamState(), 1.0) is small  # the bystander is re-sent
+
+
+def test_an_item_over_the_clients_send_limit_is_delivered_unsent():
+    core = make_core()
+    stream = StreamState()
+    assert core.next_step(stream, 0.0) is PULL
+    assert core.oversized(core.pulled(), "big", b"x" * (core.max_message_bytes + 1))
+    (result,) = core.drain()
+    assert isinstance(result.error, RequestTooLargeError) and result.attempts == 0
+    assert not result.error.retryable and core.in_flight == 0
+    assert core.next_step(stream, 0.0) is PULL
+    assert not core.oversized(core.pulled(), "small", b"x")
 
 
 def test_a_stream_that_ends_cleanly_with_items_unanswered_fails_them_as_internal():
