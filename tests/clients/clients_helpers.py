@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -228,11 +229,13 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def start_server(repo: Path, **overrides):
+def start_server(repo: Path, load_seconds: float = 0.0, **overrides):
     """Start the real pixforge server in-process on 127.0.0.1 (free port), CPU, small pools.
 
     Args:
         repo: model repository.
+        load_seconds: > 0: each model takes this much longer to load, and the call returns while
+            they load (the port answers meanwhile, as a restarted server's does).
         **overrides: more dotted config keys with "." written as "__" (batching__max_queue_delay_ms=60).
 
     Returns:
@@ -241,7 +244,16 @@ def start_server(repo: Path, **overrides):
     from loopback import loopback_values
 
     from pixforge.service.config import load_config
+    from pixforge.service.engine import Engine
     from pixforge.service.server import serve
 
+    class SlowLoadingEngine(Engine):
+        def __init__(self, *args, **kwargs):
+            time.sleep(load_seconds)
+            super().__init__(*args, **kwargs)
+
     values = loopback_values(repo, grace_seconds=0.5, log_level="WARNING", **overrides)
-    return serve(load_config(overrides=values, env={}))
+    config = load_config(overrides=values, env={})
+    if load_seconds > 0:
+        return serve(config, engine_factory=SlowLoadingEngine, wait_for_models=False)
+    return serve(config)

@@ -616,7 +616,9 @@ def test_convert_rides_out_a_server_restart(model_repo, tmp_path):
             time.sleep(0.05)
         first.stop(0)  # the server goes away mid-run ...
         time.sleep(4.0)
-        second = start(model_repo, port=port)  # ... and comes back on the same port
+        # ... and comes back on the same port, answering "still loading" for 3 s (UNAVAILABLE,
+        # which convert retries; FAILED_PRECONDITION would fail the items that arrive meanwhile).
+        second = start(model_repo, load_seconds=3.0, port=port)
         try:
             out, err = proc.communicate(timeout=120)
         finally:
