@@ -347,3 +347,39 @@ class EngineControl:
                 return super()._run_session(batch)
 
         return ControlledEngine
+
+
+# --------------------------------------------------------------------------- KServe requests
+
+
+def kserve_raw_request(model: str, array: np.ndarray, **fields):
+    """A KServe v2 gRPC ModelInferRequest carrying ``array`` as the raw UINT8 ``image`` input."""
+    from pixforge.kserve.v2 import grpc_service_pb2 as kpb
+
+    tensor = kpb.ModelInferRequest.InferInputTensor(name="image", datatype="UINT8", shape=list(array.shape))
+    return kpb.ModelInferRequest(
+        model_name=model, inputs=[tensor], raw_input_contents=[array.tobytes()], **fields
+    )
+
+
+def kserve_json_request(array: np.ndarray, **extra) -> dict:
+    """A KServe v2 HTTP/REST infer body carrying ``array`` as JSON ``data`` of the ``image`` input."""
+    tensor = {
+        "name": "image",
+        "shape": list(array.shape),
+        "datatype": "UINT8",
+        "data": array.ravel().tolist(),
+    }
+    return {"inputs": [tensor], **extra}
+
+
+def expect_rpc_error(code, fn, *args) -> str:
+    """Call ``fn(*args)``; it must fail with ``code`` and a message without a traceback (returned)."""
+    import grpc
+    import pytest
+
+    with pytest.raises(grpc.RpcError) as info:
+        fn(*args, timeout=30)
+    assert info.value.code() == code, info.value.details()
+    assert "Traceback" not in (info.value.details() or "")
+    return info.value.details()

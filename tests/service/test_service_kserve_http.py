@@ -34,6 +34,9 @@ from service_helpers import (
     smooth_image,
     test_config,
 )
+from service_helpers import (
+    kserve_json_request as json_request,
+)
 from tritonclient.utils import InferenceServerException
 
 import pixforge
@@ -88,16 +91,6 @@ def infer_input(array: np.ndarray, binary: bool = True) -> httpclient.InferInput
     tensor = httpclient.InferInput("image", list(array.shape), "UINT8")
     tensor.set_data_from_numpy(array, binary_data=binary)
     return tensor
-
-
-def json_request(array: np.ndarray, **extra) -> dict:
-    tensor = {
-        "name": "image",
-        "shape": list(array.shape),
-        "datatype": "UINT8",
-        "data": array.ravel().tolist(),
-    }
-    return {"inputs": [tensor], **extra}
 
 
 def grpc_infer(stub, model: str, array: np.ndarray, **parameters) -> np.ndarray:

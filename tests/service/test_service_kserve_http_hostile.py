@@ -19,7 +19,7 @@ import zlib
 
 import numpy as np
 import pytest
-from service_helpers import SMALL_LIMITS, rgb_image, test_config
+from service_helpers import SMALL_LIMITS, kserve_json_request, rgb_image, test_config
 
 from pixforge.service import kserve_http
 from pixforge.service.errors import InvalidRequestError
@@ -51,13 +51,7 @@ def port(server) -> int:
 
 
 def infer_body(image: np.ndarray, **extra) -> bytes:
-    tensor = {
-        "name": "image",
-        "shape": list(image.shape),
-        "datatype": "UINT8",
-        "data": image.ravel().tolist(),
-    }
-    return json.dumps({"inputs": [tensor], **extra}).encode()
+    return json.dumps(kserve_json_request(image, **extra)).encode()
 
 
 def request(port: int, path: str, body: bytes | None = None, headers=(), method: str = "POST"):

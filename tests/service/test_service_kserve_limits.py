@@ -18,6 +18,9 @@ import grpc
 import numpy as np
 import pytest
 from service_helpers import SMALL_LIMITS, rgb_image, test_config
+from service_helpers import expect_rpc_error as expect
+from service_helpers import kserve_json_request as json_infer
+from service_helpers import kserve_raw_request as raw_request
 
 from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.service.errors import InvalidRequestError, RequestExpiredError
@@ -55,20 +58,6 @@ def kserve(server):
     return server[2]
 
 
-def raw_request(model: str, array: np.ndarray, **fields) -> kpb.ModelInferRequest:
-    tensor = Tensor(name="image", datatype="UINT8", shape=list(array.shape))
-    return kpb.ModelInferRequest(
-        model_name=model, inputs=[tensor], raw_input_contents=[array.tobytes()], **fields
-    )
-
-
-def expect(code, fn, request) -> str:
-    with pytest.raises(grpc.RpcError) as info:
-        fn(request, timeout=30)
-    assert info.value.code() == code, info.value.details()
-    return info.value.details()
-
-
 def http(handle, path: str, body: dict | None = None) -> tuple[int, dict]:
     """(status, JSON answer) of a GET (no body) or POST to the HTTP front."""
     data = None if body is None else json.dumps(body).encode()
@@ -78,16 +67,6 @@ def http(handle, path: str, body: dict | None = None) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def json_infer(array: np.ndarray, **extra) -> dict:
-    tensor = {
-        "name": "image",
-        "shape": list(array.shape),
-        "datatype": "UINT8",
-        "data": array.ravel().tolist(),
-    }
-    return {"inputs": [tensor], **extra}
 
 
 # --------------------------------------------------------------------------- batch size and cost

@@ -25,6 +25,12 @@ from service_helpers import (
     test_config,
     wait_for,
 )
+from service_helpers import (
+    expect_rpc_error as expect,
+)
+from service_helpers import (
+    kserve_raw_request as raw_request,
+)
 
 from pixforge.errors import ImageTooLargeError
 from pixforge.kserve.v2 import grpc_service_pb2 as kpb
@@ -49,25 +55,10 @@ def kserve(server):
     return server[2]
 
 
-def raw_request(model: str, array: np.ndarray, **fields) -> kpb.ModelInferRequest:
-    tensor = Tensor(name="image", datatype="UINT8", shape=list(array.shape))
-    return kpb.ModelInferRequest(
-        model_name=model, inputs=[tensor], raw_input_contents=[array.tobytes()], **fields
-    )
-
-
 def output(response: kpb.ModelInferResponse) -> np.ndarray:
     tensor = response.outputs[0]
     assert (tensor.name, tensor.datatype) == ("image_out", "UINT8")
     return np.frombuffer(response.raw_output_contents[0], np.uint8).reshape(list(tensor.shape))
-
-
-def expect(code, fn, *args) -> str:
-    with pytest.raises(grpc.RpcError) as info:
-        fn(*args, timeout=30)
-    assert info.value.code() == code, info.value.details()
-    assert "Traceback" not in (info.value.details() or "")
-    return info.value.details()
 
 
 def test_typed_contents_and_unbatched_shape(kserve):
