@@ -5,8 +5,10 @@ extension), reads the declared layout from the header (:func:`probe_image`) and 
 decompression bombs *before* any pixel is decoded, applies the EXIF orientation (exactly once, as
 Pillow's ``ImageOps.exif_transpose`` does, for every format), converts 16-bit and float samples to
 8 bits, and keeps an alpha channel aside (Real-ESRGAN style) so models only ever see gray or RGB;
-straight (unassociated) TIFF alpha comes back straight, not premultiplied by libtiff. Every
-failure is a typed error (`pixforge.errors`) with a human message.
+alpha always comes back straight: TIFF colour that libtiff premultiplied, or that the file stores
+premultiplied (associated alpha), is divided back, and a gray PNG's transparent level (tRNS),
+which OpenCV drops, becomes an alpha plane. Every failure is a typed error (`pixforge.errors`)
+with a human message.
 
 Array convention: ``DecodedImage.pixels`` is uint8, shape (H, W, C) with C = 1 (gray) or 3 (RGB,
 in RGB order); ``alpha`` is uint8 (H, W) or None.
@@ -46,6 +48,7 @@ decode memory is then at most (concurrent decodes) x ``max_bytes``, plus the enc
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -230,14 +233,73 @@ def _png_layout(data: bytes) -> _Layout:
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _JPEG_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
+# The end of a scan's entropy-coded data: a marker, i.e. 0xFF (after fill bytes) followed by
+# neither a stuffed 0x00 nor a restart marker (RST0-7 sit inside the data).
+_JPEG_SCAN_END = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+MAX_JPEG_SCANS = 100
+"""Most scans a JPEG may have. libjpeg decodes every scan over the whole image and only warns about
+a nonsensical progression, so a file that repeats one small scan is a CPU bomb (20 000 scans of
+117 bytes each took 148 s to decode at 64 MP). Encoders write 1 (baseline), 3 to 4 (multi-scan)
+or about 10 (progressive; mozjpeg's optimised scripts a few more)."""
+
+
+def _jpeg_marker(data: bytes, i: int) -> int:
+    """The offset of the next marker at or after ``i``, skipping junk bytes as libjpeg does (it
+    warns about "extraneous bytes before marker" and reads on)."""
+    j = data.find(b"\xff", i)
+    if j < 0:
+        raise ImageDecodeError("truncated or corrupt JPEG file: no frame header (SOF) found")
+    return j
+
+
+def _jpeg_scans(data: bytes, i: int) -> int:
+    """The number of scans (SOS segments) of the frame whose segments start at ``i``, walking the
+    segments by their lengths and each scan's entropy-coded data to its end marker (a byte search
+    for SOS or EOI would stop at one hidden in a comment or APPn payload).
+
+    Raises:
+        ImageDecodeError: more than :data:`MAX_JPEG_SCANS`.
+    """
+    n = len(data)
+    scans = 0
+    while i + 4 <= n:
+        i = data.find(b"\xff", i)
+        if i < 0 or i + 2 > n:
+            break
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:  # EOI
+            break
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if i + 4 > n:
+            break
+        (seg_len,) = struct.unpack(">H", data[i + 2 : i + 4])
+        i += 2 + seg_len
+        if marker == 0xDA:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise ImageDecodeError(
+                    f"unsupported JPEG file: over {MAX_JPEG_SCANS} scans (the decoder re-reads the whole "
+                    "image for each scan: a decompression bomb, or a broken encoder)"
+                )
+            end = _JPEG_SCAN_END.search(data, i)
+            if end is None:
+                break
+            i = end.end() - 2  # the marker's 0xFF
+    return scans
 
 
 def _jpeg_layout(data: bytes) -> _Layout:
     i = 2
     n = len(data)
     while i + 4 <= n:
-        if data[i] != 0xFF:
-            raise ImageDecodeError("corrupt JPEG file: bad marker structure")
+        i = _jpeg_marker(data, i)
+        if i + 4 > n:
+            break
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
@@ -259,10 +321,8 @@ def _jpeg_layout(data: bytes) -> _Layout:
                 raise ImageDecodeError("corrupt JPEG file: bad sampling factors")
             extra = 0
             # Progressive and multi-scan files are decoded through whole-image coefficient buffers
-            # (2 bytes per coefficient). Neither SOS (FF DA) nor EOI (FF D9) can occur inside
-            # entropy-coded data, so this counts the frame's scans.
-            end = data.find(b"\xff\xd9", i)
-            scans = data.count(b"\xff\xda", i, end if end > 0 else len(data))
+            # (2 bytes per coefficient).
+            scans = _jpeg_scans(data, i + 2 + seg_len)
             if marker in _JPEG_PROGRESSIVE or scans > 1:
                 hmax = max(fh for fh, _ in factors)
                 vmax = max(fv for _, fv in factors)
@@ -419,6 +479,10 @@ def _tiff_layout(data: bytes) -> _Layout:
     spp = tags.get(277, 1 if gray else 3)
     if not 1 <= spp <= 4:
         raise ImageDecodeError(f"unsupported TIFF image with {spp} samples per pixel")
+    if photometric == 3 and bps > 8:
+        # Palette indices have at most 8 bits (TIFF 6.0); OpenCV hands such a file over as raw
+        # wide samples, about ten times what an 8-bit RGB estimate would allow for.
+        raise ImageDecodeError(f"unsupported TIFF palette image with {bps} bits per sample (at most 8)")
     if photometric == 32845 and spp == 3:  # LogLuv: decoded to float XYZ
         bits, channels = 32, 3
     else:
@@ -438,8 +502,10 @@ def _tiff_layout(data: bytes) -> _Layout:
     tiled = 322 in tags
     tile_w = (tags.get(322) if tiled else w) or w
     tile_h = tags.get(323 if tiled else 278, 0)
-    if tile_h == 0 or (not tiled and tile_h == 0xFFFFFFFF):
-        tile_h = h
+    if tile_h == 0 or not tiled:
+        # A strip is never taller than the image (RowsPerStrip may be any larger number, 2**32-1
+        # by default): libtiff sizes its buffer by the rows the strip actually has.
+        tile_h = h if tile_h == 0 else min(tile_h, h)
     tile = tile_w * tile_h
     sample_bytes = -(-bps // 8)
     if bits == 8:
@@ -611,7 +677,8 @@ def _strip_rows(row_bytes: int) -> int:
 
 
 def _to_uint8(strip: np.ndarray) -> np.ndarray:
-    """One strip's samples as uint8 (16-bit: rounded /257; float and others: [0, 1] -> 0..255)."""
+    """One strip's samples as uint8 (16-bit: rounded /257; other integers: their type's range onto
+    0..255; float: [0, 1] -> 0..255)."""
     if strip.dtype == np.uint8:
         return strip
     if strip.dtype == np.uint16:
@@ -619,6 +686,15 @@ def _to_uint8(strip: np.ndarray) -> np.ndarray:
         t += 128
         t //= 257
         return t.astype(np.uint8)
+    if strip.dtype.kind in "iu":
+        # Signed and 32-bit TIFF samples: the full range of the type, as for 16 bits (reading them
+        # as floats in [0, 1] would make every positive sample white).
+        info = np.iinfo(strip.dtype)
+        d = strip.astype(np.float64)
+        d -= info.min
+        d *= 255.0 / (float(info.max) - float(info.min))
+        d += 0.5
+        return d.astype(np.uint8)
     # float TIFFs and the like: assume [0, 1] like most tools do.
     f = strip.astype(np.float32)
     np.nan_to_num(f, copy=False)
@@ -663,21 +739,33 @@ def _convert(raw: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray | None]:
     return pixels, alpha
 
 
-def _tiff_unassociated_alpha(data: bytes) -> bool:
-    """Whether a TIFF's first extra sample is unassociated (straight, not premultiplied) alpha."""
+def _tiff_extra_sample(data: bytes) -> int:
+    """A TIFF's first ExtraSamples value: 1 associated (premultiplied) alpha, 2 unassociated, 0 else."""
     try:
         extra = _tiff_entries(data, {_TIFF_EXTRA_SAMPLES}).get(_TIFF_EXTRA_SAMPLES)
     except ImageDecodeError:
-        return False
-    return bool(extra and extra[0][0] == 2)
+        return 0
+    return extra[0][0] if extra and extra[0][0] in (1, 2) else 0
+
+
+def _tiff_premultiplied(data: bytes, bit_depth: int) -> bool:
+    """Whether OpenCV hands a TIFF's colour over premultiplied by its alpha.
+
+    Associated alpha is stored premultiplied, and OpenCV passes it on as it is, at any depth.
+    Unassociated alpha is stored straight, but 8-bit files go through libtiff's RGBA interface,
+    which premultiplies it; deeper files are read as stored.
+    """
+    extra = _tiff_extra_sample(data)
+    return extra == 1 or (extra == 2 and bit_depth == 8)
 
 
 def _unpremultiply(pixels: np.ndarray, alpha: np.ndarray) -> None:
-    """Undo libtiff's premultiplication in place: colour = round(colour * 255 / alpha), strip by strip.
+    """Undo premultiplied colour in place: colour = round(colour * 255 / alpha), strip by strip.
 
-    OpenCV reads 8-bit TIFFs through libtiff's RGBA interface, which multiplies colour by
-    unassociated alpha (round(c * a / 255)); this is its nearest inverse (exact where a = 255, within
-    255 / (2a) elsewhere). Fully transparent pixels stay black: their colour is gone.
+    For TIFF colour that is stored premultiplied (associated alpha) or that libtiff's RGBA
+    interface premultiplied (8-bit unassociated alpha, round(c * a / 255)): the nearest inverse
+    (exact where a = 255, within 255 / (2a) elsewhere). Fully transparent pixels stay black: their
+    colour is gone.
     """
     h, w, c = pixels.shape
     rows = _strip_rows(w * c * 4)
@@ -690,6 +778,29 @@ def _unpremultiply(pixels: np.ndarray, alpha: np.ndarray) -> None:
         t[np.broadcast_to(a == 0, t.shape)] = 0
         np.minimum(t, 255, out=t)
         pixels[r0 : r0 + rows] = t
+
+
+def _png_gray_key_alpha(data: bytes, raw: np.ndarray) -> np.ndarray | None:
+    """The alpha plane of a gray PNG whose tRNS chunk names one transparent gray level, or None.
+
+    OpenCV expands a transparent colour of an RGB or palette PNG into an alpha channel but hands a
+    gray one over without it; this compares the decoder's raw samples (before any conversion to
+    8 bits, so a 16-bit key matches exactly) with the key: 0 where equal, else 255.
+    """
+    depth, color = data[24], data[25]
+    if color != 0:
+        return None
+    for ctype, start, length in _png_chunks(data):
+        if ctype in (b"IDAT", b"IEND"):
+            return None
+        if ctype == b"tRNS":
+            if length < 2 or start + 2 > len(data):
+                return None
+            (key,) = struct.unpack(">H", data[start : start + 2])
+            if depth < 8:  # libpng scales 1-, 2- and 4-bit samples to 8 bits, so the key too
+                key = (key & ((1 << depth) - 1)) * (255 // ((1 << depth) - 1))
+            return np.where(raw == key, np.uint8(0), np.uint8(255))
+    return None
 
 
 def _rotate(img: np.ndarray, orientation: int) -> np.ndarray:
@@ -760,10 +871,13 @@ def decode_image(
             f"decoder produced {img.shape[1]}x{img.shape[0]}"
         )
     bit_depth = img.dtype.itemsize * 8
+    key_alpha = _png_gray_key_alpha(data, img) if fmt == "png" and img.ndim == 2 else None
     pixels, alpha = _convert(img, fmt)
     del img  # (a no-op for 8-bit gray/RGB, converted in place)
-    if fmt == "tiff" and alpha is not None and bit_depth == 8 and _tiff_unassociated_alpha(data):
-        _unpremultiply(pixels, alpha)
+    if fmt == "tiff" and alpha is not None and _tiff_premultiplied(data, bit_depth):
+        _unpremultiply(pixels, alpha)  # models see straight colour; the alpha is re-attached as is
+    if key_alpha is not None:
+        alpha = key_alpha
     orientation = _codec_orientation(info)
     if orientation != 1:
         pixels = _rotate(pixels, orientation)
@@ -772,6 +886,26 @@ def decode_image(
         if alpha is not None:
             alpha = _rotate(alpha, orientation)
     return DecodedImage(pixels=pixels, alpha=alpha, format=fmt, bit_depth=bit_depth)
+
+
+# The largest side each output format can store: WebP's 14-bit sizes, JPEG's (libjpeg's) 65500;
+# PNG's 2**31 - 1 is beyond any pixel limit.
+MAX_OUTPUT_SIDE = {"webp": 16383, "jpeg": 65500}
+
+
+def check_output_size(fmt: str, width: int, height: int) -> None:
+    """Refuse an output the format cannot store, before anything is computed for it.
+
+    Raises:
+        ImageTooLargeError: a side over the format's limit (the message says which, and PNG).
+    """
+    fmt = normalize_format(fmt)
+    limit = MAX_OUTPUT_SIDE.get(fmt)
+    if limit is not None and max(width, height) > limit:
+        raise ImageTooLargeError(
+            f"a {width}x{height} output cannot be stored as {fmt.upper()}, which holds at most {limit} "
+            "pixels per side: ask for output_format png"
+        )
 
 
 def normalize_format(name: str) -> str:
@@ -822,6 +956,11 @@ def encode_image(
         pixels = pixels[:, :, 0]
     if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
         raise ImageEncodeError(f"pixels must be (H, W), (H, W, 1) or (H, W, 3); got {pixels.shape}")
+    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ImageEncodeError(f"cannot encode an empty image ({pixels.shape[1]}x{pixels.shape[0]} pixels)")
+    check_output_size(fmt, pixels.shape[1], pixels.shape[0])
+    if alpha is not None and alpha.dtype != np.uint8:
+        raise ImageEncodeError(f"alpha must be uint8, got {alpha.dtype}")
     quality = int(quality or DEFAULT_QUALITY)
     if not 1 <= quality <= 100:
         raise ImageEncodeError(f"quality must be within 1..100, got {quality}")

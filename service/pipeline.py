@@ -35,6 +35,7 @@ import numpy as np
 from pixforge.codec import (
     OUTPUT_FORMATS,
     check_limits,
+    check_output_size,
     decode_image,
     encode_image,
     normalize_format,
@@ -501,6 +502,8 @@ class Pipeline:
         check_limits(info, self.limits.max_input_pixels)
         width, height = info.width, info.height
         out_pixels = self._check_output(row.contract, width, height)
+        scale = row.contract.scale
+        check_output_size(fmt, width * scale, height * scale)  # e.g. WebP: 16383 pixels a side
         raw = out_pixels * max(3, row.contract.output_channels)
         least = int(raw * MIN_COMPRESSION.get(fmt, 0.0))
         if least > self.max_response_bytes:

@@ -146,6 +146,19 @@ def test_admission_queue_rejects_at_once_and_counts_the_wait(start_server, tmp_p
     assert failures == 3
 
 
+def test_an_output_its_format_cannot_store_is_refused_before_compute(start_server, tmp_path):
+    control = EngineControl()
+    handle, stub = start_server(test_config(repo(tmp_path), **NO_WARMUP), control)
+    wide = pb.TranslateRequest(model="sr2", image=png(rgb_image(2, 8200, 1)), output_format="webp")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Translate(wide, timeout=10)  # x2: 16400 pixels wide, WebP holds 16383
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "at most 16383 pixels per side" in info.value.details() and pushback(info.value) == "-1"
+    assert images_run(control, "sr2") == 0  # refused from the header: nothing ran
+    wide.output_format = "png"
+    assert stub.Translate(wide, timeout=30).width == 16400
+
+
 def test_oversized_response_is_refused_once_with_no_retry(start_server, tmp_path):
     control = EngineControl()
     config = test_config(repo(tmp_path), **{"limits.max_message_bytes": 128 * 1024}, **NO_WARMUP)
