@@ -616,10 +616,11 @@ def _exif_block(data: bytes, fmt: str) -> bytes | None:
             i += 2 + seg_len
         return None
     if fmt == "png":
+        # Before or after the image data: the PNG extension allows both, and Pillow reads both.
         for ctype, start, length in _png_chunks(data):
             if ctype == b"eXIf":
                 return data[start : start + length]
-            if ctype in (b"IDAT", b"IEND"):
+            if ctype == b"IEND":
                 return None
         return None
     if fmt == "webp":

@@ -222,3 +222,17 @@ def test_encode_refuses_empty_images_and_non_uint8_alpha():
         codec.encode_image(np.zeros((0, 5, 3), np.uint8))
     with pytest.raises(ImageEncodeError, match="alpha must be uint8"):
         codec.encode_image(np.zeros((2, 2, 3), np.uint8), alpha=np.ones((2, 2), np.float32))
+
+
+def test_an_exif_chunk_after_the_image_data_still_orients_the_image():
+    img = np.zeros((2, 4, 3), np.uint8)
+    img[0, 0] = 255
+    data = cv2.imencode(".png", img)[1].tobytes()
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1)
+    tiff += struct.pack("<HHI", 0x0112, 3, 1) + struct.pack("<HH", 6, 0) + struct.pack("<I", 0)
+    exif = struct.pack(">I", len(tiff)) + b"eXIf" + tiff + struct.pack(">I", zlib.crc32(b"eXIf" + tiff))
+    iend = data.rindex(b"IEND") - 4
+    late = data[:iend] + exif + data[iend:]  # after IDAT, before IEND
+    decoded = codec.decode_image(late)
+    assert decoded.pixels.shape[:2] == (4, 2)  # rotated 90 degrees clockwise, as Pillow does
+    assert np.array_equal(decoded.pixels, np.rot90(img, -1))
