@@ -276,8 +276,9 @@ class AsyncStreamBatch:
     """One `AsyncClient.translate_many` run; `run()` is the async generator of results.
 
     The asyncio front end of stream_core.BatchCore (same arguments as stream.StreamBatch): one
-    task per TranslateStream call, plus a writer task per call; every BatchCore event is followed
-    by a notification that wakes the waiting senders.
+    task per TranslateStream call, plus a writer task per call, plus a watchdog task that wakes at
+    the earliest per-item deadline and cancels the calls BatchCore.watch names; every BatchCore
+    event is followed by a notification that wakes the waiting senders.
     """
 
     def __init__(
@@ -296,7 +297,7 @@ class AsyncStreamBatch:
             self._aiter = None
             self._iter = iter(images)
         self._metadata = metadata
-        self._calls: set = set()
+        self._calls: dict[StreamState, Any] = {}  # the live gRPC call of each stream
         self._results: asyncio.Queue[TranslateResult | None] = asyncio.Queue()
         self._changed = asyncio.Event()
 
@@ -322,7 +323,8 @@ class AsyncStreamBatch:
 
     async def run(self) -> AsyncGenerator[TranslateResult, None]:
         """Yield TranslateResults (in input order when ordered=True)."""
-        workers = [asyncio.create_task(self._worker()) for _ in range(self._core.streams)]
+        workers = [asyncio.create_task(self._worker()) for _ in range(self._core.streams)]  # capped
+        workers.append(asyncio.create_task(self._watchdog()))
 
         async def close_when_done() -> None:
             await asyncio.gather(*workers, return_exceptions=True)
@@ -341,7 +343,7 @@ class AsyncStreamBatch:
                     yield ready
         finally:
             self._event(self._core.stop)
-            for call in list(self._calls):
+            for call in list(self._calls.values()):
                 call.cancel()
             for task in workers:
                 task.cancel()
@@ -366,6 +368,8 @@ class AsyncStreamBatch:
             while isinstance(step, Wait):
                 await self._wait(step.seconds)
                 step = self._core.next_step(stream, time.monotonic())
+            if isinstance(step, BatchItem):
+                self._event(lambda: None)  # a new deadline: the watchdog re-computes its wait
             if not isinstance(step, Pull):
                 return step  # an item to send, or None: half-close
             try:
@@ -384,9 +388,32 @@ class AsyncStreamBatch:
                 continue
             if self._event(self._core.oversized, index, source, data):
                 continue
-            return self._event(self._core.admit, stream, index, source, data)
+            return self._event(self._core.admit, stream, index, source, data, time.monotonic())
 
     # ------------------------------------------------------------------ streams
+
+    async def _watchdog(self) -> None:
+        """Cancel the calls of streams holding an item past its deadline (BatchCore.watch)."""
+        try:
+            while True:
+                changed = self._changed  # before watch: a later event must wake the wait below
+                cancel, wait = self._core.watch(time.monotonic())
+                if cancel:
+                    self._event(lambda: None)  # queue the expired items' results, wake senders
+                    # A stream with no call yet is cancelled by its task as soon as it has one.
+                    for stream in cancel:
+                        call = self._calls.get(stream)
+                        if call is not None:
+                            call.cancel()
+                if wait is None:
+                    return
+                if not cancel:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(changed.wait(), timeout=wait)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not hang the caller: hand it over
+            self._event(self._core.crashed, exc)
 
     async def _worker(self) -> None:
         try:
@@ -408,7 +435,9 @@ class AsyncStreamBatch:
     async def _run_stream(self, stream: StreamState, first: BatchItem) -> None:
         core = self._core
         call = self._stub.TranslateStream(timeout=core.call_timeout, metadata=self._metadata)
-        self._calls.add(call)
+        self._calls[stream] = call
+        if stream.cancelled:  # an item passed its deadline before the call existed
+            call.cancel()
 
         write_failed = False
 
@@ -440,11 +469,17 @@ class AsyncStreamBatch:
                 self._event(core.settle, item, result, retryable, time.monotonic())
         except grpc.aio.AioRpcError as exc:
             rpc_error = exc
+        except asyncio.CancelledError:
+            # The watchdog cancelled the call (an item passed its deadline; the core has already
+            # settled every item of the stream): the stream is over, this task goes on. Any other
+            # cancellation (the batch is torn down: stop() came first) propagates.
+            if not stream.cancelled or core.stopping:
+                raise
         finally:
-            self._calls.discard(call)
+            self._calls.pop(stream, None)
             self._event(core.close_stream, stream)
-            if core.stopping:
-                writer.cancel()
+            if core.stopping or stream.cancelled:
+                writer.cancel()  # a write pending on a cancelled call may never return
             # The writer wakes up on `closing` and ends by itself; cancel only a stuck one.
             done, _ = await asyncio.wait({writer}, timeout=2.0)
             if not done:

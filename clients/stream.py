@@ -3,8 +3,10 @@
 The algorithm (bounded window, retries, stream rotation, ordering) lives in stream_core.py and is
 shared with the asyncio client; this module only does the blocking I/O around it: one thread per
 TranslateStream call pulls from the caller's iterable, reads and encodes images, and reads the
-call's responses, and the caller's thread waits on a queue for results. Every BatchCore call is
-made under one threading.Condition, which is notified after each so that waiting senders re-ask.
+call's responses, and the caller's thread waits on a queue for results. One more thread, the
+watchdog, wakes at the earliest per-item deadline and cancels the calls BatchCore.watch names.
+Every BatchCore call is made under one threading.Condition, which is notified after each so that
+waiting senders (and the watchdog) re-ask.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class StreamBatch:
         self._source = iter(images)
         self._metadata = metadata
         self._cond = threading.Condition()
-        self._calls: set = set()
+        self._calls: dict[StreamState, Any] = {}  # the live gRPC call of each stream
         # Results, plus a None wake-up when the batch may be over (input exhausted and nothing in
         # flight, or a fatal error): the caller then re-checks the state.
         self._results: queue.SimpleQueue[TranslateResult | None] = queue.SimpleQueue()
@@ -53,20 +55,25 @@ class StreamBatch:
         """Run one BatchCore event under the lock, queue what it delivered and wake everyone."""
         with self._cond:
             value = handler(*args, **kwargs)
-            for result in self._core.drain():
-                self._results.put(result)
-            if self._core.finished:
-                self._results.put(None)  # after the results, so the caller sees them first
-            self._cond.notify_all()
+            self._publish()
         return value
+
+    def _publish(self) -> None:
+        """Under the lock: queue what the core delivered and wake everyone."""
+        for result in self._core.drain():
+            self._results.put(result)
+        if self._core.finished:
+            self._results.put(None)  # after the results, so the caller sees them first
+        self._cond.notify_all()
 
     # ------------------------------------------------------------------ caller side
 
     def __iter__(self) -> Generator[TranslateResult, None, None]:
         workers = [
             threading.Thread(target=self._worker, name=f"pixforge-stream-{i}", daemon=True)
-            for i in range(self._core.streams)
+            for i in range(self._core.streams)  # capped (stream_core.MAX_STREAMS)
         ]
+        workers.append(threading.Thread(target=self._watchdog, name="pixforge-stream-deadlines", daemon=True))
         for worker in workers:
             worker.start()
         try:
@@ -91,7 +98,7 @@ class StreamBatch:
     def _shutdown(self, workers: list[threading.Thread]) -> None:
         with self._cond:
             self._core.stop()
-            calls = list(self._calls)
+            calls = list(self._calls.values())
             self._cond.notify_all()
         for call in calls:
             call.cancel()
@@ -108,6 +115,8 @@ class StreamBatch:
                 while isinstance(step, Wait):
                     self._cond.wait(step.seconds)
                     step = self._core.next_step(stream, time.monotonic())
+                if isinstance(step, BatchItem):
+                    self._cond.notify_all()  # a new deadline: the watchdog re-computes its wait
             if not isinstance(step, Pull):
                 return step  # an item to send, or None: half-close
             # Pull and encode outside the lock: the input may walk folders or read files.
@@ -127,7 +136,7 @@ class StreamBatch:
                 continue
             if self._event(self._core.oversized, index, source, data):
                 continue
-            return self._event(self._core.admit, stream, index, source, data)
+            return self._event(self._core.admit, stream, index, source, data, time.monotonic())
 
     def _requests(self, stream: StreamState, first: BatchItem) -> Iterator[pb.TranslateStreamRequest]:
         item: BatchItem | None = first
@@ -136,6 +145,26 @@ class StreamBatch:
             item = self._take(stream)
 
     # ------------------------------------------------------------------ streams
+
+    def _watchdog(self) -> None:
+        """Cancel the calls of streams holding an item past its deadline (BatchCore.watch)."""
+        try:
+            while True:
+                with self._cond:
+                    cancel, wait = self._core.watch(time.monotonic())
+                    while not cancel and wait is not None:
+                        self._cond.wait(wait)
+                        cancel, wait = self._core.watch(time.monotonic())
+                    calls = [self._calls[stream] for stream in cancel if stream in self._calls]
+                    if cancel:
+                        self._publish()  # the expired items' results; senders re-ask
+                # A stream with no call yet is cancelled by its worker as soon as it has one.
+                for call in calls:
+                    call.cancel()
+                if wait is None:
+                    return
+        except BaseException as exc:  # a bug must not hang the caller: hand it over
+            self._event(self._core.crashed, exc)
 
     def _worker(self) -> None:
         try:
@@ -159,8 +188,8 @@ class StreamBatch:
             self._requests(stream, first), timeout=self._core.call_timeout, metadata=self._metadata
         )
         with self._cond:
-            self._calls.add(call)
-            if self._core.stopping:
+            self._calls[stream] = call
+            if self._core.stopping or stream.cancelled:
                 call.cancel()
         error: ClientError | None = None
         try:
@@ -173,5 +202,5 @@ class StreamBatch:
             error = error_from_rpc(exc, self._core.target)
         finally:
             with self._cond:
-                self._calls.discard(call)
+                self._calls.pop(stream, None)
             self._event(self._core.end_stream, stream, error, time.monotonic())

@@ -5,6 +5,18 @@ round_robin each call may land on a different server). At most `concurrency` ite
 "outstanding" (taken from the input and not yet handed to the caller), so memory stays flat
 whatever the input size and a slow consumer throttles the senders instead of piling up results.
 
+Deadlines, per item: every item gets `timeout` seconds (params.timeout, else config.timeout)
+from the moment it is sent, that is handed to a stream's call (its request may still sit in the
+transport or in the server's queue: that time counts; so does the time the call takes to
+connect). When the clock passes the deadline of an unanswered item, the core answers "cancel this
+stream": the item is delivered as failed with DEADLINE_EXCEEDED (not retried, like a unary call
+past its deadline), and the stream's other unanswered items, not yet past their own deadline,
+are re-queued at once (no backoff, not a failure) to be sent again, each with a fresh `timeout`,
+on another stream. A stream cannot drop one item, hence the cancel; a frozen server (even one
+that accepted the TCP connection but never answers) therefore fails each item after `timeout`
+rather than stalling the batch. The front ends run a watchdog that waits until the earliest
+deadline (BatchCore.watch).
+
 Failure handling, per item: a stream item answered with an error is delivered as a failed
 result; UNAVAILABLE / RESOURCE_EXHAUSTED (on the item or on the whole stream) re-queue the
 unanswered items with backoff until the retry policy gives up, then deliver them as failed. An
@@ -12,13 +24,19 @@ item over a message-size limit is never re-sent (ClientError.retryable): one ove
 own send limit is not even sent, and when a stream dies of an item over the server's limit, only
 the unanswered items over that limit fail; the others are re-sent on a new stream. A
 stream is fed for `stream_duration` seconds and then half-closed, and a fresh one takes over, so
-every stream has a finite deadline (stream_duration + timeout) yet each item gets at least `timeout`.
+every call also has a finite deadline of its own (stream_duration + timeout, a backstop: the
+per-item deadlines end it first).
+
+Streams: at most MAX_STREAMS calls run at once (one OS thread each in the threaded front end),
+whatever `concurrency` is; nothing is allocated per unit of concurrency, so a huge window costs
+no more than the items actually taken from the input.
 
 `BatchCore` holds every counter, queue and per-stream map of that algorithm and takes every
 decision, but does no I/O: it never blocks, sleeps, reads the clock, touches gRPC or pulls from
 the input. A front end (StreamBatch on threads, AsyncStreamBatch on asyncio tasks) feeds it events
 (an input item was pulled, a response came, a stream ended with error E, the time is now T), does
-what it answers (send this item, pull the next input, wait this long, half-close the stream) and
+what it answers (send this item, pull the next input, wait this long, half-close the stream,
+cancel these streams) and
 hands the caller the results it collects in its outbox. So the two front ends only do I/O and
 waiting, and the tests drive the algorithm with fake events and a fake clock.
 
@@ -41,6 +59,7 @@ from pixforge.v1 import translation_pb2 as pb
 from .config import ClientConfig
 from .errors import (
     ClientError,
+    DeadlineExceededError,
     InternalError,
     InvalidArgumentError,
     RequestTooLargeError,
@@ -62,6 +81,13 @@ ITEMS_PER_STREAM = 4
 """Default items in flight per stream: the server's default stream.max_in_flight (it reads no
 further ahead on one stream), so a bigger window is spread over more streams."""
 
+MAX_STREAMS = 64
+"""Most TranslateStream calls of one translate_many (more only when more servers are listed: one
+each). 64 streams x ITEMS_PER_STREAM = 256 items processed at once, well past what a server runs
+in parallel (its default admission.max_queued is 64 plus its worker threads) and what one client
+needs to keep a GPU busy; each stream costs an OS thread in the threaded front end, so without a
+cap a huge `concurrency` (10**7) meant millions of threads started before the first result."""
+
 
 def count_streams(requested: int | None, concurrency: int, listed_servers: int) -> int:
     """How many TranslateStream calls one translate_many runs.
@@ -72,15 +98,16 @@ def count_streams(requested: int | None, concurrency: int, listed_servers: int) 
         listed_servers: servers named in the target (a list gives one stream per server at least).
 
     Returns:
-        requested (capped at concurrency), or max(listed_servers, ceil(concurrency /
-        ITEMS_PER_STREAM)) capped at concurrency.
+        requested, or max(listed_servers, ceil(concurrency / ITEMS_PER_STREAM)); either capped at
+        concurrency and at max(MAX_STREAMS, listed_servers).
     """
+    cap = max(MAX_STREAMS, listed_servers)
     if requested is not None:
         if requested < 1:
             raise ValueError(f"streams must be >= 1, got {requested}")
-        return min(requested, concurrency)
+        return min(requested, concurrency, cap)
     wanted = max(listed_servers, -(-concurrency // ITEMS_PER_STREAM))
-    return max(1, min(concurrency, wanted))
+    return max(1, min(concurrency, wanted, cap))
 
 
 @dataclass
@@ -95,15 +122,18 @@ class BatchItem:
     not_before: float = 0.0
     first_failure: float = 0.0  # monotonic time of its first retryable failure (0: none yet)
     pushback_ms: int = 0  # the server's advice on its last failure (-1: never retry)
+    deadline: float = float("inf")  # monotonic time its current send must be answered by
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: the front ends map streams to calls
 class StreamState:
     """Book-keeping of one TranslateStream call (the front end keeps the call itself)."""
 
     feed_until: float = float("inf")  # set when the call starts: rotate after stream_duration
     closing: bool = False  # half-closed or ended: send nothing more on it
-    pending: OrderedDict[str, BatchItem] = field(default_factory=OrderedDict)  # sent, unanswered
+    cancelled: bool = False  # an item passed its deadline: the front end cancels the call
+    # Sent, unanswered, in send order (so their deadlines are in order too: see _register).
+    pending: OrderedDict[str, BatchItem] = field(default_factory=OrderedDict)
 
 
 class Pull:
@@ -177,9 +207,9 @@ def result_for_response(
 
 def input_error(index: int, source: Any, exc: ImageInputError) -> TranslateResult:
     """A failed result for an input the client could not even read or encode."""
-    return TranslateResult(
-        index=index, source=source, error=InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    )
+    error = InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    error.__cause__ = exc  # the ImageInputError (its cause: an OSError when the file is unreadable)
+    return TranslateResult(index=index, source=source, error=error)
 
 
 class BatchCore:
@@ -187,7 +217,7 @@ class BatchCore:
 
     Args:
         params: validated translation settings shared by every item (params.timeout: the
-            per-item budget, None for config.timeout).
+            per-item deadline, from when the item is sent; None or 0 for config.timeout).
         config: the client's settings: timeout, stream_duration and retry are used.
         concurrency: the most items taken from the input and not yet handed to the caller.
         streams: how many TranslateStream calls run at once (capped at concurrency).
@@ -223,8 +253,10 @@ class BatchCore:
         self.retry = config.retry
         self.max_message_bytes = config.max_message_bytes
         self.stream_duration = config.stream_duration
+        self.item_timeout = params.timeout or config.timeout
         # A stream is fed for stream_duration; its last item still needs the per-item budget.
-        self.call_timeout = config.stream_duration + (params.timeout or config.timeout)
+        # A backstop only: the per-item deadlines (expire) end a stalled call first.
+        self.call_timeout = config.stream_duration + self.item_timeout
         self.prefix = prefix if prefix is not None else uuid.uuid4().hex[:12]
 
         self.outstanding = 0
@@ -238,6 +270,8 @@ class BatchCore:
         self._outbox: list[TranslateResult] = []  # delivered, not yet collected by the front end
         self._buffer: dict[int, TranslateResult] = {}  # ordered: results waiting for earlier ones
         self._next_index = 0  # ordered: the index the caller gets next
+        # Streams with items registered and not yet ended (at most `streams` + the few ending).
+        self._live: dict[int, StreamState] = {}
 
     # ------------------------------------------------------------------ state
 
@@ -269,10 +303,16 @@ class BatchCore:
         self.in_flight -= 1
         self._outbox.append(result)
 
-    def _register(self, stream: StreamState, item: BatchItem) -> BatchItem:
+    def _register(self, stream: StreamState, item: BatchItem, now: float) -> BatchItem:
         # An item is either in one live stream's pending map, in the retry queue, or delivered.
         item.attempts += 1
+        item.deadline = now + self.item_timeout
+        if stream.pending:
+            # Keep deadlines in send order (front ends may read the clock just before the lock),
+            # so a stream's first pending item always has its earliest deadline.
+            item.deadline = max(item.deadline, next(reversed(stream.pending.values())).deadline)
         stream.pending[item.request_id] = item
+        self._live[id(stream)] = stream
         return item
 
     # ------------------------------------------------------------------ feeding a stream
@@ -290,7 +330,7 @@ class BatchCore:
             return None
         for i, queued in enumerate(self._retry_queue):
             if queued.not_before <= now:
-                return self._register(stream, self._retry_queue.pop(i))
+                return self._register(stream, self._retry_queue.pop(i), now)
         if not self.exhausted and not self._source_busy and self.outstanding < self.concurrency:
             self._source_busy = True
             self.outstanding += 1
@@ -348,14 +388,17 @@ class BatchCore:
         self._deliver(result_for_error(item, error))
         return True
 
-    def admit(self, stream: StreamState, index: int, source: Any, data: bytes) -> BatchItem | None:
-        """The pulled item is encoded: the item to send on `stream`, or None to half-close it
-        (it closed meanwhile: the item waits in the retry queue for another stream)."""
+    def admit(
+        self, stream: StreamState, index: int, source: Any, data: bytes, now: float
+    ) -> BatchItem | None:
+        """The pulled item is encoded, at time `now`: the item to send on `stream` (its deadline
+        runs from now), or None to half-close it (it closed meanwhile: the item waits in the
+        retry queue for another stream)."""
         item = BatchItem(index=index, source=source, request_id=f"{self.prefix}-{index}", data=data)
         if stream.closing or self.stopping:
             self._retry_queue.append(item)
             return None
-        return self._register(stream, item)
+        return self._register(stream, item, now)
 
     def request(self, item: BatchItem) -> pb.TranslateStreamRequest:
         """The stream message that sends `item`."""
@@ -407,6 +450,7 @@ class BatchCore:
         """The call is over (error: why it failed, None: it ended cleanly): its unanswered items
         fail with that error (or INTERNAL when it ended cleanly) and are retried when allowed."""
         stream.closing = True
+        self._live.pop(id(stream), None)
         leftovers = list(stream.pending.values())
         stream.pending.clear()
         if not leftovers:
@@ -430,6 +474,60 @@ class BatchCore:
             return error
         reason = f"its stream ended because another request was over the server's limit ({error.message})"
         return UnavailableError(grpc.StatusCode.UNAVAILABLE, reason, self.target)
+
+    # ------------------------------------------------------------------ per-item deadlines
+
+    def next_deadline(self) -> float:
+        """The earliest deadline of an item sent and unanswered (inf: none)."""
+        return min(
+            (next(iter(s.pending.values())).deadline for s in self._live.values() if s.pending),
+            default=float("inf"),
+        )
+
+    def expire(self, now: float) -> list[StreamState]:
+        """The time is `now`: the streams whose calls the front end must cancel.
+
+        Each stream holding an unanswered item past its deadline is marked closing and
+        cancelled; its items past their deadline are delivered as failed (DEADLINE_EXCEEDED, not
+        retried) and its other unanswered items go back to the queue, due at once, to be sent
+        again on another stream (they did not fail: no backoff, the retry policy is not asked;
+        `attempts` still counts the new send, as it counts every send).
+        """
+        if self.stopping:
+            return []
+        cancel = []
+        for key, stream in list(self._live.items()):
+            if not stream.pending or next(iter(stream.pending.values())).deadline > now:
+                continue
+            del self._live[key]
+            stream.closing = stream.cancelled = True
+            items = list(stream.pending.values())
+            stream.pending.clear()
+            for item in items:
+                if item.deadline <= now:
+                    self._deliver(result_for_error(item, self._deadline_error()))
+                else:
+                    item.not_before = now
+                    self._retry_queue.append(item)
+            cancel.append(stream)
+        return cancel
+
+    def _deadline_error(self) -> DeadlineExceededError:
+        reason = (
+            f"no answer within the per-item timeout of {self.item_timeout:g} s (counted from when "
+            "the item was sent, server queueing included; not retried)"
+        )
+        return DeadlineExceededError(grpc.StatusCode.DEADLINE_EXCEEDED, reason, self.target)
+
+    def watch(self, now: float) -> tuple[list[StreamState], float | None]:
+        """The front end's deadline watchdog, at time `now`: (streams to cancel, see expire; how
+        long to wait before asking again, at most IDLE_WAIT_S and no later than the earliest
+        deadline, or None: the batch is over, the watchdog may exit)."""
+        cancel = self.expire(now)
+        if self.stopping or self.finished:
+            return cancel, None
+        wait = min(IDLE_WAIT_S, self.next_deadline() - now)
+        return cancel, max(wait, MIN_WAIT_S)
 
     # ------------------------------------------------------------------ the caller's side
 

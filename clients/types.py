@@ -21,6 +21,18 @@ from .images import decode_output
 
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
+UINT32_MAX = 2**32 - 1
+INT64_MAX = 2**63 - 1
+# The integer settings of TranslateParams and the range of their proto fields
+# (pixforge.v1.TranslateRequest.version is int64, the TranslateOptions fields uint32).
+_INT_RANGES = {
+    "version": (0, INT64_MAX),
+    "quality": (0, UINT32_MAX),  # and 1..100 when set, checked below
+    "tile_size": (0, UINT32_MAX),
+    "tile_overlap": (0, UINT32_MAX),
+    "render_size": (0, UINT32_MAX),
+}
+
 
 def check_call_timeout(timeout: object) -> None:
     """Refuse a per-call timeout gRPC would misread (negative, nan, inf: an instant or no deadline).
@@ -184,12 +196,15 @@ class TranslateParams:
         quality: JPEG/WebP quality 1..100 (0 = the server's default).
         tile_size, tile_overlap, render_size: see pixforge.v1.TranslateOptions (0 = default).
         as_array: decode outputs into uint8 numpy arrays instead of returning encoded bytes.
-        timeout: deadline in seconds of a translate() call, or per-item budget of a
-            translate_many() (None or 0 = the client's config.timeout).
+        timeout: deadline in seconds of a translate() call, or of each item of a
+            translate_many(), counted from when the item is sent, server queueing included
+            (None or 0 = the client's config.timeout).
 
     Raises:
-        InvalidArgumentError: empty model name, unknown format, quality out of range, a
-            negative size option, or a negative / non-finite timeout.
+        InvalidArgumentError: empty model name, unknown format, quality out of range, an
+            integer setting that is no integer or out of its proto field's range (negative, or
+            over 2**32 - 1 for the uint32 options, over 2**63 - 1 for version), or a negative /
+            non-finite timeout.
     """
 
     model: str
@@ -210,11 +225,16 @@ class TranslateParams:
             object.__setattr__(self, "output_format", normalize_format(self.output_format))
         except PixforgeError as exc:
             raise InvalidArgumentError(_INVALID, str(exc)) from None
+        for name, (low, high) in _INT_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise InvalidArgumentError(_INVALID, f"{name} must be an integer, got {value!r}")
+            if value < low:
+                raise InvalidArgumentError(_INVALID, f"{name} must be >= {low}, got {value}")
+            if value > high:
+                raise InvalidArgumentError(_INVALID, f"{name} must be <= {high}, got {value}")
         if self.quality and not 1 <= self.quality <= 100:
             raise InvalidArgumentError(_INVALID, f"quality must be within 1..100, got {self.quality}")
-        for name in ("version", "tile_size", "tile_overlap", "render_size"):
-            if getattr(self, name) < 0:
-                raise InvalidArgumentError(_INVALID, f"{name} must be >= 0, got {getattr(self, name)}")
         check_call_timeout(self.timeout)
 
     @classmethod

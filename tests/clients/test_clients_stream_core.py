@@ -6,14 +6,26 @@ pulled, a response, a stream's end, the time) and checks the core's decisions an
 
 from __future__ import annotations
 
+import sys
+import tracemalloc
+
 import grpc
 import pytest
 
-from pixforge.client import ClientConfig, InternalError, InvalidArgumentError, RetryPolicy, UnavailableError
+from pixforge.client import (
+    CancelledError,
+    ClientConfig,
+    DeadlineExceededError,
+    InternalError,
+    InvalidArgumentError,
+    RetryPolicy,
+    UnavailableError,
+)
 from pixforge.clients.errors import RequestTooLargeError, error_from_code
 from pixforge.clients.images import ImageInputError
 from pixforge.clients.stream_core import (
     IDLE_WAIT_S,
+    MAX_STREAMS,
     PULL,
     BatchCore,
     BatchItem,
@@ -29,10 +41,15 @@ UNAVAILABLE = UnavailableError(grpc.StatusCode.UNAVAILABLE, "server restarting",
 
 
 def make_core(
-    *, concurrency: int = 2, streams: int = 1, ordered: bool = True, retry: RetryPolicy = FAST
+    *,
+    concurrency: int = 2,
+    streams: int = 1,
+    ordered: bool = True,
+    retry: RetryPolicy = FAST,
+    timeout: float | None = None,
 ) -> BatchCore:
     config = ClientConfig("127.0.0.1:1", timeout=5.0, stream_duration=10.0, retry=retry)
-    params = TranslateParams("invert")
+    params = TranslateParams("invert", timeout=timeout)
     return BatchCore(
         params, config, concurrency=concurrency, streams=streams, ordered=ordered, target="t", prefix="b"
     )
@@ -42,7 +59,7 @@ def send_new(core: BatchCore, stream: StreamState, now: float = 0.0) -> BatchIte
     """Play one PULL: the input gives an item, it is encoded and admitted on `stream`."""
     assert core.next_step(stream, now) is PULL
     index = core.pulled()
-    item = core.admit(stream, index, f"src{index}", b"data")
+    item = core.admit(stream, index, f"src{index}", b"data", now)
     assert item is not None
     return item
 
@@ -195,7 +212,7 @@ def test_a_stream_killed_by_an_oversized_request_fails_that_item_only():
     stream = StreamState()
     big = send_new(core, stream)
     assert core.next_step(stream, 0.0) is PULL
-    small = core.admit(stream, core.pulled(), "small", b"x")
+    small = core.admit(stream, core.pulled(), "small", b"x", 0.0)
     big.data = b"x" * 500  # over the limit below; the other item is not
     error = error_from_code(
         grpc.StatusCode.RESOURCE_EXHAUSTED, "SERVER: Received message larger than max (520 vs. 100)", "t"
@@ -245,7 +262,7 @@ def test_an_item_encoded_after_its_stream_closed_goes_to_the_next_stream():
     assert core.next_step(stream, 0.0) is PULL
     index = core.pulled()
     core.close_stream(stream)
-    assert core.admit(stream, index, "src0", b"data") is None
+    assert core.admit(stream, index, "src0", b"data", 0.0) is None
     other = StreamState()
     item = core.next_step(other, 0.0)
     assert isinstance(item, BatchItem) and item.index == 0 and item.attempts == 1
@@ -290,7 +307,21 @@ def test_after_stop_failures_are_delivered_not_retried():
 
 @pytest.mark.parametrize(
     "requested, concurrency, listed, expected",
-    [(None, 4, 1, 1), (None, 16, 1, 4), (None, 4, 3, 3), (None, 2, 5, 2), (8, 3, 1, 3), (2, 16, 1, 2)],
+    [
+        (None, 4, 1, 1),
+        (None, 16, 1, 4),
+        (None, 4, 3, 3),
+        (None, 2, 5, 2),
+        (8, 3, 1, 3),
+        (2, 16, 1, 2),
+        # Capped at MAX_STREAMS (64), however big the window or the explicit request...
+        (None, 10**7, 1, 64),
+        (None, 257, 1, 64),
+        (10**6, 10**7, 1, 64),
+        # ...but one stream per listed server always.
+        (None, 10**7, 100, 100),
+        (200, 10**7, 100, 100),
+    ],
 )
 def test_count_streams(requested, concurrency, listed, expected):
     assert count_streams(requested, concurrency, listed) == expected
@@ -301,3 +332,121 @@ def test_bad_windows_are_refused():
         count_streams(0, 4, 1)
     with pytest.raises(ValueError, match="concurrency"):
         make_core(concurrency=0)
+
+
+# --------------------------------------------------------------------------- the stream cap
+
+
+def test_a_huge_window_plans_capped_streams_and_allocates_nothing_per_slot():
+    assert MAX_STREAMS == 64
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        core = make_core(concurrency=10**7, streams=count_streams(None, 10**7, 1))
+        streams = [StreamState() for _ in range(core.streams)]
+        for stream in streams[:3]:
+            send_new(core, stream)
+        grown = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert core.streams == MAX_STREAMS
+    assert grown < 200_000, grown  # a few items' worth, not 10**7 slots
+    for name, value in vars(core).items():
+        if hasattr(value, "__len__") and not isinstance(value, str):
+            assert len(value) <= MAX_STREAMS, name
+        assert sys.getsizeof(value) < 10_000, name
+    assert core.next_step(streams[3], 0.0) is PULL  # the window is far from full
+
+
+# --------------------------------------------------------------------------- per-item deadlines
+
+
+def test_an_item_past_its_deadline_fails_alone_and_its_streams_other_items_are_resent():
+    core = make_core(concurrency=3)  # timeout 5 s (the config's)
+    stream = StreamState()
+    core.start_stream(stream, 0.0)
+    for now in (0.0, 1.0, 2.0):
+        send_new(core, stream, now)
+    assert core.next_deadline() == 5.0  # counted from when each item was sent
+    assert core.expire(4.99) == [] and core.drain() == []
+    assert core.watch(4.9) == ([], pytest.approx(0.1))
+    assert core.expire(5.0) == [stream]  # the front end cancels this stream's call
+    assert stream.cancelled and stream.closing and not stream.pending
+    (late,) = core.drain()
+    assert late.index == 0 and isinstance(late.error, DeadlineExceededError)
+    assert late.error.code == grpc.StatusCode.DEADLINE_EXCEEDED and late.attempts == 1
+    assert not late.error.retryable and "per-item timeout of 5 s" in late.error.message
+    assert core.in_flight == 2 and core.next_step(stream, 5.0) is None  # send nothing more on it
+    # The others did not fail: due at once (no backoff) on another stream, each with a fresh
+    # deadline counted from the new send; `attempts` counts that send.
+    fresh = StreamState()
+    resent = [core.next_step(fresh, 5.5), core.next_step(fresh, 5.5)]
+    assert [i.index for i in resent] == [1, 2] and [i.attempts for i in resent] == [2, 2]
+    assert all(i.first_failure == 0.0 for i in resent)  # the retry policy was not consulted
+    assert core.next_deadline() == 10.5
+    # The cancelled call ends (CANCELLED) and a late answer on it is ignored.
+    assert core.match(stream, "b-0") is None
+    core.end_stream(stream, CancelledError(grpc.StatusCode.CANCELLED, "cancelled", "t"), 5.6)
+    assert core.drain() == [] and core.expire(10.0) == []
+    settle(core, fresh, answer(1, "b-1"), 6.0)
+    settle(core, fresh, answer(2, "b-2"), 6.0)
+    assert [r.ok for r in core.drain()] == [True, True] and core.in_flight == 0
+
+
+def test_every_item_past_its_deadline_fails_at_once():
+    core = make_core(concurrency=4, streams=2, timeout=1.0)  # params.timeout wins over config's
+    a, b = StreamState(), StreamState()
+    send_new(core, a, 0.0)
+    send_new(core, a, 0.5)
+    send_new(core, b, 0.2)
+    send_new(core, a, 1.2)
+    assert core.next_deadline() == 1.0
+    assert set(core.expire(1.5)) == {a, b}
+    assert sorted(r.index for r in core.drain()) == [0, 1, 2]
+    assert core.next_step(StreamState(), 1.5).index == 3  # not yet due: re-sent
+    assert core.in_flight == 1
+
+
+def test_an_item_expires_while_its_stream_is_still_connecting():
+    # A frozen server that accepted the connection but never answers: the first item is handed
+    # to the call before the call has started (or ever connects); its deadline still runs.
+    core = make_core(concurrency=1, timeout=0.5)
+    stream = StreamState()
+    send_new(core, stream, 100.0)  # no start_stream, no response: the call is still connecting
+    assert core.watch(100.3) == ([], pytest.approx(0.2))
+    cancel, wait = core.watch(100.5)
+    assert cancel == [stream] and stream.cancelled
+    assert wait is not None  # the input is not exhausted: the watchdog keeps watching
+    (result,) = core.drain()
+    assert result.error.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_resent_item_gets_a_fresh_deadline_and_an_answered_one_none():
+    core = make_core(concurrency=2)
+    stream = StreamState()
+    send_new(core, stream, 0.0)
+    send_new(core, stream, 1.0)
+    core.end_stream(stream, UNAVAILABLE, now=2.0)  # retried with backoff <= 0.5 s
+    fresh = StreamState()
+    resent = [core.next_step(fresh, 3.0), core.next_step(fresh, 3.0)]
+    assert [i.deadline for i in resent] == [8.0, 8.0]
+    settle(core, fresh, answer(0, "b-0"), 4.0)
+    assert core.next_deadline() == 8.0 and core.expire(7.9) == []
+    settle(core, fresh, answer(1, "b-1"), 4.0)
+    assert core.next_deadline() == float("inf") and core.expire(100.0) == []
+
+
+def test_the_watchdog_waits_for_the_earliest_deadline_and_stops_with_the_batch():
+    core = make_core(concurrency=2, timeout=0.1)
+    stream = StreamState()
+    assert core.watch(0.0) == ([], IDLE_WAIT_S)  # nothing in flight: idle wake-ups only
+    send_new(core, stream, 0.0)
+    assert core.watch(0.04) == ([], pytest.approx(0.06))
+    assert core.next_step(stream, 0.05) is PULL
+    core.source_ended()
+    settle(core, stream, answer(0, "b-0"), 0.05)
+    assert core.finished and core.watch(0.06) == ([], None)
+    stopped = make_core()
+    send_new(stopped, StreamState(), 0.0)
+    stopped.stop()
+    assert stopped.watch(100.0) == ([], None)  # torn down: the front end cancels everything
