@@ -44,7 +44,8 @@ def image_bytes(image: ImageInput) -> bytes:
         try:
             return _read_regular_file(path)
         except OSError as exc:
-            raise ImageInputError(f"cannot read image file {path!r}: {exc.strerror or exc}") from None
+            # The OSError stays the cause, so a caller can tell "cannot read" from a bad image.
+            raise ImageInputError(f"cannot read image file {path!r}: {exc.strerror or exc}") from exc
     if isinstance(image, np.ndarray):
         return _encode_array(image)
     raise ImageInputError(f"an image must be bytes, a path or a numpy array, not {type(image).__name__}")

@@ -307,7 +307,7 @@ def _add_convert(sub) -> None:
     p.add_argument(
         "--retry-seconds",
         type=_retry_seconds_arg,
-        default=120.0,
+        default=None,  # None, not 120: --models warns about a --retry-seconds given explicitly
         help="keep retrying an image for this long while the server is restarting or busy "
         "(0: 5 retries at most; default 120)",
     )

@@ -60,6 +60,21 @@ def available_models(repository: Path) -> list[str]:
     return sorted(latest_versions(scan_repository(repository)))
 
 
+def check_model(repository: str | Path, model: str) -> None:
+    """Check ``repository`` is a model repository holding ``model`` (no model is loaded).
+
+    Raises:
+        ServerConfigError: not a folder, or no such model (the message lists the models it has).
+    """
+    repo = Path(repository)
+    if not repo.is_dir():
+        raise ServerConfigError(f"--models {repo} is not a folder")
+    names = available_models(repo)
+    if model not in names:
+        have = ", ".join(names) if names else "none"
+        raise ServerConfigError(f"model {model!r} is not in {repo} (it has: {have})")
+
+
 def start_local_server(repository: str | Path, model: str, *, log_level: str = "ERROR") -> LocalServer:
     """Load ``model`` from ``repository`` into a private server and wait until it is ready.
 
@@ -74,15 +89,12 @@ def start_local_server(repository: str | Path, model: str, *, log_level: str = "
             models it has), or the model failed to load (the message says why).
     """
     repo = Path(repository)
-    if not repo.is_dir():
-        raise ServerConfigError(f"--models {repo} is not a folder")
-    names = available_models(repo)
-    if model not in names:
-        have = ", ".join(names) if names else "none"
-        raise ServerConfigError(f"model {model!r} is not in {repo} (it has: {have})")
+    check_model(repo, model)
     service_log = logging.getLogger("pixforge.service")
     previous = service_log.level
-    service_log.setLevel(log_level)
+    # Quiet while the model loads: a load failure is logged by the repository and then raised
+    # below with the same reason, and the user should read it once.
+    service_log.setLevel(logging.CRITICAL)
     workdir = Path(tempfile.mkdtemp(prefix="pixforge-convert-"))
     try:
         private = single_model_repository(repo, model, workdir)
@@ -102,9 +114,13 @@ def start_local_server(repository: str | Path, model: str, *, log_level: str = "
         shutil.rmtree(workdir, ignore_errors=True)
         service_log.setLevel(previous)
         raise
+    service_log.setLevel(log_level)
     local = LocalServer(handle, token, workdir, previous)
     row = handle.registry.describe(model)
     if row.contract is None:
         local.close()
-        raise ServerConfigError(f"model {model!r} in {repo} failed to load: {row.error or row.state.value}")
+        # The reason names the private repository's path, a temp folder deleted by now: say the
+        # user's own path instead.
+        reason = (row.error or row.state.value).replace(str(private), str(repo))
+        raise ServerConfigError(f"model {model!r} in {repo} failed to load: {reason}")
     return local

@@ -498,7 +498,7 @@ def test_tile_flag_reaches_the_server(capsys, model_repo, tmp_path, monkeypatch)
     out = tmp_path / "out"
     args = ["--models", str(model_repo), "--model", "invert", str(src), "--output", str(out)]
     assert main(["convert", *args, "--tile", "64", "--tile-overlap", "8"]) == 0
-    assert seen == [(64, 8), (64, 8)]
+    assert seen == [(64, 8)] * 3  # the preflight's probe of the options, then the two images
     expected = 255 - make_image(0, h=160, w=160)
     assert (decode_image((out / "img000.png").read_bytes()).pixels == expected).all()
 
@@ -628,3 +628,324 @@ def test_convert_rides_out_a_server_restart(model_repo, tmp_path):
             proc.kill()
     assert proc.returncode == 0, err
     assert "converted" in out and len(list(out_dir.glob("*.png"))) == 30
+
+
+# ---------------------------------------- audit fixes: preflight, reports, signals, messages
+
+
+def test_output_that_is_another_input_is_never_overwritten(capsys, real_server, tmp_path):
+    src, out_dir = tmp_path / "in", tmp_path / "out"
+    (src / "sub").mkdir(parents=True)
+    (out_dir / "sub").mkdir(parents=True)
+    (src / "sub" / "a.jpg").write_bytes(encode_image(make_image(1), "jpeg"))  # -> out/sub/a.png ...
+    (out_dir / "sub" / "a.png").write_bytes(encode_image(make_image(2)))  # ... named as an input
+    before = (out_dir / "sub" / "a.png").read_bytes()
+    args = [str(src), str(out_dir / "sub" / "a.png"), "--output", str(out_dir), "--recursive"]
+    for overwrite in ([], ["--overwrite"]):
+        code, out, _ = convert(capsys, real_server.address, *args, *overwrite)
+        assert code == 1 and "skipped 0, failed 1" in out
+        assert [r["code"] for r in report_rows(out_dir)] == ["OUTPUT_IS_INPUT"]
+        assert (out_dir / "sub" / "a.png").read_bytes() == before
+    # `convert ow/* --output ow`: inputs beside their outputs need --suffix, before anything is read.
+    ow = tmp_path / "ow"
+    ow.mkdir()
+    (ow / "a.jpg").write_bytes(encode_image(make_image(1), "jpeg"))
+    (ow / "a.png").write_bytes(before)
+    code, _, err = convert(
+        capsys, real_server.address, str(ow / "a.jpg"), str(ow / "a.png"), "--output", str(ow), "--overwrite"
+    )
+    assert code == 2 and "add --suffix" in err and (ow / "a.png").read_bytes() == before
+
+
+def test_tile_values_the_server_refuses_stop_the_run_once_before_it_starts(capsys, real_server, tmp_path):
+    src = flat_inputs(tmp_path / "in", 3)
+    out_dir = tmp_path / "out"
+    for flags, words in (
+        (["--tile", "8"], "options.tile_size must be within"),  # the server's tiling bounds
+        (["--tile-overlap", "200"], "less than half the tile"),  # the model's default tile is 256
+        (["--tile", "64", "--tile-overlap", "32"], "less than half of --tile 64"),
+    ):
+        code, out, err = convert(capsys, real_server.address, str(src), "--output", str(out_dir), *flags)
+        assert code == 2 and words in err, err
+        assert err.count("\n") == 1 and "FAILED" not in err and not out_dir.exists()
+    code, _, err = convert(
+        capsys, real_server.address, str(src), "--output", str(out_dir), "--tile", "5000000000"
+    )
+    assert code == 2 and "--tile must be within 0..4294967295" in err and err.count("\n") == 1
+
+
+def test_an_unexpected_value_error_mid_run_is_one_line_and_exit_2(capsys, real_server, tmp_path, monkeypatch):
+    import pixforge.clients.convert as convert_module
+
+    def bad_plan(opts, tally):
+        raise ValueError("Value out of range: 5000000000")
+        yield  # a generator, as plan() is
+
+    monkeypatch.setattr(convert_module, "plan", bad_plan)
+    src = flat_inputs(tmp_path / "in", 1)
+    code, _, err = convert(capsys, real_server.address, str(src), "--output", str(tmp_path / "out"))
+    assert code == 2 and err == "pixforge convert: stopped: Value out of range: 5000000000\n"
+
+
+def test_a_tiny_timeout_is_no_unreachable_server(capsys, tmp_path, monkeypatch):
+    from clients_helpers import FakeServer, FakeServicer
+
+    real_get_model = FakeServicer.GetModel
+
+    def slow_get_model(self, request, context):  # answers, but slower than one image's --timeout
+        time.sleep(0.3)
+        return real_get_model(self, request, context)
+
+    monkeypatch.setattr(FakeServicer, "GetModel", slow_get_model)
+    server = FakeServer()
+    try:
+        src = flat_inputs(tmp_path / "in", 2)
+        code, _, err = convert(
+            capsys, server.address, str(src), "--output", str(tmp_path / "out"), "--timeout", "0.1"
+        )
+    finally:
+        server.stop()
+    assert code == 0 and "cannot reach" not in err, err
+
+
+def test_a_server_that_does_not_answer_is_worded_as_such(capsys, tmp_path, monkeypatch):
+    import socket
+
+    import pixforge.clients.convert as convert_module
+
+    monkeypatch.setattr(convert_module, "PREFLIGHT_TIMEOUT_S", 0.5, raising=False)
+    silent = socket.socket()  # accepts connections, never speaks HTTP/2
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        src = flat_inputs(tmp_path / "in", 1)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        code, _, err = convert(capsys, address, str(src), "--output", str(tmp_path / "out"), "--timeout", "1")
+    finally:
+        silent.close()
+    assert code == 2 and f"server {address} did not answer within 0.5 s" in err
+
+
+def test_an_unreadable_input_file_is_reported_as_unreadable(capsys, real_server, tmp_path, monkeypatch):
+    src = flat_inputs(tmp_path / "in", 2)
+    real_open = os.open
+
+    def locked(path, *args, **kwargs):  # chmod 000 does not stop root, so refuse the open itself
+        if os.fspath(path).endswith("img001.png"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", locked)
+    out_dir = tmp_path / "out"
+    code, _, err = convert(capsys, real_server.address, str(src), "--output", str(out_dir))
+    assert code == 1
+    (row,) = report_rows(out_dir)
+    assert row["input"] == str(src / "img001.png") and row["code"] == "UNREADABLE"
+    assert "Permission denied" in row["message"]
+
+
+def test_disk_full_stops_with_the_write_as_the_cause_not_the_report(
+    capsys, real_server, tmp_path, monkeypatch
+):
+    import errno
+
+    import pixforge.clients.convert as convert_module
+
+    def full(job, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def report_full(self, line):  # the report lives on the same full disk
+        raise convert_module.RunStopped(
+            f"cannot write the report {self.report_path}: No space left on device"
+        )
+
+    monkeypatch.setattr(convert_module, "write_atomically", full)
+    monkeypatch.setattr(convert_module.Tally, "_append_report", report_full)
+    src = flat_inputs(tmp_path / "in", 2)
+    code, _, err = convert(capsys, real_server.address, str(src), "--output", str(tmp_path / "out"))
+    (stop,) = [line for line in err.splitlines() if line.startswith("pixforge convert: stopped:")]
+    assert code == 2 and "cannot write the output: No space left on device" in stop
+
+
+def test_progress_lines_come_while_nothing_completes(capsys, tmp_path, monkeypatch):
+    import pixforge.clients.convert as convert_module
+
+    monkeypatch.setattr(convert_module, "PROGRESS_EVERY_S", 0.05)
+    tally = convert_module.Tally(str(tmp_path), progress=False, progress_lines=True)
+    time.sleep(0.5)  # a stall: no image completes
+    tally.close()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("progress: 0 ")]
+    assert len(lines) >= 2
+
+
+def test_names_with_control_characters_cannot_break_printed_lines(capsys, real_server, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "evil\nFAILED x.png").write_bytes(b"not an image")
+    out_dir = tmp_path / "out"
+    code, out, _ = convert(capsys, real_server.address, str(src), "--output", str(out_dir), "--dry-run")
+    assert code == 0 and out.count("\n") == 2 and "evil\\nFAILED x.png ->" in out
+    code, _, err = convert(capsys, real_server.address, str(src), "--output", str(out_dir))
+    assert code == 1
+    (failed,) = [line for line in err.splitlines() if "FAILED" in line]
+    assert failed.startswith(f"FAILED {src}/evil\\nFAILED x.png: INVALID_ARGUMENT")
+    assert report_rows(out_dir)[0]["input"] == str(src / "evil\nFAILED x.png")  # JSON keeps it exact
+
+
+def test_dry_run_exits_1_when_some_inputs_would_fail(capsys, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "x.png").write_bytes(encode_image(make_image(1)))
+    (src / "x.jpg").write_bytes(encode_image(make_image(2), "jpeg"))  # collides with x.png
+    code, out, _ = convert(
+        capsys, f"127.0.0.1:{free_port()}", str(src), "--output", str(tmp_path / "o"), "--dry-run"
+    )
+    assert code == 1 and "would convert 1, skip 0 (output exists), fail 1" in out
+
+
+def test_dry_run_with_models_checks_the_model_exists(capsys, model_repo, tmp_path):
+    src = flat_inputs(tmp_path / "in", 1)
+    argv = ["convert", "--models", str(model_repo), str(src), "--output", str(tmp_path / "o"), "--dry-run"]
+    assert main([*argv, "--model", "invert"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--model", "nope"]) == 2
+    assert "'nope' is not in" in capsys.readouterr().err
+
+
+def test_an_empty_server_is_refused_not_taken_as_localhost(capsys, tmp_path):
+    src = flat_inputs(tmp_path / "in", 1)
+    code, _, err = convert(capsys, "", str(src), "--output", str(tmp_path / "o"))
+    assert code == 2 and "--server must not be empty" in err
+
+
+def test_models_mode_warns_about_server_only_flags_given(capsys, model_repo, tmp_path, monkeypatch):
+    src = flat_inputs(tmp_path / "in", 1)
+    argv = [
+        "convert",
+        "--models",
+        str(model_repo),
+        "--model",
+        "invert",
+        str(src),
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    monkeypatch.setenv("PIXFORGE_TOKEN", "from-the-environment")  # not given on this command line
+    assert main([*argv, "--overwrite"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main([*argv, "--overwrite", "--token", "t", "--tls", "--retry-seconds", "120"]) == 0
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert "ignoring --token, --tls, --retry-seconds with --models" in warning
+
+
+def test_models_mode_load_error_names_the_users_path_once(capsys, tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "1" / "model.onnx").write_bytes(b"not a model")
+    src = flat_inputs(tmp_path / "in", 1)
+    code = main(
+        ["convert", "--models", str(repo), "--model", "broken", str(src), "--output", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and str(repo / "broken" / "1" / "model.onnx") in err
+    assert "pixforge-convert-" not in err and err.count("not a loadable ONNX model") == 1
+
+
+def test_the_first_signal_stops_the_run_and_later_ones_are_ignored():
+    from pixforge.clients.convert import _Signals
+
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with _Signals() as signals:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs here
+        os.kill(os.getpid(), signal.SIGINT)  # during cleanup: ignored, no second KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+    assert signals.exit_code == 143
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # still ignored: the process is exiting
+    signals.restore()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == previous
+    with _Signals() as quiet:  # no signal: the handlers are put back on exit
+        pass
+    assert quiet.exit_code == 130 and signal.getsignal(signal.SIGINT) == previous[0]
+
+
+def _signal_models_run(model_repo: Path, tmp_path: Path, signals: list[tuple[float, int]]):
+    """Run `convert --models` in a subprocess, send ``signals`` ((delay, signum), the first delay
+    counted from the first output) and return (returncode, stdout, stderr, leaked temp folders)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    # 1024 px images in 64 px tiles: ~0.2 s of CPU work each, so the run is mid-flight and the
+    # server's workers are busy when the signals come. A gradient keeps the files small.
+    image = np.zeros((1024, 1024, 3), np.uint8) + (np.arange(1024) % 256).astype(np.uint8)[None, :, None]
+    for i in range(4):
+        (src / f"img{i}.png").write_bytes(encode_image(image))
+    out_dir, tmp = tmp_path / "out", tmp_path / "tmp"
+    tmp.mkdir()
+    argv = ["--models", str(model_repo), "--model", "invert", str(src), "--output", str(out_dir)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pixforge.cli", "convert", *argv, "--tile", "64", "--concurrency", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**cli_env(), "TMPDIR": str(tmp)},  # where the in-process server's repository goes
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(out_dir.glob("*.png")) and proc.poll() is None:
+            time.sleep(0.005)
+        assert proc.poll() is None, "convert ended before the signal"
+        for delay, signum in signals:
+            time.sleep(delay)
+            if proc.poll() is None:
+                proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return (
+        proc.returncode,
+        out,
+        err,
+        [p.name for p in tmp.iterdir() if p.name.startswith("pixforge-convert-")],
+    )
+
+
+def test_sigterm_in_models_mode_cleans_up_and_exits_143(model_repo, tmp_path):
+    code, out, err, leaked = _signal_models_run(model_repo, tmp_path, [(0.0, signal.SIGTERM)])
+    assert code == 143 and leaked == [] and "Traceback" not in err
+    assert out.splitlines()[-1].startswith("converted ")  # the summary, on stdout as documented
+    assert "interrupted by SIGTERM" in err
+
+
+def test_a_second_ctrl_c_during_cleanup_is_ignored(model_repo, tmp_path):
+    code, out, err, leaked = _signal_models_run(
+        model_repo, tmp_path, [(0.0, signal.SIGINT), (0.05, signal.SIGINT)]
+    )
+    assert code == 130 and leaked == [] and "Traceback" not in err and "terminate called" not in err
+    assert out.splitlines()[-1].startswith("converted ")
+
+
+def test_unreadable_is_told_from_a_bad_image_by_the_errors_cause(tmp_path):
+    import grpc
+
+    from pixforge.clients.convert import _unreadable_reason
+    from pixforge.clients.errors import InvalidArgumentError
+    from pixforge.clients.images import ImageInputError
+    from pixforge.clients.walk import Job
+
+    readable = tmp_path / "x.png"
+    readable.write_bytes(b"x")
+    job = Job(str(readable), str(tmp_path / "out.png"))
+    read_error = ImageInputError("cannot read image file 'x.png': Permission denied")
+    read_error.__cause__ = PermissionError(13, "Permission denied")
+    error = InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, str(read_error))
+    error.__cause__ = read_error  # as the client library may keep it
+    assert _unreadable_reason(job, error) == "Permission denied"
+    corrupt = InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "not a supported image", "127.0.0.1:1")
+    assert _unreadable_reason(job, corrupt) is None  # the server's answer: the file was read
+    gone = Job(str(tmp_path / "gone.png"), str(tmp_path / "out.png"))
+    assert _unreadable_reason(gone, InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "x")) == (
+        "No such file or directory"
+    )
