@@ -71,6 +71,13 @@ FATAL_CODES = (
     grpc.StatusCode.NOT_FOUND,
 )
 
+# Images in a row that got no answer within --timeout (none converted in between) after which
+# the run stops: the server is stuck, or every image needs a longer --timeout. Either way the rest
+# would each wait out --timeout (300 s by default) to fail alike. At least the in-flight window,
+# so one stuck stream's batch cannot stop a run alone.
+DEADLINE_STREAK = 8
+
+
 # Batch runs ride out a server restart or reload: waits of up to 0.5, 1, 2, 4, 8, 8, ... s (full
 # jitter) for --retry-seconds after an item's first failure.
 DEFAULT_RETRY_SECONDS = 120.0
@@ -675,6 +682,8 @@ def convert(client: Client, opts: ConvertOptions) -> int:
     fatal: ClientError | None = None
     stopped: str | None = None
     results = None
+    streak_limit = max(DEADLINE_STREAK, 2 * opts.concurrency)
+    timed_out = 0  # images in a row that got no answer within --timeout
     try:
         results = client.translate_many(
             plan(opts, tally),
@@ -707,6 +716,7 @@ def convert(client: Client, opts: ConvertOptions) -> int:
                         break
                     continue
                 tally.converted_one()
+                timed_out = 0
                 continue
             error = result.error
             assert error is not None
@@ -717,6 +727,14 @@ def convert(client: Client, opts: ConvertOptions) -> int:
             tally.failed_one(job.src, job.dst, code, message)
             if error.code in FATAL_CODES:
                 fatal = error
+                break
+            timed_out = timed_out + 1 if error.code == grpc.StatusCode.DEADLINE_EXCEEDED else 0
+            if timed_out >= streak_limit:
+                stopped = (
+                    f"stopped: {timed_out} images in a row got no answer within --timeout "
+                    f"{opts.timeout:g} s: {_where(opts)} is stuck, or the images need a longer "
+                    "--timeout (finished outputs are kept; re-run to resume)"
+                )
                 break
     except RunStopped as exc:
         stopped = f"stopped: {exc}; re-run to resume"

@@ -726,6 +726,37 @@ def test_a_server_that_does_not_answer_is_worded_as_such(capsys, tmp_path, monke
     assert code == 2 and f"server {address} did not answer within 0.5 s" in err
 
 
+def test_a_server_that_stops_answering_stops_the_run_after_a_streak_of_timeouts(
+    capsys, tmp_path, monkeypatch
+):
+    from clients_helpers import FakeServer, FakeServicer
+
+    import pixforge.clients.convert as convert_module
+
+    def stuck(self, request_iterator, context):  # takes the items, never answers
+        for _item in request_iterator:
+            pass
+        time.sleep(30)
+        yield from ()
+
+    monkeypatch.setattr(FakeServicer, "TranslateStream", stuck)
+    monkeypatch.setattr(convert_module, "DEADLINE_STREAK", 3)
+    server = FakeServer()
+    try:
+        src = flat_inputs(tmp_path / "in", 12)
+        start = time.monotonic()
+        code, out, err = convert(
+            capsys, server.address, str(src), "--output", str(tmp_path / "out"), "--timeout", "0.3",
+            "--concurrency", "1",
+        )  # fmt: skip
+        took = time.monotonic() - start
+    finally:
+        server.stop()
+    assert code == 2 and "3 images in a row got no answer within --timeout 0.3 s" in err, err
+    assert took < 10, took  # not 12 images x 0.3 s each and the stream's own deadline after
+    assert "failed 3," in out and len(report_rows(tmp_path / "out")) == 3
+
+
 def test_an_unreadable_input_file_is_reported_as_unreadable(capsys, real_server, tmp_path, monkeypatch):
     src = flat_inputs(tmp_path / "in", 2)
     real_open = os.open
