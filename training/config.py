@@ -414,6 +414,13 @@ def validate(cfg: ExperimentConfig) -> None:
     for key, value in (("generator.ngf", g.ngf), ("discriminator.ndf", d.ndf)):
         _require(value >= 1, key, f"must be >= 1; got {value}")
     _require(data.crop_size >= 8, "data.crop_size", f"must be >= 8; got {data.crop_size}")
+    # Without resizing or cropping, images of different sizes cannot share a batch (the collate
+    # step would stop the run with a tensor-size traceback at the first mixed batch).
+    _require(
+        data.preprocess != "none" or t.batch_size == 1,
+        "train.batch_size",
+        f"preprocess none keeps each image's own size, so batches hold one image; got {t.batch_size}",
+    )
     if data.preprocess in ("resize_and_crop", "scale_width"):
         _require(
             data.load_size >= data.crop_size,

@@ -131,6 +131,14 @@ def load_resume(ctx: RunContext, data: TrainData, opt: Optimizers) -> tuple[dict
         state = ckpt.load_resume_state(ctx.ckpt_dir / ckpt.RESUME_FILE)
     except (FileNotFoundError, ValueError) as exc:
         raise DataError(f"cannot resume: {exc}") from exc
+    steps = ctx.cfg.train.steps
+    if int(state["step"]) > steps:
+        # The loop would stop at once and config.json would then describe a shorter run than
+        # the checkpoints hold.
+        raise DataError(
+            f"cannot resume: train.steps ({steps}) is below the run's step {int(state['step'])}; "
+            "pass a larger train.steps to train on"
+        )
     check_resume_layout(state, data)
     opt.load_state_dict(state)
     data.tracker.files.update(state.get("skipped_files", {}))

@@ -68,6 +68,18 @@ def test_run_dirs_are_numbered_and_resume_picks_the_newest(workdir, capsys):
     assert _last_line(capsys) == "checkpoint: runs/tiny-002/checkpoints/generator-step0000004.pt"
 
 
+def test_resume_with_fewer_steps_than_done_is_refused_and_leaves_the_run_alone(workdir, capsys):
+    assert main(["train", "tiny.yaml", "--data", "data", "--out", "r", "--max-steps", "3"]) == 0
+    before = (workdir / "r" / "config.json").read_text()
+    capsys.readouterr()
+    assert (
+        main(["train", "tiny.yaml", "--data", "data", "--out", "r", "--resume", "--set", "train.steps=2"])
+        == 2
+    )
+    assert "train.steps (2) is below the run's step 3" in capsys.readouterr().err
+    assert (workdir / "r" / "config.json").read_text() == before
+
+
 def test_resume_with_changed_setting_is_reported(workdir, capsys):
     assert main(["train", "tiny.yaml", "--data", "data", "--out", "r", "--max-steps", "1"]) == 0
     capsys.readouterr()

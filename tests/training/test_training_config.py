@@ -106,6 +106,7 @@ def test_load_config_applies_set(tmp_path):
         ({"discriminator": {"arch": "stylegan"}}, "discriminator.arch"),
         ({"data": {"mode": "paired"}}, "data.mode"),
         ({"data": {"crop_size": 256, "load_size": 128}}, "data.load_size"),
+        ({"data": {"preprocess": "none"}, "train": {"batch_size": 2}}, "train.batch_size"),
         ({"data": {"preprocess": "crop", "scale_min": 0}}, "data.scale_min"),
         ({"data": {"preprocess": "crop", "scale_min": 1.5}}, "data.scale_min"),
         ({"data": {"preprocess": "resize_and_crop", "scale_min": 0.5}}, "data.scale_min"),

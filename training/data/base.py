@@ -117,9 +117,11 @@ class SkipBadFiles(Dataset):
                 continue
             item["skipped"] = "\n".join(skipped)
             return item
+        first, _, reason = skipped[0].partition("\t") if skipped else (str(index), "", "")
         raise DataError(
-            f"{len(skipped)} consecutive unusable files starting at "
-            f"{skipped[0].split(chr(9))[0] if skipped else index}; check the data folder"
+            f"{len(skipped)} consecutive unusable files starting at {first}"
+            + (f" ({reason})" if reason else "")
+            + "; check the data folder"
         )
 
 
