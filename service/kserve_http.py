@@ -63,6 +63,7 @@ from .kserve_tensors import (
     check_requested_output_names,
     images_from_flat,
     json_elements,
+    parse_ascii_int,
     parse_version,
     tensor_specs,
     translate_options,
@@ -297,25 +298,24 @@ def _object(value: Any, what: str) -> dict:
 def json_header_length(value: str, body_size: int) -> int:
     """The ``Inference-Header-Content-Length`` value: ASCII digits, at most the body's size.
 
-    ``str.isdigit`` and ``int`` would take other Unicode digits ("¹" passes one and fails the other),
-    and ``int`` refuses over 4300 digits: both checked here, so any value answers 400.
+    Read by :func:`~pixforge.service.kserve_tensors.parse_ascii_int` (ASCII digits only, any length
+    refused cleanly), so any value answers 400, never 500.
 
     Raises:
         InvalidRequestError: not a decimal number of bytes, or larger than the body.
     """
-    text = value.strip(" \t")
-    if not re.fullmatch(r"[0-9]+", text):
+    length = parse_ascii_int(value.strip(" \t"))  # header values may carry optional whitespace
+    if length is None:
         raise InvalidRequestError(
             f"{HEADER_LENGTH} is {quote(value)}: it must be the length of the JSON header in bytes, "
             f"a decimal number 0..{body_size} for this body"
         )
-    digits = text.lstrip("0") or "0"
-    if len(digits) > len(str(body_size)) or int(digits) > body_size:
+    if length > body_size:
         raise InvalidRequestError(
             f"{HEADER_LENGTH} is {quote(value)}, more than the {body_size} bytes of the body: it must be "
             f"the length of the JSON header, 0..{body_size} bytes for this body"
         )
-    return int(digits)
+    return length
 
 
 def decode_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -892,11 +892,10 @@ class KServeHTTP:
                 prepared = await loop.run_in_executor(None, prepare_infer, body, header_length)
             else:
                 prepared = prepare_infer(body, header_length)
+            # Refuses an id that is not printable ASCII (check_request_id), so it is safe in the
+            # x-request-id header and in log lines; an empty one falls back to the header's id,
+            # checked on arrival (infer).
             request_id = message_request_id(prepared.request.id)
-            if has_control_characters(request_id):
-                # This front's own guard, whatever message_request_id accepts: the id goes to the
-                # x-request-id header (escaped there anyway: header_value) and to log lines.
-                raise InvalidRequestError(f"id holds control characters: {quote(request_id)}")
         except Exception as exc:
             return self._rejected(exc)
         with request_context(request_id, METHOD):

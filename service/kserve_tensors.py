@@ -61,6 +61,7 @@ _JSON_TYPES = {bool: "boolean", int: "number", float: "number", str: "string", l
 # Only ASCII digits: str.isdigit() also accepts "¹" or fullwidth "１", which int() then refuses (or
 # reads as another number), so a version or length in them must be refused, not crash as INTERNAL.
 _ASCII_DIGITS = re.compile(r"[0-9]+")
+_MAX_INT_DIGITS = 4300  # CPython's default int() limit on decimal strings (sys.int_info)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,10 +82,15 @@ def parse_ascii_int(text: str) -> int | None:
 
     Only ASCII digits, nothing around them: no sign, no whitespace, no "¹" or fullwidth digits
     (which str.isdigit() accepts). Leading zeros are read as the integer they spell ("01" is 1).
+    More significant digits than int() converts (its 4300-digit guard would raise) also give None:
+    no field of the protocol holds such a number.
     """
     if not _ASCII_DIGITS.fullmatch(text):
         return None
-    return int(text)
+    digits = text.lstrip("0") or "0"
+    if len(digits) > _MAX_INT_DIGITS:
+        return None
+    return int(digits)
 
 
 def parse_version(text: str, field_name: str = "model_version") -> int:
