@@ -243,42 +243,51 @@ a nonsensical progression, so a file that repeats one small scan is a CPU bomb (
 or about 10 (progressive; mozjpeg's optimised scripts a few more)."""
 
 
-def _jpeg_marker(data: bytes, i: int) -> int:
-    """The offset of the next marker at or after ``i``, skipping junk bytes as libjpeg does (it
-    warns about "extraneous bytes before marker" and reads on)."""
-    j = data.find(b"\xff", i)
-    if j < 0:
-        raise ImageDecodeError("truncated or corrupt JPEG file: no frame header (SOF) found")
-    return j
+def _jpeg_segments(data: bytes, i: int) -> Iterator[tuple[int, int, int]]:
+    """(marker, offset of its 0xFF, segment length) of each marker segment from offset ``i``.
 
-
-def _jpeg_scans(data: bytes, i: int) -> int:
-    """The number of scans (SOS segments) of the frame whose segments start at ``i``, walking the
-    segments by their lengths and each scan's entropy-coded data to its end marker (a byte search
-    for SOS or EOI would stop at one hidden in a comment or APPn payload).
-
-    Raises:
-        ImageDecodeError: more than :data:`MAX_JPEG_SCANS`.
+    Read as libjpeg reads them: junk bytes before a marker are skipped (libjpeg warns about
+    "extraneous bytes before marker" and reads on), so are fill bytes; standalone markers (SOI,
+    TEM, RST0-7) carry no segment; a scan's entropy-coded data is skipped to its end marker (a
+    byte search for SOS or EOI would stop at one hidden in a comment or APPn payload). Stops at
+    EOI, a bad length or the end of the data.
     """
     n = len(data)
-    scans = 0
-    while i + 4 <= n:
+    while True:
         i = data.find(b"\xff", i)
         if i < 0 or i + 2 > n:
-            break
+            return
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
             continue
         if marker == 0xD9:  # EOI
-            break
+            return
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
         if i + 4 > n:
-            break
+            return
         (seg_len,) = struct.unpack(">H", data[i + 2 : i + 4])
+        yield marker, i, seg_len
+        if seg_len < 2:
+            return
         i += 2 + seg_len
+        if marker == 0xDA:
+            end = _JPEG_SCAN_END.search(data, i)
+            if end is None:
+                return
+            i = end.end() - 2  # the marker's 0xFF
+
+
+def _jpeg_scans(data: bytes, i: int) -> int:
+    """The number of scans (SOS segments) of the frame whose segments start at ``i``.
+
+    Raises:
+        ImageDecodeError: more than :data:`MAX_JPEG_SCANS`.
+    """
+    scans = 0
+    for marker, _, _ in _jpeg_segments(data, i):
         if marker == 0xDA:
             scans += 1
             if scans > MAX_JPEG_SCANS:
@@ -286,28 +295,11 @@ def _jpeg_scans(data: bytes, i: int) -> int:
                     f"unsupported JPEG file: over {MAX_JPEG_SCANS} scans (the decoder re-reads the whole "
                     "image for each scan: a decompression bomb, or a broken encoder)"
                 )
-            end = _JPEG_SCAN_END.search(data, i)
-            if end is None:
-                break
-            i = end.end() - 2  # the marker's 0xFF
     return scans
 
 
 def _jpeg_layout(data: bytes) -> _Layout:
-    i = 2
-    n = len(data)
-    while i + 4 <= n:
-        i = _jpeg_marker(data, i)
-        if i + 4 > n:
-            break
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        (seg_len,) = struct.unpack(">H", data[i + 2 : i + 4])
+    for marker, i, seg_len in _jpeg_segments(data, 2):
         if marker in _JPEG_SOF:
             _need(data, i + 10, "jpeg")
             precision = data[i + 4]
@@ -330,9 +322,6 @@ def _jpeg_layout(data: bytes) -> _Layout:
                 mcu_y = -(-h // (8 * vmax))
                 extra = sum(mcu_x * 8 * fh * mcu_y * 8 * fv * 2 for fh, fv in factors)
             return w, h, (1 if ncomp == 1 else 3), (16 if precision > 8 else 8), extra
-        if marker == 0xD9 or seg_len < 2:
-            break
-        i += 2 + seg_len
     raise ImageDecodeError("truncated or corrupt JPEG file: no frame header (SOF) found")
 
 
