@@ -196,18 +196,20 @@ class ServerHandle:
         )
         self.metrics.set_ready(name, ready, row.version, row.provider, row.precision)
 
-    def _models_ready(self) -> bool:
-        """The readiness rule over the registry: every model (strict) or at least one has a READY version.
+    def _readiness(self) -> tuple[bool, list[str]]:
+        """The readiness rule over the registry: (ready, the models without a READY version).
 
-        A model counts by name, so a broken new version beside a serving one keeps the server
-        ready; an empty repository is ready (there is nothing to wait for, as in Triton).
+        Ready when every model (strict) or at least one has a READY version. A model counts by
+        name, so a broken new version beside a serving one keeps the server ready; an empty
+        repository is ready (there is nothing to wait for, as in Triton).
         """
         rows = self.registry.versions()
         names = {r.name for r in rows}
         ready = {r.name for r in rows if r.state is ModelState.READY}
+        missing = sorted(names - ready)
         if not names:
-            return True
-        return ready == names if self.config.strict_readiness else bool(ready)
+            return True, missing
+        return (not missing if self.config.strict_readiness else bool(ready)), missing
 
     def _refresh_overall(self) -> None:
         """Publish the overall readiness to the health service when it changed."""
@@ -216,21 +218,15 @@ class ServerHandle:
         # Loader threads and the loop may report changes at once: the lock orders the publications,
         # and they are queued on the loop without waiting, so a caller on the loop cannot deadlock.
         with self._overall_lock:
-            serving = self._models_ready()
+            serving, missing = self._readiness()
             if serving == self._serving:
                 return
             self._serving = serving
             self._set_overall(serving, wait=None)
         if serving:
-            log.info("server ready: every model has a READY version")
+            log.info("server ready%s", f" (no READY version of {', '.join(missing)})" if missing else "")
         else:
-            log.warning("server not ready: %s", self._not_ready_reason())
-
-    def _not_ready_reason(self) -> str:
-        rows = self.registry.versions()
-        ready = {r.name for r in rows if r.state is ModelState.READY}
-        missing = sorted({r.name for r in rows} - ready)
-        return f"no READY version of {', '.join(missing)}"
+            log.warning("server not ready: no READY version of %s", ", ".join(missing))
 
     def _set_overall(self, serving: bool, wait: float | None = 5.0) -> None:
         """Publish readiness on the API services (what readiness probes and balancers ask about).
@@ -254,12 +250,12 @@ class ServerHandle:
         if self._draining:
             return
         with self._overall_lock:
-            self._serving = self._models_ready()
+            self._serving, missing = self._readiness()
             self._set_overall(self._serving)
             self._set_health("", health_pb2.HealthCheckResponse.SERVING)  # alive: the load finished
             self.ready.set()
         if not self._serving:
-            log.warning("server not ready: %s", self._not_ready_reason())
+            log.warning("server not ready: no READY version of %s", ", ".join(missing))
         rows = self.registry.versions()
         ready = [r for r in rows if r.state is ModelState.READY]
         failed = [f"{r.name}/{r.version}" for r in rows if r.state is ModelState.FAILED]
