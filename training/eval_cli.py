@@ -35,6 +35,23 @@ def _check_out(out: Path, data: Path) -> None:
         raise PixforgeError(f"--out {out} is inside the data folder {data}; write the results elsewhere")
 
 
+# counts a task keeps for images it leaves out on purpose -> what that means, for the error line
+LEFT_OUT = {"skipped_grayscale": "grayscale photo(s) left out, no colours to recover"}
+
+
+def _nothing_evaluated(report, data: str) -> str:
+    """The one-line error when no image could be measured: how many were skipped and why.
+
+    The report's notes describe a table that is not printed; they stay out of this line.
+    """
+    skipped = report.extra.get("skipped", [])
+    why = [f"{len(skipped)} skipped"]
+    if skipped:
+        why.append(f"first: {skipped[0]['file']}: {skipped[0]['reason']}")
+    why += [f"{report.counts[key]} {text}" for key, text in LEFT_OUT.items() if report.counts.get(key)]
+    return f"no image in {data} could be evaluated ({'; '.join(why)})"
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `pixforge eval`; returns the exit code."""
     runners = []
@@ -64,12 +81,7 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate(runner, args.data, options, reverse)
         if not report.counts.get("images"):
             # An empty table with exit 0 reads as a result; a script must see the failure.
-            skipped = report.extra.get("skipped", [])
-            why = f"; first: {skipped[0]['file']}: {skipped[0]['reason']}" if skipped else ""
-            notes = " ".join(report.notes)
-            raise PixforgeError(
-                f"no image in {args.data} could be evaluated ({len(skipped)} skipped{why}) {notes}".strip()
-            )
+            raise PixforgeError(_nothing_evaluated(report, args.data))
         render = getattr(runner, "render_size", 0)
         print(_header(runner.info, args.data, reverse.info if reverse else None, render))
         print()

@@ -36,6 +36,8 @@ import numpy as np
 from pixforge.errors import PixforgeError
 
 PSNR_CAP = 100.0  # dB reported for identical images (PSNR is infinite)
+SSIM_WINDOW = 11  # px: SSIM's Gaussian window, so its smallest image ("valid" filtering)
+CHECKERBOARD_MIN = 16  # px: the smallest side checkerboard_db measures (after cropping to a multiple of 4)
 
 
 class MetricError(PixforgeError):
@@ -50,12 +52,29 @@ def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+def require_size(image: np.ndarray, min_width: int, min_height: int, what: str) -> None:
+    """Refuse an image below `min_width` x `min_height` with a reason naming its own size.
+
+    Callers check the image as the user gave it, before any crop, so the reason says the file's
+    real size and the minimum that `what` (e.g. "x4 evaluation") needs.
+
+    Raises:
+        MetricError: "WxH is smaller than the MWxMH minimum of <what>".
+    """
+    height, width = image.shape[:2]
+    if width < min_width or height < min_height:
+        raise MetricError(f"{width}x{height} is smaller than the {min_width}x{min_height} minimum of {what}")
+
+
 def crop_border(img: np.ndarray, border: int) -> np.ndarray:
     """Remove `border` pixels from each side of an (H, W[, C]) image."""
     if border <= 0:
         return img
     if img.shape[0] <= 2 * border or img.shape[1] <= 2 * border:
-        raise MetricError(f"image {img.shape[1]}x{img.shape[0]} is too small to crop {border} px borders")
+        raise MetricError(
+            f"image {img.shape[1]}x{img.shape[0]} is too small to crop {border} px borders "
+            f"(needs at least {2 * border + 1}x{2 * border + 1})"
+        )
     return img[border:-border, border:-border]
 
 
@@ -85,8 +104,10 @@ def _ssim_channel(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
     c1 = (0.01 * data_range) ** 2
     c2 = (0.03 * data_range) ** 2
     win = _gaussian_window()
-    if a.shape[0] < 11 or a.shape[1] < 11:
-        raise MetricError(f"SSIM needs images of at least 11x11 pixels, got {a.shape[1]}x{a.shape[0]}")
+    if a.shape[0] < SSIM_WINDOW or a.shape[1] < SSIM_WINDOW:
+        raise MetricError(
+            f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {a.shape[1]}x{a.shape[0]}"
+        )
 
     def filt(x: np.ndarray) -> np.ndarray:
         return cv2.filter2D(x, -1, win, borderType=cv2.BORDER_REFLECT)[5:-5, 5:-5]  # 'valid' part
@@ -148,8 +169,11 @@ def checkerboard_db(img: np.ndarray, periods: tuple[int, ...] = CHECKERBOARD_PER
     """
     y = rgb_to_y(img)
     h, w = (y.shape[0] // 4) * 4, (y.shape[1] // 4) * 4
-    if h < 16 or w < 16:
-        raise MetricError(f"checkerboard_db needs at least 16x16 pixels, got {img.shape}")
+    if h < CHECKERBOARD_MIN or w < CHECKERBOARD_MIN:
+        raise MetricError(
+            f"checkerboard_db needs at least {CHECKERBOARD_MIN}x{CHECKERBOARD_MIN} pixels, "
+            f"got {img.shape[1]}x{img.shape[0]}"
+        )
     y = y[:h, :w] - y[:h, :w].mean()
     y = y * np.outer(np.hanning(h), np.hanning(w))
     power = np.abs(np.fft.fft2(y)) ** 2 + 1e-12

@@ -10,6 +10,11 @@ i+1, i+2, ... and returns the first good item, recording what it skipped in the 
 field ("path<TAB>reason" lines). Loader workers are separate processes, so counts cannot live in
 the dataset; the main process feeds each batch's "skipped" field to a `SkipTracker`, which warns
 once per file and keeps the count.
+
+The warning is a `BadFileWarning`, so callers can filter or record it as any Python warning, but
+it is about the user's data, not pixforge's code: it prints as one `warning: skipping unusable
+file PATH: REASON` line, without the default format's source location and the quoted
+`tracker.record(...)` line of pixforge (`format_bad_file_warning`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,21 @@ MAX_CONSECUTIVE_BAD = 64
 
 class BadFileWarning(UserWarning):
     """A training or validation file was skipped (unreadable, corrupt or too small)."""
+
+
+_default_formatwarning = warnings.formatwarning
+
+
+def format_bad_file_warning(message, category, filename, lineno, line=None) -> str:
+    """`warnings.formatwarning` that prints a BadFileWarning as one plain line; any other warning
+    goes to the format that was in place before this module was imported."""
+    if isinstance(category, type) and issubclass(category, BadFileWarning):
+        return f"warning: {message}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
+
+
+# Process-wide, but only BadFileWarning changes: the hook the warnings module offers for this.
+warnings.formatwarning = format_bad_file_warning
 
 
 @contextlib.contextmanager

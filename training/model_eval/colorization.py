@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import MetricError, colorfulness, psnr, ssim
+from ..metrics import SSIM_WINDOW, MetricError, colorfulness, psnr, require_size, ssim
 from .groups import measure_groups
 from .report import Column, TaskReport, aggregate
 from .runner import Runner, to_channels
@@ -41,7 +41,12 @@ def gray_input(image: np.ndarray) -> np.ndarray:
 
 
 def measure(runner: Runner, rgb: np.ndarray) -> tuple[dict, list[np.ndarray]]:
-    """Metrics of one colour photo and its (gray input, output, ground truth) sample row."""
+    """Metrics of one colour photo and its (gray input, output, ground truth) sample row.
+
+    Raises:
+        MetricError: the photo is smaller than SSIM's window, or the model returned another size.
+    """
+    require_size(rgb, SSIM_WINDOW, SSIM_WINDOW, "colourisation evaluation")
     gray = gray_input(rgb)
     out = runner(gray)
     if out.shape != rgb.shape:

@@ -22,6 +22,8 @@ from .report import Column, SampleCollector, TaskReport
 Measure = Callable[[np.ndarray], "tuple[dict, list[np.ndarray]] | None"]
 # (row name, records) -> table row
 RowMaker = Callable[[str, list[dict]], dict]
+# a group's files -> None, or raises EvalError when the folder is not laid out as the task needs
+LayoutCheck = Callable[[list[str]], None]
 
 
 @dataclass
@@ -83,15 +85,28 @@ class GroupResults:
 
 
 def measure_groups(
-    data: Path, max_images: int, n_samples: int, measure: Measure, make_row: RowMaker
+    data: Path,
+    max_images: int,
+    n_samples: int,
+    measure: Measure,
+    make_row: RowMaker,
+    check_layout: LayoutCheck | None = None,
 ) -> GroupResults:
-    """Run `measure` over every image group of `data` (at most `max_images` per group, 0 = all)."""
+    """Run `measure` over every image group of `data` (at most `max_images` per group, 0 = all).
+
+    `check_layout` sees every group's files before any image is measured, so a wrongly laid out
+    folder fails at once, not after the model has run over the groups before it.
+    """
+    groups = image_groups(data, max_images)
+    if check_layout is not None:
+        for _, files in groups:
+            check_layout(files)
     per_image: list[dict] = []
     rows: list[dict] = []
     skipped: list[dict] = []
     samples = SampleCollector(n_samples)
     left_out = 0
-    for name, files in image_groups(data, max_images):
+    for name, files in groups:
         records: list[dict] = []
         for path, image in progress(load_images(files, skipped), name, len(files)):
             try:

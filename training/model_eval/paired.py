@@ -6,6 +6,10 @@ grid there that real photos do not have.
 Each file holds the pair side by side, A on the left and B on the right (the training layout).
 Which half is the input comes from the model's metadata: the exporter's `direction` key, else
 `data.direction` of the stored training config (facades labels -> photo is BtoA), else AtoB.
+
+A folder whose files are mostly not pairs (square photos, a CycleGAN testA/testB set) is refused
+before the model runs (`data.ab_layout`, the check training makes): split down the middle, its
+photos would be scored as half-photos. A stray file of the wrong shape is skipped with its reason.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import MetricError, checkerboard_db, psnr, ssim
+from ..data.ab_layout import is_pair_size, layout_problem, pair_rule, unaligned_folders
+from ..metrics import CHECKERBOARD_MIN, SSIM_WINDOW, MetricError, checkerboard_db, psnr, require_size, ssim
+from .errors import EvalError
 from .groups import measure_groups
 from .report import Column, TaskReport, aggregate
 from .runner import Runner
@@ -45,9 +51,39 @@ def model_direction(metadata: Mapping[str, str]) -> str:
     return direction if direction in ("AtoB", "BtoA") else "AtoB"
 
 
+# px: the smallest half that every metric can score (SSIM's window, the checkerboard measure)
+MIN_HALF = max(SSIM_WINDOW, CHECKERBOARD_MIN)
+
+
+def check_pairs(files: list[str], data: Path) -> None:
+    """Refuse a group of files that are mostly not side-by-side A|B pairs.
+
+    Raises:
+        EvalError: one line naming the folder, how many files are not pairs and what to do.
+    """
+    problem = layout_problem(files)
+    if problem is None:
+        return
+    unaligned = unaligned_folders(data)
+    if unaligned:
+        advice = f"{data} holds {unaligned}, unpaired data: evaluate a style_translation model on it"
+    else:
+        advice = "paired_translation models need A|B pair files (the pix2pix layout)"
+    raise EvalError(f"{problem}; {advice}")
+
+
 def measure(runner: Runner, pair: np.ndarray, direction: str) -> tuple[dict, list[np.ndarray]]:
-    """Metrics of one A|B file and its (input, output, target) sample row."""
-    half = pair.shape[1] // 2
+    """Metrics of one A|B file and its (input, output, target) sample row.
+
+    Raises:
+        MetricError: the file is not pair-shaped or too small (the reason names its own size), or
+            the model returned another size.
+    """
+    height, width = pair.shape[:2]
+    if not is_pair_size(width, height):
+        raise MetricError(f"{width}x{height} is not a side-by-side A|B pair ({pair_rule()})")
+    require_size(pair, 2 * MIN_HALF, MIN_HALF, f"A|B evaluation ({MIN_HALF}x{MIN_HALF} per half)")
+    half = width // 2
     a, b = pair[:, :half], pair[:, half : 2 * half]
     source, target = (a, b) if direction == "AtoB" else (b, a)
     out = runner(source)
@@ -73,6 +109,7 @@ def evaluate_paired(runner: Runner, data: Path, max_images: int = 0, n_samples: 
         n_samples,
         lambda pair: measure(runner, pair, direction),
         lambda name, records: aggregate(name, records, KEYS),
+        lambda files: check_pairs(files, data),
     )
     notes = [
         f"direction {direction}: input = {'left (A)' if direction == 'AtoB' else 'right (B)'} half; "

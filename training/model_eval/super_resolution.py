@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from ..data.super_resolution import downscale, resize_bicubic_aa
-from ..metrics import MetricError, crop_border, psnr_y, rgb_to_y, ssim_y
+from ..metrics import SSIM_WINDOW, MetricError, crop_border, psnr_y, require_size, rgb_to_y, ssim_y
 from .groups import measure_groups
 from .report import Column, TaskReport, aggregate
 from .runner import Runner
@@ -59,16 +59,23 @@ def detail_crops(images: list[np.ndarray], size: int = SAMPLE_CROP) -> list[np.n
     return [img[y : y + ch, x : x + cw] for img in images]
 
 
+def min_side(scale: int) -> int:
+    """The smallest HR side that can be scored: after cropping to a multiple of `scale` and
+    `scale` pixels off each border, SSIM's window must still fit (x4: 20 px)."""
+    return math.ceil((2 * scale + SSIM_WINDOW) / scale) * scale
+
+
 def measure(runner: Runner, hr: np.ndarray, scale: int) -> tuple[dict, list[np.ndarray]]:
     """Metrics of one HR image and its sample row: centred native-resolution crops of
     (bicubic upscale of the LR input, model output, HR).
 
     Raises:
-        MetricError: the image is too small for the border crop or SSIM.
+        MetricError: the image is smaller than `min_side(scale)` (the reason names its own size).
     """
+    # Checked before any crop: the reason must name the file's size, not that of a cropped copy.
+    side = min_side(scale)
+    require_size(hr, side, side, f"x{scale} evaluation")
     hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
-    if min(hr.shape[:2]) // scale < 1:
-        raise MetricError(f"{hr.shape[1]}x{hr.shape[0]} is smaller than the scale {scale}")
     lr = downscale(hr, scale)
     bicubic = resize_bicubic_aa(lr, hr.shape[0], hr.shape[1])
     sr = runner(lr)
