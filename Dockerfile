@@ -87,8 +87,12 @@ COPY --from=build-cpu /opt/venv/ /opt/venv/
 # Only the CPU provider exists here: say so instead of probing for CUDA.
 ENV PIXFORGE_ENGINE_PROVIDERS=cpu
 USER pixforge
+# Readiness: grpc.health.v1 on the API's service (SERVING once every model is loaded and warmed up),
+# on the configured gRPC port. Shell form: each probe reads PIXFORGE_PORT (the server's `port`
+# setting, service/config.py), 50051 (its default) when unset. Move the port with PIXFORGE_PORT: a
+# `serve --port` flag or a config file's `port:` is not seen by the probe.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["pixforge", "health", "--server", "localhost:50051", "--service", "pixforge.v1.ImageTranslation", "--timeout", "4"]
+    CMD exec pixforge health --server "localhost:${PIXFORGE_PORT:-50051}" --service pixforge.v1.ImageTranslation --timeout 4
 
 # ---------------------------------------------------------------- build-gpu: onnxruntime-gpu + pip CUDA libs
 FROM venv AS build-gpu
@@ -114,5 +118,6 @@ RUN ldconfig
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     NVIDIA_REQUIRE_CUDA=${CUDA_REQUIREMENT}
 USER pixforge
+# The same readiness probe as server-cpu's (on PIXFORGE_PORT, 50051 when unset).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["pixforge", "health", "--server", "localhost:50051", "--service", "pixforge.v1.ImageTranslation", "--timeout", "4"]
+    CMD exec pixforge health --server "localhost:${PIXFORGE_PORT:-50051}" --service pixforge.v1.ImageTranslation --timeout 4

@@ -14,6 +14,7 @@ import json
 import re
 import shlex
 import socket
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,18 @@ class Instruction:
         if not text.startswith("["):
             return None
         return json.loads(text)
+
+    @property
+    def healthcheck_test(self) -> list[str]:
+        """A HEALTHCHECK's test as Docker stores it in the image and compose writes it:
+        ``["CMD", argv...]`` (exec form), ``["CMD-SHELL", command]`` (shell form) or ``["NONE"]``."""
+        if self.keyword != "HEALTHCHECK":
+            raise ValueError(f"line {self.line}: {self.keyword} is not a HEALTHCHECK")
+        text = re.sub(r"^(--\S+\s+)*", "", self.args.strip())
+        if text.upper() == "NONE":
+            return ["NONE"]
+        command = re.sub(r"^CMD\s+", "", text)
+        return ["CMD", *json.loads(command)] if command.startswith("[") else ["CMD-SHELL", command]
 
     def flags(self) -> dict[str, str]:
         """Leading ``--name=value`` options (COPY --from, --chown, FROM --platform...)."""
@@ -192,6 +205,35 @@ def parse_dockerfile(path: Path) -> Dockerfile:
 def expand_args(text: str, values: dict[str, str]) -> str:
     """Substitute ``${NAME}`` / ``$NAME`` build args (unknown names stay as they are)."""
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: values.get(m.group(1) or m.group(2), m.group(0)), text)
+
+
+def healthcheck_argv(test: list[str], env: dict[str, str], stub_dir: Path) -> list[str]:
+    """The command line a healthcheck test starts in a container whose environment is ``env``.
+
+    ``["CMD", ...]`` runs as it is; ``["CMD-SHELL", command]`` runs as Docker runs it, through
+    ``/bin/sh -c`` with the container's environment (variables expanded by a real shell), with
+    ``pixforge`` on PATH a stub in ``stub_dir`` that writes out its arguments instead of probing.
+    """
+    kind, *rest = test
+    if kind == "CMD":
+        return rest
+    if kind != "CMD-SHELL" or len(rest) != 1:
+        raise ValueError(f"not a healthcheck command: {test!r}")
+    stub = stub_dir / "pixforge"
+    stub.write_text('#!/bin/sh\nprintf "%s\\0" "$@"\n', encoding="utf-8")
+    stub.chmod(0o755)
+    shell_env = {**env, "PATH": f"{stub_dir}:/usr/bin:/bin"}
+    result = subprocess.run(
+        ["/bin/sh", "-c", rest[0]], env=shell_env, capture_output=True, timeout=30, check=True
+    )
+    return ["pixforge", *result.stdout.decode().split("\0")[:-1]]
+
+
+def image_tag(image: str) -> str:
+    """The tag of an image reference, or its digest; "" when it has neither (Docker pulls :latest)."""
+    if "@" in image:
+        return image.split("@", 1)[1]
+    return image.rsplit("/", 1)[-1].partition(":")[2]
 
 
 # --------------------------------------------------------------------------- .dockerignore

@@ -21,9 +21,12 @@ from deploy_helpers import (
     REPO,
     bind_mounts,
     compose_variables,
+    healthcheck_argv,
+    image_tag,
     interpolate,
     parse_duration,
     port_parts,
+    pyproject_project,
     service_environment,
     to_host_path,
 )
@@ -244,17 +247,22 @@ def test_server_config_resolves_inside_the_container(compose, dockerfile, servic
 
 
 @pytest.mark.parametrize("service", SERVERS)
-def test_healthcheck_runs_pixforge_health_on_the_grpc_port(compose, dockerfile, service):
+@pytest.mark.parametrize("port", [None, "6000"], ids=["default-port", "PIXFORGE_PORT"])
+def test_healthcheck_runs_pixforge_health_on_the_grpc_port(compose, dockerfile, service, port, tmp_path):
     svc = compose["services"][service]
     hc = svc["healthcheck"]
-    assert hc["test"][0] == "CMD" and hc["test"][1:3] == ["pixforge", "health"]
-    args = build_parser().parse_args(hc["test"][2:])  # [CMD, pixforge, health, ...]
-    host, _, port = args.server.rpartition(":")
+    env = _container_env(dockerfile, svc)
+    if port is not None:  # e.g. an override file's `environment:`; the probe must follow it
+        env[env_name("port")] = port
+    argv = healthcheck_argv(hc["test"], env, tmp_path)
+    assert argv[:2] == ["pixforge", "health"], argv
+    args = build_parser().parse_args(argv[1:])
+    host, _, probed = args.server.rpartition(":")
     assert host == "localhost"
     args_cfg = _serve_args(svc)
     args_cfg.config = str(to_host_path(args_cfg.config, bind_mounts(svc)))
-    cfg = config_from_args(args_cfg, env=_container_env(dockerfile, svc))
-    assert int(port) == cfg.port
+    cfg = config_from_args(args_cfg, env=env)
+    assert int(probed) == cfg.port == (int(port) if port else 50051)
     # Readiness: the API's service turns SERVING once every model is loaded and warmed up ("" only
     # says the process is up, whatever its models).
     assert args.service == "pixforge.v1.ImageTranslation"
@@ -263,7 +271,20 @@ def test_healthcheck_runs_pixforge_health_on_the_grpc_port(compose, dockerfile, 
     assert svc["restart"] in ("unless-stopped", "always")
     # `docker run` without compose gets the same probe from the image.
     image_hc = dockerfile.last(svc["build"]["target"], "HEALTHCHECK")
-    assert image_hc is not None and image_hc.exec_form == hc["test"][1:]
+    assert image_hc is not None and image_hc.healthcheck_test == hc["test"]
+
+
+def test_no_service_runs_a_latest_image(compose):
+    """Every image names its version: an untagged or :latest image changes under a running setup."""
+    for name, svc in compose["services"].items():
+        tag = image_tag(svc["image"])
+        assert tag and tag != "latest", f"services.{name}: image {svc['image']!r} is not pinned to a version"
+
+
+def test_trainer_image_is_tagged_with_the_project_version(compose):
+    """As the servers' registry tags (<version>-gpu / -cpu, deploy/k8s): the trainer that exports
+    models for this release is this release's."""
+    assert image_tag(compose["services"]["trainer"]["image"]) == pyproject_project()["version"]
 
 
 def test_trainer_exports_where_the_server_reads(compose):

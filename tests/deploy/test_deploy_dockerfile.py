@@ -7,7 +7,15 @@ import re
 import shlex
 
 import pytest
-from deploy_helpers import REPO, DockerIgnore, expand_args, pyproject_project, setup_folders
+from deploy_helpers import (
+    REPO,
+    DockerIgnore,
+    expand_args,
+    healthcheck_argv,
+    parse_duration,
+    pyproject_project,
+    setup_folders,
+)
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -158,6 +166,28 @@ def test_image_environment_and_ports_match_the_server(dockerfile, target):
     assert exposed == ports == {ServiceConfig().port, ServiceConfig().http_port, ServiceConfig().metrics_port}
     # `docker run -p 9090:9090` reaches the metrics only if they listen beyond the container's loopback.
     assert ipaddress.ip_address(cfg.metrics_host or cfg.host).is_unspecified, cfg.metrics_host
+
+
+@pytest.mark.parametrize("target", SERVER_TARGETS)
+@pytest.mark.parametrize("port", [None, "6000"], ids=["default-port", "PIXFORGE_PORT"])
+def test_healthcheck_asks_readiness_on_the_configured_grpc_port(dockerfile, target, port, tmp_path):
+    """`docker run [-e PIXFORGE_PORT=6000] IMAGE`: the image's probe asks the port the server serves."""
+    healthcheck = dockerfile.last(target, "HEALTHCHECK")
+    assert healthcheck is not None, f"{target} has no HEALTHCHECK"
+    env = dockerfile.env(target)
+    if port is not None:
+        env[env_name("port")] = port
+    argv = healthcheck_argv(healthcheck.healthcheck_test, env, tmp_path)
+    assert argv[:2] == ["pixforge", "health"], argv
+    args = build_parser().parse_args(argv[1:])
+    cfg = build_config(read_env(env))  # the server's own reading of the same environment
+    host, _, probed = args.server.rpartition(":")
+    assert host == "localhost"
+    assert int(probed) == cfg.port == (int(port) if port else ServiceConfig().port)
+    # Readiness: the API's service is SERVING once every model is loaded and warmed up ("" only says
+    # the process is up).
+    assert args.service == "pixforge.v1.ImageTranslation"
+    assert args.timeout < parse_duration(healthcheck.flags()["timeout"]), "the probe must end first"
 
 
 @pytest.mark.parametrize("target", SERVER_TARGETS)

@@ -117,8 +117,10 @@ def _container(compose_raw, dockerfile, models: Path, venv_dir: Path, home: Path
         f"{argv[0]} does not come from the fresh install"
     )
 
-    health = [a.replace(":50051", f":{port}") for a in svc["healthcheck"]["test"][1:]]
-    health[0] = shutil.which(health[0], path=env["PATH"])
+    # Run as Docker runs it: through the shell, which reads PIXFORGE_PORT (the free port above).
+    kind, command = svc["healthcheck"]["test"]
+    assert kind == "CMD-SHELL", svc["healthcheck"]["test"]
+    health = ["/bin/sh", "-c", command]
     return argv, env, health, svc, port, metrics_port, http_port
 
 
@@ -164,7 +166,7 @@ def _serve_and_probe(compose_raw, dockerfile, tiny_models: Path, venv_dir: Path,
         (tmp_path / "in" / "a.png").write_bytes(encode_image(image, "png"))
         convert = subprocess.run(
             [
-                health[0],
+                argv[0],  # the installed pixforge
                 "convert",
                 str(tmp_path / "in"),
                 "--server",

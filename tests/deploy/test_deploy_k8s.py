@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_helpers import REPO, interpolate, parse_dockerfile
+from deploy_helpers import REPO, image_tag, interpolate, parse_dockerfile
 
 from pixforge.cli import build_parser
 
@@ -550,6 +550,41 @@ def test_manifests_use_the_images_compose_builds():
         doc = yaml.safe_load((K8S / folder / "kustomization.yaml").read_text(encoding="utf-8"))
         (image,) = doc["images"]
         assert image["name"] == "pixforge" and image["newName"] and image["newTag"], folder
+
+
+def _images(node):
+    """Every ``image:`` string in a manifest (containers, init containers, custom resources)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "image" and isinstance(value, str):
+                yield value
+            else:
+                yield from _images(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _images(value)
+
+
+def test_no_manifest_names_a_latest_image():
+    """As written: every image reference and every kustomize ``images:`` override is pinned."""
+    for path in sorted(K8S.rglob("*.yaml")):
+        where = path.relative_to(REPO)
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            for image in _images(doc):
+                assert image_tag(image) not in ("", "latest"), f"{where}: image {image!r} is not pinned"
+            if isinstance(doc, dict) and doc.get("kind") in ("Kustomization", "Component"):
+                for entry in doc.get("images", []):
+                    assert entry.get("newTag", "x") != "latest", f"{where}: images: {entry}"
+
+
+@needs_kubectl
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rendered_images_are_pinned(render, variant):
+    """What `kubectl apply -k` sends: no image the kubelet would pull as :latest."""
+    for obj in render(variant):
+        for image in _images(obj):
+            tag = image_tag(image)
+            assert tag and tag != "latest", f"{variant}: {obj['kind']} {obj['metadata']['name']}: {image!r}"
 
 
 # --------------------------------------------------------------------------- monitoring, autoscaling
