@@ -77,11 +77,14 @@ def _tile_size_arg(text: str) -> int | str:
     if text == "auto":
         return text
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"must be a whole number of pixels or 'auto', got {text!r}"
         ) from None
+    if value < 1:  # the range (16..2048) is export's to check: this module imports nothing heavy
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of pixels or 'auto', got {text!r}")
+    return value
 
 
 # gRPC turns a timeout into an absolute deadline in int64 nanoseconds since 1970, which overflows

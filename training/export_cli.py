@@ -8,13 +8,16 @@ junyanz ``latest_net_G.pth`` (``--from junyanz``) or a model.onnx of an earlier 
 (``--from onnx``; both converted by ``pixforge.training.legacy``), builds the generator through the
 registry and hands it to ``pixforge.training.export.export_generator``.
 
-Exit codes: 0 written; 1 the parity check failed (nothing written); 2 bad input (message, no traceback).
+Exit codes: 0 written; 1 the parity check failed (nothing written); 2 bad input. Errors are one
+`pixforge export: error: ...` line (no traceback) that says what to give instead.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,7 @@ from pixforge.contract import TASKS
 from pixforge.errors import PixforgeError, UsageError
 
 from . import legacy
-from .checkpoint import CheckpointFormatError, GeneratorCheckpoint
+from .checkpoint import RESUME_FORMAT, CheckpointFormatError, GeneratorCheckpoint
 from .data.files import file_sha256
 from .export import (
     ExportConfig,
@@ -34,11 +37,15 @@ from .export import (
     RepositoryWriteError,
     export_generator,
 )
-from .export.pipeline import config_summary, generator_config_json
+from .export.pipeline import MAX_TILE_SIZE, MIN_TILE_SIZE, config_summary, generator_config_json
 from .export.wrapper import PreUpsampled
 from .registry import GeneratorConfig, build_generator, generator_preset, list_generators
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+# what `pixforge train` writes (checkpoint.generator_filename): generator-step0000200.pt, G_A-step...
+GENERATOR_FILE = re.compile(r"^(?P<prefix>.+)-step(?P<step>\d+)\.pt$")
+WHAT_TO_EXPORT = "the generator checkpoint `pixforge train` printed last (`checkpoint: PATH`)"
+JUNYANZ_FILE = "a junyanz generator file (latest_net_G.pth)"
 
 
 def arch_name(cfg: GeneratorConfig) -> str:
@@ -55,6 +62,112 @@ def arch_name(cfg: GeneratorConfig) -> str:
     if cfg.scale > 1:
         base += f"+{cfg.upsample}x{cfg.scale}"
     return base
+
+
+def newest_generator_checkpoints(*folders: Path) -> list[Path]:
+    """The generator checkpoints (``<prefix>-stepNNNNNNN.pt``) of the highest step found directly in
+    ``folders``: one file for pix2pix, G_A and G_B for CycleGAN; [] when there are none."""
+    found = []
+    for folder in folders:
+        try:
+            entries = list(folder.iterdir()) if folder.is_dir() else []
+        except OSError:  # unreadable folder: nothing to suggest from it
+            entries = []
+        found += [(int(m["step"]), p) for p in entries if (m := GENERATOR_FILE.match(p.name)) and p.is_file()]
+    if not found:
+        return []
+    top = max(step for step, _ in found)
+    return sorted(p for step, p in found if step == top)
+
+
+def _suggest(files: list[Path], where: str) -> str:
+    """'export A (the newest generator checkpoint <where>)'; CycleGAN: 'export A or B (...)'."""
+    plural = "s" if len(files) > 1 else ""
+    return f"export {' or '.join(str(p) for p in files)} (the newest generator checkpoint{plural} {where})"
+
+
+def directory_message(path: Path, source: str) -> str:
+    """The error for a folder given where a file is expected, naming the file to give instead."""
+    head = f"{path} is a directory, not a checkpoint file"
+    if source == "onnx":
+        model = path / "model.onnx"
+        return f"{head}; export {model}" if model.is_file() else f"{head}; give a model.onnx file"
+    if source == "junyanz":
+        found = sorted(path.glob("*_net_G*.pth"))[:4]
+        if found:
+            return f"{head}; export {' or '.join(str(p) for p in found)}"
+        return f"{head}; give {JUNYANZ_FILE}"
+    newest = newest_generator_checkpoints(path, path / "checkpoints")  # a run dir, or its checkpoints/
+    return f"{head}; {_suggest(newest, 'in it')}" if newest else f"{head}; give {WHAT_TO_EXPORT}"
+
+
+def not_found_message(path: Path, source: str) -> str:
+    """The error for a path that does not exist; a run's checkpoints/ folder prunes old steps, so
+    name the newest generator checkpoint left beside it, if any."""
+    newest = newest_generator_checkpoints(path.parent) if source == "pixforge" else []
+    message = f"checkpoint not found: {path}"
+    return f"{message}; {_suggest(newest, 'in that folder')}" if newest else message
+
+
+def resume_state_message(path: Path) -> str:
+    """The error for a run's resume-state.pt given where a generator checkpoint is expected."""
+    head = (
+        f"{path} is a training resume state (optimiser state and networks for `pixforge train "
+        "--resume`), not a generator checkpoint"
+    )
+    newest = newest_generator_checkpoints(path.parent)
+    if newest:
+        return f"{head}; {_suggest(newest, 'next to it')}"
+    return f"{head}; give {WHAT_TO_EXPORT}, a generator-step*.pt file"
+
+
+# First bytes of what torch.load reads: a zip archive (torch >= 1.6) or a pickle of protocol >= 2
+# (older torch.save files, junyanz checkpoints of that era); tar (torch < 0.4) has "ustar" at 257.
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+_OTHER_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image"}
+_HEAD_BYTES = 4096
+
+
+def not_torch_file(path: Path) -> str | None:
+    """What a file is whose first bytes show it holds no torch.save data ("a text file", "an empty
+    file", ...); None when it may be a torch file (then torch's own error says more). Asked only
+    after torch.load failed, so a real checkpoint is never judged by its first bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEAD_BYTES)
+    except OSError:
+        return None
+    if not head:
+        return "an empty file"
+    if head.startswith(_TORCH_MAGIC) or head[257:262] == b"ustar":
+        return None
+    if path.suffix.lower() == ".onnx":
+        return "an ONNX model"
+    for magic, what in _OTHER_MAGIC.items():
+        if head.startswith(magic):
+            return what
+    if b"\0" not in head:
+        try:
+            head.decode("utf-8")
+            return "a text file"
+        except UnicodeDecodeError as exc:
+            if len(head) == _HEAD_BYTES and exc.start >= len(head) - 3:  # a character cut at the end
+                return "a text file"
+    return "another kind of file"
+
+
+def not_a_checkpoint_message(path: Path, what: str, source: str) -> str:
+    """The error for a file that holds no torch.save data (``what``: see `not_torch_file`)."""
+    if what == "an ONNX model" and source == "pixforge":
+        return f"{path} is an ONNX model, not a checkpoint; to re-export it, add --from onnx"
+    advice = JUNYANZ_FILE if source == "junyanz" else WHAT_TO_EXPORT
+    return f"{path} is not a checkpoint: it holds no torch.save data ({what}); give {advice}"
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line (as `pixforge train` prints its errors): onnx.checker's and torch's
+    messages span several lines."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _load_error(exc: Exception) -> str:
@@ -81,6 +194,22 @@ def _junyanz_only(args, records: str) -> None:
             raise UsageError(f"{flag} applies to --from junyanz only; {records}")
 
 
+def check_output_options(args) -> None:
+    """Refuse bad tiling / opset flags before any file is read (they do not depend on the model)."""
+    tile = args.tile_size
+    if tile not in (None, "auto") and (
+        not isinstance(tile, int) or isinstance(tile, bool) or not MIN_TILE_SIZE <= tile <= MAX_TILE_SIZE
+    ):
+        raise UsageError(
+            f"--tile-size must be 'auto' or a whole number of input pixels within "
+            f"{MIN_TILE_SIZE}..{MAX_TILE_SIZE}, got {tile!r}"
+        )
+    try:
+        ExportConfig(task=TASKS[0], **_output_options(args))
+    except ExportError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def _output_options(args) -> dict:
     """The command's ExportConfig fields that do not describe the model: tiling, precision, opset,
     parity check, description."""
@@ -103,12 +232,22 @@ def load_pixforge_checkpoint(path: Path, args) -> tuple[torch.nn.Module, ExportC
     if args.scale != 1:
         raise UsageError("--scale applies to --from junyanz only; a pixforge checkpoint records its scale")
     try:
-        ckpt = GeneratorCheckpoint.load(path)
+        data = legacy.load_weights_only(path)  # GeneratorCheckpoint.load, in two steps
+    except Exception as exc:  # pickle/zip errors of many types ("KeyError: 101" for a text file)
+        what = not_torch_file(path)
+        if what is not None:
+            raise UsageError(not_a_checkpoint_message(path, what, "pixforge")) from exc
+        raise UsageError(f"cannot read {path} as a pixforge checkpoint: {_load_error(exc)}") from exc
+    fmt = data.get("format") if isinstance(data, Mapping) else None
+    if fmt == RESUME_FORMAT or fmt in legacy.RESUME_UPGRADES:
+        raise UsageError(resume_state_message(path))
+    try:
+        ckpt = GeneratorCheckpoint.from_dict(data, source=str(path))
         gen_cfg, generator = ckpt.generator_cfg(), ckpt.build_generator()
     except CheckpointFormatError as exc:  # wrong format, missing or mistyped entries, unfitting weights
         hint = " (a junyanz latest_net_G.pth? add --from junyanz --arch ...)" if exc.foreign else ""
         raise UsageError(f"{exc}{hint}") from exc
-    except Exception as exc:  # pickle/zip errors of many types
+    except Exception as exc:  # a generator the registry cannot build from the entries
         raise UsageError(f"cannot read {path} as a pixforge checkpoint: {_load_error(exc)}") from exc
     lab = ckpt.color_space == "lab"
     try:
@@ -144,7 +283,8 @@ def load_junyanz_checkpoint(path: Path, args) -> tuple[torch.nn.Module, ExportCo
     try:
         gen_cfg, state = legacy.load_junyanz_generator(path, arch=args.arch, norm=args.norm)
     except legacy.LegacyCheckpointError as exc:
-        raise UsageError(str(exc)) from exc
+        what = not_torch_file(path)  # else a text file reads as "cannot read ...: 101"
+        raise UsageError(not_a_checkpoint_message(path, what, "junyanz") if what else str(exc)) from exc
     generator = build_generator(gen_cfg)
     generator.load_state_dict(state, strict=True)
     colour = (gen_cfg.in_channels, gen_cfg.out_channels) == (1, 2)
@@ -259,8 +399,11 @@ def run(args) -> int:
     """Entry point of `pixforge export` (see module docstring for exit codes)."""
     path = Path(args.checkpoint)
     try:
+        check_output_options(args)
+        if path.is_dir():
+            raise UsageError(directory_message(path, args.source))
         if not path.is_file():
-            raise UsageError(f"checkpoint not found: {path}")
+            raise UsageError(not_found_message(path, args.source))
         loaders = {"junyanz": load_junyanz_checkpoint, "onnx": load_onnx_model}
         loader = loaders.get(args.source, load_pixforge_checkpoint)
         generator, cfg, provenance = loader(path, args)
@@ -282,10 +425,10 @@ def run(args) -> int:
             calibration_images=calibration,
         )
     except ParityError as exc:
-        print(f"pixforge export: parity check FAILED, nothing written\n{exc}", file=sys.stderr)
+        print(f"pixforge export: error: parity check FAILED, nothing written\n{exc}", file=sys.stderr)
         return 1
     except (UsageError, ExportError, OnnxExportError, RepositoryWriteError, PixforgeError, OSError) as exc:
-        print(f"pixforge export: {exc}", file=sys.stderr)
+        print(f"pixforge export: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     c = result.contract
     print(

@@ -300,3 +300,142 @@ def test_export_cli_no_subpixel_keeps_the_traced_graph(tmp_path, capsys):
     batch = np.random.default_rng(0).integers(0, 256, (2, 8, 12, 3), dtype=np.uint8)
     fast, traced = (ort_run(repo / name / "1" / "model.onnx", batch) for name in ("fast", "traced"))
     assert np.abs(fast.astype(int) - traced).max() <= 1
+
+
+# --- what the user gave is not a generator checkpoint: say what it is and what to give instead
+
+
+def _export_error(argv, capsys, code=2) -> str:
+    """Run `pixforge export ARGV`, expect exit `code` and one `pixforge export: error: ` line."""
+    assert main(["export", *argv]) == code, argv
+    err = capsys.readouterr().err
+    assert err.startswith("pixforge export: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err.strip()
+
+
+def _run_dir(root, prefixes=("generator",), steps=(100, 200)):
+    """A `pixforge train` run directory: generator checkpoints per step, resume state, latest links."""
+    from pixforge.training.checkpoint import (
+        generator_filename,
+        save_resume_state,
+        update_latest_link,
+        write_latest,
+    )
+
+    ckpts = root / "checkpoints"
+    ckpts.mkdir(parents=True)
+    for prefix in prefixes:
+        for step in steps:
+            path = ckpts / generator_filename(prefix, step)
+            _pixforge_checkpoint(path, step=step, name=prefix)
+            update_latest_link(path, prefix)
+    save_resume_state(ckpts / "resume-state.pt", {"step": steps[-1], "nets": {}, "optimizers": {}})
+    write_latest(ckpts, {"step": steps[-1], "resume": "resume-state.pt"})
+    return ckpts
+
+
+def test_export_cli_text_file_says_it_is_no_checkpoint(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello world\n")  # torch.load: "KeyError: 101" (the 'e' read as a pickle opcode)
+    repo = ["--name", "x", "--repo", str(tmp_path / "models")]
+    err = _export_error([str(notes), *repo], capsys)
+    assert f"{notes} is not a checkpoint: it holds no torch.save data (a text file)" in err
+    assert "`pixforge train` printed last (`checkpoint: PATH`)" in err and "KeyError" not in err
+    err = _export_error([str(notes), "--from", "junyanz", "--task", "style_translation", *repo], capsys)
+    assert "(a text file); give a junyanz generator file (latest_net_G.pth)" in err and "101" not in err
+    # an exported model given as a checkpoint: the flag that re-exports it
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"\x08\x08\x12\x07pytorch")
+    err = _export_error([str(onnx_file), *repo], capsys)
+    assert err.endswith("is an ONNX model, not a checkpoint; to re-export it, add --from onnx")
+
+
+def test_export_cli_resume_state_names_the_generator_checkpoint_to_export(tmp_path, capsys):
+    ckpts = _run_dir(tmp_path / "run")
+    resume = ckpts / "resume-state.pt"
+    err = _export_error([str(resume), "--name", "x", "--repo", str(tmp_path / "models")], capsys)
+    assert f"{resume} is a training resume state" in err and "pixforge train --resume" in err
+    assert "not a generator checkpoint" in err
+    newest = ckpts / "generator-step0000200.pt"
+    assert err.endswith(f"export {newest} (the newest generator checkpoint next to it)"), err
+    assert "junyanz" not in err  # not the hint for a foreign file
+
+    # CycleGAN: both generators of the newest step; none left: what to look for
+    cyclegan = _run_dir(tmp_path / "cyclegan", prefixes=("G_A", "G_B"))
+    err = _export_error([str(cyclegan / "resume-state.pt"), "--name", "x", "--repo", "m"], capsys)
+    assert f"export {cyclegan / 'G_A-step0000200.pt'} or {cyclegan / 'G_B-step0000200.pt'} " in err
+    for path in cyclegan.glob("G_*.pt"):
+        path.unlink()
+    err = _export_error([str(cyclegan / "resume-state.pt"), "--name", "x", "--repo", "m"], capsys)
+    assert "not a generator checkpoint; give the generator checkpoint" in err and "generator-step*.pt" in err
+
+
+def test_export_cli_directory_suggests_the_newest_generator_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    ckpts = _run_dir(run, steps=(900, 1000))  # 1000 sorts before 900 by name
+    newest = ckpts / "generator-step0001000.pt"
+    for folder in (run, ckpts):
+        err = _export_error([str(folder), "--name", "x", "--repo", str(tmp_path / "models")], capsys)
+        assert f"{folder} is a directory, not a checkpoint file" in err and "not found" not in err
+        assert err.endswith(f"export {newest} (the newest generator checkpoint in it)"), err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = _export_error([str(empty), "--name", "x", "--repo", str(tmp_path / "models")], capsys)
+    assert err.endswith(
+        f"{empty} is a directory, not a checkpoint file; give the generator checkpoint "
+        "`pixforge train` printed last (`checkpoint: PATH`)"
+    )
+    # a pruned step: the newest one left beside it
+    err = _export_error([str(ckpts / "generator-step0000300.pt"), "--name", "x", "--repo", "m"], capsys)
+    assert "checkpoint not found" in err and err.endswith(
+        f"export {newest} (the newest generator checkpoint in that folder)"
+    )
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "abc", "1.5"])
+def test_export_cli_tile_size_must_be_a_positive_whole_number(value, tmp_path, capsys):
+    # refused before the checkpoint is even looked at (the path does not exist)
+    argv = ["export", str(tmp_path / "missing.pt"), "--name", "x", "--repo", "m", f"--tile-size={value}"]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's usage error
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "pixforge export: error: " in err and "--tile-size" in err and value in err, err
+    assert "not found" not in err and "Traceback" not in err
+
+
+def test_export_cli_every_error_has_the_error_prefix(tmp_path, capsys, monkeypatch):
+    ckpt = tmp_path / "G.pt"
+    _pixforge_checkpoint(ckpt)
+    repo = ["--name", "x", "--repo", str(tmp_path / "models")]
+    for argv in (
+        [str(tmp_path / "missing.pt")],
+        [str(ckpt), "--task", "colorization"],
+        [str(ckpt), "--opset", "9"],
+        [str(ckpt), "--tile-size", "30"],  # not a multiple of the model's size multiple: found later
+        [str(ckpt), "--int8"],
+        [str(ckpt), "--parity-images", str(tmp_path / "nothing")],
+    ):
+        err = _export_error([*argv, *repo], capsys)
+        assert "does not describe an exportable model" not in err  # flags are not the checkpoint's
+    from pixforge.training import export_cli
+    from pixforge.training.export import OnnxExportError, ParityError
+
+    def breaks(*_args, **_kwargs):
+        raise OnnxExportError("the exported graph fails onnx.checker: [ShapeInferenceError]\n  (Conv): bad")
+
+    monkeypatch.setattr(export_cli, "export_generator", breaks)
+    err = _export_error([str(ckpt), *repo, "--tile-size", "64"], capsys)  # one line
+    assert err.endswith("fails onnx.checker: [ShapeInferenceError] (Conv): bad")
+
+    def fails(*_args, **_kwargs):
+        raise ParityError("ONNX output does not match PyTorch:\n  64x64: max diff 9")
+
+    monkeypatch.setattr(export_cli, "export_generator", fails)
+    assert main(["export", str(ckpt), *repo, "--tile-size", "64"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "pixforge export: error: parity check FAILED, nothing written", lines
+    assert lines[1:] == ["ONNX output does not match PyTorch:", "  64x64: max diff 9"]

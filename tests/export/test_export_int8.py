@@ -104,3 +104,50 @@ def test_calibration_images_take_the_models_channels(task, channels):
     gray = colour[:, :, :1].copy()
     for sample in quantize.task_samples([colour, gray, gray[:, :, 0]], contract):
         assert sample.input.ndim == 3 and sample.input.shape[2] == channels
+
+
+def test_int8_export_prints_no_quantizer_noise(tmp_path, capfd, caplog):
+    # onnxruntime's quantiser advised running quant_pre_process (twice per trial, on the root
+    # logger) and its calibration session warned about the tiling inputs' default values (three
+    # lines per trial, from C++ straight to stderr): ~35 lines of noise a user cannot act on.
+    from test_export_cli import _pixforge_checkpoint
+
+    ckpt = tmp_path / "G.pt"
+    _pixforge_checkpoint(ckpt)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, image in enumerate(_photos()):
+        (photos / f"{i}.png").write_bytes(encode_image(image))
+    argv = ["export", str(ckpt), "--name", "sr", "--repo", str(tmp_path / "models"), "--tile-size", "64"]
+    caplog.set_level("INFO")
+    assert main([*argv, "--int8", "--calibration", str(photos)]) == 0
+    out, err = capfd.readouterr()
+    assert "int8, every convolution quantised" in out  # the quantiser did run
+    assert "pre-processing" not in caplog.text and "pre-processing" not in err
+    assert "appears in graph inputs" not in err
+    assert err == "", err
+
+
+def test_quiet_quantizer_drops_only_the_preprocessing_advice(capsys, caplog):
+    import logging
+
+    root = logging.getLogger()
+    with quantize.quiet_quantizer():
+        logging.warning("Please consider to run pre-processing before quantization. Refer to ...")
+        logging.warning("Please consider pre-processing before quantization. See ...")
+        logging.warning("Please use QuantFormat.QDQ for activation type QInt8 and weight type QInt8.")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Please use QuantFormat.QDQ for activation type QInt8 and weight type QInt8."
+    ]
+    assert not root.filters
+    # Without a root handler (a plain `pixforge export` process), logging.warning() would install a
+    # "WARNING:root:" handler for good (basicConfig); the others still print as they would.
+    kept, root.handlers = root.handlers, []
+    try:
+        with quantize.quiet_quantizer():
+            logging.warning("Please consider pre-processing before quantization. See ...")
+            logging.warning("another warning")
+        assert root.handlers == [] and not root.filters
+    finally:
+        root.handlers = kept
+    assert capsys.readouterr().err == "another warning\n"

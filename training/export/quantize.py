@@ -25,6 +25,8 @@ models broken to 26 dB):
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import tempfile
 from collections.abc import Callable
@@ -187,6 +189,59 @@ def quantizable(fp32_path: Path, work: Path) -> tuple[Path, onnx.ModelProto, lis
     return path, folded, copies
 
 
+# onnxruntime.quantization's advice, logged on the root logger before and after each quantize_static.
+PREPROCESS_ADVICE = (
+    "Please consider to run pre-processing before quantization",
+    "Please consider pre-processing before quantization",
+)
+ORT_DEFAULT_SEVERITY = 2  # onnxruntime's default logger severity (warning); it has no getter
+ORT_ERRORS_ONLY = 3  # what pixforge's own sessions log at (SessionOptions.log_severity_level)
+
+
+class _DropPreprocessAdvice(logging.Filter):
+    """Drops the root-logger records that are :data:`PREPROCESS_ADVICE`; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "root" and record.getMessage().startswith(PREPROCESS_ADVICE))
+
+
+@contextlib.contextmanager
+def quiet_quantizer():
+    """Run quantize_static without the onnxruntime noise a user cannot act on: five lines per call,
+    one call per trial (35 lines for a model whose sensitivity search tries 7 variants).
+
+    - The advice to run ``onnxruntime.quantization.quant_pre_process`` first (two warnings). Not
+      taken: its symbolic shape inference fails on these graphs ("Incomplete symbolic shape
+      inference"), and without that its onnxruntime optimisation rewrites the graph (59 -> 45 nodes
+      for a tiny U-Net), which changes what is quantised and the node names the sensitivity search
+      keeps in float. A logging filter on the root logger drops exactly these two messages.
+    - The calibration session's warnings ("Initializer norm_stats appears in graph inputs and will
+      not be treated as constant ..."): the tiling inputs are graph inputs with default values on
+      purpose (norm_stats.py). quantize_static takes no session options, so onnxruntime's default
+      severity is raised to errors only, as pixforge's own sessions log, for the call; set back to
+      onnxruntime's default afterwards.
+    """
+    import onnxruntime as ort
+
+    root = logging.getLogger()
+    advice = _DropPreprocessAdvice()
+    root.addFilter(advice)
+    # onnxruntime logs through logging.warning(), which calls logging.basicConfig() when the root
+    # logger has no handler and so leaves a "WARNING:root:" stderr handler behind for the rest of the
+    # process. The last-resort handler (what prints such records otherwise) stands in for the call.
+    stand_in = None if root.handlers else (logging.lastResort or logging.NullHandler())
+    if stand_in is not None:
+        root.addHandler(stand_in)
+    ort.set_default_logger_severity(ORT_ERRORS_ONLY)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(ORT_DEFAULT_SEVERITY)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
+        root.removeFilter(advice)
+
+
 def _quantize(src: Path, dst: Path, calibration: list[np.ndarray], exclude: list[str]) -> None:
     try:
         from onnxruntime.quantization import (
@@ -206,19 +261,20 @@ def _quantize(src: Path, dst: Path, calibration: list[np.ndarray], exclude: list
         def get_next(self):
             return next(self._items, None)
 
-    quantize_static(
-        str(src),
-        str(dst),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(QUANTIZED_OPS),
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        reduce_range=False,
-        calibrate_method=CalibrationMethod.MinMax,
-        nodes_to_exclude=exclude,
-    )
+    with quiet_quantizer():
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OPS),
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            reduce_range=False,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=exclude,
+        )
 
 
 def quantize_int8(
