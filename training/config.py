@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,6 +360,58 @@ def _require(cond: bool, key: str, message: str) -> None:
         raise ExperimentConfigError(key, message)
 
 
+# Downsamplings of the ResNet generator (networks/resnet.py N_DOWNSAMPLING), repeated here so that
+# a config validates without torch; a test checks generator_size_multiple against built networks.
+_RESNET_DOWNSAMPLINGS = 2
+
+
+def generator_size_multiple(g: GeneratorConfig) -> int:
+    """The `size_multiple` (in input pixels) of the generator `g` describes, without building it."""
+    if g.arch == "edsr":  # LR-space convolutions and a sub-pixel head: any size
+        return 1
+    net = 2 ** (g.depth if g.arch == "unet" else _RESNET_DOWNSAMPLINGS)
+    # upsample bicubic: the network runs on the input upscaled by g.scale (networks/common.py).
+    return net // math.gcd(net, g.scale) if g.scale > 1 and g.upsample == "bicubic" else net
+
+
+def _size_multiple_source(g: GeneratorConfig) -> str:
+    """The generator keys that set its size multiple, as the crop-size message names them."""
+    keys = f"generator.arch {g.arch}" + (f", generator.depth {g.depth}" if g.arch == "unet" else "")
+    if g.arch != "edsr" and g.scale > 1:
+        keys += f", generator.upsample {g.upsample}"
+    return keys
+
+
+def check_crop_multiple(cfg: ExperimentConfig, size_multiple: int) -> None:
+    """Training crops must be a multiple of what the generator divides by (super-resolution: of
+    that times data.scale, since the crop is the HR target). Nothing to check with preprocess none,
+    which cuts each image to a fitting size.
+
+    Args:
+        size_multiple: the generator's input size multiple (generator_size_multiple, or a built
+            generator's `size_multiple`).
+
+    Raises:
+        ExperimentConfigError: on data.crop_size, naming the keys behind the multiple and the
+            nearest crop sizes that fit.
+    """
+    data = cfg.data
+    scale = data.scale if cfg.task == "super_resolution" else 1
+    needed = size_multiple * scale
+    if data.preprocess == "none" or data.crop_size % needed == 0:
+        return
+    source = _size_multiple_source(cfg.generator)
+    if scale > 1:
+        why = f"data.scale {scale} times the generator's size multiple {size_multiple} ({source})"
+    else:
+        why = f"the generator's size multiple ({source})"
+    below = data.crop_size // needed * needed
+    fits = " or ".join(str(n) for n in (below, below + needed) if n >= 8)
+    raise ExperimentConfigError(
+        "data.crop_size", f"must be a multiple of {needed}, {why}; got {data.crop_size}, use e.g. {fits}"
+    )
+
+
 def validate(cfg: ExperimentConfig) -> None:
     """Cross-field checks that need the whole config. Raises ExperimentConfigError naming the key."""
     g, d, data, t = cfg.generator, cfg.discriminator, cfg.data, cfg.train
@@ -387,6 +440,8 @@ def validate(cfg: ExperimentConfig) -> None:
         "generator.out_channels",
         f"must be {want_out} for task {cfg.task} (got {g.out_channels})",
     )
+    # Before the multiples below, whose message would misdirect for a crop that cannot be one.
+    _require(data.crop_size >= 8, "data.crop_size", f"must be >= 8; got {data.crop_size}")
     if cfg.task == "super_resolution":
         _require(data.scale in (2, 3, 4), "data.scale", f"must be 2, 3 or 4; got {data.scale}")
         _require(
@@ -413,7 +468,8 @@ def validate(cfg: ExperimentConfig) -> None:
     # --- sizes
     for key, value in (("generator.ngf", g.ngf), ("discriminator.ndf", d.ndf)):
         _require(value >= 1, key, f"must be >= 1; got {value}")
-    _require(data.crop_size >= 8, "data.crop_size", f"must be >= 8; got {data.crop_size}")
+    # Said here, before any run directory exists, not first when the data loads.
+    check_crop_multiple(cfg, generator_size_multiple(g))
     # Without resizing or cropping, images of different sizes cannot share a batch (the collate
     # step would stop the run with a tensor-size traceback at the first mixed batch).
     _require(

@@ -54,11 +54,11 @@ def train(
     """
     t = cfg.train
     rt = setup_runtime(t.device, t.amp, t.channels_last, t.cudnn_benchmark, t.deterministic, t.seed)
-    log, path, created = None, None, False
+    log, path, fresh = None, None, None
     try:
         # Before the run directory exists: a wrong init_from file trains nothing and leaves nothing.
         init = {} if resume else initial_generators(cfg)
-        path, created = open_run_dir(
+        path, fresh = open_run_dir(
             rt, cfg, Path(run_dir) if run_dir else None, Path(runs_root), run_name, resume
         )
         log = RunLog(path, enabled=rt.is_main, tensorboard=t.tensorboard)
@@ -70,13 +70,13 @@ def train(
                 on_start(ctx)
             return LOOPS[cfg.model](ctx, max_steps=max_steps, resume=resume)
     except BaseException:
-        # Data, settings or Ctrl-C before the first checkpoint: a folder this call made, holding
-        # nothing to resume, would only block the same --out on the next try.
+        # Data, settings or Ctrl-C before the first checkpoint: what this call added to the run
+        # directory holds nothing to resume and would only block the same --out on the next try.
         if log is not None:
             log.close()  # the tensorboard writer keeps files open in it
             log = None
-        if created:
-            discard_unstarted_run(rt, path)
+        if fresh is not None:
+            discard_unstarted_run(rt, path, fresh)
         raise
     finally:
         if log is not None:

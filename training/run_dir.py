@@ -3,6 +3,9 @@
 `pixforge train` without `--out` writes to the next free `runs/<config-stem>-NNN` (001 first);
 `--resume` without `--out` continues the newest. Rank 0 decides and creates the folder, every
 other rank receives its path, so all ranks of a DDP run write to the same place.
+
+A fresh run remembers which of its outputs (RUN_OUTPUTS) were already in the folder, so a run
+that fails before its first checkpoint takes back exactly what it added and nothing of the user's.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from pixforge.errors import PixforgeError
 
@@ -18,6 +24,7 @@ from .checkpoint import RESUME_FILE
 from .config import ExperimentConfig, load_config_json, save_config_json
 from .data import DataError
 from .init_from import describe_mismatches, mismatches
+from .run_log import drop_logged_steps_after
 from .runtime import Runtime, broadcast_object
 
 _RUN_RE = re.compile(r"^(?P<stem>.+)-(?P<num>\d{3,})$")
@@ -62,23 +69,55 @@ def _architecture_change(run_dir: Path, saved: ExperimentConfig, cfg: Experiment
     return None
 
 
+# What a run writes directly into its folder (run_log.py: the logs, samples and TensorBoard;
+# snapshots.py: checkpoints/), by name or glob pattern.
+RUN_OUTPUTS = ("config.json", "checkpoints", "samples", "tensorboard", "stats.jsonl", "metric-*.jsonl")
+
+
+@dataclass(frozen=True)
+class FreshRun:
+    """What was in a fresh run's folder before the run: all that a failed start leaves behind.
+
+    Attributes:
+        made_folder: the run directory did not exist (it is removed whole).
+        kept: paths (relative, "/"-separated) of the run outputs already there and of everything
+            under them, e.g. a samples/ folder of the user's with its images.
+    """
+
+    made_folder: bool
+    kept: frozenset[str] = frozenset()
+
+
+def _run_outputs(run_dir: Path) -> set[str]:
+    """Relative paths of the RUN_OUTPUTS entries now in `run_dir` and of everything under them."""
+    found: set[str] = set()
+    if not run_dir.is_dir():
+        return found
+    for pattern in RUN_OUTPUTS:
+        for entry in run_dir.glob(pattern):
+            found.add(entry.name)
+            if entry.is_dir() and not entry.is_symlink():
+                found.update(p.relative_to(run_dir).as_posix() for p in entry.rglob("*"))
+    return found
+
+
 def open_run_dir(
     rt: Runtime, cfg: ExperimentConfig, run_dir: Path | None, runs_root: Path, stem: str, resume: bool
-) -> tuple[Path, bool]:
+) -> tuple[Path, FreshRun | None]:
     """Create (or, on resume, reuse) the run directory on rank 0 and share its path with all ranks.
 
     A fresh run's config.json is written here; on resume it is left as it is until the resume
     state has loaded (write_run_config), so a resume that fails does not change the run.
 
     Returns:
-        (the run directory, whether this call created it: only such a folder may be removed again
-        by discard_unstarted_run)
+        (the run directory, for a fresh run what was in it before: what discard_unstarted_run
+        must leave there; None on resume, whose folder is never discarded)
 
     Raises:
         DataError: resuming a folder without a resume state or with other networks, starting over
             an existing run, or a path that cannot be a folder.
     """
-    problem, created = None, False
+    problem, fresh = None, None
     if rt.is_main:
         if run_dir is None:
             run_dir = next_run_dir(runs_root, stem)
@@ -92,7 +131,8 @@ def open_run_dir(
         elif saved.exists():
             problem = f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
         if problem is None:
-            created = not run_dir.exists()
+            if not resume:
+                fresh = FreshRun(not run_dir.exists(), frozenset(_run_outputs(run_dir)))
             try:
                 (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
                 (run_dir / "samples").mkdir(exist_ok=True)
@@ -101,16 +141,28 @@ def open_run_dir(
             else:
                 if not resume:
                     save_config_json(cfg, saved)
-    run_dir, problem, created = broadcast_object(rt, (str(run_dir), problem, created))
+    run_dir, problem, fresh = broadcast_object(rt, (str(run_dir), problem, fresh))
     if problem:
         raise DataError(problem)
-    return Path(run_dir), created
+    return Path(run_dir), fresh
 
 
 def write_run_config(rt: Runtime, cfg: ExperimentConfig, run_dir: Path) -> None:
-    """Record a resumed run's config (with its `--set` overrides) once the resume state has loaded."""
+    """Once a resume state has loaded: record the resumed run's config (with its `--set`
+    overrides) and drop the log lines written after that state's step (rank 0).
+
+    Lines past the resume step come from training whose checkpoint was lost (a kill -9); the
+    resumed run logs those steps again, so kept, they would appear twice.
+    """
     if rt.is_main:
         save_config_json(cfg, run_dir / "config.json")
+        drop_logged_steps_after(run_dir, _resume_step(run_dir))
+
+
+def _resume_step(run_dir: Path) -> int:
+    """The step of the run's resume state (memory-mapped: its tensors are not read)."""
+    path = run_dir / "checkpoints" / RESUME_FILE
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
 
 
 @contextlib.contextmanager
@@ -136,17 +188,26 @@ def resume_load_errors(run_dir: Path):
         ) from exc
 
 
-def discard_unstarted_run(rt: Runtime, run_dir: Path) -> None:
-    """Remove a run directory that open_run_dir created for a run which then failed before its
-    first checkpoint (rank 0; the caller knows it created the folder).
+def discard_unstarted_run(rt: Runtime, run_dir: Path, fresh: FreshRun) -> None:
+    """Take back what a fresh run added to `run_dir` when it failed before its first checkpoint
+    (rank 0): the whole folder if the run created it, else only the run outputs that were not in
+    it before (`fresh`, from open_run_dir); everything else there is the user's.
 
-    Left behind, it would hold a config.json and nothing to resume, so the same command, once the
-    data is fixed, would be refused with "already holds a run". A folder with any file under
+    Left behind, they would hold a config.json and nothing to resume, so the same command, once the
+    data is fixed, would be refused with "already holds a run". A run that wrote any file under
     checkpoints/ is kept: that is training someone may want back.
     """
     if not rt.is_main or not run_dir.is_dir():
         return
-    ckpt_dir = run_dir / "checkpoints"
-    if ckpt_dir.is_dir() and any(p.is_file() for p in ckpt_dir.rglob("*")):
+    added = _run_outputs(run_dir) - fresh.kept
+    if any(rel.startswith("checkpoints/") and (run_dir / rel).is_file() for rel in added):
         return
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if fresh.made_folder:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for rel in sorted(added, reverse=True):  # a folder's files before the folder
+        path = run_dir / rel
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -1,10 +1,13 @@
 """Run-directory outputs written by rank 0: stats.jsonl, metric-<name>.jsonl, sample grids, TensorBoard.
 
 Every file is machine-readable: tools and benchmarks read the JSONL files, never scraped stdout
-(whose wording may change). `stats.jsonl` is append-only, one JSON object per logged step. Each
+(whose wording may change). `stats.jsonl` holds one JSON object per logged step, appended. Each
 `metric-<name>.jsonl` line is {"step", "value", "num_images", "time"}. TensorBoard events are
 written only when `torch.utils.tensorboard` imports (the train extra installs tensorboard; it is
 never required).
+
+On `--resume` from step S, `drop_logged_steps_after(run_dir, S)` removes the lines a killed run
+wrote after its last checkpoint: the resumed run logs those steps again.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def _jsonable(value):
 
 
 class RunLog:
-    """Append-only logs of one run (a no-op on ranks other than 0)."""
+    """The appended logs of one run (a no-op on ranks other than 0)."""
 
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
         self.run_dir = Path(run_dir)
@@ -97,6 +100,46 @@ class RunLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def drop_logged_steps_after(run_dir: Path, step: int) -> None:
+    """Remove the lines with a step above `step` from stats.jsonl and every metric-<name>.jsonl.
+
+    A resumed run starts over from its resume state's step, so what the killed run logged after
+    it would be logged twice. A last line cut short by the kill goes too (it would run into the
+    next appended line). Files are rewritten atomically (temp file + os.replace), and only when
+    something changes.
+    """
+    run_dir = Path(run_dir)
+    for path in [run_dir / "stats.jsonl", *sorted(run_dir.glob("metric-*.jsonl"))]:
+        if path.is_file():
+            _keep_steps_up_to(path, step)
+
+
+def _keep_steps_up_to(path: Path, step: int) -> None:
+    """Rewrite one JSONL log without its lines past `step` (left alone when none is)."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    kept = [_kept(line, step) for line in lines]
+    kept = [line for line in kept if line is not None]
+    if kept == lines:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _kept(line: str, step: int) -> str | None:
+    """One JSONL line as it stays (None: dropped). Records with a step above `step` go, and so
+    does an unterminated line that is not a whole record (the last one, cut short by a kill);
+    other lines stay as they are, newline-terminated so that appending starts a new line."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line if line.endswith("\n") else None
+    logged = record.get("step") if isinstance(record, dict) else None
+    if isinstance(logged, int) and logged > step:
+        return None
+    return line if line.endswith("\n") else line + "\n"
 
 
 def make_grid(rows: list[list[np.ndarray]]) -> np.ndarray:

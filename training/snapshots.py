@@ -131,13 +131,15 @@ def load_resume(ctx: RunContext, data: TrainData, opt: Optimizers) -> tuple[dict
         state = ckpt.load_resume_state(ctx.ckpt_dir / ckpt.RESUME_FILE)
     except (FileNotFoundError, ValueError) as exc:
         raise DataError(f"cannot resume: {exc}") from exc
-    steps = ctx.cfg.train.steps
+    # The run's length as the loop resolves it: train.steps, or n_epochs x steps per epoch when
+    # steps is 0 (the epoch presets), so the raw train.steps is not the bound.
+    steps = data.total_steps
     if int(state["step"]) > steps:
         # The loop would stop at once and config.json would then describe a shorter run than
         # the checkpoints hold.
         raise DataError(
-            f"cannot resume: train.steps ({steps}) is below the run's step {int(state['step'])}; "
-            "pass a larger train.steps to train on"
+            f"cannot resume: this config trains {steps} steps, below the run's step {int(state['step'])}; "
+            "pass a larger train.steps (or train.n_epochs) to train on"
         )
     check_resume_layout(state, data)
     opt.load_state_dict(state)

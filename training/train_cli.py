@@ -3,7 +3,8 @@
 Parses the config once (YAML + overrides), validates it, trains, and prints where the samples,
 logs and checkpoints are. The LAST line printed is exactly `checkpoint: PATH` (the generator
 checkpoint `pixforge export` takes). Bad input (config key, missing or empty data folder) prints
-one `pixforge train: error: ...` line and exits 2, without a traceback.
+one `pixforge train: error: ...` line and exits 2, without a traceback (line breaks in a message
+are folded into spaces).
 
 Run directories default to `runs/<config-stem>-NNN` under the current directory. `--resume`
 continues `--out` (or, without it, the newest `runs/<config-stem>-NNN`) from its resume state,
@@ -23,8 +24,14 @@ EXIT_BAD_INPUT = 2
 
 
 def _err(message: str) -> int:
-    print(f"pixforge train: error: {message}", file=sys.stderr)
+    print(f"pixforge train: error: {_one_line(message)}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def _one_line(message: str) -> str:
+    """`message` on one line: a `--set` key or value holding a line break, or a multi-line library
+    message (a YAML parser's), would otherwise spread the error over several terminal lines."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import check_crop_multiple
 from .data import DataError, EpochSampler, SkipTracker, build_datasets, load_eval_items, make_train_loader
 from .metrics import FIDScorer
 from .run_context import RunContext
@@ -33,16 +34,14 @@ def build_train_data(ctx: RunContext, size_multiple: int) -> TrainData:
     """Datasets, the resumable sampler/loader, cached validation items and the run length.
 
     Raises:
+        ExperimentConfigError: a crop size the generator cannot take.
         DataError: no usable data, or fewer images than one batch.
     """
     cfg, rt = ctx.cfg, ctx.rt
     data_cfg, t = cfg.data, cfg.train
-    needed = size_multiple * (data_cfg.scale if cfg.task == "super_resolution" else 1)
-    if data_cfg.preprocess != "none" and data_cfg.crop_size % needed:
-        raise DataError(
-            f"data.crop_size {data_cfg.crop_size} must be a multiple of {needed} "
-            f"(the generator's size multiple{' x scale' if needed != size_multiple else ''})"
-        )
+    # Config validation said this already from the generator config; this is the built one's word
+    # (and covers a config made without validation, e.g. by dataclasses.replace).
+    check_crop_multiple(cfg, size_multiple)
     bundle = build_datasets(data_cfg, ctx.data_root, size_multiple=size_multiple, seed=t.seed)
     sampler = EpochSampler(len(bundle.train), t.batch_size, t.seed, rt.rank, rt.world_size)
     steps_per_epoch = sampler.batches_per_epoch()

@@ -76,7 +76,7 @@ def test_resume_with_fewer_steps_than_done_is_refused_and_leaves_the_run_alone(w
         main(["train", "tiny.yaml", "--data", "data", "--out", "r", "--resume", "--set", "train.steps=2"])
         == 2
     )
-    assert "train.steps (2) is below the run's step 3" in capsys.readouterr().err
+    assert "this config trains 2 steps, below the run's step 3" in capsys.readouterr().err
     assert (workdir / "r" / "config.json").read_text() == before
 
 
@@ -190,6 +190,111 @@ def test_failed_run_leaves_no_run_dir_behind(workdir, capsys):
     assert (workdir / "mine").is_dir()
     capsys.readouterr()
     assert main(["train", "tiny.yaml", "--data", "data", "--out", "r3", "--max-steps", "1"]) == 0
+
+
+def _listing(folder) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_failed_run_in_an_existing_folder_takes_back_only_what_it_wrote(workdir, capsys):
+    # --out names a folder the user already had: the failed run removes its config.json,
+    # checkpoints/, samples/ and tensorboard/, not the user's files, so the same --out works next.
+    mine = workdir / "mine"
+    (mine / "notes").mkdir(parents=True)
+    (mine / "keep.txt").write_text("mine")
+    (mine / "notes" / "a.txt").write_text("mine")
+    before = _listing(mine)
+    (workdir / "empty").mkdir()
+    argv = ["train", "tiny.yaml", "--out", "mine", "--set", "train.tensorboard=true"]
+    assert main([*argv, "--data", "empty"]) == 2
+    assert "no training images" in _one_line_error(capsys)
+    assert _listing(mine) == before
+    assert main([*argv, "--data", "empty"]) == 2  # not "already holds a run"
+    assert "no training images" in _one_line_error(capsys)
+    assert main([*argv, "--data", "data", "--max-steps", "1"]) == 0
+    assert (mine / "config.json").is_file() and (mine / "keep.txt").read_text() == "mine"
+
+
+def test_run_failing_before_its_first_checkpoint_takes_back_its_logs_and_samples(
+    workdir, capsys, monkeypatch
+):
+    # The run logs, validates and writes sample grids, then its first snapshot fails: its
+    # stats.jsonl, metric-*.jsonl and grids go too; the user's own samples/ and its file stay.
+    from pixforge.training import loop_pix2pix
+    from pixforge.training.data import DataError
+
+    def no_snapshot(*args, **kwargs):
+        raise DataError("no space left on the device")
+
+    monkeypatch.setattr(loop_pix2pix, "save_snapshot", no_snapshot)
+    mine = workdir / "mine"
+    (mine / "samples").mkdir(parents=True)
+    (mine / "samples" / "mine.png").write_bytes(b"mine")
+    (mine / "keep.txt").write_text("mine")
+    before = _listing(mine)
+    settings = ["train.val_every=2", "train.sample_every=1", "train.log_every=1"]
+    argv = ["train", "tiny.yaml", "--data", "data", "--out", "mine"]
+    assert main([*argv, *(x for s in settings for x in ("--set", s))]) == 2
+    assert "no space left on the device" in _one_line_error(capsys)
+    assert _listing(mine) == before
+
+
+def test_run_that_wrote_a_checkpoint_is_kept_when_it_fails(workdir, capsys, monkeypatch):
+    from pixforge.training import loop_pix2pix
+    from pixforge.training.data import DataError
+
+    real = loop_pix2pix.save_snapshot
+
+    def snapshot_then_fail(*args, **kwargs):
+        real(*args, **kwargs)
+        raise DataError("failed after writing the checkpoint")
+
+    monkeypatch.setattr(loop_pix2pix, "save_snapshot", snapshot_then_fail)
+    (workdir / "mine").mkdir()
+    assert main(["train", "tiny.yaml", "--data", "data", "--out", "mine", "--max-steps", "1"]) == 2
+    capsys.readouterr()
+    assert (workdir / "mine" / "config.json").is_file()
+    assert (workdir / "mine" / "checkpoints" / "resume-state.pt").is_file()
+
+
+def test_crop_size_the_generator_cannot_take_is_refused_before_the_run_dir(workdir, capsys):
+    # tiny.yaml: a depth-3 U-Net, so crops are multiples of 8; said by the config, before anything
+    # is written into --out (a folder the user already had) and in a dry run too.
+    (workdir / "mine").mkdir()
+    (workdir / "mine" / "keep.txt").write_text("mine")
+    bad = ["--set", "data.crop_size=36", "--set", "data.load_size=40"]
+    assert main(["train", "tiny.yaml", "--data", "data", "--out", "mine", *bad]) == 2
+    err = _one_line_error(capsys)
+    assert err.strip() == (
+        "pixforge train: error: data.crop_size: must be a multiple of 8, the generator's size "
+        "multiple (generator.arch unet, generator.depth 3); got 36, use e.g. 32 or 40"
+    )
+    assert _listing(workdir / "mine") == ["keep.txt"]
+    assert main(["train", "tiny.yaml", "--data", "data", "--dry-run", *bad]) == 2
+    assert "data.crop_size: must be a multiple of 8" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.steps=abc"], "train.steps: must be an integer; got 'abc'"),
+        (["nosuch.key=1"], "nosuch: unknown top-level key; valid keys:"),
+        (["train.nosuch=1"], "train.nosuch: unknown key"),
+        (["data.crop_size=-3"], "data.crop_size: must be >= 8; got -3"),
+        (["data.crop_size=2.5"], "data.crop_size:"),
+        # line breaks typed into a --set key or value, and a YAML parser's multi-line message
+        (["nosuch\nkey=1"], "nosuch key: unknown top-level key"),
+        (['train.vgg_weights="a\\nb.pth"', "train.lambda_perceptual=1"], "file not found: a b.pth"),
+        (["train.lr_g=[1"], "train.lr_g: cannot parse value"),
+    ],
+)
+def test_config_errors_are_one_line(workdir, capsys, overrides, message):
+    argv = ["train", "tiny.yaml", "--data", "data", "--out", "r"]
+    assert main([*argv, *(x for o in overrides for x in ("--set", o))]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("pixforge train: error: ") and message in err, err
+    assert not (workdir / "r").exists()
 
 
 @pytest.mark.parametrize("out", ["f.png", "f.png/run"])

@@ -41,7 +41,10 @@ def test_facades_preset_is_labels_to_photo():
 def test_task_defaults_fill_channels_and_scale():
     col = config_from_dict({"data": {"mode": "colorization"}})
     assert (col.generator.in_channels, col.generator.out_channels, col.discriminator.in_channels) == (1, 2, 3)
-    sr = config_from_dict({"data": {"mode": "super_resolution", "scale": 3, "crop_size": 96}})
+    # depth 5: the default U-Net (depth 8) on the x3 bicubic input needs crops in multiples of 768
+    sr = config_from_dict(
+        {"generator": {"depth": 5}, "data": {"mode": "super_resolution", "scale": 3, "crop_size": 96}}
+    )
     assert sr.generator.scale == 3 and sr.discriminator.in_channels == 6
     cyc = config_from_dict({"data": {"mode": "unaligned"}})
     assert cyc.model == "cyclegan" and cyc.generator.arch == "resnet" and cyc.discriminator.in_channels == 3
@@ -129,6 +132,87 @@ def test_errors_name_the_key(raw, key):
         config_from_dict(raw)
     assert info.value.key == key
     assert str(info.value).startswith(f"{key}:")
+
+
+U3 = {"arch": "unet", "depth": 3}  # a U-Net that divides by 8
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (
+            {"generator": U3, "data": {"crop_size": 36, "load_size": 40}},
+            "data.crop_size: must be a multiple of 8, the generator's size multiple (generator.arch "
+            "unet, generator.depth 3); got 36, use e.g. 32 or 40",
+        ),
+        (
+            {"data": {"mode": "unaligned", "crop_size": 30, "load_size": 32}},
+            "data.crop_size: must be a multiple of 4, the generator's size multiple (generator.arch "
+            "resnet); got 30, use e.g. 28 or 32",
+        ),
+        (  # bicubic: the net runs on the x2 input, so the LR input divides by 4 and the HR crop by 8
+            {"generator": U3, "data": {"mode": "super_resolution", "scale": 2, "crop_size": 20}},
+            "data.crop_size: must be a multiple of 8, data.scale 2 times the generator's size multiple "
+            "4 (generator.arch unet, generator.depth 3, generator.upsample bicubic); got 20, use e.g. "
+            "16 or 24",
+        ),
+        (
+            {
+                "generator": {**U3, "upsample": "pixelshuffle"},
+                "data": {"mode": "super_resolution", "scale": 2, "crop_size": 24},
+            },
+            "must be a multiple of 16, data.scale 2 times the generator's size multiple 8",
+        ),
+    ],
+)
+def test_crop_size_must_fit_the_generator(raw, message):
+    # Said by the config (before any run directory exists), not first when the data loads.
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    assert info.value.key == "data.crop_size" and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_crop_size_below_8_is_said_before_any_multiple():
+    # "must be a multiple of data.scale (4); got -3" sent users to -4, which fails next.
+    with pytest.raises(ConfigError, match=r"^data.crop_size: must be >= 8; got -3$"):
+        config_from_dict({"data": {"mode": "super_resolution", "scale": 4, "crop_size": -3}})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"generator": U3, "data": {"crop_size": 40, "load_size": 48}},
+        {"generator": U3, "data": {"preprocess": "none", "crop_size": 36}},  # cut to fit per image
+        {"generator": {"arch": "edsr"}, "data": {"mode": "super_resolution", "scale": 3, "crop_size": 33}},
+        {"generator": U3, "data": {"mode": "super_resolution", "scale": 3, "crop_size": 24}},
+    ],
+)
+def test_crop_sizes_that_fit_still_load(raw):
+    assert config_from_dict(raw).data.crop_size == raw["data"]["crop_size"]
+
+
+@pytest.mark.parametrize(
+    "generator",
+    [
+        {"arch": "unet", "depth": 3},
+        {"arch": "unet", "depth": 5, "scale": 2},
+        {"arch": "unet", "depth": 4, "scale": 3},
+        {"arch": "unet", "depth": 4, "scale": 4, "upsample": "pixelshuffle"},
+        {"arch": "resnet", "n_blocks": 1},
+        {"arch": "resnet", "n_blocks": 1, "scale": 2},
+        {"arch": "resnet", "n_blocks": 1, "scale": 3, "upsample": "pixelshuffle"},
+        {"arch": "edsr", "n_blocks": 1},
+        {"arch": "edsr", "n_blocks": 1, "scale": 4},
+    ],
+)
+def test_generator_size_multiple_is_the_built_networks(generator):
+    # The config computes it without torch; the networks are what training divides by.
+    from pixforge.training.config import generator_size_multiple
+    from pixforge.training.registry import GeneratorConfig, build_generator
+
+    g = GeneratorConfig(**{"ngf": 4, **generator})
+    assert generator_size_multiple(g) == build_generator(g).size_multiple
 
 
 def test_unknown_key_suggests_the_close_one():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 from training_helpers import tiny_config
@@ -175,3 +178,92 @@ def test_resume_needs_the_generator_checkpoint_it_names(aligned_data, tmp_path):
     first.checkpoint.unlink()
     with pytest.raises(DataError, match="generator-step0000002.pt"):
         train(cfg, aligned_data, run_dir=tmp_path / "run", resume=True)
+
+
+def test_an_epoch_run_resumes(aligned_data, tmp_path):
+    # train.steps 0: the run's length is n_epochs x steps per epoch, the bound a resume checks
+    # (the raw train.steps, 0, refused every resume of the epoch presets).
+    cfg = tiny_config("aligned", steps=0, n_epochs=2)
+    first = train(cfg, aligned_data, run_dir=tmp_path / "r", max_steps=1)
+    resumed = train(cfg, aligned_data, run_dir=tmp_path / "r", resume=True)
+    assert first.step == 1 and resumed.step == resumed.total_steps > 1
+
+
+def test_an_epoch_run_resumed_with_fewer_epochs_than_done_is_refused(aligned_data, tmp_path):
+    cfg = tiny_config("aligned", steps=0, n_epochs=2)
+    done = train(cfg, aligned_data, run_dir=tmp_path / "r")
+    shorter = tiny_config("aligned", steps=0, n_epochs=1)
+    with pytest.raises(DataError, match=rf"trains {done.step // 2} steps, below the run's step {done.step}"):
+        train(shorter, aligned_data, run_dir=tmp_path / "r", resume=True)
+
+
+# ----------------------------------------------------------------------------- logs after a kill
+
+
+def _logged_steps(path) -> list[int]:
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()]
+
+
+def _killed_after_step_4(cfg, data, run):
+    """A run whose last snapshot is of step 4 but whose logs go on to step 6: what `kill -9`
+    between two checkpoints leaves (trained to 6, then step 6's snapshot taken away)."""
+    train(cfg, data, run_dir=run, max_steps=4)
+    at_4 = run.parent / "checkpoints-at-4"
+    shutil.copytree(run / "checkpoints", at_4)
+    train(cfg, data, run_dir=run, max_steps=6, resume=True)
+    shutil.rmtree(run / "checkpoints")
+    shutil.copytree(at_4, run / "checkpoints")
+
+
+def test_resume_after_a_kill_logs_each_step_once(aligned_data, tmp_path):
+    cfg = tiny_config("aligned", steps=8, log_every=1, val_every=2)
+    run = tmp_path / "run"
+    _killed_after_step_4(cfg, aligned_data, run)
+    assert _logged_steps(run / "stats.jsonl") == [1, 2, 3, 4, 5, 6]
+    metric_files = sorted(run.glob("metric-*.jsonl"))
+    assert metric_files and all(_logged_steps(m) == [2, 4, 6] for m in metric_files)
+    assert train(cfg, aligned_data, run_dir=run, resume=True).step == 8
+    assert _logged_steps(run / "stats.jsonl") == list(range(1, 9))
+    assert all(_logged_steps(m) == [2, 4, 6, 8] for m in metric_files)
+
+
+def test_refused_resume_leaves_the_logs_alone(aligned_data, tmp_path):
+    cfg = tiny_config("aligned", steps=8, log_every=1, val_every=2)
+    run = tmp_path / "run"
+    _killed_after_step_4(cfg, aligned_data, run)
+    before = {p.name: p.read_bytes() for p in run.glob("*.jsonl")}
+    with pytest.raises(DataError, match="below the run's step 4"):
+        train(
+            tiny_config("aligned", steps=3, log_every=1, val_every=2), aligned_data, run_dir=run, resume=True
+        )
+    assert {p.name: p.read_bytes() for p in run.glob("*.jsonl")} == before
+
+
+def test_logged_steps_after_the_resume_step_are_dropped(tmp_path):
+    from pixforge.training.run_log import drop_logged_steps_after
+
+    stats = tmp_path / "stats.jsonl"
+    # a line that is not a record stays; the last, cut short by the kill, goes
+    stats.write_text('{"step": 1}\n{"step": 2}\nnot json\n{"step": 3}\n{"step": 4, "lo')
+    psnr = tmp_path / "metric-psnr.jsonl"
+    psnr.write_text('{"step": 2, "value": 1.0}\n{"step": 4, "value": 2.0}\n')
+    ssim = tmp_path / "metric-ssim.jsonl"
+    ssim.write_text('{"step": 2, "value": 0.5}')  # whole but unterminated: kept, newline added
+    fid = tmp_path / "metric-fid.jsonl"
+    fid.write_text('{"step": 1, "value": 9.0}\n')
+    fid_inode = fid.stat().st_ino
+    other = tmp_path / "notes.jsonl"
+    other.write_text('{"step": 9}\n')
+    drop_logged_steps_after(tmp_path, 2)
+    assert stats.read_text() == '{"step": 1}\n{"step": 2}\nnot json\n'
+    assert psnr.read_text() == '{"step": 2, "value": 1.0}\n'
+    assert ssim.read_text() == '{"step": 2, "value": 0.5}\n'
+    assert fid.stat().st_ino == fid_inode  # nothing to drop: not rewritten
+    assert other.read_text() == '{"step": 9}\n'  # not a run log
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "metric-fid.jsonl",
+        "metric-psnr.jsonl",
+        "metric-ssim.jsonl",
+        "notes.jsonl",
+        "stats.jsonl",
+    ]
