@@ -116,7 +116,8 @@ def _lab_f_inv(f: torch.Tensor) -> torch.Tensor:
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB in [0, 1] (channel axis -3) -> CIE Lab (L in [0, 100], a/b roughly [-128, 127]).
 
-    Same numbers as OpenCV's float32 ``cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)`` (D65, sRGB gamma).
+    OpenCV's float32 ``cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)`` conversion (D65, sRGB gamma): the same
+    formulas; measured on a photo (Set5 baby.png) a and b agree within 0.05.
     """
     lin = _srgb_to_linear(rgb.to(torch.float32))
     xyz = _mix(lin, _RGB2XYZ)
