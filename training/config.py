@@ -220,7 +220,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ExperimentConfigError(key, f"cannot parse value {raw!r}: {exc}") from None
+        raise ExperimentConfigError(key, f"cannot parse value {raw!r}: {yaml_problem(exc)}") from None
     # yaml reads '1e-4' as a string (YAML 1.1 wants a dot); users mean a float.
     if isinstance(value, str):
         try:
@@ -255,6 +255,17 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     return out
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What PyYAML found wrong, and where, in a few words: its own text repeats the context and draws
+    the offending line with a caret on lines of their own, which a one-line error cannot hold."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def load_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML config file into a dict (ExperimentConfigError on a missing file or bad YAML)."""
     p = Path(path)
@@ -263,7 +274,7 @@ def load_yaml(path: str | os.PathLike) -> dict:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ExperimentConfigError("config", f"{p} is not valid YAML: {exc}") from None
+        raise ExperimentConfigError("config", f"{p} is not valid YAML: {yaml_problem(exc)}") from None
     except UnicodeDecodeError as exc:  # e.g. an image passed where the config goes
         raise ExperimentConfigError(
             "config",

@@ -285,7 +285,11 @@ def test_crop_size_the_generator_cannot_take_is_refused_before_the_run_dir(workd
         # line breaks typed into a --set key or value, and a YAML parser's multi-line message
         (["nosuch\nkey=1"], "nosuch key: unknown top-level key"),
         (['train.vgg_weights="a\\nb.pth"', "train.lambda_perceptual=1"], "file not found: a b.pth"),
-        (["train.lr_g=[1"], "train.lr_g: cannot parse value"),
+        (
+            ["train.lr_g=[1"],
+            "train.lr_g: cannot parse value '[1': expected ',' or ']', but got '<stream end>' "
+            "at line 1, column 3",
+        ),
     ],
 )
 def test_config_errors_are_one_line(workdir, capsys, overrides, message):
