@@ -16,14 +16,11 @@ import math
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
-from training_helpers import smooth_image, write_rgb
+from training_helpers import gather_model, smooth_image, write_rgb
 
 from pixforge.cli import main
-from pixforge.contract import ModelContract
 from pixforge.training.data.files import read_rgb
 from pixforge.training.data.super_resolution import downscale, resize_bicubic_aa
 from pixforge.training.export import ExportConfig, export_generator
@@ -46,23 +43,6 @@ def _export(repo, name, gen_kwargs, zero=False, **export_kwargs):
     export_generator(gen, cfg, repo, name, log=lambda *a, **k: None)
 
 
-def _gather_model(repo, name, task, indices, **metadata):
-    """A uint8 NHWC ONNX model that permutes the colour channels (exact, instant)."""
-    image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["n", "h", "w", 3])
-    image_out = helper.make_tensor_value_info("image_out", TensorProto.UINT8, ["n", "h", "w", 3])
-    idx = helper.make_tensor("idx", TensorProto.INT64, [3], list(indices))
-    node = helper.make_node("Gather", ["image", "idx"], ["image_out"], axis=3)
-    model = helper.make_model(
-        helper.make_graph([node], name, [image], [image_out], initializer=[idx]),
-        opset_imports=[helper.make_opsetid("", 17)],
-    )
-    model.ir_version = 8
-    contract = ModelContract(task, 1, 3, 3, size_multiple=4, tile_size=64, metadata=metadata)
-    helper.set_model_props(model, contract.to_metadata())
-    (repo / name / "1").mkdir(parents=True)
-    onnx.save(model, str(repo / name / "1" / "model.onnx"))
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("models")
@@ -83,9 +63,9 @@ def repo(tmp_path_factory):
         color_space="lab",
     )
     _export(repo, "untrained", {"arch": "resnet", "n_blocks": 1}, task="style_translation")
-    _gather_model(repo, "swap", "style_translation", (2, 1, 0))  # red <-> blue: its own reverse
-    _gather_model(repo, "roll", "paired_translation", (1, 2, 0), direction="AtoB")
-    _gather_model(
+    gather_model(repo, "swap", "style_translation", (2, 1, 0))  # red <-> blue: its own reverse
+    gather_model(repo, "roll", "paired_translation", (1, 2, 0), direction="AtoB")
+    gather_model(
         repo,
         "roll-b2a",
         "paired_translation",
@@ -275,9 +255,9 @@ def test_eval_paired_direction_comes_from_metadata(tmp_path, repo, capsys):
 
 def test_eval_precision_runs_that_variant_file(tmp_path, capsys):
     repo = tmp_path / "models"
-    _gather_model(repo, "roll", "paired_translation", (1, 2, 0), direction="AtoB")
+    gather_model(repo, "roll", "paired_translation", (1, 2, 0), direction="AtoB")
     # an "int8 variant" that is visibly different: no channel roll at all
-    _gather_model(
+    gather_model(
         tmp_path / "other", "roll", "paired_translation", (0, 1, 2), direction="AtoB", precision="int8"
     )
     (tmp_path / "other" / "roll" / "1" / "model.onnx").rename(repo / "roll" / "1" / "model.int8.onnx")

@@ -11,41 +11,21 @@ import json
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
-from training_helpers import make_photos, make_unaligned, smooth_image, write_rgb
+from training_helpers import gather_model, make_photos, make_unaligned, smooth_image, write_rgb
 
 from pixforge.cli import main
-from pixforge.contract import ModelContract
 from pixforge.training.data.super_resolution import resize_bicubic_aa
 from pixforge.training.metrics import MetricError
 from pixforge.training.model_eval.colorization import measure as colour_measure
 from pixforge.training.model_eval.super_resolution import measure as sr_measure
 
 
-def _gather_model(repo, name, task, scale=1, **metadata):
-    """A uint8 NHWC ONNX model that rolls the colour channels (R <- G, G <- B, B <- R)."""
-    image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["n", "h", "w", 3])
-    image_out = helper.make_tensor_value_info("image_out", TensorProto.UINT8, ["n", "h", "w", 3])
-    idx = helper.make_tensor("idx", TensorProto.INT64, [3], [1, 2, 0])
-    node = helper.make_node("Gather", ["image", "idx"], ["image_out"], axis=3)
-    model = helper.make_model(
-        helper.make_graph([node], name, [image], [image_out], initializer=[idx]),
-        opset_imports=[helper.make_opsetid("", 17)],
-    )
-    model.ir_version = 8
-    contract = ModelContract(task, scale, 3, 3, size_multiple=4, tile_size=64, metadata=metadata)
-    helper.set_model_props(model, contract.to_metadata())
-    (repo / name / "1").mkdir(parents=True)
-    onnx.save(model, str(repo / name / "1" / "model.onnx"))
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("models")
-    _gather_model(repo, "roll", "paired_translation", direction="AtoB")
-    _gather_model(repo, "sr", "super_resolution", scale=2)
+    gather_model(repo, "roll", "paired_translation", direction="AtoB")
+    gather_model(repo, "sr", "super_resolution", scale=2)
     return repo
 
 
@@ -147,7 +127,7 @@ def test_too_small_for_colourisation_names_the_real_size():
 def test_gray_only_folder_error_has_no_footnotes(tmp_path, capsys):
     """The notes under a table (method, skipped counts) are not glued onto the error line."""
     repo = tmp_path / "models"
-    _gather_model(repo, "colour", "colorization")
+    gather_model(repo, "colour", "colorization")
     gray = cv2.cvtColor(smooth_image(np.random.default_rng(5), 40, 48), cv2.COLOR_RGB2GRAY)
     write_rgb(tmp_path / "gray" / "g.png", np.repeat(gray[:, :, None], 3, axis=2))
     err = _one_error_line(*_eval(capsys, repo, "--model", "colour", "--data", tmp_path / "gray"))

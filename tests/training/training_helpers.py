@@ -99,3 +99,26 @@ def tiny_config(kind: str, **train_overrides):
     raw = copy.deepcopy(TINY[kind])
     raw["train"] = {**TINY_TRAIN, **raw.get("train", {}), **train_overrides}
     return config_from_dict(raw)
+
+
+def gather_model(repo: Path, name: str, task: str, indices=(1, 2, 0), scale: int = 1, **metadata) -> None:
+    """repo/name/1/model.onnx: a uint8 NHWC ONNX model that permutes the colour channels (exact,
+    instant; (1, 2, 0) rolls R <- G, G <- B, B <- R), with the model contract's metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from pixforge.contract import ModelContract
+
+    image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["n", "h", "w", 3])
+    image_out = helper.make_tensor_value_info("image_out", TensorProto.UINT8, ["n", "h", "w", 3])
+    idx = helper.make_tensor("idx", TensorProto.INT64, [3], list(indices))
+    node = helper.make_node("Gather", ["image", "idx"], ["image_out"], axis=3)
+    model = helper.make_model(
+        helper.make_graph([node], name, [image], [image_out], initializer=[idx]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model.ir_version = 8
+    contract = ModelContract(task, scale, 3, 3, size_multiple=4, tile_size=64, metadata=metadata)
+    helper.set_model_props(model, contract.to_metadata())
+    (repo / name / "1").mkdir(parents=True)
+    onnx.save(model, str(repo / name / "1" / "model.onnx"))
