@@ -20,6 +20,14 @@ from pixforge.training.export.subpixel import interleave_nodes, subpixel_rewrite
 from pixforge.training.legacy import load_pixforge_onnx
 from pixforge.training.registry import GeneratorConfig
 
+# The legacy exporter's notices, which the product's own export filters too (onnx_build._quiet_export).
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"
+    ),
+    pytest.mark.filterwarnings("ignore:Constant folding - Only steps=1:UserWarning"),
+]
+
 
 class _Transposed(nn.Module):
     def __init__(self, c_out: int = 8):
