@@ -6,12 +6,18 @@ server's event loop, so it needs no locks: idle or slow RPCs hold nothing but a 
 
 * **Running**: at most ``max_running`` requests are being decoded, run through the batchers and
   encoded at any time (the worker pool has exactly that many threads, so it never queues).
-* **Waiting**: a request that finds every worker busy waits in a FIFO queue, which is bounded twice:
-  by count (``max_queued``) and by *cost*, the estimated seconds of work already waiting
+* **Waiting**: a request that finds every worker busy waits in its model's FIFO queue; a freed
+  worker takes the next request from the models' queues in turn (round robin, as Triton gives each
+  model its own scheduler), so a client keeping one model's queue full delays a request for another
+  model by at most one of its own per round instead of all of them. Everything waiting is bounded
+  twice: by count (``max_queued``) and by *cost*, the estimated seconds of work already waiting
   (``max_queued_seconds``). A request over either bound is refused at once with
-  :class:`QueueFullError` (RESOURCE_EXHAUSTED) carrying a retry pushback.
+  :class:`QueueFullError` (RESOURCE_EXHAUSTED) carrying a retry pushback, unless another model's
+  queue holds more than a fair share: then that queue's newest request is refused instead
+  (longest-queue drop), so one busy model cannot take every place.
 * **Deadlines**: a request that is not expected to *finish* before its deadline (the work ahead of
-  it, waiting and running, plus its own) is refused at once instead of expiring later, having
+  it in the round-robin order, waiting and running, plus its own) is refused at once instead of
+  expiring later, having
   held a place and CPU; one that waits and expires anyway, or whose caller cancels, leaves the
   queue without ever starting.
 
@@ -71,7 +77,8 @@ QueueObserver = Callable[[int, float, int], None]
 
 
 class Admission:
-    """FIFO admission with a worker bound, a count bound and a cost bound (event-loop only).
+    """Per-model FIFO queues served in turn, with a worker bound, a count bound and a cost bound
+    (event-loop only).
 
     Args:
         max_running: requests processed at once (the worker pool's size).
@@ -96,7 +103,11 @@ class Admission:
         self.max_queued_seconds = max_queued_seconds
         self._observer = observer
         self._clock = clock
-        self._queue: collections.deque[Ticket] = collections.deque()
+        # model -> its waiting tickets (FIFO); a model's queue exists only while it holds tickets
+        self._lanes: dict[str, collections.deque[Ticket]] = {}
+        # models with waiting tickets, in the order a freed worker serves them (round robin)
+        self._turns: collections.deque[str] = collections.deque()
+        self._waiting = 0
         self._running: set[Ticket] = set()
         self._queued_cost = 0.0
         self._seconds_per_pixel: dict[str, float] = {}
@@ -116,7 +127,7 @@ class Admission:
     @property
     def queued(self) -> int:
         """Requests waiting for a worker."""
-        return len(self._queue)
+        return self._waiting
 
     @property
     def queued_seconds(self) -> float:
@@ -131,13 +142,29 @@ class Admission:
             spp = sum(known) / len(known) if known else 0.0
         return spp * pixels
 
-    def expected_wait(self) -> float:
-        """Machine-seconds of work ahead of a request arriving now: everything waiting plus what is
-        left of the running work (its estimate minus its share of the time it has run so far)."""
+    def expected_wait(self, model: str | None = None) -> float:
+        """Machine-seconds of work ahead of a request arriving now: what is left of the running work
+        (its estimate minus its share of the time it has run so far) plus the waiting work served
+        before it. For ``model``, that is the k requests already in its queue and, from every other
+        queue, the k + 1 first (queues ahead of it in this round) or k first (queues after it);
+        without a model, everything waiting."""
         now = self._clock()
         share = 1.0 / max(1, len(self._running))
         left = sum(max(0.25 * t.cost_s, t.cost_s - (now - t.started) * share) for t in self._running)
-        return self._queued_cost + left
+        if model is None:
+            return self._queued_cost + left
+        own = self._lanes.get(model, ())
+        k = len(own)
+        ahead = sum(t.cost_s for t in own)
+        seen_own = False  # a new queue joins the round at its end, after every queue there is
+        for name in self._turns:
+            if name == model:
+                seen_own = True
+                continue
+            lane = self._lanes[name]
+            take = k if seen_own else k + 1
+            ahead += sum(lane[i].cost_s for i in range(min(take, len(lane))))
+        return ahead + left
 
     # -- acquire / release
 
@@ -155,23 +182,31 @@ class Admission:
         """
         now = self._clock()
         ticket = Ticket(model, pixels, self.estimate(model, pixels), now)
-        if not self._queue and len(self._running) < self.max_running:
+        if not self._waiting and len(self._running) < self.max_running:
             self._start(ticket)
             return ticket
-        wait = self.expected_wait()
-        pushback = int(1000 * max(0.05, wait))
-        if len(self._queue) >= self.max_queued:
+        pushback = int(1000 * max(0.05, self.expected_wait()))
+        while self._waiting >= self.max_queued and self._shed_for(model, ticket.cost_s, by_cost=False):
+            pass
+        if self._waiting >= self.max_queued:
             self._reject(
-                f"server busy: {len(self._queue)} requests are waiting (admission.max_queued); "
+                f"server busy: {self._waiting} requests are waiting (admission.max_queued); "
                 f"retry in {pushback} ms",
                 pushback,
             )
-        if self._queue and self._queued_cost + ticket.cost_s > self.max_queued_seconds:
+        while (
+            self._waiting
+            and self._queued_cost + ticket.cost_s > self.max_queued_seconds
+            and self._shed_for(model, ticket.cost_s, by_cost=True)
+        ):
+            pass
+        if self._waiting and self._queued_cost + ticket.cost_s > self.max_queued_seconds:
             self._reject(
                 f"server busy: {self._queued_cost:.1f} s of work is waiting, over "
                 f"admission.max_queued_seconds {self.max_queued_seconds:g}; retry in {pushback} ms",
                 pushback,
             )
+        wait = self.expected_wait(model)
         if time_remaining is not None and wait + ticket.cost_s > DEADLINE_MARGIN * time_remaining:
             # The machine works through what is ahead at about one machine-second per second, so
             # this request would finish after its caller has gone: refuse now, not at the deadline.
@@ -181,7 +216,12 @@ class Admission:
                 pushback,
             )
         ticket._waiter = asyncio.get_running_loop().create_future()
-        self._queue.append(ticket)
+        lane = self._lanes.get(model)
+        if lane is None:
+            lane = self._lanes[model] = collections.deque()
+            self._turns.append(model)
+        lane.append(ticket)
+        self._waiting += 1
         self._queued_cost += ticket.cost_s
         self._notify()
         try:
@@ -189,9 +229,7 @@ class Admission:
         except BaseException:
             if ticket in self._running:  # woken and cancelled in the same loop turn
                 self.release(ticket, measure=False)
-            elif ticket in self._queue:
-                self._queue.remove(ticket)
-                self._queued_cost = max(0.0, self._queued_cost - ticket.cost_s)
+            elif self._unqueue(ticket):
                 self._notify()
             raise
         return ticket
@@ -216,9 +254,8 @@ class Admission:
             self._seconds_per_pixel[ticket.model] = (
                 spp if old is None else (1 - EWMA_WEIGHT) * old + EWMA_WEIGHT * spp
             )
-        while self._queue and len(self._running) < self.max_running:
-            nxt = self._queue.popleft()
-            self._queued_cost = max(0.0, self._queued_cost - nxt.cost_s)
+        while self._waiting and len(self._running) < self.max_running:
+            nxt = self._next_turn()
             if nxt._waiter is not None and nxt._waiter.done():  # cancelled meanwhile
                 continue
             self._start(nxt)
@@ -227,6 +264,69 @@ class Admission:
         self._notify()
 
     # -- internals
+
+    def _next_turn(self) -> Ticket:
+        """Take the head of the queue whose turn it is; that queue goes to the end of the round."""
+        model = self._turns.popleft()
+        lane = self._lanes[model]
+        ticket = lane.popleft()
+        if lane:
+            self._turns.append(model)
+        else:
+            del self._lanes[model]
+        self._waiting -= 1
+        self._queued_cost = max(0.0, self._queued_cost - ticket.cost_s)
+        return ticket
+
+    def _unqueue(self, ticket: Ticket) -> bool:
+        """Remove a waiting ticket (its caller left, or it was shed); False if it was not waiting."""
+        lane = self._lanes.get(ticket.model)
+        if lane is None or ticket not in lane:
+            return False
+        lane.remove(ticket)
+        if not lane:
+            del self._lanes[ticket.model]
+            self._turns.remove(ticket.model)
+        self._waiting -= 1
+        self._queued_cost = max(0.0, self._queued_cost - ticket.cost_s)
+        return True
+
+    def _shed_for(self, model: str, cost_s: float, by_cost: bool) -> bool:
+        """Make room for a request of ``cost_s`` on ``model`` by refusing the newest request of the
+        queue that holds the most (requests, or estimated seconds with ``by_cost``), when that is
+        another model's queue and it holds more than ``model``'s would with the newcomer.
+
+        Returns:
+            False when no other queue is over that share (the newcomer is the one refused).
+        """
+
+        def weight(lane: collections.deque[Ticket]) -> float:
+            return sum(t.cost_s for t in lane) if by_cost else len(lane)
+
+        own = self._lanes.get(model)
+        own_after = (weight(own) if own else 0.0) + (cost_s if by_cost else 1)
+        others = [(name, lane) for name, lane in self._lanes.items() if name != model]
+        if not others:
+            return False
+        name, lane = max(others, key=lambda item: weight(item[1]))
+        if weight(lane) <= own_after:
+            return False
+        victim = lane[-1]
+        held = len(lane)
+        self._unqueue(victim)
+        self.rejected += 1
+        if victim._waiter is not None and not victim._waiter.done():
+            pushback = int(1000 * max(0.05, self.expected_wait()))
+            bound = "admission.max_queued_seconds" if by_cost else "admission.max_queued"
+            victim._waiter.set_exception(
+                AdmissionRejected(
+                    f"server busy: model {name!r} held {held} of the {self._waiting + 1} waiting requests, "
+                    f"more than its share of {bound} with other models waiting; retry in {pushback} ms",
+                    pushback,
+                )
+            )
+        self._notify()
+        return True
 
     def _advance(self, now: float) -> None:
         self._integral += len(self._running) * (now - self._integral_at)
@@ -246,4 +346,4 @@ class Admission:
 
     def _notify(self) -> None:
         if self._observer is not None:
-            self._observer(len(self._queue), self._queued_cost, len(self._running))
+            self._observer(self._waiting, self._queued_cost, len(self._running))

@@ -138,3 +138,119 @@ def test_cancelled_waiter_never_runs_and_frees_its_place():
         adm.release(nxt.result())
 
     run(main())
+
+
+# -- fairness between models: one queue per model, served in turn
+
+
+def test_a_freed_worker_serves_the_models_in_turn():
+    async def main():
+        adm = Admission(max_running=1, max_queued=10, max_queued_seconds=10)
+        holder = await adm.acquire("heavy", 1)
+        order = []
+
+        async def waiter(model, tag):
+            ticket = await adm.acquire(model, 1)
+            order.append(tag)
+            return ticket
+
+        tasks = [asyncio.ensure_future(waiter("heavy", f"h{i}")) for i in range(3)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.ensure_future(waiter("light", "l0")))
+        await asyncio.sleep(0)
+        assert adm.queued == 4
+        adm.release(holder)
+        for _ in range(4):
+            await asyncio.sleep(0)
+            running = next(t for t in tasks if t.done() and t.result() in adm._running)
+            adm.release(running.result())
+        await asyncio.sleep(0)
+        # FIFO would have served the light request last, behind every heavy one.
+        assert order == ["h0", "l0", "h1", "h2"]
+
+    run(main())
+
+
+def test_the_deadline_check_counts_only_the_work_served_before_the_request():
+    async def main():
+        clock = Clock()
+        adm = Admission(max_running=1, max_queued=100, max_queued_seconds=100, clock=clock)
+        t = await adm.acquire("heavy", 100)
+        clock.now += 1.0
+        adm.release(t)  # heavy: 1 s per 100 pixels
+        t = await adm.acquire("light", 100)
+        clock.now += 0.01
+        adm.release(t)  # light: 0.01 s per 100 pixels
+        running = await adm.acquire("heavy", 100)
+        heavy = [asyncio.ensure_future(adm.acquire("heavy", 100)) for _ in range(5)]
+        await asyncio.sleep(0)
+        assert adm.expected_wait() == pytest.approx(6.0)
+        assert adm.expected_wait("light") == pytest.approx(2.0)  # the running one and one turn of heavy
+        # 4 s left: FIFO would count all 6 s of heavy work ahead and refuse it.
+        light = asyncio.ensure_future(adm.acquire("light", 100, time_remaining=4.0))
+        await asyncio.sleep(0)
+        assert not light.done() and adm.queued == 6
+        with pytest.raises(AdmissionRejected, match="deadline"):
+            await adm.acquire("heavy", 100, time_remaining=4.0)  # its own queue: 5 s + 1 s running
+        for task in [light, *heavy]:
+            task.cancel()
+        await asyncio.sleep(0)
+        adm.release(running)
+
+    run(main())
+
+
+def test_a_full_queue_refuses_the_newest_request_of_the_model_over_its_share():
+    async def main():
+        adm = Admission(max_running=1, max_queued=3, max_queued_seconds=10)
+        holder = await adm.acquire("heavy", 1)
+        heavy = [asyncio.ensure_future(adm.acquire("heavy", 1)) for _ in range(3)]
+        await asyncio.sleep(0)
+        light = asyncio.ensure_future(adm.acquire("light", 1))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the refused waiter's task sees its exception
+        # The light request takes the place of heavy's newest, which is refused with a pushback.
+        assert heavy[2].done() and not light.done()
+        with pytest.raises(AdmissionRejected, match="more than its share") as info:
+            heavy[2].result()
+        assert info.value.pushback_ms >= 50 and adm.rejected == 1 and adm.queued == 3
+        # Now 2 heavy and 1 light wait: a third model's request still displaces heavy's newest,
+        # but another heavy request, its model holding the most places, is refused itself.
+        with pytest.raises(AdmissionRejected, match=r"admission.max_queued\)"):
+            await adm.acquire("heavy", 1)
+        other = asyncio.ensure_future(adm.acquire("other", 1))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert heavy[1].done() and isinstance(heavy[1].exception(), AdmissionRejected)
+        assert adm.queued == 3 and adm.rejected == 3
+        for task in (heavy[0], light, other):
+            task.cancel()
+        await asyncio.sleep(0)
+        assert adm.queued == 0 and adm.queued_seconds == 0
+        adm.release(holder)
+
+    run(main())
+
+
+def test_the_cost_bound_also_refuses_the_model_over_its_share():
+    async def main():
+        clock = Clock()
+        adm = Admission(max_running=1, max_queued=100, max_queued_seconds=3.0, clock=clock)
+        t = await adm.acquire("m", 100)
+        clock.now += 1.0
+        adm.release(t)  # 1 s per 100 pixels, for every model
+        holder = await adm.acquire("heavy", 100)
+        heavy = [asyncio.ensure_future(adm.acquire("heavy", 100)) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert adm.queued_seconds == pytest.approx(3.0)
+        light = asyncio.ensure_future(adm.acquire("light", 100))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not light.done() and isinstance(heavy[2].exception(), AdmissionRejected)
+        assert "max_queued_seconds" in str(heavy[2].exception())
+        for task in (heavy[0], heavy[1], light):
+            task.cancel()
+        await asyncio.sleep(0)
+        adm.release(holder)
+
+    run(main())
