@@ -233,14 +233,58 @@ def _png_layout(data: bytes) -> _Layout:
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _JPEG_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
-# The end of a scan's entropy-coded data: a marker, i.e. 0xFF (after fill bytes) followed by
-# neither a stuffed 0x00 nor a restart marker (RST0-7 sit inside the data).
-_JPEG_SCAN_END = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+# A run of fill bytes (0xFF): the last one is the 0xFF of the marker that follows.
+_JPEG_FILL = re.compile(rb"\xff*")
+# The end of a scan's entropy-coded data: a marker, i.e. 0xFF (the last of any fill bytes) followed
+# by neither a stuffed 0x00 nor a restart marker (RST0-7 sit inside the data). Two bytes starting
+# with a literal, so the search never backtracks (``\xff+[^...]`` did, taking quadratic time over a
+# run of fill bytes: 3 minutes for 100 KB of them after an SOS).
+_JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# Bytes a regular expression reads per call: the GIL is not released during one, so a crafted
+# 60 MB run is read a window at a time (at most ~20 ms each) and other threads (the server's event
+# loop) get their turn between windows.
+_JPEG_WINDOW = 1 << 20
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RST0-7, SOI: no segment follows
 MAX_JPEG_SCANS = 100
 """Most scans a JPEG may have. libjpeg decodes every scan over the whole image and only warns about
 a nonsensical progression, so a file that repeats one small scan is a CPU bomb (20 000 scans of
 117 bytes each took 148 s to decode at 64 MP). Encoders write 1 (baseline), 3 to 4 (multi-scan)
 or about 10 (progressive; mozjpeg's optimised scripts a few more)."""
+MAX_JPEG_MARKERS = 4096
+"""Most markers the header walk of a JPEG reads (segments and standalone markers, from SOI to EOI;
+fill bytes and the restart markers inside a scan's data are skipped at C speed and not counted).
+Each marker is a step in Python, so without a cap a crafted file of 2-byte standalone markers or
+4-byte comments kept the walk (and the server's event loop) busy for 10 to 30 s per 60 MB. Real
+files have a few dozen: APPn (EXIF, XMP, an ICC profile split over at most 255 APP2 segments),
+DQT, SOF, DHT and, per scan (at most :data:`MAX_JPEG_SCANS`), an SOS and perhaps a DHT."""
+
+
+def _jpeg_next_marker(data: bytes, i: int) -> int:
+    """Offset of the 0xFF of the first marker at or after ``i`` (junk and fill bytes skipped), or -1."""
+    n = len(data)
+    i = data.find(b"\xff", i)
+    if i < 0:
+        return -1
+    while True:  # the run of fill bytes, a window at a time
+        stop = min(n, i + _JPEG_WINDOW)
+        run = _JPEG_FILL.match(data, i, stop)  # always a match: \xff* takes the empty string too
+        i = run.end() if run is not None else i
+        if i < stop:
+            return i - 1
+        if stop == n:
+            return -1
+
+
+def _jpeg_scan_end(data: bytes, i: int) -> int:
+    """Offset of the 0xFF of the marker ending the entropy-coded data that starts at ``i``, or -1."""
+    n = len(data)
+    while i < n:
+        # A window and the byte after it: a marker that starts in the window is found whole.
+        found = _JPEG_SCAN_END.search(data, i, min(n, i + _JPEG_WINDOW + 1))
+        if found is not None:
+            return found.start()
+        i += _JPEG_WINDOW
+    return -1
 
 
 def _jpeg_segments(data: bytes, i: int) -> Iterator[tuple[int, int, int]]:
@@ -250,20 +294,29 @@ def _jpeg_segments(data: bytes, i: int) -> Iterator[tuple[int, int, int]]:
     "extraneous bytes before marker" and reads on), so are fill bytes; standalone markers (SOI,
     TEM, RST0-7) carry no segment; a scan's entropy-coded data is skipped to its end marker (a
     byte search for SOS or EOI would stop at one hidden in a comment or APPn payload). Stops at
-    EOI, a bad length or the end of the data.
+    EOI, a bad length or the end of the data. Junk, fill bytes and scan data are skipped in C (a
+    window at a time, never backtracking): only the markers are steps in Python, and they are
+    counted.
+
+    Raises:
+        ImageDecodeError: more than :data:`MAX_JPEG_MARKERS` markers before EOI or the end.
     """
     n = len(data)
+    markers = 0
     while True:
-        i = data.find(b"\xff", i)
-        if i < 0 or i + 2 > n:
+        i = _jpeg_next_marker(data, i)
+        if i < 0:
             return
         marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
         if marker == 0xD9:  # EOI
             return
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+        markers += 1
+        if markers > MAX_JPEG_MARKERS:
+            raise ImageDecodeError(
+                f"unsupported JPEG file: over {MAX_JPEG_MARKERS} markers (real files have a few dozen: "
+                "a crafted file, or a broken encoder)"
+            )
+        if marker in _JPEG_STANDALONE:
             i += 2
             continue
         if i + 4 > n:
@@ -274,20 +327,19 @@ def _jpeg_segments(data: bytes, i: int) -> Iterator[tuple[int, int, int]]:
             return
         i += 2 + seg_len
         if marker == 0xDA:
-            end = _JPEG_SCAN_END.search(data, i)
-            if end is None:
+            i = _jpeg_scan_end(data, i)
+            if i < 0:
                 return
-            i = end.end() - 2  # the marker's 0xFF
 
 
-def _jpeg_scans(data: bytes, i: int) -> int:
-    """The number of scans (SOS segments) of the frame whose segments start at ``i``.
+def _count_scans(segments: Iterator[tuple[int, int, int]]) -> int:
+    """The number of scans (SOS segments) among ``segments`` (read to their end).
 
     Raises:
-        ImageDecodeError: more than :data:`MAX_JPEG_SCANS`.
+        ImageDecodeError: more than :data:`MAX_JPEG_SCANS` (or what the walk raises).
     """
     scans = 0
-    for marker, _, _ in _jpeg_segments(data, i):
+    for marker, _, _ in segments:
         if marker == 0xDA:
             scans += 1
             if scans > MAX_JPEG_SCANS:
@@ -298,8 +350,18 @@ def _jpeg_scans(data: bytes, i: int) -> int:
     return scans
 
 
+def _jpeg_scans(data: bytes, i: int) -> int:
+    """The number of scans (SOS segments) of the frame whose segments start at ``i``.
+
+    Raises:
+        ImageDecodeError: more than :data:`MAX_JPEG_SCANS` scans, or :data:`MAX_JPEG_MARKERS` markers.
+    """
+    return _count_scans(_jpeg_segments(data, i))
+
+
 def _jpeg_layout(data: bytes) -> _Layout:
-    for marker, i, seg_len in _jpeg_segments(data, 2):
+    segments = _jpeg_segments(data, 2)  # one walk: the markers before and after SOF count together
+    for marker, i, _seg_len in segments:
         if marker in _JPEG_SOF:
             _need(data, i + 10, "jpeg")
             precision = data[i + 4]
@@ -314,7 +376,7 @@ def _jpeg_layout(data: bytes) -> _Layout:
             extra = 0
             # Progressive and multi-scan files are decoded through whole-image coefficient buffers
             # (2 bytes per coefficient).
-            scans = _jpeg_scans(data, i + 2 + seg_len)
+            scans = _count_scans(segments)  # the rest of the walk, from the end of SOF
             if marker in _JPEG_PROGRESSIVE or scans > 1:
                 hmax = max(fh for fh, _ in factors)
                 vmax = max(fv for _, fv in factors)
@@ -590,12 +652,20 @@ def _megabytes(n: int) -> str:
 
 
 def _exif_block(data: bytes, fmt: str) -> bytes | None:
-    """Return the TIFF-structured EXIF payload of a JPEG/PNG/WebP/TIFF file, if any."""
+    """Return the TIFF-structured EXIF payload of a JPEG/PNG/WebP/TIFF file, if any.
+
+    Each walk is bounded (none found past the bound): JPEG segments by :data:`MAX_JPEG_MARKERS`,
+    WebP chunks by ``_MAX_CHUNKS``, PNG chunks (the IDAT chunks before an eXIf at the end count
+    too) by ``_MAX_CHUNKS`` or one per KiB of the file, whichever is more: a crafted file of
+    empty chunks cannot make it a step in Python per dozen bytes.
+    """
     if fmt == "tiff":
         return data
     if fmt == "jpeg":
         i = 2
-        while i + 4 <= len(data) and data[i] == 0xFF:
+        for _ in range(MAX_JPEG_MARKERS):
+            if i + 4 > len(data) or data[i] != 0xFF:
+                return None
             marker = data[i + 1]
             (seg_len,) = struct.unpack(">H", data[i + 2 : i + 4])
             if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\x00\x00":
@@ -606,14 +676,19 @@ def _exif_block(data: bytes, fmt: str) -> bytes | None:
         return None
     if fmt == "png":
         # Before or after the image data: the PNG extension allows both, and Pillow reads both.
-        for ctype, start, length in _png_chunks(data):
+        most = max(_MAX_CHUNKS, len(data) >> 10)
+        for n, (ctype, start, length) in enumerate(_png_chunks(data)):
+            if n == most:
+                return None
             if ctype == b"eXIf":
                 return data[start : start + length]
             if ctype == b"IEND":
                 return None
         return None
     if fmt == "webp":
-        for ctype, start, length in _webp_chunks(data):
+        for n, (ctype, start, length) in enumerate(_webp_chunks(data)):
+            if n == _MAX_CHUNKS:
+                return None
             if ctype == b"EXIF":
                 block = data[start : start + length]
                 return block[6:] if block.startswith(b"Exif\x00\x00") else block
