@@ -46,6 +46,9 @@ MIB = 1024 * 1024
 # The largest limits.max_message_bytes: gRPC's own ceiling sits a quarter above it and must stay
 # within gRPC's int32 lengths.
 MAX_MESSAGE_BYTES = 1536 * MIB
+INT32_MAX = (1 << 31) - 1
+# gRPC takes the connection durations in milliseconds as C ints: about 24.8 days at most.
+MAX_CONNECTION_SECONDS = INT32_MAX // 1000
 
 
 def _doc(text: str) -> dict:
@@ -165,7 +168,64 @@ class StreamConfig:
     """TranslateStream settings."""
 
     max_in_flight: int = setting(
-        4, "items of one stream processed at once; the server stops reading beyond it"
+        4,
+        "items of one stream in the server at once, answers not yet written to the client "
+        "included; the server stops reading beyond it",
+    )
+    max_unsent_bytes: int = setting(
+        0,
+        "bytes of stream responses computed but not yet written, all streams together (clients "
+        "that read slowly or not at all); while they reach it no stream reads a new item; "
+        "0 = workers x max_in_flight x limits.max_message_bytes",
+    )
+
+    def unsent_budget(self, workers: int, max_message_bytes: int) -> int:
+        """``max_unsent_bytes``, or ``workers`` x ``max_in_flight`` x ``max_message_bytes`` when it
+        is 0."""
+        if self.max_unsent_bytes > 0:
+            return self.max_unsent_bytes
+        return workers * self.max_in_flight * max_message_bytes
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """HTTP/2 connection limits of the gRPC port (gRPC server options, see docs/serving.md)."""
+
+    max_concurrent_streams: int = setting(
+        100,
+        "calls (HTTP/2 streams) one connection may have open at once, probes included; a client's "
+        "further calls wait in the client until one ends, so one connection cannot hold every "
+        "max_concurrent_rpcs slot",
+    )
+    keepalive_time_seconds: float = setting(
+        60.0,
+        "the server pings a connection after this long without activity, so a vanished or "
+        "half-open peer is found and its calls are freed (and idle NAT/balancer state kept alive)",
+    )
+    keepalive_timeout_seconds: float = setting(
+        20.0, "a connection whose peer does not answer the keepalive ping within this is closed"
+    )
+    min_ping_interval_seconds: float = setting(
+        10.0,
+        "shortest interval between a client's own keepalive pings the server accepts (with or "
+        "without calls); a client pinging more often is disconnected (GOAWAY too_many_pings) "
+        "after two such pings",
+    )
+    max_idle_seconds: float = setting(
+        300.0,
+        "a connection without any open call for this long is closed gracefully (GOAWAY; gRPC "
+        "clients reconnect on their next call); 0 = never",
+    )
+    max_age_seconds: float = setting(
+        0.0,
+        "connections older than this (+-10% jitter) get GOAWAY, so clients open new ones (spreads "
+        "long-lived clients over new replicas behind an L4 balancer); their calls go on for "
+        "max_age_grace_seconds; 0 = no age limit",
+    )
+    max_age_grace_seconds: float = setting(
+        0.0,
+        "calls still open on a connection past max_age_seconds are cancelled after this long; "
+        "0 = never (a long stream is never cut)",
     )
 
 
@@ -232,6 +292,17 @@ class ServiceConfig:
         "most open RPCs (idle streams included; health and readiness probes exempt); beyond: "
         "RESOURCE_EXHAUSTED. An open RPC holds no thread, only a little memory",
     )
+    max_concurrent_streaming_rpcs: int = setting(
+        0,
+        "most open streaming RPCs (TranslateStream, KServe ModelStreamInfer, reflection), counted "
+        "within max_concurrent_rpcs, so idle streams cannot take the slots of unary calls; beyond: "
+        "RESOURCE_EXHAUSTED; 0 = three quarters of max_concurrent_rpcs",
+    )
+    max_health_watches: int = setting(
+        1000,
+        "most open grpc.health Watch streams (they need no token and are not counted in "
+        "max_concurrent_rpcs); beyond: RESOURCE_EXHAUSTED. Check calls are not limited",
+    )
     codec_workers: int = setting(
         0, "threads running the images of one KServe request concurrently; 0 = 4 x CPUs (max 32)"
     )
@@ -265,6 +336,9 @@ class ServiceConfig:
         default_factory=ColorizationConfig, metadata=_doc("colourisation")
     )
     stream: StreamConfig = field(default_factory=StreamConfig, metadata=_doc("TranslateStream"))
+    connection: ConnectionConfig = field(
+        default_factory=ConnectionConfig, metadata=_doc("HTTP/2 connection limits and keepalive")
+    )
     admission: AdmissionConfig = field(
         default_factory=AdmissionConfig, metadata=_doc("admission control of inference requests")
     )
@@ -466,6 +540,9 @@ _BOUNDS: dict[str, tuple[int, int | None]] = {
     "http_port": (-1, 65535),
     "poll_seconds": (0, None),
     "max_concurrent_rpcs": (1, None),
+    "max_concurrent_streaming_rpcs": (0, None),
+    "max_health_watches": (1, None),
+    "connection.max_concurrent_streams": (1, INT32_MAX),
     "admission.max_queued": (0, None),
     "codec_workers": (0, None),
     "grace_seconds": (0, None),
@@ -487,6 +564,7 @@ _BOUNDS: dict[str, tuple[int, int | None]] = {
     "limits.max_message_bytes": (1024, MAX_MESSAGE_BYTES),
     "colorization.render_size": (16, None),
     "stream.max_in_flight": (1, None),
+    "stream.max_unsent_bytes": (0, None),
 }
 
 
@@ -522,6 +600,27 @@ def validate(cfg: ServiceConfig) -> None:
     _check(cfg.log_format in LOG_FORMATS, "log_format", f"must be one of {', '.join(LOG_FORMATS)}")
     for name, version in cfg.pins.items():
         _check(version >= 1, "pins", f"version of {name!r} must be >= 1, got {version}")
+    _check(
+        cfg.max_concurrent_streaming_rpcs <= cfg.max_concurrent_rpcs,
+        "max_concurrent_streaming_rpcs",
+        f"must be <= max_concurrent_rpcs ({cfg.max_concurrent_rpcs}), got "
+        f"{cfg.max_concurrent_streaming_rpcs} (streams are counted within it); 0 = three quarters of it",
+    )
+    c = cfg.connection
+    for name in ("keepalive_time_seconds", "keepalive_timeout_seconds"):
+        value = getattr(c, name)
+        _check(
+            0 < value <= MAX_CONNECTION_SECONDS,
+            f"connection.{name}",
+            f"must be within 0 (exclusive)..{MAX_CONNECTION_SECONDS}, got {value}",
+        )
+    for name in ("min_ping_interval_seconds", "max_idle_seconds", "max_age_seconds", "max_age_grace_seconds"):
+        value = getattr(c, name)
+        _check(
+            0 <= value <= MAX_CONNECTION_SECONDS,
+            f"connection.{name}",
+            f"must be within 0..{MAX_CONNECTION_SECONDS}, got {value}",
+        )
 
     e = cfg.engine
     _check(bool(e.providers), "engine.providers", "must list at least one provider")
@@ -675,13 +774,22 @@ def worker_count(config: ServiceConfig, cpus: int | None = None) -> int:
     return config.max_workers or max(2, 2 * (cpus or available_cpus()))
 
 
+def streaming_rpc_limit(config: ServiceConfig) -> int:
+    """Most open streaming RPCs: ``max_concurrent_streaming_rpcs``, or three quarters of
+    ``max_concurrent_rpcs`` (at least 1) when it is 0, so unary calls keep a quarter of the slots."""
+    return config.max_concurrent_streaming_rpcs or max(1, config.max_concurrent_rpcs * 3 // 4)
+
+
 def request_memory_bound(config: ServiceConfig, cpus: int | None = None) -> int:
     """Bytes the requests can hold at worst, models and the runtime not included.
 
-    The formula of docs/serving.md "Resource use": each running request holds its decoded input
-    (at most 4 bytes a pixel), its uint8 RGB output, its encoded response and a tile row of
-    accumulators; each queued request, and each item a running stream has in flight, holds its
-    message. Operators size a container's memory limit from it (deploy/k8s does, tested).
+    The formula of docs/serving.md "Resource use": each running request holds its message, its
+    decoded input (at most 4 bytes a pixel), its uint8 RGB output, its encoded response and a tile
+    row of accumulators; each queued request holds its message; and the responses that streams
+    computed but could not write yet hold at most ``stream.max_unsent_bytes`` (a stream item is
+    admitted only below it, so the responses of the items running or queued then can add to it:
+    their messages are counted already). Operators size a container's memory limit from it
+    (deploy/k8s does, tested).
 
     Args:
         config: the resolved server config.
@@ -695,5 +803,6 @@ def request_memory_bound(config: ServiceConfig, cpus: int | None = None) -> int:
         + limits.max_message_bytes
         + TILE_ROW_ALLOWANCE
     )
-    messages = config.admission.max_queued + workers * config.stream.max_in_flight
-    return workers * one_request + messages * limits.max_message_bytes
+    messages = config.admission.max_queued + workers
+    unsent = config.stream.unsent_budget(workers, limits.max_message_bytes)
+    return workers * one_request + messages * limits.max_message_bytes + unsent

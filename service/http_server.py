@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .interceptors import bearer_token_valid
+from .interceptors import bearer_token_valid, duplicate_authorization_message
 
 log = logging.getLogger("pixforge.service.http")
 
@@ -74,13 +74,20 @@ def auth_middleware(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if exempt(request) or bearer_token_valid(request.headers.get("Authorization", ""), accepted):
+        if exempt(request):
+            return await handler(request)
+        # Every Authorization header, not the first: with two, "wrong then right" (or the
+        # reverse) would depend on which one each proxy on the way keeps; exactly one is accepted.
+        values = request.headers.getall("Authorization", [])
+        if len(values) == 1 and bearer_token_valid(values[0], accepted):
             return await handler(request)
         if on_reject is not None:
             on_reject()
         return web.Response(
             status=401,
-            body=error_body(AUTH_MESSAGE),
+            body=error_body(
+                duplicate_authorization_message(len(values)) if len(values) > 1 else AUTH_MESSAGE
+            ),
             content_type=content_type,
             headers={"WWW-Authenticate": 'Bearer realm="pixforge"'},
         )

@@ -2,9 +2,11 @@
 
 * :class:`DrainInterceptor` answers UNAVAILABLE once shutdown has begun (health and the KServe
   live/ready probes stay reachable so load balancers see "not ready" rather than a closed door),
-  and RESOURCE_EXHAUSTED beyond ``max_concurrent_rpcs`` open calls (probes exempt).
+  and RESOURCE_EXHAUSTED beyond ``max_concurrent_rpcs`` open calls or beyond
+  ``max_concurrent_streaming_rpcs`` open streaming calls (probes exempt).
 * :class:`AuthInterceptor` checks ``authorization: Bearer <token>`` against the configured tokens
-  (constant-time compare); probes (:func:`is_probe`) are exempt so they work without secrets.
+  (constant-time compare; a call carrying the header twice is refused); probes
+  (:func:`is_probe`) are exempt so they work without secrets.
 * :class:`RequestContextInterceptor` tags log lines with the RPC method and the caller's
   ``x-request-id`` metadata, if any (the servicer refines it with the message's request_id).
 
@@ -18,7 +20,7 @@ import contextlib
 import hmac
 import inspect
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import grpc
 
@@ -55,6 +57,21 @@ def bearer_token_valid(header: str, tokens: Sequence[bytes]) -> bool:
 
 def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
     return {k.lower(): v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+
+
+def _metadata_values(details: grpc.HandlerCallDetails, key: str) -> list[str | bytes]:
+    """Every value of one metadata key, in order (a dict of the metadata keeps only the last)."""
+    return [v for k, v in (details.invocation_metadata or ()) if k.lower() == key]
+
+
+def duplicate_authorization_message(count: int) -> str:
+    """Why a call (or HTTP request) carrying ``count`` > 1 authorization values is refused.
+
+    With several values, which one counts would be up to each proxy and library on the way ("the
+    last wins" here, "the first" elsewhere), so a wrong token followed by a right one, or the
+    reverse, must not pass: exactly one is accepted. Shared by the gRPC and HTTP fronts.
+    """
+    return f"{count} authorization values sent; send exactly one 'Bearer <token>'"
 
 
 def _rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
@@ -112,8 +129,43 @@ def _wrap(handler: grpc.RpcMethodHandler, around: Callable[[], contextlib.Abstra
     return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), *args)
 
 
+def _wrap_async(
+    handler: grpc.RpcMethodHandler,
+    around: Callable[[grpc.aio.ServicerContext], contextlib.AbstractAsyncContextManager],
+):
+    """:func:`_wrap` with an async context manager made per call from the call's context (it may
+    abort the call on entry)."""
+    args = (handler.request_deserializer, handler.response_serializer)
+
+    def unary(behavior):
+        async def wrapped(request, context):
+            async with around(context):
+                return await behavior(request, context)
+
+        return wrapped
+
+    def streaming(behavior):
+        if not inspect.isasyncgenfunction(behavior):
+            return unary(behavior)
+
+        async def wrapped(request, context):
+            async with around(context):
+                async for response in behavior(request, context):
+                    yield response
+
+        return wrapped
+
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), *args)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), *args)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), *args)
+    return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), *args)
+
+
 class DrainInterceptor(grpc.aio.ServerInterceptor):
-    """Count open calls; refuse new non-probe calls once draining (UNAVAILABLE) or over the limit.
+    """Count open calls; refuse new non-probe calls once draining (UNAVAILABLE) or over a limit.
 
     Graceful shutdown first waits (:meth:`wait_idle`) for the counted calls while the server keeps
     accepting connections, so late callers get a clean UNAVAILABLE (retry elsewhere) instead of the
@@ -121,11 +173,18 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
 
     The open-call limit replaces gRPC's own ``maximum_concurrent_rpcs``, which would also refuse
     health probes (and then a probe restarts a healthy server) and whose refusals nobody can count.
+    Streaming calls (a request or response stream) have their own, lower limit within it
+    (``max_open_streams``): a stream may stay open, idle, for as long as its client likes, so
+    without it idle streams could take every slot and lock every unary call out.
+
+    A call is checked and counted in one step when its handler starts, on the event loop, so a
+    burst of calls cannot slip past a limit between the check and the count.
 
     Args:
         draining: returns True once graceful shutdown has started.
         max_open: most open non-probe calls (streams included).
         on_reject: called with (method, status code name) for each refused call (metrics).
+        max_open_streams: most open non-probe streaming calls (default: ``max_open``).
     """
 
     def __init__(
@@ -133,17 +192,25 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
         draining: Callable[[], bool],
         max_open: int = 1 << 30,
         on_reject: Callable[[str, str], None] | None = None,
+        max_open_streams: int | None = None,
     ):
         self._draining = draining
         self._max_open = max_open
+        self._max_streams = max_open if max_open_streams is None else max_open_streams
         self._on_reject = on_reject
         self._active = 0
+        self._streams = 0
         self._idle = threading.Condition()
 
     @property
     def active(self) -> int:
         """Calls whose handler is running."""
         return self._active
+
+    @property
+    def streams(self) -> int:
+        """Streaming calls whose handler is running (counted in :attr:`active` too)."""
+        return self._streams
 
     def wait_idle(self, timeout: float) -> bool:
         """Block (any thread but the event loop's) until no call is open or ``timeout`` passed."""
@@ -166,15 +233,52 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
         try:
             yield
         finally:
-            with self._idle:
-                self._active -= 1
-                if self._active == 0:
-                    self._idle.notify_all()
+            self._leave(stream=False)
+
+    def _enter(self, stream: bool) -> str | None:
+        """Count a new call, or return why it is refused (check and count under one lock)."""
+        with self._idle:
+            if self._active >= self._max_open:
+                return f"server has {self._active} open calls (max_concurrent_rpcs); retry later"
+            if stream and self._streams >= self._max_streams:
+                return (
+                    f"server has {self._streams} open streaming calls (max_concurrent_streaming_rpcs); "
+                    "retry later (unary calls are still accepted)"
+                )
+            self._active += 1
+            self._streams += stream
+            return None
+
+    def _leave(self, stream: bool) -> None:
+        with self._idle:
+            self._active -= 1
+            self._streams -= stream
+            if self._active == 0:
+                self._idle.notify_all()
 
     def _reject(self, handler, method: str, code: grpc.StatusCode, message: str):
         if self._on_reject is not None:
             self._on_reject(method, code.name)
         return _rejecting(handler, code, message)
+
+    def _admitted(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` run as a counted call, or refused with RESOURCE_EXHAUSTED when over a limit."""
+        stream = bool(handler.request_streaming or handler.response_streaming)
+
+        @contextlib.asynccontextmanager
+        async def slot(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+            # No await before _enter: the check and the count happen in one step on the loop.
+            refusal = self._enter(stream)
+            if refusal is not None:
+                if self._on_reject is not None:
+                    self._on_reject(method, grpc.StatusCode.RESOURCE_EXHAUSTED.name)
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+            try:
+                yield
+            finally:
+                self._leave(stream)
+
+        return _wrap_async(handler, slot)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -188,14 +292,7 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.UNAVAILABLE,
                 "server is shutting down; retry on another replica",
             )
-        if self._active >= self._max_open:
-            return self._reject(
-                handler,
-                method,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"server has {self._active} open calls (max_concurrent_rpcs); retry later",
-            )
-        return _wrap(handler, self._counted)
+        return self._admitted(handler, method)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -220,15 +317,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or is_probe(method):
             return handler
-        if self._valid(_metadata(handler_call_details).get("authorization", "")):
+        values = _metadata_values(handler_call_details, "authorization")
+        if len(values) > 1:
+            message = duplicate_authorization_message(len(values))
+        elif values and isinstance(values[0], str) and self._valid(values[0]):
             return handler
+        else:
+            message = "missing or invalid bearer token (send metadata 'authorization: Bearer <token>')"
         if self._on_reject is not None:
             self._on_reject(method)
-        return _rejecting(
-            handler,
-            grpc.StatusCode.UNAUTHENTICATED,
-            "missing or invalid bearer token (send metadata 'authorization: Bearer <token>')",
-        )
+        return _rejecting(handler, grpc.StatusCode.UNAUTHENTICATED, message)
 
 
 class RequestContextInterceptor(grpc.aio.ServerInterceptor):

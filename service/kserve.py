@@ -32,8 +32,7 @@ import pixforge
 from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
 
-from .config import StreamConfig
-from .errors import ModelNotFoundError
+from .errors import ModelNotFoundError, ShuttingDownError
 from .interceptors import OversizedMessage
 from .kserve_core import NOT_OFFERED, PLATFORM, SERVER_NAME, KServeCore, not_offered
 from .kserve_tensors import (
@@ -49,7 +48,7 @@ from .pipeline import CancelToken, Pipeline
 from .repository import ModelRegistry
 from .runner import RequestRunner, time_remaining
 from .servicer import message_request_id, run_unary, status_for_error
-from .streaming import ordered_responses
+from .streaming import StreamControl, ordered_responses
 from .text_limits import check_text
 
 # Triton names a repository by its path; pixforge accepts any name for its one repository.
@@ -79,12 +78,13 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
 
     Args:
         core: the protocol-neutral KServe operations.
-        stream: stream settings (``max_in_flight`` applies to ModelStreamInfer too).
+        streams: what the server's streams share with TranslateStream (the window of
+            ``stream.max_in_flight``, the unsent budget and the drain signal).
     """
 
-    def __init__(self, core: KServeCore, *, stream: StreamConfig):
+    def __init__(self, core: KServeCore, *, streams: StreamControl):
         self._core = core
-        self._stream = stream
+        self._streams = streams
 
     # -- health and metadata
 
@@ -139,11 +139,17 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         method: str,
         remaining: float | None,
         cancel: CancelToken | None = None,
+        check: Callable[[], None] | None = None,
     ) -> kpb.ModelInferResponse:
-        """Run one request through the core and build its response; raises the domain error."""
+        """Run one request through the core and build its response; raises the domain error.
+
+        ``check`` runs first, inside the request's metrics (a stream's unsent budget).
+        """
         batched = []
 
         def parse():
+            if check is not None:
+                check()
             check_requested_outputs(request)
             options = request_options(request)
             inputs = input_images(request)
@@ -176,7 +182,11 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         return await run_unary(context, request.id, call)
 
     async def ModelStreamInfer(self, request_iterator, context):
-        """Answer each streamed request in order; a failed one yields ``error_message`` ("CODE: why")."""
+        """Answer each streamed request in order; a failed one yields ``error_message`` ("CODE: why").
+
+        Once the server drains, the stream reads no new request, answers the ones it holds and
+        ends UNAVAILABLE.
+        """
         cancel = CancelToken()
 
         async def process(request: kpb.ModelInferRequest, index: int) -> kpb.ModelStreamInferResponse:
@@ -186,17 +196,27 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
                 rid = message_request_id(request.id, index)
                 with request_context(rid):
                     remaining = time_remaining(context)
-                    response = await self._infer(request, rid, "ModelStreamInfer", remaining, cancel)
+                    response = await self._infer(
+                        request, rid, "ModelStreamInfer", remaining, cancel, self._streams.check_unsent
+                    )
             except Exception as exc:
                 code, message = status_for_error(exc)
                 # The stream message has no status field: the code leads the text instead.
                 return kpb.ModelStreamInferResponse(error_message=f"{code.name}: {message}")
             return kpb.ModelStreamInferResponse(infer_response=response)
 
-        async for response in ordered_responses(
-            request_iterator, process, max_in_flight=self._stream.max_in_flight, cancel=cancel
-        ):
-            yield response
+        responses = ordered_responses(
+            request_iterator,
+            process,
+            control=self._streams,
+            size=kpb.ModelStreamInferResponse.ByteSize,
+            cancel=cancel,
+        )
+        try:
+            async for response in responses:
+                yield response
+        except ShuttingDownError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
     # -- Triton management extensions
 
@@ -266,7 +286,7 @@ def add_kserve_service(
     registry: ModelRegistry,
     metrics: Metrics,
     *,
-    stream: StreamConfig,
+    stream: StreamControl,
     runner: RequestRunner,
     workers: int,
     server_ready: Callable[[], bool],
@@ -278,7 +298,7 @@ def add_kserve_service(
     Args:
         server: the grpc.aio server (not started yet).
         pipeline, registry, metrics: the server's core objects (shared with pixforge.v1).
-        stream: stream settings.
+        stream: what the server's streams share (TranslateStream's too).
         runner: the server's admission + worker threads.
         workers: threads of the new pool that runs the images of a request concurrently.
         server_ready, draining: the server's state.
@@ -298,5 +318,5 @@ def add_kserve_service(
         draining=draining,
         model_control=model_control,
     )
-    kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(core, stream=stream), server)
+    kpb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(core, streams=stream), server)
     return core, image_pool

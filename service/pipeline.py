@@ -18,6 +18,7 @@ they only split and join the model's finished RGB output with the original's lum
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import functools
 import logging
@@ -69,6 +70,10 @@ COLOR_STRIP_ROWS = 256  # rows per strip when joining chroma with full-resolutio
 # The least an image of a tensor batch costs in admission, in input pixels: each one takes its own
 # worker hop, batcher slot, padding and output copy, so a batch of 1x1 images is not nearly free.
 MIN_IMAGE_COST_PIXELS = 64 * 64
+# Encoded images larger than this are prechecked on the event loop's default executor, not on the
+# loop (as the KServe HTTP front parses bodies over its OFF_LOOP_BYTES): reading a header costs up to
+# ~20 ns per byte of a crafted file (pixforge.codec), so up to ~5 ms here and about a second at 60 MB.
+PRECHECK_ON_LOOP_BYTES = 256 * 1024
 
 
 # --------------------------------------------------------------------------- domain types
@@ -513,6 +518,18 @@ class Pipeline:
                 + (" or ask for output_format jpeg" if fmt != "jpeg" else "")
             )
         return width * height + out_pixels
+
+    async def precheck_async(self, job: TranslateJob) -> int:
+        """:meth:`precheck` for a coroutine on the event loop: a large image is read off the loop.
+
+        Reading a header is CPU work in Python (pixforge.codec), so an image over
+        ``PRECHECK_ON_LOOP_BYTES`` is prechecked on the loop's default executor (as
+        ``asyncio.to_thread``: the request's log context goes along) and the loop keeps answering
+        other calls meanwhile; a small one is prechecked in place, sparing it the thread hop.
+        """
+        if len(job.image) <= PRECHECK_ON_LOOP_BYTES:
+            return self.precheck(job)
+        return await asyncio.to_thread(self.precheck, job)
 
     def _response_room(self) -> str:
         """The limit responses are compared against, in words (the value compared, and where from)."""

@@ -3,9 +3,11 @@
 :func:`serve` builds everything once and passes it into constructors: metrics, the model registry,
 the pipeline, admission control and the worker threads (:class:`RequestRunner`), the thin
 servicer, the KServe v2 servicer (``kserve: true``), the standard ``grpc.health.v1`` service
-(overall ``""``, ``pixforge.v1.ImageTranslation``, ``inference.GRPCInferenceService`` and one entry
-per model name), server reflection, interceptors (drain -> auth -> request context), TLS/mTLS and
-message-size limits, and on the same event loop the KServe v2 HTTP/REST port (``http_port``,
+(service/health.py; overall ``""``, ``pixforge.v1.ImageTranslation``,
+``inference.GRPCInferenceService`` and one entry per model name), server reflection, interceptors
+(drain -> auth -> request context), TLS/mTLS, message-size and connection limits
+(:func:`grpc_server_options`: streams per connection, keepalive, idle connections), and on the
+same event loop the KServe v2 HTTP/REST port (``http_port``,
 service/kserve_http.py) and the metrics port (service/http_server.py). It returns a
 :class:`ServerHandle` with ``.port`` and ``.stop(grace)`` for tests, clients' tests and the CLI.
 
@@ -37,7 +39,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer  # the asyncio health servicer (grpcio-health-checking)
 
 from pixforge.v1 import translation_pb2 as pb
 from pixforge.v1 import translation_pb2_grpc as pb_grpc
@@ -49,11 +50,13 @@ from .config import (
     config_from_args,
     config_to_dict,
     request_memory_bound,
+    streaming_rpc_limit,
     unknown_env,
     worker_count,
 )
 from .engine import expected_provider, gpu_log_line
 from .errors import ServerConfigError
+from .health import HealthServicer
 from .http_server import HttpEndpoint, metrics_app, tls_context
 from .interceptors import AuthInterceptor, DrainInterceptor, MessageSizeInterceptor, RequestContextInterceptor
 from .kserve import SERVICE_NAME as KSERVE_SERVICE_NAME
@@ -67,6 +70,7 @@ from .reflection import V1ALPHA_SERVICE_NAME, enable_reflection
 from .repository import EngineFactory, ModelRegistry, ModelState, ReloadSummary
 from .runner import RequestRunner
 from .servicer import ImageTranslationServicer
+from .streaming import StreamControl
 
 log = logging.getLogger("pixforge.service.server")
 MIB = 1024 * 1024
@@ -305,7 +309,10 @@ class ServerHandle:
             grace = self.config.grace_seconds if grace is None else grace
             deadline = time.monotonic() + grace
             self._draining = True
-            self._on_loop(self._health.enter_graceful_shutdown())
+            try:
+                self._on_loop(self._health.enter_graceful_shutdown())
+            except Exception:  # a stuck health service must not stop the shutdown itself
+                log.exception("health could not be set NOT_SERVING; shutting down anyway")
             log.info("shutting down: refusing new requests, %.1f s grace for in-flight ones", grace)
             if self._server is not None:
                 # Keep the port open while in-flight calls finish so late callers get UNAVAILABLE
@@ -391,7 +398,9 @@ def serve(
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="pixforge-grpc", daemon=True).start()
     # The asyncio health servicer binds its conditions to the loop it is created on.
-    health_servicer = asyncio.run_coroutine_threadsafe(_make_health(), loop).result()
+    health_servicer = asyncio.run_coroutine_threadsafe(
+        _make_health(config.max_health_watches, metrics.call_rejected), loop
+    ).result()
     handle_box: list[ServerHandle] = []
     registry = ModelRegistry(
         repository,
@@ -494,8 +503,59 @@ def _start_endpoint(handle: ServerHandle, endpoint: HttpEndpoint, key: str, port
         raise ServerConfigError(f"{key}: cannot bind {endpoint.host}:{port}: {exc.strerror or exc}") from None
 
 
-async def _make_health() -> HealthServicer:
-    return HealthServicer()
+async def _make_health(max_watches: int, on_reject) -> HealthServicer:
+    return HealthServicer(max_watches=max_watches, on_reject=on_reject)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def grpc_server_options(config: ServiceConfig) -> list[tuple[str, int]]:
+    """The grpc.aio server's channel options: message sizes and the ``connection.*`` settings.
+
+    Connection hygiene, so that no peer can hold the server's ``max_concurrent_rpcs`` slots for
+    long (docs/serving.md "Connections"):
+
+    * ``grpc.max_concurrent_streams``: calls per connection (HTTP/2 SETTINGS); a client's further
+      calls wait in the client, so one connection cannot take every slot.
+    * keepalive: the server pings a connection with open calls after ``keepalive_time_seconds``
+      without activity and closes it when the ping is not answered within
+      ``keepalive_timeout_seconds``, freeing the calls of a vanished or half-open peer (without
+      it the kernel notices after about two hours). ``keepalive_permit_without_calls`` lets the
+      server ping idle connections too and, on the receiving side, accept clients' own keepalive
+      pings while no call is open, every ``min_ping_interval_seconds`` at most (two faster pings:
+      GOAWAY too_many_pings, gRPC's max_ping_strikes default, set explicitly).
+    * ``grpc.max_connection_idle_ms``: a connection without calls is closed gracefully.
+    * ``grpc.max_connection_age_ms`` (off by default) and its grace (unlimited by default): an
+      age limit sends GOAWAY so clients reconnect (rebalancing behind an L4 balancer); a finite
+      grace would cut long streams, which is why it is unlimited unless set.
+    """
+    size = config.limits.max_message_bytes
+    c = config.connection
+    options = [
+        # gRPC's own ceiling sits above the configured limit so that MessageSizeInterceptor
+        # sees (and counts) messages up to a quarter over it; beyond, gRPC refuses uncounted.
+        ("grpc.max_receive_message_length", size + max(MIB, size // 4)),
+        ("grpc.max_send_message_length", size),
+        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+        ("grpc.max_concurrent_streams", c.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", _ms(c.keepalive_time_seconds)),
+        ("grpc.keepalive_timeout_ms", _ms(c.keepalive_timeout_seconds)),
+        # The wait for a ping's answer that actually closes the connection: 1 minute unless set
+        # (grpc.http2.ping_timeout_ms), whatever keepalive_timeout_ms says.
+        ("grpc.http2.ping_timeout_ms", _ms(c.keepalive_timeout_seconds)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", round(c.min_ping_interval_seconds * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+    if c.max_idle_seconds:
+        options.append(("grpc.max_connection_idle_ms", _ms(c.max_idle_seconds)))
+    if c.max_age_seconds:
+        options.append(("grpc.max_connection_age_ms", _ms(c.max_age_seconds)))
+        if c.max_age_grace_seconds:
+            options.append(("grpc.max_connection_age_grace_ms", _ms(c.max_age_grace_seconds)))
+    return options
 
 
 async def _build_server(
@@ -512,7 +572,10 @@ async def _build_server(
     runner = RequestRunner(admission, workers)
     handle.runner = runner
     handle._drain = DrainInterceptor(
-        lambda: handle.draining, max_open=config.max_concurrent_rpcs, on_reject=metrics.call_rejected
+        lambda: handle.draining,
+        max_open=config.max_concurrent_rpcs,
+        on_reject=metrics.call_rejected,
+        max_open_streams=streaming_rpc_limit(config),
     )
     interceptors: list[grpc.aio.ServerInterceptor] = [handle._drain]
     if config.auth.enabled:
@@ -522,20 +585,18 @@ async def _build_server(
             )
         )
     interceptors.append(RequestContextInterceptor())
-    size = config.limits.max_message_bytes
-    interceptors.append(MessageSizeInterceptor(size, on_reject=metrics.call_rejected))
-
-    server = grpc.aio.server(
-        interceptors=interceptors,
-        options=[
-            # gRPC's own ceiling sits above the configured limit so that MessageSizeInterceptor
-            # sees (and counts) messages up to a quarter over it; beyond, gRPC refuses uncounted.
-            ("grpc.max_receive_message_length", size + max(MIB, size // 4)),
-            ("grpc.max_send_message_length", size),
-            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
-        ],
+    interceptors.append(
+        MessageSizeInterceptor(config.limits.max_message_bytes, on_reject=metrics.call_rejected)
     )
-    servicer = ImageTranslationServicer(pipeline, registry, metrics, config.stream, runner)
+
+    server = grpc.aio.server(interceptors=interceptors, options=grpc_server_options(config))
+    # Both stream RPCs share one window size, budget of unwritten responses and drain signal.
+    streams = StreamControl(
+        config.stream.max_in_flight,
+        config.stream.unsent_budget(workers, config.limits.max_message_bytes),
+        lambda: handle.draining,
+    )
+    servicer = ImageTranslationServicer(pipeline, registry, metrics, streams, runner)
     pb_grpc.add_ImageTranslationServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(handle._health, server)
     services = [SERVICE_NAME, HEALTH_SERVICE_NAME, V1ALPHA_SERVICE_NAME]
@@ -546,7 +607,7 @@ async def _build_server(
             pipeline,
             registry,
             metrics,
-            stream=config.stream,
+            stream=streams,
             runner=runner,
             workers=config.codec_workers or min(32, 4 * available_cpus()),
             server_ready=lambda: handle.serving,

@@ -6,11 +6,17 @@ status in one place (:func:`status_for_error`). Clients never see a stack trace:
 exceptions are logged with their traceback and answered INTERNAL with the request id.
 
 The handlers are coroutines on the server's event loop: what can be refused from the request and
-the image header is refused there (:meth:`Pipeline.precheck`), then the request waits for
+the image header is refused first (:meth:`Pipeline.precheck_async`: on the loop for small images, on
+a thread above ``PRECHECK_ON_LOOP_BYTES`` so a large header walk cannot stall other calls), then
+the request waits for
 admission and its blocking work runs on a worker thread (:class:`~pixforge.service.runner.RequestRunner`),
 bound to the caller's deadline. TranslateStream applies back-pressure
 (:func:`~pixforge.service.streaming.ordered_responses`): the next request is read only while fewer
-than ``stream.max_in_flight`` items of that stream are in flight; responses go out in request order.
+than ``stream.max_in_flight`` items of that stream are in flight, answers not yet written included;
+responses go out in request order. No stream reads on while the server holds
+``stream.max_unsent_bytes`` of unwritten stream responses (an item that arrives then anyway is
+refused, RESOURCE_EXHAUSTED), and once the server drains a stream reads nothing new, delivers what
+it holds and ends UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from pixforge.v1 import translation_pb2 as pb
 from pixforge.v1 import translation_pb2_grpc as pb_grpc
 
 from .admission import AdmissionRejected
-from .config import LimitsConfig, StreamConfig
+from .config import LimitsConfig
 from .errors import (
     InferenceError,
     InvalidRequestError,
@@ -49,7 +55,7 @@ from .pipeline import CancelToken, Pipeline, TranslateJob, TranslateOptions, Tra
 from .repository import ModelRegistry, ModelState, ModelVersion
 from .runner import RequestRunner, interrupted_code, time_remaining
 from .statistics import RequestRecorder
-from .streaming import ordered_responses
+from .streaming import StreamControl, UnsentBudgetExceeded, ordered_responses
 from .text_limits import MAX_MODEL_NAME, MAX_REQUEST_ID, check_text
 
 log = logging.getLogger("pixforge.service.servicer")
@@ -266,7 +272,7 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
         pipeline: runs translations.
         registry: answers ListModels/GetModel.
         metrics: request metrics.
-        stream: TranslateStream settings.
+        streams: what the server's streams share (window, unsent budget, drain signal).
         runner: admission + worker threads for the blocking work.
     """
 
@@ -275,13 +281,13 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
         pipeline: Pipeline,
         registry: ModelRegistry,
         metrics: Metrics,
-        stream: StreamConfig,
+        streams: StreamControl,
         runner: RequestRunner,
     ):
         self._pipeline = pipeline
         self._registry = registry
         self._metrics = metrics
-        self._stream = stream
+        self._streams = streams
         self._runner = runner
 
     def _model_label(self, name: str) -> str:
@@ -299,7 +305,7 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
         stats = RequestRecorder(self._metrics.statistics)
         try:
             stats.start(self._registry, job.model, job.version)
-            pixels = self._pipeline.precheck(job)
+            pixels = await self._pipeline.precheck_async(job)  # a large image's header: off the loop
             result, waited_ms = await self._runner.run(
                 job.model, pixels, remaining, lambda token: self._pipeline.translate(job, token), cancel
             )
@@ -374,6 +380,11 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
                 )
             job = job_from_proto(item.request, request_id)
             try:
+                try:
+                    self._streams.check_unsent()
+                except UnsentBudgetExceeded as exc:
+                    self._count_refused(job, "TranslateStream", exc)
+                    raise
                 result = await self._run(job, "TranslateStream", remaining, cancel)
             except Exception as exc:
                 code, message = status_for_error(exc, request_id)
@@ -385,18 +396,41 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
                 )
             return pb.TranslateStreamResponse(request_id=request_id, response=response_from_result(result))
 
+    def _count_refused(self, job: TranslateJob, method: str, exc: Exception) -> None:
+        """Count a request refused before :meth:`_run` (a stream item over the unsent budget) in
+        the metrics and statistics as ``_run`` counts a failure."""
+        label = self._model_label(job.model)
+        self._metrics.request_started(label, method)
+        stats = RequestRecorder(self._metrics.statistics)
+        stats.start(self._registry, job.model, job.version)
+        code = failure_code(exc, job.request_id, job.model, None, time.perf_counter())
+        stats.failed(code, exc)
+        self._metrics.request_finished(label, 0.0, code, method)
+
     async def TranslateStream(self, request_iterator, context):
-        """Translate a stream of images; responses in request order, per-item errors inline."""
+        """Translate a stream of images; responses in request order, per-item errors inline.
+
+        Once the server drains, the stream reads no new item, answers the ones it holds and ends
+        UNAVAILABLE (clients re-send what was not answered elsewhere).
+        """
         cancel = CancelToken()
 
         async def process(item: pb.TranslateStreamRequest, index: int) -> pb.TranslateStreamResponse:
             # The stream's deadline (if any) bounds every item; each item's admission sees what is left.
             return await self._stream_item(item, index, time_remaining(context), cancel)
 
-        async for response in ordered_responses(
-            request_iterator, process, max_in_flight=self._stream.max_in_flight, cancel=cancel
-        ):
-            yield response
+        responses = ordered_responses(
+            request_iterator,
+            process,
+            control=self._streams,
+            size=pb.TranslateStreamResponse.ByteSize,
+            cancel=cancel,
+        )
+        try:
+            async for response in responses:
+                yield response
+        except ShuttingDownError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
     async def ListModels(self, request, context):
         """Every known model version, failed ones included."""

@@ -87,6 +87,7 @@ def test_cli_args_and_token_aliases(tmp_path):
         ({"auth.token_file": "/nonexistent/tokens"}, "auth.token_file"),
         ({"log_format": "xml"}, "log_format"),
         ({"tiling.tile_size": 4}, "tiling.tile_size"),
+        ({"stream.max_unsent_bytes": -1}, "stream.max_unsent_bytes"),
         ({"no_such_key": 1}, "no_such_key"),
     ],
 )

@@ -219,7 +219,10 @@ def test_huge_kserve_model_name_is_invalid(start_server, tmp_path):
 
 
 def test_open_call_limit_spares_probes_and_is_counted(start_server, tmp_path):
-    handle, stub = start_server(test_config(repo(tmp_path), max_concurrent_rpcs=3))
+    # Streams may take every slot here (by default they get three quarters of them), so three idle
+    # streams reach the open-call limit itself.
+    config = test_config(repo(tmp_path), max_concurrent_rpcs=3, max_concurrent_streaming_rpcs=3)
+    handle, stub = start_server(config)
     streams = IdleStreams(stub, 3)
     try:
         assert wait_for(lambda: handle._drain.active == 3)
