@@ -13,7 +13,8 @@
 
 Otherwise the behaviour is upstream's: the first response carries the current status (or
 SERVICE_UNKNOWN), each later one a changed status (intermediate ones may be skipped), and
-:meth:`enter_graceful_shutdown` turns every service NOT_SERVING for good. A response is written
+:meth:`enter_graceful_shutdown` turns every service NOT_SERVING for good; a Watch then ends once it
+has written that, so open Watch streams do not hold the shutdown for its grace. A response is written
 after the condition's lock is released, so a client that does not read its Watch stream cannot
 hold up ``set()`` (which the server waits on while loading models and shutting down).
 """
@@ -80,6 +81,11 @@ class HealthServicer(_UpstreamHealthServicer):
                         status = self._status(service)
                 await context.write(health_pb2.HealthCheckResponse(status=status))
                 last_status = status
+                if self._gracefully_shutting_down:
+                    # NOT_SERVING for good: the stream has nothing more to say, and an open one would
+                    # hold the shutdown for its whole grace period. Ending it (OK) makes a
+                    # client-side health checker call again, which the draining server refuses.
+                    return
         finally:
             self._watches -= 1
             left = self._watcher_counts[service] - 1

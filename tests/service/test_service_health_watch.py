@@ -121,9 +121,27 @@ def test_remaining_watcher_hears_not_serving_on_shutdown(start_server, tmp_path)
         threading.Thread(target=handle.stop, args=(3,), daemon=True).start()
         reader.join(10)
         assert heard == [NOT_SERVING]
+        # NOT_SERVING is for good: the stream ends, instead of holding the shutdown for its grace.
+        with pytest.raises(StopIteration):
+            next(b)
     finally:
         channel_a.close()
         channel_b.close()
+
+
+def test_watch_ends_after_the_shutdown_status():
+    async def main():
+        servicer = server_module.HealthServicer()
+        await servicer.set(API, SERVING)
+        context = FakeContext()
+        task = asyncio.ensure_future(servicer.Watch(health_pb2.HealthCheckRequest(service=API), context))
+        assert await _next(context) == SERVING
+        await servicer.enter_graceful_shutdown()
+        assert await _next(context) == NOT_SERVING
+        await asyncio.wait_for(task, 5)  # returned: the stream ends
+        assert servicer.watches == 0
+
+    asyncio.run(main())
 
 
 def test_a_watcher_that_does_not_read_cannot_stall_health_or_shutdown(start_server, tmp_path):
