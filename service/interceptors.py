@@ -94,8 +94,12 @@ def _rejecting(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: s
     return grpc.stream_stream_rpc_method_handler(abort_stream, *args)
 
 
-def _wrap(handler: grpc.RpcMethodHandler, around: Callable[[], contextlib.AbstractContextManager]):
-    """Rebuild ``handler`` with its behaviour run inside ``around()`` (a fresh context manager per call).
+def _wrap(
+    handler: grpc.RpcMethodHandler,
+    around: Callable[[grpc.aio.ServicerContext], contextlib.AbstractAsyncContextManager],
+):
+    """Rebuild ``handler`` with its behaviour run inside ``around(context)``, an async context manager
+    made per call from the call's context (it may abort the call on entry).
 
     Streaming behaviours may be async generators or coroutines that write with ``context.write``;
     both shapes are kept.
@@ -104,41 +108,6 @@ def _wrap(handler: grpc.RpcMethodHandler, around: Callable[[], contextlib.Abstra
 
     def unary(behavior):
         async def wrapped(request, context):
-            with around():
-                return await behavior(request, context)
-
-        return wrapped
-
-    def streaming(behavior):
-        if not inspect.isasyncgenfunction(behavior):
-            return unary(behavior)
-
-        async def wrapped(request, context):
-            with around():
-                async for response in behavior(request, context):
-                    yield response
-
-        return wrapped
-
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), *args)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), *args)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), *args)
-    return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), *args)
-
-
-def _wrap_async(
-    handler: grpc.RpcMethodHandler,
-    around: Callable[[grpc.aio.ServicerContext], contextlib.AbstractAsyncContextManager],
-):
-    """:func:`_wrap` with an async context manager made per call from the call's context (it may
-    abort the call on entry)."""
-    args = (handler.request_deserializer, handler.response_serializer)
-
-    def unary(behavior):
-        async def wrapped(request, context):
             async with around(context):
                 return await behavior(request, context)
 
@@ -162,6 +131,13 @@ def _wrap_async(
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), *args)
     return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), *args)
+
+
+@contextlib.asynccontextmanager
+async def _within(manager: contextlib.AbstractContextManager):
+    """A plain context manager entered and left as an async one (for :func:`_wrap`)."""
+    with manager:
+        yield
 
 
 class DrainInterceptor(grpc.aio.ServerInterceptor):
@@ -278,7 +254,7 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 self._leave(stream)
 
-        return _wrap_async(handler, slot)
+        return _wrap(handler, slot)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -349,7 +325,7 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
                 f"{REQUEST_ID_HEADER} header is {len(request_id)} characters long, over the limit of "
                 f"{MAX_REQUEST_ID}: {quote(request_id)}",
             )
-        return _wrap(handler, lambda: request_context(request_id, method))
+        return _wrap(handler, lambda context: _within(request_context(request_id, method)))
 
 
 class OversizedMessage:

@@ -32,7 +32,7 @@ import pixforge
 from pixforge.kserve.v2 import grpc_service_pb2 as kpb
 from pixforge.kserve.v2 import grpc_service_pb2_grpc as kpb_grpc
 
-from .errors import ModelNotFoundError, ShuttingDownError
+from .errors import ModelNotFoundError
 from .interceptors import OversizedMessage
 from .kserve_core import NOT_OFFERED, PLATFORM, SERVER_NAME, KServeCore, not_offered
 from .kserve_tensors import (
@@ -47,8 +47,8 @@ from .metrics import Metrics
 from .pipeline import CancelToken, Pipeline
 from .repository import ModelRegistry
 from .runner import RequestRunner, time_remaining
-from .servicer import message_request_id, run_unary, status_for_error
-from .streaming import StreamControl, ordered_responses
+from .servicer import message_request_id, run_unary, serve_stream, status_for_error
+from .streaming import StreamControl
 from .text_limits import check_text
 
 # Triton names a repository by its path; pixforge accepts any name for its one repository.
@@ -205,18 +205,11 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
                 return kpb.ModelStreamInferResponse(error_message=f"{code.name}: {message}")
             return kpb.ModelStreamInferResponse(infer_response=response)
 
-        responses = ordered_responses(
-            request_iterator,
-            process,
-            control=self._streams,
-            size=kpb.ModelStreamInferResponse.ByteSize,
-            cancel=cancel,
+        responses = serve_stream(
+            context, request_iterator, process, self._streams, kpb.ModelStreamInferResponse.ByteSize, cancel
         )
-        try:
-            async for response in responses:
-                yield response
-        except ShuttingDownError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        async for response in responses:
+            yield response
 
     # -- Triton management extensions
 

@@ -146,6 +146,19 @@ async def run_unary(context, message_id: str, call):
         await context.abort(code, message)
 
 
+async def serve_stream(context, requests, process, control: StreamControl, size, cancel: CancelToken):
+    """The shape of every streaming inference RPC (TranslateStream, ModelStreamInfer): the responses
+    of :func:`~pixforge.service.streaming.ordered_responses` in request order, and the stream ended
+    UNAVAILABLE when it stopped reading because the server drains (the client retries what it did
+    not get back)."""
+    responses = ordered_responses(requests, process, control=control, size=size, cancel=cancel)
+    try:
+        async for response in responses:
+            yield response
+    except ShuttingDownError as exc:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+
+
 def failure_code(
     exc: BaseException, request_id: str, model: str, remaining: float | None, started: float
 ) -> str:
@@ -419,18 +432,11 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
             # The stream's deadline (if any) bounds every item; each item's admission sees what is left.
             return await self._stream_item(item, index, time_remaining(context), cancel)
 
-        responses = ordered_responses(
-            request_iterator,
-            process,
-            control=self._streams,
-            size=pb.TranslateStreamResponse.ByteSize,
-            cancel=cancel,
+        responses = serve_stream(
+            context, request_iterator, process, self._streams, pb.TranslateStreamResponse.ByteSize, cancel
         )
-        try:
-            async for response in responses:
-                yield response
-        except ShuttingDownError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        async for response in responses:
+            yield response
 
     async def ListModels(self, request, context):
         """Every known model version, failed ones included."""
