@@ -70,7 +70,7 @@ from .kserve_tensors import (
 )
 from .logs import request_context
 from .metrics import Metrics
-from .pipeline import TranslateOptions, human_bytes
+from .pipeline import OFF_LOOP_BYTES, TranslateOptions, human_bytes
 from .servicer import message_request_id, pushback_ms, status_for_error
 from .text_limits import MAX_REQUEST_ID, quote
 
@@ -105,8 +105,8 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 TOO_LARGE_STATUS = 413  # RESOURCE_EXHAUSTED that retrying cannot help (over a size limit)
 
-# JSON header bytes (request) or output elements (response) above which the work leaves the loop.
-OFF_LOOP_BYTES = 256 * 1024
+# Output elements (response) above which the work leaves the loop; request bodies follow the
+# pipeline's OFF_LOOP_BYTES, as the gRPC front's image prechecks do.
 OFF_LOOP_ELEMENTS = 256 * 1024
 JSON_BYTES_PER_ELEMENT = 4  # at most "255," per UINT8 element of a JSON output
 _JSON_DIGITS = np.array([f"{i},".encode() for i in range(256)], dtype="S4")  # NUL-padded

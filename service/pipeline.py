@@ -70,10 +70,10 @@ COLOR_STRIP_ROWS = 256  # rows per strip when joining chroma with full-resolutio
 # The least an image of a tensor batch costs in admission, in input pixels: each one takes its own
 # worker hop, batcher slot, padding and output copy, so a batch of 1x1 images is not nearly free.
 MIN_IMAGE_COST_PIXELS = 64 * 64
-# Encoded images larger than this are prechecked on the event loop's default executor, not on the
-# loop (as the KServe HTTP front parses bodies over its OFF_LOOP_BYTES): reading a header costs up to
-# ~20 ns per byte of a crafted file (pixforge.codec), so up to ~5 ms here and about a second at 60 MB.
-PRECHECK_ON_LOOP_BYTES = 256 * 1024
+# Payloads larger than this are handled on the event loop's default executor, not on the loop: an
+# encoded image's precheck here (reading a header costs up to ~20 ns per byte of a crafted file,
+# pixforge.codec: up to ~5 ms below it, about a second at 60 MB) and a KServe HTTP body's parsing.
+OFF_LOOP_BYTES = 256 * 1024
 
 
 # --------------------------------------------------------------------------- domain types
@@ -523,11 +523,11 @@ class Pipeline:
         """:meth:`precheck` for a coroutine on the event loop: a large image is read off the loop.
 
         Reading a header is CPU work in Python (pixforge.codec), so an image over
-        ``PRECHECK_ON_LOOP_BYTES`` is prechecked on the loop's default executor (as
+        ``OFF_LOOP_BYTES`` is prechecked on the loop's default executor (as
         ``asyncio.to_thread``: the request's log context goes along) and the loop keeps answering
         other calls meanwhile; a small one is prechecked in place, sparing it the thread hop.
         """
-        if len(job.image) <= PRECHECK_ON_LOOP_BYTES:
+        if len(job.image) <= OFF_LOOP_BYTES:
             return self.precheck(job)
         return await asyncio.to_thread(self.precheck, job)
 

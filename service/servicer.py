@@ -7,7 +7,7 @@ exceptions are logged with their traceback and answered INTERNAL with the reques
 
 The handlers are coroutines on the server's event loop: what can be refused from the request and
 the image header is refused first (:meth:`Pipeline.precheck_async`: on the loop for small images, on
-a thread above ``PRECHECK_ON_LOOP_BYTES`` so a large header walk cannot stall other calls), then
+a thread above ``OFF_LOOP_BYTES`` so a large header walk cannot stall other calls), then
 the request waits for
 admission and its blocking work runs on a worker thread (:class:`~pixforge.service.runner.RequestRunner`),
 bound to the caller's deadline. TranslateStream applies back-pressure
@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -55,7 +56,7 @@ from .pipeline import CancelToken, Pipeline, TranslateJob, TranslateOptions, Tra
 from .repository import ModelRegistry, ModelState, ModelVersion
 from .runner import RequestRunner, interrupted_code, time_remaining
 from .statistics import RequestRecorder
-from .streaming import StreamControl, UnsentBudgetExceeded, ordered_responses
+from .streaming import StreamControl, ordered_responses
 from .text_limits import MAX_MODEL_NAME, MAX_REQUEST_ID, check_text
 
 log = logging.getLogger("pixforge.service.servicer")
@@ -308,9 +309,17 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
         return name if name in self._registry.names() else "_unknown"
 
     async def _run(
-        self, job: TranslateJob, method: str, remaining: float | None, cancel: CancelToken | None = None
+        self,
+        job: TranslateJob,
+        method: str,
+        remaining: float | None,
+        cancel: CancelToken | None = None,
+        check: Callable[[], None] | None = None,
     ) -> TranslateResult:
-        """Check, admit and run one job with metrics and logging; raises the domain error on failure."""
+        """Check, admit and run one job with metrics and logging; raises the domain error on failure.
+
+        ``check`` runs first, inside the request's metrics (a stream's unsent budget).
+        """
         label = self._model_label(job.model)
         self._metrics.request_started(label, method)
         start = time.perf_counter()
@@ -318,6 +327,8 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
         stats = RequestRecorder(self._metrics.statistics)
         try:
             stats.start(self._registry, job.model, job.version)
+            if check is not None:
+                check()
             pixels = await self._pipeline.precheck_async(job)  # a large image's header: off the loop
             result, waited_ms = await self._runner.run(
                 job.model, pixels, remaining, lambda token: self._pipeline.translate(job, token), cancel
@@ -393,12 +404,9 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
                 )
             job = job_from_proto(item.request, request_id)
             try:
-                try:
-                    self._streams.check_unsent()
-                except UnsentBudgetExceeded as exc:
-                    self._count_refused(job, "TranslateStream", exc)
-                    raise
-                result = await self._run(job, "TranslateStream", remaining, cancel)
+                result = await self._run(
+                    job, "TranslateStream", remaining, cancel, self._streams.check_unsent
+                )
             except Exception as exc:
                 code, message = status_for_error(exc, request_id)
                 return pb.TranslateStreamResponse(
@@ -408,17 +416,6 @@ class ImageTranslationServicer(pb_grpc.ImageTranslationServicer):
                     retry_pushback_ms=pushback_ms(exc),
                 )
             return pb.TranslateStreamResponse(request_id=request_id, response=response_from_result(result))
-
-    def _count_refused(self, job: TranslateJob, method: str, exc: Exception) -> None:
-        """Count a request refused before :meth:`_run` (a stream item over the unsent budget) in
-        the metrics and statistics as ``_run`` counts a failure."""
-        label = self._model_label(job.model)
-        self._metrics.request_started(label, method)
-        stats = RequestRecorder(self._metrics.statistics)
-        stats.start(self._registry, job.model, job.version)
-        code = failure_code(exc, job.request_id, job.model, None, time.perf_counter())
-        stats.failed(code, exc)
-        self._metrics.request_finished(label, 0.0, code, method)
 
     async def TranslateStream(self, request_iterator, context):
         """Translate a stream of images; responses in request order, per-item errors inline.

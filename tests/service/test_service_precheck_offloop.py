@@ -96,7 +96,7 @@ def _recording(pipeline_thread: list[int]):
 @pytest.mark.parametrize("size", ["tiny", "at the threshold", "over it"])
 def test_precheck_async_leaves_the_loop_for_large_images(size):
     """Small images are prechecked in place (no thread hop); larger ones on the default executor."""
-    limit = pipeline_module.PRECHECK_ON_LOOP_BYTES
+    limit = pipeline_module.OFF_LOOP_BYTES
     n, off_loop = {"tiny": (1, False), "at the threshold": (limit, False), "over it": (limit + 1, True)}[size]
     seen: list[int] = []
     job = SimpleNamespace(image=b"\0" * n)
