@@ -350,15 +350,6 @@ def _count_scans(segments: Iterator[tuple[int, int, int]]) -> int:
     return scans
 
 
-def _jpeg_scans(data: bytes, i: int) -> int:
-    """The number of scans (SOS segments) of the frame whose segments start at ``i``.
-
-    Raises:
-        ImageDecodeError: more than :data:`MAX_JPEG_SCANS` scans, or :data:`MAX_JPEG_MARKERS` markers.
-    """
-    return _count_scans(_jpeg_segments(data, i))
-
-
 def _jpeg_layout(data: bytes) -> _Layout:
     segments = _jpeg_segments(data, 2)  # one walk: the markers before and after SOF count together
     for marker, i, _seg_len in segments:
