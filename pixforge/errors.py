@@ -10,6 +10,13 @@ derives from ValueError or RuntimeError. tests/shared/test_shared_errors.py chec
 """
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line, for a command's one-line ``error:`` output: a library's message (a
+    YAML parser's, onnx.checker's, torch's) or a value holding a line break would otherwise spread
+    the error over several terminal lines."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 class PixforgeError(Exception):
     """Base class for every error pixforge raises on purpose."""
 

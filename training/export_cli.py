@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pixforge.contract import TASKS
-from pixforge.errors import PixforgeError, UsageError
+from pixforge.errors import PixforgeError, UsageError, one_line
 
 from . import legacy
 from .checkpoint import RESUME_FORMAT, CheckpointFormatError, GeneratorCheckpoint
@@ -162,12 +162,6 @@ def not_a_checkpoint_message(path: Path, what: str, source: str) -> str:
         return f"{path} is an ONNX model, not a checkpoint; to re-export it, add --from onnx"
     advice = JUNYANZ_FILE if source == "junyanz" else WHAT_TO_EXPORT
     return f"{path} is not a checkpoint: it holds no torch.save data ({what}); give {advice}"
-
-
-def one_line(message: str) -> str:
-    """``message`` on one line (as `pixforge train` prints its errors): onnx.checker's and torch's
-    messages span several lines."""
-    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _load_error(exc: Exception) -> str:

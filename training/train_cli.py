@@ -18,20 +18,14 @@ import os
 import sys
 from pathlib import Path
 
-from pixforge.errors import PixforgeError
+from pixforge.errors import PixforgeError, one_line
 
 EXIT_BAD_INPUT = 2
 
 
 def _err(message: str) -> int:
-    print(f"pixforge train: error: {_one_line(message)}", file=sys.stderr)
+    print(f"pixforge train: error: {one_line(message)}", file=sys.stderr)
     return EXIT_BAD_INPUT
-
-
-def _one_line(message: str) -> str:
-    """`message` on one line: a `--set` key or value holding a line break, or a multi-line library
-    message (a YAML parser's), would otherwise spread the error over several terminal lines."""
-    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
