@@ -333,8 +333,9 @@ def prune_checkpoints(ckpt_dir: str | os.PathLike, prefix: str, keep: int) -> li
     """Delete all but the newest `keep` `<prefix>-stepNNNNNNN.pt` files (keep=0: delete none)."""
     if keep <= 0:
         return []
-    pattern = re.compile(rf"^{re.escape(prefix)}-step(\d+)\.pt$")
-    found = sorted((int(m.group(1)), p) for p in Path(ckpt_dir).iterdir() if (m := pattern.match(p.name)))
+    found = sorted(
+        (named[1], p) for p in Path(ckpt_dir).iterdir() if (named := step_file(p.name)) and named[0] == prefix
+    )
     removed = [p for _, p in found[:-keep]]
     for p in removed:
         p.unlink()
@@ -343,6 +344,15 @@ def prune_checkpoints(ckpt_dir: str | os.PathLike, prefix: str, keep: int) -> li
 
 def generator_filename(prefix: str, step: int) -> str:
     return f"{prefix}-step{step:07d}.pt"
+
+
+_STEP_FILE = re.compile(r"^(?P<prefix>.+)-step(?P<step>\d+)\.pt$")
+
+
+def step_file(name: str) -> tuple[str, int] | None:
+    """(prefix, step) of a file name :func:`generator_filename` makes ("G_A-step0000200.pt"), else None."""
+    m = _STEP_FILE.match(name)
+    return (m["prefix"], int(m["step"])) if m else None
 
 
 def update_latest_link(path: Path, prefix: str) -> Path:

@@ -15,7 +15,6 @@ Exit codes: 0 written; 1 the parity check failed (nothing written); 2 bad input.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +26,7 @@ from pixforge.contract import TASKS
 from pixforge.errors import PixforgeError, UsageError, one_line
 
 from . import legacy
-from .checkpoint import RESUME_FORMAT, CheckpointFormatError, GeneratorCheckpoint
+from .checkpoint import RESUME_FORMAT, CheckpointFormatError, GeneratorCheckpoint, step_file
 from .data.files import file_sha256
 from .export import (
     ExportConfig,
@@ -42,8 +41,6 @@ from .export.wrapper import PreUpsampled
 from .registry import GeneratorConfig, build_generator, generator_preset, list_generators
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-# what `pixforge train` writes (checkpoint.generator_filename): generator-step0000200.pt, G_A-step...
-GENERATOR_FILE = re.compile(r"^(?P<prefix>.+)-step(?P<step>\d+)\.pt$")
 WHAT_TO_EXPORT = "the generator checkpoint `pixforge train` printed last (`checkpoint: PATH`)"
 JUNYANZ_FILE = "a junyanz generator file (latest_net_G.pth)"
 
@@ -73,7 +70,7 @@ def newest_generator_checkpoints(*folders: Path) -> list[Path]:
             entries = list(folder.iterdir()) if folder.is_dir() else []
         except OSError:  # unreadable folder: nothing to suggest from it
             entries = []
-        found += [(int(m["step"]), p) for p in entries if (m := GENERATOR_FILE.match(p.name)) and p.is_file()]
+        found += [(named[1], p) for p in entries if (named := step_file(p.name)) and p.is_file()]
     if not found:
         return []
     top = max(step for step, _ in found)
