@@ -90,7 +90,7 @@ def train_pix2pix(ctx: RunContext, max_steps: int | None = None, resume: bool = 
                     raise DataError("train.ema is on but the resume state has no EMA weights")
                 ema.load_state_dict(state["nets"]["G_ema"])
         ckpt.restore_rng_state(state["rng"])  # last: nothing above may draw random numbers
-        write_run_config(rt, cfg, ctx.run_dir)  # only now: a resume that fails leaves config.json alone
+        write_run_config(rt, cfg, ctx.run_dir, step)  # only now: a resume that fails leaves config.json alone
     # --max-steps cuts the run short without changing its schedule (see the optimisers above).
     stop_at = min(data.total_steps, max_steps) if max_steps else data.total_steps
 

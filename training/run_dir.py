@@ -16,8 +16,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from pixforge.errors import PixforgeError
 
 from .checkpoint import RESUME_FILE
@@ -147,22 +145,16 @@ def open_run_dir(
     return Path(run_dir), fresh
 
 
-def write_run_config(rt: Runtime, cfg: ExperimentConfig, run_dir: Path) -> None:
+def write_run_config(rt: Runtime, cfg: ExperimentConfig, run_dir: Path, step: int) -> None:
     """Once a resume state has loaded: record the resumed run's config (with its `--set`
-    overrides) and drop the log lines written after that state's step (rank 0).
+    overrides) and drop the log lines written after that state's `step` (rank 0).
 
     Lines past the resume step come from training whose checkpoint was lost (a kill -9); the
     resumed run logs those steps again, so kept, they would appear twice.
     """
     if rt.is_main:
         save_config_json(cfg, run_dir / "config.json")
-        drop_logged_steps_after(run_dir, _resume_step(run_dir))
-
-
-def _resume_step(run_dir: Path) -> int:
-    """The step of the run's resume state (memory-mapped: its tensors are not read)."""
-    path = run_dir / "checkpoints" / RESUME_FILE
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+        drop_logged_steps_after(run_dir, step)
 
 
 @contextlib.contextmanager
