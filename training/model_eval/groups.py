@@ -23,7 +23,7 @@ Measure = Callable[[np.ndarray], "tuple[dict, list[np.ndarray]] | None"]
 # (row name, records) -> table row
 RowMaker = Callable[[str, list[dict]], dict]
 # a group's files -> None, or raises EvalError when the folder is not laid out as the task needs
-LayoutCheck = Callable[[list[str]], None]
+FolderCheck = Callable[[list[str]], None]
 
 
 @dataclass
@@ -90,7 +90,7 @@ def measure_groups(
     n_samples: int,
     measure: Measure,
     make_row: RowMaker,
-    check_layout: LayoutCheck | None = None,
+    check_layout: FolderCheck | None = None,
 ) -> GroupResults:
     """Run `measure` over every image group of `data` (at most `max_images` per group, 0 = all).
 
