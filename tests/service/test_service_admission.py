@@ -23,6 +23,13 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def teach(adm: Admission, clock: Clock, model: str, pixels: int, seconds: float) -> None:
+    """Let ``model`` learn its cost: one request of ``pixels`` that runs alone for ``seconds``."""
+    ticket = await adm.acquire(model, pixels)
+    clock.now += seconds
+    adm.release(ticket)
+
+
 def test_runs_at_once_while_workers_are_free_then_queues_fifo():
     async def main():
         adm = Admission(max_running=2, max_queued=4, max_queued_seconds=10)
@@ -99,9 +106,7 @@ def test_request_that_cannot_start_before_its_deadline_is_refused():
     async def main():
         clock = Clock()
         adm = Admission(max_running=1, max_queued=100, max_queued_seconds=100, clock=clock)
-        t = await adm.acquire("m", 100)
-        clock.now += 1.0
-        adm.release(t)  # learnt: 0.01 s per pixel
+        await teach(adm, clock, "m", 100, 1.0)  # learnt: 0.01 s per pixel
         running = await adm.acquire("m", 100)  # ~1 s of work holding the only worker
         queued = asyncio.ensure_future(adm.acquire("m", 100))
         await asyncio.sleep(0)
@@ -175,12 +180,8 @@ def test_the_deadline_check_counts_only_the_work_served_before_the_request():
     async def main():
         clock = Clock()
         adm = Admission(max_running=1, max_queued=100, max_queued_seconds=100, clock=clock)
-        t = await adm.acquire("heavy", 100)
-        clock.now += 1.0
-        adm.release(t)  # heavy: 1 s per 100 pixels
-        t = await adm.acquire("light", 100)
-        clock.now += 0.01
-        adm.release(t)  # light: 0.01 s per 100 pixels
+        await teach(adm, clock, "heavy", 100, 1.0)  # heavy: 1 s per 100 pixels
+        await teach(adm, clock, "light", 100, 0.01)  # light: 0.01 s per 100 pixels
         running = await adm.acquire("heavy", 100)
         heavy = [asyncio.ensure_future(adm.acquire("heavy", 100)) for _ in range(5)]
         await asyncio.sleep(0)
@@ -236,9 +237,7 @@ def test_the_cost_bound_also_refuses_the_model_over_its_share():
     async def main():
         clock = Clock()
         adm = Admission(max_running=1, max_queued=100, max_queued_seconds=3.0, clock=clock)
-        t = await adm.acquire("m", 100)
-        clock.now += 1.0
-        adm.release(t)  # 1 s per 100 pixels, for every model
+        await teach(adm, clock, "m", 100, 1.0)  # 1 s per 100 pixels, for every model
         holder = await adm.acquire("heavy", 100)
         heavy = [asyncio.ensure_future(adm.acquire("heavy", 100)) for _ in range(3)]
         await asyncio.sleep(0)
