@@ -197,13 +197,10 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
         """Whether ``max_concurrent_rpcs`` calls are open (a new one is refused)."""
         return self._active >= self._max_open
 
-    def counted(self) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def counted(self) -> Iterator[None]:
         """Count a request of another front (the HTTP port) as an open call for its duration: it
         shares ``max_concurrent_rpcs`` and graceful shutdown (:meth:`wait_idle`) waits for it."""
-        return self._counted()
-
-    @contextlib.contextmanager
-    def _counted(self) -> Iterator[None]:
         with self._idle:
             self._active += 1
         try:
